@@ -1,0 +1,278 @@
+"""The FastAPI app: routes, the request pipeline (validate, authenticate, admit, upstream, relay) and the
+one place where errors become HTTP answers. `create_app()` takes settings and dependencies, so tests and
+entry points (run.sh/uvicorn, Mangum, dev server) build the same app."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .admission import Admission, Unlimited
+from .auth import Authenticator
+from .cancellation import CancelRegistry
+from .chat_request import ChatRequest, parse_chat_request
+from .embedded_mock import embedded_mock_upstream
+from .encoding import Framing, NDJSONFraming, SSEFraming
+from .errors import (
+    InvalidRequest,
+    ModelNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RelayError,
+    ServiceUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from .finalize import Finalizers, RequestTracker
+from .metering import Usage, estimate_prompt_tokens
+from .outcome import Finalizer, RequestContext, StreamOutcome
+from .relay import Pricer, RelayResponse
+from .settings import Settings
+from .store import RelayStore, StoreUnavailable, make_client
+from .termination import TerminationReason
+from .upstream import Upstream
+from .upstream_key import UpstreamKeyProvider
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "x-request-id"
+
+
+def new_request_id() -> str:
+    return "req_" + uuid.uuid4().hex
+
+
+class RequestIdMiddleware:
+    """Gives every request an id (`scope["state"]["request_id"]`) and every response an `x-request-id`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = new_request_id()
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", []) if h[0].lower() != b"x-request-id"]
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: RelayStore
+    auth: Authenticator
+    cancels: CancelRegistry
+    admission: Admission
+    finalizer: Finalizer
+    pricer: Pricer
+    upstream: Upstream | None = None
+
+
+def _no_price(model: str, usage: Usage) -> Decimal | None:
+    return None
+
+
+def create_app(settings: Settings | None = None, *, store: RelayStore | None = None,
+               admission: Admission | None = None, finalizers: list[Finalizer] | None = None,
+               pricer: Pricer | None = None, upstream_transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
+    settings = settings or Settings()
+    store = store or RelayStore(settings.table_name, make_client(settings.dynamodb_endpoint, settings.aws_region))
+    services = Services(
+        settings=settings, store=store,
+        auth=Authenticator(store, settings.auth_cache_ttl_s),
+        cancels=CancelRegistry(store, settings.cancel_poll_interval_s),
+        admission=admission or Unlimited(store, settings.request_ttl_s),
+        finalizer=Finalizers([RequestTracker(store), *(finalizers or [])]),
+        pricer=pricer or _no_price,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            base_url = settings.upstream_url
+            if base_url is None and upstream_transport is None:
+                base_url = await stack.enter_async_context(embedded_mock_upstream())
+            services.upstream = Upstream(settings, base_url or "http://upstream/v1", UpstreamKeyProvider(settings),
+                                         transport=upstream_transport)
+            stack.push_async_callback(services.upstream.aclose)
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            tg.start_soon(services.cancels.run_poller)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+
+    app = FastAPI(title="llm-relay", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.services = services
+    _install_error_handlers(app)
+    _install_routes(app, services)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def _install_routes(app: FastAPI, services: Services) -> None:
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await _relay(request, services, ndjson=False)
+
+    @app.post("/api/v1/chat/stream")
+    async def chat_stream_ndjson(request: Request) -> Response:
+        return await _relay(request, services, ndjson=True)
+
+    @app.post("/v1/requests/{request_id}/cancel", status_code=202)
+    async def cancel(request_id: str, request: Request) -> JSONResponse:
+        key = await services.auth.authenticate(request.headers)
+        try:
+            item = await anyio.to_thread.run_sync(services.store.request_cancel, request_id, key.key_id)
+        except StoreUnavailable as exc:
+            raise ServiceUnavailable("The request store is unavailable; try again shortly.") from exc
+        if item is None:
+            raise NotFound(f"No request '{request_id}' for this key.")
+        services.cancels.cancel_local(request_id)
+        status = "finished" if "finished_at" in item else "cancelling"
+        return JSONResponse({"id": request_id, "object": "relay.cancel", "status": status}, status_code=202)
+
+
+async def _relay(request: Request, services: Services, *, ndjson: bool) -> Response:
+    """The pipeline: authenticate, validate, admit, open upstream, then hand over to `RelayResponse`."""
+    settings = services.settings
+    request_id: str = request.state.request_id
+    key = await services.auth.authenticate(request.headers)
+    chat = parse_chat_request(await _read_body(request, settings.max_body_bytes),
+                              max_tokens_cap=settings.max_tokens_cap, allowed_models=settings.allowed_model_set)
+    if not key.allows_model(chat.model):
+        raise ModelNotAllowed(f"This key may not use the model '{chat.model}'.", param="model")
+    framing: Framing | None = NDJSONFraming() if ndjson else (SSEFraming() if chat.stream else None)
+    ctx = RequestContext(request_id=request_id, key=key, chat=chat,
+                         mode="ndjson" if ndjson else ("sse" if chat.stream else "json"),
+                         started_at=time.monotonic(), started_epoch=time.time(),
+                         deadline=_deadline(request.headers, settings))
+    cancel_event = services.cancels.register(request_id)
+    try:
+        headers = await services.admission.admit(ctx)
+        try:
+            opened = await _open_upstream(services, ctx, chat)
+        except UpstreamError as exc:
+            await _finalize_failed_open(services, ctx, exc)
+            exc.headers.update(headers)
+            raise
+    except BaseException:
+        services.cancels.unregister(request_id)
+        raise
+    ctx.retries = opened.retries
+    ctx.upstream_errors = opened.status_errors
+    return _RegisteredRelay(RelayResponse(
+        ctx, opened, framing=framing, cancel_event=cancel_event,
+        cancelled_at=lambda: services.cancels.cancelled_at(request_id), finalizer=services.finalizer,
+        pricer=services.pricer, settings=settings, headers=headers), services.cancels)
+
+
+async def _open_upstream(services: Services, ctx: RequestContext, chat: ChatRequest) -> Any:
+    assert services.upstream is not None
+    return await services.upstream.open_chat_stream(chat.upstream_body(), ctx.request_id)
+
+
+async def _finalize_failed_open(services: Services, ctx: RequestContext, exc: UpstreamError) -> None:
+    """The upstream never answered 2xx (after retries): the request was admitted, so it is still finalized."""
+    reason = TerminationReason.UPSTREAM_TIMEOUT if isinstance(exc, UpstreamTimeout) else TerminationReason.UPSTREAM_ERROR
+    ctx.retries = exc.retries
+    ctx.upstream_errors = exc.failures
+    outcome = StreamOutcome(reason=reason, usage=Usage(estimate_prompt_tokens(ctx.chat.messages_as_dicts()), 0,
+                                                       estimated=True),
+                            ttft_s=None, tpot_s=None, duration_s=time.monotonic() - ctx.started_at, chunks=0,
+                            error=exc.message)
+    with anyio.CancelScope(shield=True):
+        await services.finalizer.finalize(ctx, outcome)
+
+
+class _RegisteredRelay(Response):
+    """Runs the relay and always unregisters the stream from the cancel registry afterwards."""
+
+    def __init__(self, relay: RelayResponse, cancels: CancelRegistry) -> None:
+        super().__init__()
+        self._relay = relay
+        self._cancels = cancels
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._relay(scope, receive, send)
+        finally:
+            self._cancels.unregister(self._relay.ctx.request_id)
+
+
+async def _read_body(request: Request, cap: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise PayloadTooLarge(f"Request body is {declared} bytes; the limit is {cap}.")
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > cap:
+            raise PayloadTooLarge(f"Request body exceeds the limit of {cap} bytes.")
+    return bytes(body)
+
+
+def _deadline(headers: Mapping[str, str], settings: Settings) -> float:
+    """When the stream must end (monotonic): the Lambda deadline the web adapter passes in
+    `x-amzn-lambda-context`, else the configured function timeout; minus the safety margin."""
+    remaining = settings.function_timeout_s
+    raw = headers.get("x-amzn-lambda-context")
+    if raw:
+        try:
+            deadline_ms = float(json.loads(raw)["deadline"])
+            remaining = deadline_ms / 1000 - time.time()
+        except (ValueError, KeyError, TypeError):
+            logger.warning("ignoring unreadable x-amzn-lambda-context header")
+    return time.monotonic() + remaining - settings.deadline_margin_s
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RelayError)
+    async def relay_error(request: Request, exc: RelayError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers or None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error = NotFound("Unknown route.") if exc.status_code == 404 else InvalidRequest(str(exc.detail))
+        error.status_code = exc.status_code
+        if exc.status_code == 405:
+            error.code = "method_not_allowed"
+        return JSONResponse(error.body(), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(InvalidRequest("Invalid request.").body(), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error")
+        return JSONResponse(RelayError("Internal error.").body(), status_code=500)

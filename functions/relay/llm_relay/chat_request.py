@@ -1,0 +1,80 @@
+"""Chat request validation (pure): the shape the relay accepts, checked before anything goes upstream.
+
+Unknown top-level fields are kept and forwarded (providers have their own parameters); known fields are
+type-checked strictly, as OpenAI does (`"max_tokens": "5"` is an error, not 5).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import InvalidRequest, ModelNotAllowed
+
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+    include_usage: bool = False
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+    role: Role
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    model: str = Field(min_length=1, max_length=256)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=4096)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    n: int = Field(default=1, ge=1, le=8)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    def messages_as_dicts(self) -> list[dict[str, Any]]:
+        return [m.model_dump(exclude_none=True) for m in self.messages]
+
+    def upstream_body(self) -> dict[str, Any]:
+        """The body sent upstream: always streamed, always with usage, whatever the client asked."""
+        body = self.model_dump(exclude_none=True)
+        body["stream"] = True
+        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        return body
+
+
+def parse_chat_request(raw: bytes, *, max_tokens_cap: int, allowed_models: frozenset[str] | None) -> ChatRequest:
+    """Parse and validate a request body, raising `InvalidRequest` / `ModelNotAllowed` with a message a
+    client can act on."""
+    try:
+        payload = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"Request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(payload, dict):
+        raise InvalidRequest("Request body must be a JSON object.", code="invalid_json")
+    try:
+        request = ChatRequest.model_validate(payload)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        param = ".".join(str(part) for part in first["loc"])
+        raise InvalidRequest(f"Invalid value for '{param}': {first['msg']}.", param=param) from None
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = getattr(request, name)
+        if value is not None and value > max_tokens_cap:
+            raise InvalidRequest(f"'{name}' is {value}; this relay allows at most {max_tokens_cap}.", param=name)
+    if allowed_models is not None and request.model not in allowed_models:
+        raise ModelNotAllowed(f"The model '{request.model}' is not allowed on this relay.", param="model")
+    return request

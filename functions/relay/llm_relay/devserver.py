@@ -1,0 +1,73 @@
+"""`make dev`: the relay on 127.0.0.1:$PORT with DynamoDB served by a local moto server, the embedded
+mock upstream (unless RELAY_UPSTREAM_URL is set), a dev key, and a ready-to-paste curl line.
+
+Prints one human line per finished request, the figures the CloudWatch dashboard would show.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import uvicorn
+
+from .app import create_app
+from .local import create_table, ensure_dev_key
+from .outcome import RequestContext, StreamOutcome
+from .settings import Settings
+from .store import RelayStore, make_client
+
+
+class DevEcho:
+    """Finalizer that prints what each finished request did (dev only)."""
+
+    async def finalize(self, ctx: RequestContext, outcome: StreamOutcome) -> None:
+        ttft = "-" if outcome.ttft_s is None else f"{outcome.ttft_s * 1000:.0f}ms"
+        usage = outcome.usage
+        print(f"[relay] {ctx.request_id} {ctx.key.key_id} {ctx.chat.model} {ctx.mode}: {outcome.reason.value}"
+              f" tokens={usage.prompt_tokens}+{usage.completion_tokens}{' (est)' if usage.estimated else ''}"
+              f" ttft={ttft} duration={outcome.duration_s * 1000:.0f}ms", flush=True)
+
+
+def _start_moto() -> str:
+    from moto.server import ThreadedMotoServer
+
+    port = int(os.environ.get("RELAY_MOTO_PORT", "0"))
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    host, bound = server.get_host_and_port()
+    return f"http://{host}:{bound}"
+
+
+def main() -> None:
+    for name, value in (("AWS_ACCESS_KEY_ID", "dev"), ("AWS_SECRET_ACCESS_KEY", "dev"), ("AWS_REGION", "us-east-1")):
+        os.environ.setdefault(name, value)
+    if not os.environ.get("RELAY_DYNAMODB_ENDPOINT"):
+        os.environ["RELAY_DYNAMODB_ENDPOINT"] = _start_moto()
+    settings = Settings()
+    store = RelayStore(settings.table_name, make_client(settings.dynamodb_endpoint, settings.aws_region))
+    create_table(store.client, settings.table_name)
+    plain, key = ensure_dev_key(store, settings.dev_key)
+    base = f"http://{settings.host}:{settings.port}"
+    upstream = settings.upstream_url or "embedded mock upstream"
+    print(f"""
+llm-relay dev server
+  relay     {base}   (upstream: {upstream}; DynamoDB: {settings.dynamodb_endpoint})
+  dev key   {plain}   (key id {key.key_id})
+
+  curl -N {base}/v1/chat/completions -H 'Authorization: Bearer {plain}' \\
+       -H 'Content-Type: application/json' \\
+       -d '{{"model":"gpt-4o-mini","stream":true,"messages":[{{"role":"user","content":"Hello"}}]}}'
+
+  curl -N {base}/api/v1/chat/stream -H 'Authorization: Bearer {plain}' \\
+       -H 'Content-Type: application/json' \\
+       -d '{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"Hello"}}]}}'
+""", flush=True)
+    app = create_app(settings, store=store, finalizers=[DevEcho()])
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

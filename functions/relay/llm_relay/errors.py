@@ -1,0 +1,104 @@
+"""The relay's exceptions. Every error a client can see is a `RelayError` carrying its HTTP status and
+an OpenAI-style body; the mapping to HTTP lives in one place (`app.py` exception handlers).
+
+RelayError
+├── InvalidRequest          400  invalid_request_error        (bad JSON, wrong types, bad values)
+│   └── PayloadTooLarge     413  invalid_request_error
+├── Unauthorized            401  invalid_request_error / invalid_api_key
+├── ModelNotAllowed         403  invalid_request_error / model_not_found
+├── NotFound                404  invalid_request_error / not_found
+├── RateLimited             429  rate_limit_exceeded | budget_exceeded
+├── ServiceUnavailable      503  service_unavailable       (state store down, fail closed)
+└── UpstreamError           502  upstream_error            (after retries, before the first byte)
+    └── UpstreamTimeout     504  upstream_timeout
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RelayError(Exception):
+    status_code = 500
+    error_type = "server_error"
+    code: str | None = "internal_error"
+    rejection = "internal"
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.param = param
+        self.headers: dict[str, str] = {}
+
+    def body(self) -> dict[str, Any]:
+        """OpenAI-style error object: `{"error": {"message", "type", "param", "code"}}`."""
+        return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
+
+
+class InvalidRequest(RelayError):
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "invalid_request"
+    rejection = "invalid_request"
+
+
+class PayloadTooLarge(InvalidRequest):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class Unauthorized(RelayError):
+    status_code = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+    rejection = "unauthorized"
+
+
+class ModelNotAllowed(RelayError):
+    status_code = 403
+    error_type = "invalid_request_error"
+    code = "model_not_allowed"
+    rejection = "model_not_allowed"
+
+
+class NotFound(RelayError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+    rejection = "not_found"
+
+
+class RateLimited(RelayError):
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+    rejection = "rate_limited"
+
+
+class ServiceUnavailable(RelayError):
+    status_code = 503
+    error_type = "server_error"
+    code = "service_unavailable"
+    rejection = "unavailable"
+
+
+class UpstreamError(RelayError):
+    """The upstream failed before anything was sent to the client (after retries)."""
+
+    status_code = 502
+    error_type = "upstream_error"
+    code = "upstream_error"
+    rejection = "upstream_error"
+
+    def __init__(self, message: str, *, upstream_status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.upstream_status = upstream_status
+        self.retries = 0
+        self.failures: dict[str, int] = {}
+
+
+class UpstreamTimeout(UpstreamError):
+    status_code = 504
+    code = "upstream_timeout"

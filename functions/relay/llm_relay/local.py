@@ -1,0 +1,81 @@
+"""Local (no AWS) plumbing shared by `make dev`, `make invoke` and the tests: the DynamoDB table built
+from `template.yaml` itself (so the schema under test cannot drift from the deployed one), and a dev key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .keys import ApiKey, generate_key, generate_key_id, hash_key
+from .store import RelayStore, now_iso
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+TABLE_RESOURCE = "RelayTable"
+
+
+def find_template(start: Path | None = None) -> Path:
+    """The repository's template.yaml, searched upwards from `start` (default: this file)."""
+    here = (start or Path(__file__)).resolve()
+    for folder in [here, *here.parents]:
+        candidate = folder / "template.yaml"
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError("template.yaml not found above " + str(here))
+
+
+def load_template(path: Path | None = None) -> dict[str, Any]:
+    """Parse template.yaml, keeping CloudFormation short-form tags (`!Ref X` becomes `{"Ref": "X"}`)."""
+    import yaml
+
+    class CfnLoader(yaml.SafeLoader):
+        pass
+
+    def construct(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
+        name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
+        if isinstance(node, yaml.ScalarNode):
+            value: Any = loader.construct_scalar(node)
+            if suffix == "GetAtt":
+                value = str(value).split(".", 1)
+        elif isinstance(node, yaml.SequenceNode):
+            value = loader.construct_sequence(node, deep=True)
+        else:
+            value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+        return {name: value}
+
+    CfnLoader.add_multi_constructor("!", construct)
+    with open(path or find_template(), encoding="utf-8") as handle:
+        loaded: dict[str, Any] = yaml.load(handle, Loader=CfnLoader)  # noqa: S506 - SafeLoader subclass
+    return loaded
+
+
+def create_table(client: DynamoDBClient, table_name: str, template: dict[str, Any] | None = None) -> None:
+    """Create the relay table exactly as template.yaml declares it (idempotent)."""
+    props = (template or load_template())["Resources"][TABLE_RESOURCE]["Properties"]
+    if table_name in client.list_tables()["TableNames"]:
+        return
+    kwargs: dict[str, Any] = {
+        "TableName": table_name,
+        "AttributeDefinitions": props["AttributeDefinitions"],
+        "KeySchema": props["KeySchema"],
+        "BillingMode": props["BillingMode"],
+    }
+    if props.get("GlobalSecondaryIndexes"):
+        kwargs["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
+    client.create_table(**kwargs)
+    ttl = props.get("TimeToLiveSpecification")
+    if ttl:
+        client.update_time_to_live(TableName=table_name, TimeToLiveSpecification=ttl)
+
+
+def ensure_dev_key(store: RelayStore, plain: str | None = None, name: str = "dev") -> tuple[str, ApiKey]:
+    """Create (or reuse) the dev key; returns the plain key and its record."""
+    plain = plain or generate_key()
+    key_hash = hash_key(plain)
+    existing = store.get_key_by_hash(key_hash)
+    if existing is not None:
+        return plain, existing
+    key = ApiKey(key_id=generate_key_id(), name=name, created_at=now_iso())
+    store.put_key(key, key_hash)
+    return plain, key

@@ -1,0 +1,127 @@
+"""Stream metering (pure): TTFT, TPOT, chunks, usage and finish_reason from parsed upstream chunks.
+
+Times are passed in by the caller (monotonic seconds), so the arithmetic is testable without clocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def as_openai(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+        if self.cached_tokens:
+            body["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        return body
+
+
+def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    """Rough prompt size when the upstream never reports usage: ~4 characters a token, plus framing."""
+    chars = 0
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            chars += sum(len(str(part.get("text", ""))) for part in content if isinstance(part, dict))
+    return max(1, chars // 4 + 3 * len(messages))
+
+
+@dataclass(slots=True)
+class StreamMeter:
+    """Accumulates what one stream produced. Feed every parsed upstream chunk with its arrival time."""
+
+    started_at: float
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    chunks: int = 0
+    content_chunks: int = 0
+    finish_reason: str | None = None
+    upstream_usage: Usage | None = None
+    _finished: bool = field(default=False, repr=False)
+
+    def observe(self, chunk: dict[str, Any], now: float) -> bool:
+        """Record one chunk. Returns False when the chunk is a duplicate terminal chunk (a second
+        finish_reason or a second usage report) that must not reach the client."""
+        choices = chunk.get("choices") or []
+        usage = chunk.get("usage")
+        if usage and self.upstream_usage is not None and not choices:
+            return False
+        self.chunks += 1
+        if usage:
+            self.upstream_usage = _parse_usage(usage)
+        for choice in choices:
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta") or choice.get("message") or {}
+            if isinstance(delta, dict) and (delta.get("content") or delta.get("tool_calls") or delta.get("refusal")
+                                            or delta.get("function_call") or delta.get("reasoning_content")):
+                self.content_chunks += 1
+                if self.first_token_at is None:
+                    self.first_token_at = now
+                self.last_token_at = now
+            finish = choice.get("finish_reason")
+            if finish:
+                if self._finished and not delta:
+                    return False
+                self.finish_reason = finish
+                self._finished = True
+        return True
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.first_token_at is None else self.first_token_at - self.started_at
+
+    @property
+    def tpot_s(self) -> float | None:
+        """Mean time per output token after the first (None with fewer than two tokens)."""
+        if self.first_token_at is None or self.last_token_at is None:
+            return None
+        tokens = self.completion_tokens - 1
+        if tokens < 1:
+            return None
+        return (self.last_token_at - self.first_token_at) / tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        if self.upstream_usage is not None:
+            return self.upstream_usage.completion_tokens
+        return self.content_chunks
+
+    def usage(self, messages: list[dict[str, Any]]) -> Usage:
+        """Upstream-reported usage when it arrived, else an estimate (one content chunk ≈ one token)."""
+        if self.upstream_usage is not None:
+            return self.upstream_usage
+        return Usage(estimate_prompt_tokens(messages), self.content_chunks, estimated=True)
+
+
+def _parse_usage(raw: Any) -> Usage:
+    if not isinstance(raw, dict):
+        return Usage(0, 0)
+    details = raw.get("prompt_tokens_details") or {}
+    cached = details.get("cached_tokens", 0) if isinstance(details, dict) else 0
+    return Usage(
+        prompt_tokens=_as_int(raw.get("prompt_tokens")),
+        completion_tokens=_as_int(raw.get("completion_tokens")),
+        cached_tokens=_as_int(cached),
+    )
+
+
+def _as_int(value: Any) -> int:
+    return value if isinstance(value, int) and value >= 0 else 0

@@ -1,0 +1,196 @@
+"""Embedded mock upstream: an OpenAI-shaped chat-completions server for `make dev`, tests and the benchmark.
+
+Behaviour comes from `MockConfig` defaults, overridden per request by an optional `mock` object in the
+request body (the relay forwards unknown fields), e.g.
+    {"mock": {"tokens": 50, "chunk_delay_ms": 5, "ttft_ms": 100, "finish_reason": "length"}}
+Faults: `status` (answer that HTTP status), `fail_first` (the first N attempts with the same `id` get 503),
+`drop_after` (close the connection after N chunks), `stall_after` (stop sending after N chunks),
+`malformed_after` (send a broken event after N chunks), `no_finish` (end without finish_reason or [DONE]),
+`error_after` (send an `{"error": …}` event after N chunks).
+
+Every request is recorded by its `x-request-id` (the relay sends its own): chunks sent, whether it
+completed, and when (monotonic clock) the client disconnected; `GET /mock/requests/{id}` returns it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+WORDS = ("The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", ".")
+
+
+@dataclass
+class MockConfig:
+    tokens: int = 20
+    chunk_delay_ms: float = 10.0
+    ttft_ms: float = 50.0
+    finish_reason: str = "stop"
+
+
+@dataclass
+class RequestRecord:
+    request_id: str
+    started_at: float
+    stream: bool
+    chunks_sent: int = 0
+    completed: bool = False
+    disconnected_at: float | None = None
+
+
+@dataclass
+class MockState:
+    config: MockConfig = field(default_factory=MockConfig)
+    requests: dict[str, RequestRecord] = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=dict)
+    # Bodies as received (the tests check what reached the upstream).
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _chunk(cid: str, model: str, created: int, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+    return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+            "system_fingerprint": "fp_mock", "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                                          "finish_reason": finish}]}
+
+
+def _prompt_tokens(body: dict[str, Any]) -> int:
+    text = "".join(str(m.get("content") or "") for m in body.get("messages", []) if isinstance(m, dict))
+    return max(1, len(text) // 4)
+
+
+class _MockStream:
+    """Streams one mock answer and notices the client's disconnect the moment it happens."""
+
+    def __init__(self, record: RequestRecord, body: dict[str, Any], opts: dict[str, Any], config: MockConfig) -> None:
+        self.record = record
+        self.body = body
+        self.opts = opts
+        self.config = config
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                self.record.disconnected_at = time.monotonic()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(watch)
+            try:
+                await self._stream(send)
+            except OSError:
+                self.record.disconnected_at = self.record.disconnected_at or time.monotonic()
+            tg.cancel_scope.cancel()
+
+    async def _stream(self, send: Send) -> None:
+        opts, config = self.opts, self.config
+        tokens = int(opts.get("tokens", config.tokens))
+        delay = float(opts.get("chunk_delay_ms", config.chunk_delay_ms)) / 1000
+        ttft = float(opts.get("ttft_ms", config.ttft_ms)) / 1000
+        finish = str(opts.get("finish_reason", config.finish_reason))
+        model = str(self.body.get("model", "mock"))
+        created = int(time.time())
+        cid = "chatcmpl-mock"
+
+        async def event(obj: Any) -> None:
+            data = obj if isinstance(obj, str) else json.dumps(obj, separators=(",", ":"))
+            await send({"type": "http.response.body", "body": f"data: {data}\n\n".encode(), "more_body": True})
+
+        await anyio.sleep(ttft)
+        await event(_chunk(cid, model, created, {"role": "assistant", "content": ""}, None))
+        for i in range(tokens):
+            if i and delay:
+                await anyio.sleep(delay)
+            if i == opts.get("drop_after"):
+                raise RuntimeError("mock: dropping the connection")  # uvicorn aborts the response
+            if i == opts.get("stall_after"):
+                await anyio.sleep(3600)
+            if i == opts.get("malformed_after"):
+                await event('{"id": "broken", "choices": [')
+            if i == opts.get("error_after"):
+                await event({"error": {"message": "mock upstream failure", "type": "server_error"}})
+                break
+            await event(_chunk(cid, model, created, {"content": WORDS[i % len(WORDS)]}, None))
+            self.record.chunks_sent += 1
+        if not opts.get("no_finish"):
+            await event(_chunk(cid, model, created, {}, finish))
+            usage = {"prompt_tokens": _prompt_tokens(self.body), "completion_tokens": self.record.chunks_sent,
+                     "total_tokens": _prompt_tokens(self.body) + self.record.chunks_sent}
+            await event({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                         "choices": [], "usage": usage})
+            await event("[DONE]")
+        self.record.completed = True
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def create_mock_app(config: MockConfig | None = None) -> Starlette:
+    state = MockState(config=config or MockConfig())
+
+    async def chat(request: Request) -> Response:
+        body = json.loads(await request.body())
+        state.bodies.append(body)
+        opts = body.get("mock") if isinstance(body.get("mock"), dict) else {}
+        request_id = request.headers.get("x-request-id") or f"anon-{len(state.requests)}"
+        record = RequestRecord(request_id=request_id, started_at=time.monotonic(), stream=bool(body.get("stream")))
+        state.requests[request_id] = record
+        if "fail_first" in opts:
+            attempt_key = str(opts.get("id", request_id))
+            state.attempts[attempt_key] = state.attempts.get(attempt_key, 0) + 1
+            if state.attempts[attempt_key] <= int(opts["fail_first"]):
+                return JSONResponse({"error": {"message": "mock: temporarily unavailable", "type": "server_error"}},
+                                    status_code=503, headers={"retry-after": "0"})
+        if "status" in opts:
+            status = int(opts["status"])
+            return JSONResponse({"error": {"message": f"mock: status {status}", "type": "mock_error"}},
+                                status_code=status)
+        stream = _MockStream(record, body, opts, state.config)
+        if body.get("stream"):
+            return stream  # type: ignore[return-value]
+        return await _non_streaming(stream)
+
+    async def get_record(request: Request) -> Response:
+        record = state.requests.get(request.path_params["request_id"])
+        if record is None:
+            return JSONResponse({"error": "unknown"}, status_code=404)
+        return JSONResponse(asdict(record))
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    app = Starlette(routes=[
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/mock/requests/{request_id}", get_record, methods=["GET"]),
+        Route("/healthz", health, methods=["GET"]),
+    ])
+    app.state.mock = state
+    return app
+
+
+async def _non_streaming(stream: _MockStream) -> Response:
+    """`stream: false` against the mock: the same tokens, as one chat.completion body."""
+    opts, config = stream.opts, stream.config
+    tokens = int(opts.get("tokens", config.tokens))
+    await anyio.sleep(float(opts.get("ttft_ms", config.ttft_ms)) / 1000)
+    content = "".join(WORDS[i % len(WORDS)] for i in range(tokens))
+    prompt = _prompt_tokens(stream.body)
+    stream.record.chunks_sent = tokens
+    stream.record.completed = True
+    return JSONResponse({
+        "id": "chatcmpl-mock", "object": "chat.completion", "created": int(time.time()),
+        "model": stream.body.get("model", "mock"),
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                     "finish_reason": opts.get("finish_reason", config.finish_reason)}],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": tokens, "total_tokens": prompt + tokens},
+    })

@@ -1,0 +1,63 @@
+"""One typed settings object, read from the environment once at start-up.
+
+Environment names are the ones `template.yaml` sets on the function; `tests/test_template.py` keeps the
+two in agreement.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Relay configuration. Every field maps to an environment variable (`RELAY_` prefix unless aliased)."""
+
+    model_config = SettingsConfigDict(env_prefix="RELAY_", extra="ignore", populate_by_name=True)
+
+    port: int = Field(default=8080, alias="PORT", ge=1, le=65535)
+    host: str = "127.0.0.1"
+
+    # Upstream LLM provider. Unset URL: the embedded mock upstream is started in-process.
+    upstream_url: str | None = None
+    upstream_api_key: str | None = Field(default=None, repr=False)
+    upstream_secret_arn: str | None = None
+    upstream_ssm_parameter: str | None = None
+    upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
+    upstream_idle_timeout_s: float = Field(default=30.0, gt=0)
+    upstream_first_token_timeout_s: float = Field(default=120.0, gt=0)
+    upstream_max_retries: int = Field(default=2, ge=0, le=10)
+    upstream_retry_base_s: float = Field(default=0.2, gt=0)
+    upstream_retry_max_s: float = Field(default=4.0, gt=0)
+
+    allowed_models: str = "*"
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    max_tokens_cap: int = Field(default=32768, gt=0)
+
+    # State.
+    table_name: str = "llm-relay"
+    dynamodb_endpoint: str | None = None
+    aws_region: str = Field(default="us-east-1", alias="AWS_REGION")
+    auth_cache_ttl_s: float = Field(default=30.0, ge=0)
+    dev_key: str | None = Field(default=None, repr=False)
+
+    # Streaming behaviour.
+    cancel_poll_interval_s: float = Field(default=0.2, gt=0)
+    heartbeat_interval_s: float = Field(default=15.0, gt=0)
+    flush_nudge: bool = False
+    function_timeout_s: float = Field(default=900.0, gt=0)
+    deadline_margin_s: float = Field(default=5.0, ge=0)
+    request_ttl_s: int = Field(default=86400, gt=0)
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _strip_trailing_slash(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return value.rstrip("/")
+
+    @property
+    def allowed_model_set(self) -> frozenset[str] | None:
+        """The allow-list, or None when any model is allowed (`*`)."""
+        names = frozenset(m.strip() for m in self.allowed_models.split(",") if m.strip())
+        return None if "*" in names else names

@@ -1,0 +1,44 @@
+"""Termination reasons: exactly one per stream (DESIGN §2, the table)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class TerminationReason(StrEnum):
+    STOP = "stop"
+    LENGTH = "length"
+    CONTENT_FILTER = "content_filter"
+    TOOL_CALLS = "tool_calls"
+    CLIENT_CANCELLED = "client_cancelled"
+    UPSTREAM_ERROR = "upstream_error"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    DEADLINE = "deadline"
+    INCOMPLETE = "incomplete"
+
+    @property
+    def is_failure(self) -> bool:
+        """Failures end a stream with a terminal error object instead of a normal end."""
+        return self in _FAILURES
+
+
+_FAILURES = frozenset(
+    {TerminationReason.UPSTREAM_ERROR, TerminationReason.UPSTREAM_TIMEOUT, TerminationReason.DEADLINE,
+     TerminationReason.INCOMPLETE}
+)
+
+_FINISH_REASONS = {
+    "stop": TerminationReason.STOP,
+    "length": TerminationReason.LENGTH,
+    "content_filter": TerminationReason.CONTENT_FILTER,
+    "tool_calls": TerminationReason.TOOL_CALLS,
+    "function_call": TerminationReason.TOOL_CALLS,
+}
+
+
+def reason_from_finish(finish_reason: str | None) -> TerminationReason:
+    """Map an upstream `finish_reason` to a termination reason. None (the upstream ended without one)
+    is `incomplete`; an unknown value from a provider counts as `stop` (the model did finish)."""
+    if finish_reason is None:
+        return TerminationReason.INCOMPLETE
+    return _FINISH_REASONS.get(finish_reason, TerminationReason.STOP)

@@ -1,0 +1,155 @@
+"""Upstream adapter: one shared `httpx.AsyncClient` (keep-alive reused across requests), opening the
+streamed chat completion with retries (connect errors, 429, 5xx; `Retry-After` honoured; exponential
+backoff with full jitter) only while nothing has been sent to the client.
+
+The read timeout of the client is the idle timeout: no upstream bytes for that long raises
+`httpx.ReadTimeout`, which the relay ends as `upstream_timeout`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import anyio
+import httpx
+
+from .errors import InvalidRequest, RateLimited, UpstreamError, UpstreamTimeout
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+KeyProvider = Callable[[], Awaitable[str | None]]
+
+
+@dataclass(slots=True)
+class OpenedStream:
+    response: httpx.Response
+    retries: int
+    status_errors: dict[str, int]
+
+
+def backoff_s(attempt: int, base: float, cap: float, retry_after: float | None, rng: random.Random) -> float:
+    """Full-jitter exponential backoff; a server's Retry-After (capped) wins when it is longer."""
+    delay = rng.uniform(0, min(cap, base * (2**attempt)))
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, cap))
+    return delay
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        from datetime import UTC, datetime
+
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx"
+
+
+class Upstream:
+    def __init__(self, settings: Settings, base_url: str, key_provider: KeyProvider,
+                 transport: httpx.AsyncBaseTransport | None = None, rng: random.Random | None = None) -> None:
+        self._settings = settings
+        self._key_provider = key_provider
+        self._rng = rng or random.Random()
+        timeout = httpx.Timeout(connect=settings.upstream_connect_timeout_s, read=settings.upstream_idle_timeout_s,
+                                write=10.0, pool=10.0)
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60.0)
+        self.client = httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits, transport=transport)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def open_chat_stream(self, body: dict[str, Any], request_id: str) -> OpenedStream:
+        """POST the chat completion and return the streaming response once its status is 2xx."""
+        headers = {"accept": "text/event-stream", "x-request-id": request_id}
+        key = await self._key_provider()
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        errors: dict[str, int] = {}
+        attempt = 0
+        while True:
+            request = self.client.build_request("POST", "/chat/completions", content=payload, headers=headers)
+            retry_after: float | None = None
+            try:
+                response = await self.client.send(request, stream=True)
+            except httpx.TimeoutException as exc:
+                failure: UpstreamError = UpstreamTimeout(f"Upstream timed out ({type(exc).__name__}).")
+                errors["timeout"] = errors.get("timeout", 0) + 1
+            except httpx.TransportError as exc:
+                failure = UpstreamError(f"Upstream connection failed ({type(exc).__name__}).")
+                errors["connect"] = errors.get("connect", 0) + 1
+            else:
+                if response.is_success:
+                    return OpenedStream(response, attempt, errors)
+                errors[status_class(response.status_code)] = errors.get(status_class(response.status_code), 0) + 1
+                failure = await _failure_from_response(response)
+                retry_after = parse_retry_after(response.headers.get("retry-after"))
+                if response.status_code not in RETRYABLE_STATUS:
+                    raise _with_history(failure, attempt, errors)
+            if attempt >= self._settings.upstream_max_retries:
+                raise _with_history(failure, attempt, errors)
+            delay = backoff_s(attempt, self._settings.upstream_retry_base_s, self._settings.upstream_retry_max_s,
+                              retry_after, self._rng)
+            logger.info("upstream attempt %d failed (%s); retrying in %.3fs", attempt + 1, failure.code, delay)
+            attempt += 1
+            await anyio.sleep(delay)
+
+
+def _with_history(failure: UpstreamError, retries: int, errors: dict[str, int]) -> UpstreamError:
+    failure.retries = retries
+    failure.failures = errors
+    return failure
+
+
+async def _failure_from_response(response: httpx.Response) -> UpstreamError:
+    """Translate a non-2xx upstream answer. The upstream's own message is kept for client errors (the
+    client can fix them); the relay's credentials problems are not the client's to see."""
+    try:
+        raw = await response.aread()
+    finally:
+        await response.aclose()
+    message = _upstream_message(raw)
+    status = response.status_code
+    if status == 429:
+        failure: UpstreamError = UpstreamError(f"Upstream rate limited: {message}", upstream_status=status,
+                                               code="upstream_rate_limited")
+        failure.status_code = RateLimited.status_code
+        return failure
+    if status in (401, 403):
+        return UpstreamError("Upstream rejected the relay's credentials.", upstream_status=status)
+    if 400 <= status < 500:
+        failure = UpstreamError(f"Upstream refused the request: {message}", upstream_status=status,
+                                code="upstream_invalid_request")
+        failure.status_code = InvalidRequest.status_code if status != 404 else 404
+        failure.error_type = "invalid_request_error"
+        return failure
+    return UpstreamError(f"Upstream error {status}: {message}", upstream_status=status)
+
+
+def _upstream_message(raw: bytes) -> str:
+    try:
+        body = json.loads(raw)
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])[:500]
+    except (ValueError, UnicodeDecodeError):
+        pass
+    return raw[:200].decode("utf-8", errors="replace") or "no body"
