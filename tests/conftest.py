@@ -1,0 +1,108 @@
+"""Shared fixtures: a moto DynamoDB server (the table built from template.yaml), the mock upstream and the
+relay, each a real server on loopback."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+
+from llm_relay.app import create_app
+from llm_relay.keys import ApiKey
+from llm_relay.local import create_table, ensure_dev_key
+from llm_relay.mock_upstream import MockState, create_mock_app
+from llm_relay.settings import Settings
+from llm_relay.store import RelayStore, make_client
+from tests.servers import serve
+
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.setdefault("AWS_REGION", "us-east-1")
+os.environ.setdefault("POWERTOOLS_DEV", "false")
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """A real moto server (HTTP), shared by the session; each test gets its own table."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def store(moto_endpoint: str) -> RelayStore:
+    table = f"relay-{uuid.uuid4().hex[:10]}"
+    client = make_client(moto_endpoint, "us-east-1")
+    create_table(client, table)
+    return RelayStore(table, client)
+
+
+@dataclass
+class Upstream:
+    url: str  # base URL ending in /v1
+    state: MockState
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    app = create_mock_app()
+    with serve(app) as base:
+        yield Upstream(f"{base}/v1", app.state.mock)
+
+
+@dataclass
+class Relay:
+    url: str
+    key: str
+    api_key: ApiKey
+    app: FastAPI
+    store: RelayStore
+    settings: Settings
+
+    def headers(self, key: str | None = None) -> dict[str, str]:
+        return {"authorization": f"Bearer {key or self.key}"}
+
+
+RelayFactory = Callable[..., Relay]
+
+
+@pytest.fixture
+def make_relay(store: RelayStore, upstream: Upstream, moto_endpoint: str) -> Iterator[RelayFactory]:
+    """Start a relay on loopback with settings overrides; stopped at the end of the test."""
+    stack: list[Any] = []
+
+    def factory(**overrides: Any) -> Relay:
+        values: dict[str, Any] = {"upstream_url": upstream.url, "dynamodb_endpoint": moto_endpoint,
+                                  "table_name": store.table_name, "cancel_poll_interval_s": 0.05,
+                                  "upstream_retry_base_s": 0.01}
+        values.update(overrides)
+        app_kwargs = values.pop("app_kwargs", None) or {}
+        settings = Settings(**values)
+        app = create_app(settings, store=store, **app_kwargs)
+        plain, key = ensure_dev_key(store)
+        context = serve(app)
+        base = context.__enter__()
+        stack.append(context)
+        return Relay(base, plain, key, app, store, settings)
+
+    yield factory
+    for context in reversed(stack):
+        context.__exit__(None, None, None)
+
+
+@pytest.fixture
+def relay(make_relay: RelayFactory) -> Relay:
+    return make_relay()
