@@ -83,6 +83,7 @@ RelayFactory = Callable[..., Relay]
 def make_relay(store: RelayStore, upstream: Upstream, moto_endpoint: str) -> Iterator[RelayFactory]:
     """Start a relay on loopback with settings overrides; stopped at the end of the test."""
     stack: list[Any] = []
+    plain, key = ensure_dev_key(store)  # one key for every relay instance of the test
 
     def factory(**overrides: Any) -> Relay:
         values: dict[str, Any] = {"upstream_url": upstream.url, "dynamodb_endpoint": moto_endpoint,
@@ -92,7 +93,6 @@ def make_relay(store: RelayStore, upstream: Upstream, moto_endpoint: str) -> Ite
         app_kwargs = values.pop("app_kwargs", None) or {}
         settings = Settings(**values)
         app = create_app(settings, store=store, **app_kwargs)
-        plain, key = ensure_dev_key(store)
         context = serve(app)
         base = context.__enter__()
         stack.append(context)

@@ -42,6 +42,7 @@ class RequestRecord:
     request_id: str
     started_at: float
     stream: bool
+    client_port: int | None = None
     chunks_sent: int = 0
     completed: bool = False
     disconnected_at: float | None = None
@@ -143,7 +144,8 @@ def create_mock_app(config: MockConfig | None = None) -> Starlette:
         state.bodies.append(body)
         opts = body.get("mock") if isinstance(body.get("mock"), dict) else {}
         request_id = request.headers.get("x-request-id") or f"anon-{len(state.requests)}"
-        record = RequestRecord(request_id=request_id, started_at=time.monotonic(), stream=bool(body.get("stream")))
+        record = RequestRecord(request_id=request_id, started_at=time.monotonic(), stream=bool(body.get("stream")),
+                               client_port=request.client.port if request.client else None)
         state.requests[request_id] = record
         if "fail_first" in opts:
             attempt_key = str(opts.get("id", request_id))

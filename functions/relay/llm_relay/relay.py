@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Any
 
@@ -114,37 +114,42 @@ class RelayResponse:
     # --- the pump -----------------------------------------------------------------------------------
     async def _pump(self) -> None:
         parser = SSEParser()
+        raw_chunks = self._opened.response.aiter_raw()
         try:
-            async for raw in self._opened.response.aiter_raw():
+            async for raw in raw_chunks:
                 now = time.monotonic()
                 for event in parser.feed(raw):
                     if not await self._handle(event.data, now):
+                        await self._drain(raw_chunks)
                         return
-            self._end(reason_from_finish(self.meter.finish_reason))
+            self._conclude(reason_from_finish(self.meter.finish_reason))
         except httpx.ReadTimeout:
-            self._end(TerminationReason.UPSTREAM_TIMEOUT,
+            self._conclude(TerminationReason.UPSTREAM_TIMEOUT,
                       f"No upstream bytes for {self._settings.upstream_idle_timeout_s:g}s.")
         except httpx.HTTPError as exc:
-            self._end(TerminationReason.UPSTREAM_ERROR, f"Upstream stream failed ({type(exc).__name__}).")
+            self._conclude(TerminationReason.UPSTREAM_ERROR, f"Upstream stream failed ({type(exc).__name__}).")
         except _ClientGone:
-            self._end(TerminationReason.CLIENT_CANCELLED, source="disconnect")
+            self._conclude(TerminationReason.CLIENT_CANCELLED, source="disconnect")
+        except Exception:
+            logger.exception("relay pump failed for request %s", self.ctx.request_id)
+            self._conclude(TerminationReason.UPSTREAM_ERROR, "The relay failed while streaming.")
 
     async def _handle(self, data: str, now: float) -> bool:
         """Relay one upstream event; False when the stream has ended."""
         if data == "[DONE]":
-            self._end(reason_from_finish(self.meter.finish_reason))
+            self._conclude(reason_from_finish(self.meter.finish_reason))
             return False
         try:
             chunk = json.loads(data)
         except ValueError:
             chunk = None
         if not isinstance(chunk, dict):
-            self._end(TerminationReason.UPSTREAM_ERROR, "Upstream sent a malformed event.")
+            self._conclude(TerminationReason.UPSTREAM_ERROR, "Upstream sent a malformed event.")
             return False
         if "error" in chunk and not chunk.get("choices"):
             error = chunk["error"]
             message = error.get("message") if isinstance(error, dict) else None
-            self._end(TerminationReason.UPSTREAM_ERROR, f"Upstream error: {message or 'unknown'}")
+            self._conclude(TerminationReason.UPSTREAM_ERROR, f"Upstream error: {message or 'unknown'}")
             return False
         if not self.meter.observe(chunk, now):
             return True
@@ -156,6 +161,15 @@ class RelayResponse:
             await self._write(self._framing.chunk(out), nudge=self._settings.flush_nudge)
         return True
 
+    async def _drain(self, raw_chunks: AsyncIterator[bytes]) -> None:
+        """After the end, read the (normally empty) rest of the body so the keep-alive connection goes back
+        to the pool instead of being closed; give up quickly if the upstream keeps it open."""
+        if self._reason is not None and self._reason.is_failure:
+            return
+        with anyio.move_on_after(0.25):
+            async for _ in raw_chunks:
+                pass
+
     def _for_client(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
         if not self.ctx.chat.include_usage:
             if not chunk.get("choices") and chunk.get("usage"):
@@ -165,7 +179,13 @@ class RelayResponse:
         return chunk
 
     def _end(self, reason: TerminationReason, error: str | None = None, source: str | None = None) -> None:
-        """First caller wins: it names the reason. Stops the pump."""
+        """A watcher ends the stream: name the reason (first caller wins) and stop the pump at once."""
+        self._conclude(reason, error, source)
+        if self._pump_scope is not None:
+            self._pump_scope.cancel()
+
+    def _conclude(self, reason: TerminationReason, error: str | None = None, source: str | None = None) -> None:
+        """Name the termination reason; the first caller wins."""
         if self._reason is None:
             self._reason = reason
             self._error = error
@@ -173,8 +193,6 @@ class RelayResponse:
                 self._cancel_source = source
                 self._cancel_started = self._cancelled_at() if source == "cancel_call" else time.monotonic()
                 self._cancel_started = self._cancel_started or time.monotonic()
-        if self._pump_scope is not None:
-            self._pump_scope.cancel()
 
     # --- watchers -----------------------------------------------------------------------------------
     async def _watch_disconnect(self, receive: Receive) -> None:
