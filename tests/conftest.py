@@ -86,13 +86,18 @@ def make_relay(store: RelayStore, upstream: Upstream, moto_endpoint: str) -> Ite
     plain, key = ensure_dev_key(store)  # one key for every relay instance of the test
 
     def factory(**overrides: Any) -> Relay:
-        values: dict[str, Any] = {"upstream_url": upstream.url, "dynamodb_endpoint": moto_endpoint,
-                                  "table_name": store.table_name, "cancel_poll_interval_s": 0.05,
-                                  "upstream_retry_base_s": 0.01}
+        values: dict[str, Any] = {
+            "upstream_url": upstream.url,
+            "dynamodb_endpoint": moto_endpoint,
+            "table_name": store.table_name,
+            "cancel_poll_interval_s": 0.05,
+            "upstream_retry_base_s": 0.01,
+        }
         values.update(overrides)
         app_kwargs = values.pop("app_kwargs", None) or {}
         settings = Settings(**values)
-        app = create_app(settings, store=store, **app_kwargs)
+        app_kwargs.setdefault("store", store)
+        app = create_app(settings, **app_kwargs)
         context = serve(app)
         base = context.__enter__()
         stack.append(context)

@@ -41,7 +41,7 @@ def chat_body(**extra: Any) -> dict[str, Any]:
 
 def sse_events(text: str) -> list[str]:
     """The `data:` payloads of an SSE body, in order (comments skipped)."""
-    return [block[len("data: "):] for block in text.split("\n\n") if block.startswith("data: ")]
+    return [block[len("data: ") :] for block in text.split("\n\n") if block.startswith("data: ")]
 
 
 def ndjson_lines(text: str) -> list[dict[str, Any]]:

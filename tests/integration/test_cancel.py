@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -16,7 +17,7 @@ from tests.conftest import Relay, RelayFactory, Upstream
 from tests.integration.helpers import RecordingFinalizer, chat_body
 
 
-def _wait_for(predicate, timeout: float = 5.0) -> None:
+def _wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -30,8 +31,10 @@ def test_client_disconnect_closes_upstream_within_50ms(make_relay: RelayFactory,
     recorder = RecordingFinalizer()
     relay = make_relay(app_kwargs={"finalizers": [recorder]})
     body = chat_body(stream=True, mock={"tokens": 1000, "chunk_delay_ms": 20, "ttft_ms": 0})
-    with httpx.Client(timeout=10) as client, client.stream("POST", f"{relay.url}{path}", json=body,
-                                                           headers=relay.headers()) as response:
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream("POST", f"{relay.url}{path}", json=body, headers=relay.headers()) as response,
+    ):
         request_id = response.headers["x-request-id"]
         lines = response.iter_lines()
         received = 0
@@ -62,16 +65,33 @@ def test_cancel_call_from_another_process_via_another_instance(make_relay: Relay
     streaming = make_relay(app_kwargs={"finalizers": [recorder]}, cancel_poll_interval_s=0.2)
     other = make_relay()
     body = chat_body(stream=True, mock={"tokens": 1000, "chunk_delay_ms": 20, "ttft_ms": 0})
-    with httpx.Client(timeout=10) as client, client.stream("POST", f"{streaming.url}/v1/chat/completions",
-                                                           json=body, headers=streaming.headers()) as response:
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream(
+            "POST", f"{streaming.url}/v1/chat/completions", json=body, headers=streaming.headers()
+        ) as response,
+    ):
         request_id = response.headers["x-request-id"]
         lines = response.iter_lines()
         assert next(lines).startswith("data: {")
         # WHEN another process (curl) asks the OTHER instance to cancel it
         result = subprocess.run(
-            ["curl", "-sS", "-X", "POST", f"{other.url}/v1/requests/{request_id}/cancel",
-             "-H", f"Authorization: Bearer {other.key}", "-w", "\n%{http_code}"],
-            capture_output=True, text=True, timeout=10, check=True)
+            [
+                "curl",
+                "-sS",
+                "-X",
+                "POST",
+                f"{other.url}/v1/requests/{request_id}/cancel",
+                "-H",
+                f"Authorization: Bearer {other.key}",
+                "-w",
+                "\n%{http_code}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
         cancelled_at = time.monotonic()
         answer, status = result.stdout.rsplit("\n", 1)
         assert status == "202"
@@ -90,8 +110,10 @@ def test_cancel_call_from_another_process_via_another_instance(make_relay: Relay
 
 def test_cancel_on_the_same_instance_is_immediate(relay: Relay, upstream: Upstream) -> None:
     body = chat_body(stream=True, mock={"tokens": 1000, "chunk_delay_ms": 20, "ttft_ms": 0})
-    with httpx.Client(timeout=10) as client, client.stream("POST", f"{relay.url}/api/v1/chat/stream", json=body,
-                                                           headers=relay.headers()) as response:
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream("POST", f"{relay.url}/api/v1/chat/stream", json=body, headers=relay.headers()) as response,
+    ):
         request_id = response.headers["x-request-id"]
         lines = response.iter_lines()
         next(lines)

@@ -86,16 +86,20 @@ def test_plain_json_when_not_streaming(rec_relay: Relay) -> None:
 
 
 def test_x_api_key_header_is_accepted(rec_relay: Relay) -> None:
-    response = httpx.post(f"{rec_relay.url}/v1/chat/completions", json=chat_body(mock={"tokens": 1}),
-                          headers={"x-api-key": rec_relay.key})
+    response = httpx.post(
+        f"{rec_relay.url}/v1/chat/completions", json=chat_body(mock={"tokens": 1}), headers={"x-api-key": rec_relay.key}
+    )
     assert response.status_code == 200
 
 
 def test_openai_sdk_streaming_with_usage(rec_relay: Relay) -> None:
     client = openai.OpenAI(base_url=f"{rec_relay.url}/v1", api_key=rec_relay.key, max_retries=0)
     stream = client.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}], stream=True,
-        stream_options={"include_usage": True}, extra_body={"mock": {"tokens": 6, "chunk_delay_ms": 1}},
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Hi"}],
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"mock": {"tokens": 6, "chunk_delay_ms": 1}},
     )
     text, usage, finish = "", None, None
     for chunk in stream:
@@ -112,7 +116,9 @@ def test_openai_sdk_streaming_with_usage(rec_relay: Relay) -> None:
 def test_openai_sdk_non_streaming(rec_relay: Relay) -> None:
     client = openai.OpenAI(base_url=f"{rec_relay.url}/v1", api_key=rec_relay.key, max_retries=0)
     completion = client.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}], extra_body={"mock": {"tokens": 2}},
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Hi"}],
+        extra_body={"mock": {"tokens": 2}},
     )
     assert completion.choices[0].message.content == "The quick"
     assert completion.usage is not None and completion.usage.completion_tokens == 2
@@ -129,8 +135,9 @@ def test_keep_alive_connection_to_upstream_is_reused(rec_relay: Relay, upstream:
     # GIVEN several sequential requests
     with httpx.Client() as client:
         for _ in range(3):
-            client.post(f"{rec_relay.url}/v1/chat/completions", json=chat_body(mock={"tokens": 1}),
-                        headers=rec_relay.headers())
+            client.post(
+                f"{rec_relay.url}/v1/chat/completions", json=chat_body(mock={"tokens": 1}), headers=rec_relay.headers()
+            )
     # THEN the upstream saw them all arrive on one kept-alive connection (one client port)
     ports = {record.client_port for record in upstream.state.requests.values()}
     assert len(upstream.state.requests) == 3

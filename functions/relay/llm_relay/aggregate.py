@@ -22,8 +22,9 @@ class CompletionAggregator:
 
     def _add_choice(self, choice: dict[str, Any]) -> None:
         index = int(choice.get("index", 0))
-        slot = self._choices.setdefault(index, {"content": [], "tool_calls": {}, "role": "assistant",
-                                                "finish_reason": None, "refusal": []})
+        slot = self._choices.setdefault(
+            index, {"content": [], "tool_calls": {}, "role": "assistant", "finish_reason": None, "refusal": []}
+        )
         delta = choice.get("delta") or {}
         if delta.get("role"):
             slot["role"] = delta["role"]
@@ -32,9 +33,9 @@ class CompletionAggregator:
         if delta.get("refusal"):
             slot["refusal"].append(delta["refusal"])
         for call in delta.get("tool_calls") or []:
-            merged = slot["tool_calls"].setdefault(int(call.get("index", 0)),
-                                                   {"id": None, "type": "function",
-                                                    "function": {"name": "", "arguments": ""}})
+            merged = slot["tool_calls"].setdefault(
+                int(call.get("index", 0)), {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+            )
             merged["id"] = call.get("id") or merged["id"]
             merged["type"] = call.get("type") or merged["type"]
             function = call.get("function") or {}
@@ -47,14 +48,24 @@ class CompletionAggregator:
         choices = []
         for index in sorted(self._choices):
             slot = self._choices[index]
-            message: dict[str, Any] = {"role": slot["role"], "content": "".join(slot["content"]) or None,
-                                       "refusal": "".join(slot["refusal"]) or None}
+            message: dict[str, Any] = {
+                "role": slot["role"],
+                "content": "".join(slot["content"]) or None,
+                "refusal": "".join(slot["refusal"]) or None,
+            }
             if slot["tool_calls"]:
                 message["tool_calls"] = [slot["tool_calls"][i] for i in sorted(slot["tool_calls"])]
-            choices.append({"index": index, "message": message, "logprobs": None,
-                            "finish_reason": slot["finish_reason"]})
-        body: dict[str, Any] = {"id": request_id, "object": "chat.completion", "created": self.created or created,
-                                "model": self.model or model, "choices": choices, "usage": usage}
+            choices.append(
+                {"index": index, "message": message, "logprobs": None, "finish_reason": slot["finish_reason"]}
+            )
+        body: dict[str, Any] = {
+            "id": request_id,
+            "object": "chat.completion",
+            "created": self.created or created,
+            "model": self.model or model,
+            "choices": choices,
+            "usage": usage,
+        }
         if self.system_fingerprint:
             body["system_fingerprint"] = self.system_fingerprint
         return body

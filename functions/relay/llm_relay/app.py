@@ -97,13 +97,20 @@ def _no_price(model: str, usage: Usage) -> Decimal | None:
     return None
 
 
-def create_app(settings: Settings | None = None, *, store: RelayStore | None = None,
-               admission: Admission | None = None, finalizers: list[Finalizer] | None = None,
-               pricer: Pricer | None = None, upstream_transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    store: RelayStore | None = None,
+    admission: Admission | None = None,
+    finalizers: list[Finalizer] | None = None,
+    pricer: Pricer | None = None,
+    upstream_transport: httpx.AsyncBaseTransport | None = None,
+) -> FastAPI:
     settings = settings or Settings()
     store = store or RelayStore(settings.table_name, make_client(settings.dynamodb_endpoint, settings.aws_region))
     services = Services(
-        settings=settings, store=store,
+        settings=settings,
+        store=store,
         auth=Authenticator(store, settings.auth_cache_ttl_s),
         cancels=CancelRegistry(store, settings.cancel_poll_interval_s),
         admission=admission or Unlimited(store, settings.request_ttl_s),
@@ -117,8 +124,9 @@ def create_app(settings: Settings | None = None, *, store: RelayStore | None = N
             base_url = settings.upstream_url
             if base_url is None and upstream_transport is None:
                 base_url = await stack.enter_async_context(embedded_mock_upstream())
-            services.upstream = Upstream(settings, base_url or "http://upstream/v1", UpstreamKeyProvider(settings),
-                                         transport=upstream_transport)
+            services.upstream = Upstream(
+                settings, base_url or "http://upstream/v1", UpstreamKeyProvider(settings), transport=upstream_transport
+            )
             stack.push_async_callback(services.upstream.aclose)
             tg = await stack.enter_async_context(anyio.create_task_group())
             tg.start_soon(services.cancels.run_poller)
@@ -167,15 +175,23 @@ async def _relay(request: Request, services: Services, *, ndjson: bool) -> Respo
     settings = services.settings
     request_id: str = request.state.request_id
     key = await services.auth.authenticate(request.headers)
-    chat = parse_chat_request(await _read_body(request, settings.max_body_bytes),
-                              max_tokens_cap=settings.max_tokens_cap, allowed_models=settings.allowed_model_set)
+    chat = parse_chat_request(
+        await _read_body(request, settings.max_body_bytes),
+        max_tokens_cap=settings.max_tokens_cap,
+        allowed_models=settings.allowed_model_set,
+    )
     if not key.allows_model(chat.model):
         raise ModelNotAllowed(f"This key may not use the model '{chat.model}'.", param="model")
     framing: Framing | None = NDJSONFraming() if ndjson else (SSEFraming() if chat.stream else None)
-    ctx = RequestContext(request_id=request_id, key=key, chat=chat,
-                         mode="ndjson" if ndjson else ("sse" if chat.stream else "json"),
-                         started_at=time.monotonic(), started_epoch=time.time(),
-                         deadline=_deadline(request.headers, settings))
+    ctx = RequestContext(
+        request_id=request_id,
+        key=key,
+        chat=chat,
+        mode="ndjson" if ndjson else ("sse" if chat.stream else "json"),
+        started_at=time.monotonic(),
+        started_epoch=time.time(),
+        deadline=_deadline(request.headers, settings),
+    )
     cancel_event = services.cancels.register(request_id)
     try:
         headers = await services.admission.admit(ctx)
@@ -190,10 +206,20 @@ async def _relay(request: Request, services: Services, *, ndjson: bool) -> Respo
         raise
     ctx.retries = opened.retries
     ctx.upstream_errors = opened.status_errors
-    return _RegisteredRelay(RelayResponse(
-        ctx, opened, framing=framing, cancel_event=cancel_event,
-        cancelled_at=lambda: services.cancels.cancelled_at(request_id), finalizer=services.finalizer,
-        pricer=services.pricer, settings=settings, headers=headers), services.cancels)
+    return _RegisteredRelay(
+        RelayResponse(
+            ctx,
+            opened,
+            framing=framing,
+            cancel_event=cancel_event,
+            cancelled_at=lambda: services.cancels.cancelled_at(request_id),
+            finalizer=services.finalizer,
+            pricer=services.pricer,
+            settings=settings,
+            headers=headers,
+        ),
+        services.cancels,
+    )
 
 
 async def _open_upstream(services: Services, ctx: RequestContext, chat: ChatRequest) -> Any:
@@ -203,13 +229,20 @@ async def _open_upstream(services: Services, ctx: RequestContext, chat: ChatRequ
 
 async def _finalize_failed_open(services: Services, ctx: RequestContext, exc: UpstreamError) -> None:
     """The upstream never answered 2xx (after retries): the request was admitted, so it is still finalized."""
-    reason = TerminationReason.UPSTREAM_TIMEOUT if isinstance(exc, UpstreamTimeout) else TerminationReason.UPSTREAM_ERROR
+    reason = (
+        TerminationReason.UPSTREAM_TIMEOUT if isinstance(exc, UpstreamTimeout) else TerminationReason.UPSTREAM_ERROR
+    )
     ctx.retries = exc.retries
     ctx.upstream_errors = exc.failures
-    outcome = StreamOutcome(reason=reason, usage=Usage(estimate_prompt_tokens(ctx.chat.messages_as_dicts()), 0,
-                                                       estimated=True),
-                            ttft_s=None, tpot_s=None, duration_s=time.monotonic() - ctx.started_at, chunks=0,
-                            error=exc.message)
+    outcome = StreamOutcome(
+        reason=reason,
+        usage=Usage(estimate_prompt_tokens(ctx.chat.messages_as_dicts()), 0, estimated=True),
+        ttft_s=None,
+        tpot_s=None,
+        duration_s=time.monotonic() - ctx.started_at,
+        chunks=0,
+        error=exc.message,
+    )
     with anyio.CancelScope(shield=True):
         await services.finalizer.finalize(ctx, outcome)
 

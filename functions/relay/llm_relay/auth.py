@@ -27,8 +27,9 @@ def extract_key(headers: Mapping[str, str]) -> str:
     api_key = headers.get("x-api-key")
     if api_key is not None and api_key.strip():
         return api_key.strip()
-    raise Unauthorized("Missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
-                       code="missing_api_key")
+    raise Unauthorized(
+        "Missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'.", code="missing_api_key"
+    )
 
 
 class Authenticator:

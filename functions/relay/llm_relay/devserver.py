@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 
 import uvicorn
 
@@ -25,9 +24,12 @@ class DevEcho:
     async def finalize(self, ctx: RequestContext, outcome: StreamOutcome) -> None:
         ttft = "-" if outcome.ttft_s is None else f"{outcome.ttft_s * 1000:.0f}ms"
         usage = outcome.usage
-        print(f"[relay] {ctx.request_id} {ctx.key.key_id} {ctx.chat.model} {ctx.mode}: {outcome.reason.value}"
-              f" tokens={usage.prompt_tokens}+{usage.completion_tokens}{' (est)' if usage.estimated else ''}"
-              f" ttft={ttft} duration={outcome.duration_s * 1000:.0f}ms", flush=True)
+        print(
+            f"[relay] {ctx.request_id} {ctx.key.key_id} {ctx.chat.model} {ctx.mode}: {outcome.reason.value}"
+            f" tokens={usage.prompt_tokens}+{usage.completion_tokens}{' (est)' if usage.estimated else ''}"
+            f" ttft={ttft} duration={outcome.duration_s * 1000:.0f}ms",
+            flush=True,
+        )
 
 
 def _start_moto() -> str:
@@ -52,7 +54,8 @@ def main() -> None:
     plain, key = ensure_dev_key(store, settings.dev_key)
     base = f"http://{settings.host}:{settings.port}"
     upstream = settings.upstream_url or "embedded mock upstream"
-    print(f"""
+    print(
+        f"""
 llm-relay dev server
   relay     {base}   (upstream: {upstream}; DynamoDB: {settings.dynamodb_endpoint})
   dev key   {plain}   (key id {key.key_id})
@@ -64,10 +67,12 @@ llm-relay dev server
   curl -N {base}/api/v1/chat/stream -H 'Authorization: Bearer {plain}' \\
        -H 'Content-Type: application/json' \\
        -d '{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"Hello"}}]}}'
-""", flush=True)
+""",
+        flush=True,
+    )
     app = create_app(settings, store=store, finalizers=[DevEcho()])
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -24,7 +24,7 @@ async def embedded_mock_upstream() -> AsyncIterator[str]:
     server = uvicorn.Server(config)
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve, [sock])
-        while not server.started:
+        while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
             await anyio.sleep(0.005)
         try:
             yield f"http://127.0.0.1:{port}/v1"

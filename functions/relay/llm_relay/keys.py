@@ -43,8 +43,12 @@ class ApiKey:
         return self.allowed_models is None or model in self.allowed_models
 
     def to_item(self) -> dict[str, Any]:
-        item: dict[str, Any] = {"key_id": self.key_id, "name": self.name, "status": self.status,
-                                "created_at": self.created_at}
+        item: dict[str, Any] = {
+            "key_id": self.key_id,
+            "name": self.name,
+            "status": self.status,
+            "created_at": self.created_at,
+        }
         if self.revoked_at:
             item["revoked_at"] = self.revoked_at
         if self.allowed_models is not None:

@@ -70,8 +70,13 @@ class StreamMeter:
             if not isinstance(choice, dict):
                 continue
             delta = choice.get("delta") or choice.get("message") or {}
-            if isinstance(delta, dict) and (delta.get("content") or delta.get("tool_calls") or delta.get("refusal")
-                                            or delta.get("function_call") or delta.get("reasoning_content")):
+            if isinstance(delta, dict) and (
+                delta.get("content")
+                or delta.get("tool_calls")
+                or delta.get("refusal")
+                or delta.get("function_call")
+                or delta.get("reasoning_content")
+            ):
                 self.content_chunks += 1
                 if self.first_token_at is None:
                     self.first_token_at = now

@@ -58,9 +58,14 @@ class MockState:
 
 
 def _chunk(cid: str, model: str, created: int, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-    return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-            "system_fingerprint": "fp_mock", "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                                          "finish_reason": finish}]}
+    return {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "system_fingerprint": "fp_mock",
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
 
 
 def _prompt_tokens(body: dict[str, Any]) -> int:
@@ -78,8 +83,13 @@ class _MockStream:
         self.config = config
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
+            }
+        )
         async with anyio.create_task_group() as tg:
 
             async def watch() -> None:
@@ -127,10 +137,21 @@ class _MockStream:
             self.record.chunks_sent += 1
         if not opts.get("no_finish"):
             await event(_chunk(cid, model, created, {}, finish))
-            usage = {"prompt_tokens": _prompt_tokens(self.body), "completion_tokens": self.record.chunks_sent,
-                     "total_tokens": _prompt_tokens(self.body) + self.record.chunks_sent}
-            await event({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                         "choices": [], "usage": usage})
+            usage = {
+                "prompt_tokens": _prompt_tokens(self.body),
+                "completion_tokens": self.record.chunks_sent,
+                "total_tokens": _prompt_tokens(self.body) + self.record.chunks_sent,
+            }
+            await event(
+                {
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [],
+                    "usage": usage,
+                }
+            )
             await event("[DONE]")
         self.record.completed = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -144,19 +165,27 @@ def create_mock_app(config: MockConfig | None = None) -> Starlette:
         state.bodies.append(body)
         opts = body.get("mock") if isinstance(body.get("mock"), dict) else {}
         request_id = request.headers.get("x-request-id") or f"anon-{len(state.requests)}"
-        record = RequestRecord(request_id=request_id, started_at=time.monotonic(), stream=bool(body.get("stream")),
-                               client_port=request.client.port if request.client else None)
+        record = RequestRecord(
+            request_id=request_id,
+            started_at=time.monotonic(),
+            stream=bool(body.get("stream")),
+            client_port=request.client.port if request.client else None,
+        )
         state.requests[request_id] = record
         if "fail_first" in opts:
             attempt_key = str(opts.get("id", request_id))
             state.attempts[attempt_key] = state.attempts.get(attempt_key, 0) + 1
             if state.attempts[attempt_key] <= int(opts["fail_first"]):
-                return JSONResponse({"error": {"message": "mock: temporarily unavailable", "type": "server_error"}},
-                                    status_code=503, headers={"retry-after": "0"})
+                return JSONResponse(
+                    {"error": {"message": "mock: temporarily unavailable", "type": "server_error"}},
+                    status_code=503,
+                    headers={"retry-after": "0"},
+                )
         if "status" in opts:
             status = int(opts["status"])
-            return JSONResponse({"error": {"message": f"mock: status {status}", "type": "mock_error"}},
-                                status_code=status)
+            return JSONResponse(
+                {"error": {"message": f"mock: status {status}", "type": "mock_error"}}, status_code=status
+            )
         stream = _MockStream(record, body, opts, state.config)
         if body.get("stream"):
             return stream  # type: ignore[return-value]
@@ -171,11 +200,13 @@ def create_mock_app(config: MockConfig | None = None) -> Starlette:
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    app = Starlette(routes=[
-        Route("/v1/chat/completions", chat, methods=["POST"]),
-        Route("/mock/requests/{request_id}", get_record, methods=["GET"]),
-        Route("/healthz", health, methods=["GET"]),
-    ])
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/mock/requests/{request_id}", get_record, methods=["GET"]),
+            Route("/healthz", health, methods=["GET"]),
+        ]
+    )
     app.state.mock = state
     return app
 
@@ -189,10 +220,19 @@ async def _non_streaming(stream: _MockStream) -> Response:
     prompt = _prompt_tokens(stream.body)
     stream.record.chunks_sent = tokens
     stream.record.completed = True
-    return JSONResponse({
-        "id": "chatcmpl-mock", "object": "chat.completion", "created": int(time.time()),
-        "model": stream.body.get("model", "mock"),
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                     "finish_reason": opts.get("finish_reason", config.finish_reason)}],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": tokens, "total_tokens": prompt + tokens},
-    })
+    return JSONResponse(
+        {
+            "id": "chatcmpl-mock",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": stream.body.get("model", "mock"),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": opts.get("finish_reason", config.finish_reason),
+                }
+            ],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": tokens, "total_tokens": prompt + tokens},
+        }
+    )

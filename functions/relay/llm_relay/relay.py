@@ -6,6 +6,7 @@ written, and finalization (usage, metrics, logs) runs before the response body c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -46,9 +47,19 @@ class _ClientGone(Exception):
 class RelayResponse:
     """ASGI response for an admitted request whose upstream stream is already open (status 2xx)."""
 
-    def __init__(self, ctx: RequestContext, opened: OpenedStream, *, framing: Framing | None,
-                 cancel_event: anyio.Event, cancelled_at: Callable[[], float | None], finalizer: Finalizer,
-                 pricer: Pricer, settings: Settings, headers: dict[str, str]) -> None:
+    def __init__(
+        self,
+        ctx: RequestContext,
+        opened: OpenedStream,
+        *,
+        framing: Framing | None,
+        cancel_event: anyio.Event,
+        cancelled_at: Callable[[], float | None],
+        finalizer: Finalizer,
+        pricer: Pricer,
+        settings: Settings,
+        headers: dict[str, str],
+    ) -> None:
         self.ctx = ctx
         self._opened = opened
         self._framing = framing  # None: answer one JSON body (stream: false)
@@ -94,8 +105,13 @@ class RelayResponse:
         reason = self._reason or TerminationReason.INCOMPLETE
         usage = self.meter.usage(self.ctx.chat.messages_as_dicts())
         outcome = StreamOutcome(
-            reason=reason, usage=usage, ttft_s=self.meter.ttft_s, tpot_s=self.meter.tpot_s,
-            duration_s=closed_at - self.ctx.started_at, chunks=self.meter.chunks, error=self._error,
+            reason=reason,
+            usage=usage,
+            ttft_s=self.meter.ttft_s,
+            tpot_s=self.meter.tpot_s,
+            duration_s=closed_at - self.ctx.started_at,
+            chunks=self.meter.chunks,
+            error=self._error,
             cancel_source=self._cancel_source,
             cancel_latency_s=None if self._cancel_started is None else closed_at - self._cancel_started,
         )
@@ -124,8 +140,10 @@ class RelayResponse:
                         return
             self._conclude(reason_from_finish(self.meter.finish_reason))
         except httpx.ReadTimeout:
-            self._conclude(TerminationReason.UPSTREAM_TIMEOUT,
-                      f"No upstream bytes for {self._settings.upstream_idle_timeout_s:g}s.")
+            self._conclude(
+                TerminationReason.UPSTREAM_TIMEOUT,
+                f"No upstream bytes for {self._settings.upstream_idle_timeout_s:g}s.",
+            )
         except httpx.HTTPError as exc:
             self._conclude(TerminationReason.UPSTREAM_ERROR, f"Upstream stream failed ({type(exc).__name__}).")
         except _ClientGone:
@@ -217,8 +235,10 @@ class RelayResponse:
                 return
             waiting_first = self.meter.first_token_at is None
             if waiting_first and now >= first_token_by:
-                self._end(TerminationReason.UPSTREAM_TIMEOUT,
-                          f"No first token within {self._settings.upstream_first_token_timeout_s:g}s.")
+                self._end(
+                    TerminationReason.UPSTREAM_TIMEOUT,
+                    f"No first token within {self._settings.upstream_first_token_timeout_s:g}s.",
+                )
                 return
             wake = [t for t in (deadline, first_token_by if waiting_first else None) if t is not None]
             if not wake:
@@ -242,8 +262,13 @@ class RelayResponse:
         headers = {**self._headers, **(extra or {}), "content-type": media_type}
         if self._framing is not None:
             headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
-        await self._raw_send({"type": "http.response.start", "status": status,
-                              "headers": [(k.encode(), v.encode()) for k, v in headers.items()]})
+        await self._raw_send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+            }
+        )
 
     async def _write(self, data: bytes, *, nudge: bool = False) -> None:
         if self._client_gone:
@@ -270,10 +295,8 @@ class RelayResponse:
             frame = self._framing.error(self._error_body(outcome))
         else:
             frame = self._framing.end(self._summary(outcome, cost))
-        try:
+        with contextlib.suppress(_ClientGone):
             await self._write(frame)
-        except _ClientGone:
-            pass
 
     def _summary(self, outcome: StreamOutcome, cost: Decimal | None) -> dict[str, Any]:
         return {
@@ -292,8 +315,15 @@ class RelayResponse:
 
     def _error_body(self, outcome: StreamOutcome) -> dict[str, Any]:
         message = outcome.error or f"The stream ended without a finish_reason ({outcome.reason.value})."
-        return {"error": {"message": message, "type": "upstream_error", "param": None, "code": outcome.reason.value,
-                          "request_id": self.ctx.request_id}}
+        return {
+            "error": {
+                "message": message,
+                "type": "upstream_error",
+                "param": None,
+                "code": outcome.reason.value,
+                "request_id": self.ctx.request_id,
+            }
+        }
 
     async def _send_json(self, outcome: StreamOutcome, cost: Decimal | None) -> None:
         if self._client_gone:
@@ -306,8 +336,9 @@ class RelayResponse:
         else:
             assert self._aggregator is not None
             status = 200
-            body = self._aggregator.completion(self.ctx.request_id, self.ctx.chat.model, outcome.usage.as_openai(),
-                                               int(self.ctx.started_epoch))
+            body = self._aggregator.completion(
+                self.ctx.request_id, self.ctx.chat.model, outcome.usage.as_openai(), int(self.ctx.started_epoch)
+            )
         extra = {"x-relay-cost-usd": str(cost)} if cost is not None else {}
         try:
             await self._start(status, "application/json", extra)

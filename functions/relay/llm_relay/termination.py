@@ -23,8 +23,12 @@ class TerminationReason(StrEnum):
 
 
 _FAILURES = frozenset(
-    {TerminationReason.UPSTREAM_ERROR, TerminationReason.UPSTREAM_TIMEOUT, TerminationReason.DEADLINE,
-     TerminationReason.INCOMPLETE}
+    {
+        TerminationReason.UPSTREAM_ERROR,
+        TerminationReason.UPSTREAM_TIMEOUT,
+        TerminationReason.DEADLINE,
+        TerminationReason.INCOMPLETE,
+    }
 )
 
 _FINISH_REASONS = {

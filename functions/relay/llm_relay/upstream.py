@@ -63,13 +63,20 @@ def status_class(status: int) -> str:
 
 
 class Upstream:
-    def __init__(self, settings: Settings, base_url: str, key_provider: KeyProvider,
-                 transport: httpx.AsyncBaseTransport | None = None, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        base_url: str,
+        key_provider: KeyProvider,
+        transport: httpx.AsyncBaseTransport | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         self._settings = settings
         self._key_provider = key_provider
         self._rng = rng or random.Random()
-        timeout = httpx.Timeout(connect=settings.upstream_connect_timeout_s, read=settings.upstream_idle_timeout_s,
-                                write=10.0, pool=10.0)
+        timeout = httpx.Timeout(
+            connect=settings.upstream_connect_timeout_s, read=settings.upstream_idle_timeout_s, write=10.0, pool=10.0
+        )
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60.0)
         self.client = httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits, transport=transport)
 
@@ -106,8 +113,13 @@ class Upstream:
                     raise _with_history(failure, attempt, errors)
             if attempt >= self._settings.upstream_max_retries:
                 raise _with_history(failure, attempt, errors)
-            delay = backoff_s(attempt, self._settings.upstream_retry_base_s, self._settings.upstream_retry_max_s,
-                              retry_after, self._rng)
+            delay = backoff_s(
+                attempt,
+                self._settings.upstream_retry_base_s,
+                self._settings.upstream_retry_max_s,
+                retry_after,
+                self._rng,
+            )
             logger.info("upstream attempt %d failed (%s); retrying in %.3fs", attempt + 1, failure.code, delay)
             attempt += 1
             await anyio.sleep(delay)
@@ -129,15 +141,17 @@ async def _failure_from_response(response: httpx.Response) -> UpstreamError:
     message = _upstream_message(raw)
     status = response.status_code
     if status == 429:
-        failure: UpstreamError = UpstreamError(f"Upstream rate limited: {message}", upstream_status=status,
-                                               code="upstream_rate_limited")
+        failure: UpstreamError = UpstreamError(
+            f"Upstream rate limited: {message}", upstream_status=status, code="upstream_rate_limited"
+        )
         failure.status_code = RateLimited.status_code
         return failure
     if status in (401, 403):
         return UpstreamError("Upstream rejected the relay's credentials.", upstream_status=status)
     if 400 <= status < 500:
-        failure = UpstreamError(f"Upstream refused the request: {message}", upstream_status=status,
-                                code="upstream_invalid_request")
+        failure = UpstreamError(
+            f"Upstream refused the request: {message}", upstream_status=status, code="upstream_invalid_request"
+        )
         failure.status_code = InvalidRequest.status_code if status != 404 else 404
         failure.error_type = "invalid_request_error"
         return failure

@@ -31,8 +31,7 @@ class UpstreamKeyProvider:
             value = parameters.get_secret(self._settings.upstream_secret_arn, max_age=CACHE_SECONDS)
             return _api_key_from_secret(str(value))
         assert self._settings.upstream_ssm_parameter
-        return str(parameters.get_parameter(self._settings.upstream_ssm_parameter, decrypt=True,
-                                            max_age=CACHE_SECONDS))
+        return str(parameters.get_parameter(self._settings.upstream_ssm_parameter, decrypt=True, max_age=CACHE_SECONDS))
 
 
 def _api_key_from_secret(value: str) -> str:

@@ -1,0 +1,169 @@
+"""Upstream failures: retried only before the first byte; after it, a terminal error object, never a silent
+truncation; exactly one termination reason each."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Relay, RelayFactory, Upstream
+from tests.integration.helpers import RecordingFinalizer, chat_body, ndjson_lines, sse_events
+
+
+@pytest.fixture
+def recorder() -> RecordingFinalizer:
+    return RecordingFinalizer()
+
+
+@pytest.fixture
+def rec_relay(make_relay: RelayFactory, recorder: RecordingFinalizer) -> Relay:
+    return make_relay(app_kwargs={"finalizers": [recorder]}, upstream_idle_timeout_s=0.5)
+
+
+def _post(relay: Relay, body: dict[str, Any], path: str = "/v1/chat/completions") -> httpx.Response:
+    return httpx.post(f"{relay.url}{path}", json=body, headers=relay.headers(), timeout=10)
+
+
+def test_transient_upstream_failures_are_retried_before_first_byte(
+    rec_relay: Relay, recorder: RecordingFinalizer, upstream: Upstream
+) -> None:
+    # GIVEN an upstream that answers 503 twice, then streams
+    body = chat_body(stream=True, mock={"fail_first": 2, "id": "retry-1", "tokens": 2})
+    # WHEN a client streams through the relay (2 retries allowed)
+    response = _post(rec_relay, body)
+    # THEN the client sees one clean stream, and the relay counted two retries
+    assert response.status_code == 200
+    assert sse_events(response.text)[-1] == "[DONE]"
+    assert upstream.state.attempts["retry-1"] == 3
+    ctx = recorder.contexts[response.headers["x-request-id"]]
+    assert ctx.retries == 2 and ctx.upstream_errors == {"5xx": 2}
+
+
+def test_persistent_upstream_5xx_becomes_502_after_retries(
+    rec_relay: Relay, recorder: RecordingFinalizer, upstream: Upstream
+) -> None:
+    response = _post(rec_relay, chat_body(stream=True, mock={"status": 500}))
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert error["code"] == "upstream_error" and "500" in error["message"]
+    outcome = recorder.wait(response.headers["x-request-id"])
+    assert outcome.reason.value == "upstream_error"
+    assert len(upstream.state.bodies) == 3  # first try + 2 retries
+
+
+def test_upstream_client_error_is_passed_on_without_retry(rec_relay: Relay, upstream: Upstream) -> None:
+    response = _post(rec_relay, chat_body(stream=True, mock={"status": 400}))
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "upstream_invalid_request"
+    assert len(upstream.state.bodies) == 1
+
+
+@pytest.mark.parametrize(
+    ("mock", "reason"),
+    [
+        ({"drop_after": 3}, "upstream_error"),
+        ({"malformed_after": 3}, "upstream_error"),
+        ({"error_after": 3}, "upstream_error"),
+        ({"stall_after": 3}, "upstream_timeout"),
+        ({"no_finish": True}, "incomplete"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/v1/chat/stream"])
+def test_failure_after_first_byte_ends_with_terminal_error(
+    rec_relay: Relay, recorder: RecordingFinalizer, mock: dict[str, Any], reason: str, path: str
+) -> None:
+    # GIVEN an upstream that fails after 3 tokens
+    body = chat_body(stream=True, mock={"tokens": 6, "chunk_delay_ms": 0, "ttft_ms": 0, **mock})
+    # WHEN the client streams
+    response = _post(rec_relay, body, path)
+    # THEN it got the tokens produced so far, then a terminal error object naming the reason, and no normal end
+    assert response.status_code == 200
+    if path.endswith("completions"):
+        events = sse_events(response.text)
+        assert "[DONE]" not in events
+        last = json.loads(events[-1])
+    else:
+        lines = ndjson_lines(response.text)
+        assert not any(line.get("object") == "relay.summary" for line in lines)
+        last = lines[-1]
+    assert last["error"]["code"] == reason
+    assert last["error"]["request_id"] == response.headers["x-request-id"]
+    outcome = recorder.wait(response.headers["x-request-id"])
+    assert outcome.reason.value == reason
+    if reason != "incomplete":
+        assert outcome.usage.estimated
+
+
+def test_openai_sdk_raises_on_mid_stream_failure(rec_relay: Relay) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{rec_relay.url}/v1", api_key=rec_relay.key, max_retries=0)
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "x"}],
+        stream=True,
+        extra_body={"mock": {"tokens": 5, "drop_after": 2}},
+    )
+    with pytest.raises(openai.APIError, match="Upstream stream failed"):
+        for _ in stream:
+            pass
+
+
+def test_non_streamed_request_failing_mid_way_is_502(rec_relay: Relay) -> None:
+    response = _post(rec_relay, chat_body(mock={"tokens": 6, "drop_after": 2}))
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_error"
+
+
+def test_heartbeats_while_waiting_then_first_token_timeout(
+    make_relay: RelayFactory, recorder: RecordingFinalizer
+) -> None:
+    # GIVEN a model that takes 5 s to its first token, a 0.6 s first-token timeout and 0.1 s heartbeats
+    relay = make_relay(
+        app_kwargs={"finalizers": [recorder]}, upstream_first_token_timeout_s=0.6, heartbeat_interval_s=0.1
+    )
+    body = chat_body(stream=True, mock={"ttft_ms": 5000})
+    # WHEN a client streams over SSE
+    response = _post(relay, body)
+    # THEN it saw `: ping` comments while waiting, then an upstream_timeout error
+    assert response.text.count(": ping\n\n") >= 3
+    assert json.loads(sse_events(response.text)[-1])["error"]["code"] == "upstream_timeout"
+    assert recorder.wait(response.headers["x-request-id"]).reason.value == "upstream_timeout"
+
+
+def test_ndjson_heartbeats_are_blank_lines(make_relay: RelayFactory) -> None:
+    relay = make_relay(heartbeat_interval_s=0.05)
+    response = _post(relay, chat_body(mock={"ttft_ms": 300, "tokens": 1}), "/api/v1/chat/stream")
+    assert response.text.startswith("\n\n")
+    assert ndjson_lines(response.text)[-1]["object"] == "relay.summary"
+
+
+def test_deadline_ends_the_stream_cleanly_before_lambda_would(
+    make_relay: RelayFactory, recorder: RecordingFinalizer
+) -> None:
+    # GIVEN a function timeout of 1 s with a 0.5 s margin, and a stream that would take 10 s
+    relay = make_relay(app_kwargs={"finalizers": [recorder]}, function_timeout_s=1.0, deadline_margin_s=0.5)
+    body = chat_body(stream=True, mock={"tokens": 100, "chunk_delay_ms": 100, "ttft_ms": 0})
+    response = _post(relay, body)
+    # THEN the relay ended it itself, with a terminal error, and finalized it as `deadline`
+    assert json.loads(sse_events(response.text)[-1])["error"]["code"] == "deadline"
+    outcome = recorder.wait(response.headers["x-request-id"])
+    assert outcome.reason.value == "deadline"
+    assert 0.4 < outcome.duration_s < 0.9
+
+
+def test_lambda_context_header_sets_the_deadline(make_relay: RelayFactory, recorder: RecordingFinalizer) -> None:
+    import time
+
+    relay = make_relay(app_kwargs={"finalizers": [recorder]}, deadline_margin_s=0.2)
+    context = json.dumps({"request_id": "lambda-1", "deadline": int((time.time() + 0.7) * 1000)})
+    response = httpx.post(
+        f"{relay.url}/v1/chat/completions",
+        headers={**relay.headers(), "x-amzn-lambda-context": context},
+        json=chat_body(stream=True, mock={"tokens": 100, "chunk_delay_ms": 50, "ttft_ms": 0}),
+    )
+    assert json.loads(sse_events(response.text)[-1])["error"]["code"] == "deadline"
+    assert recorder.wait(response.headers["x-request-id"]).duration_s < 0.7
