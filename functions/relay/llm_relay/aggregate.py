@@ -41,6 +41,11 @@ class CompletionAggregator:
             function = call.get("function") or {}
             merged["function"]["name"] += function.get("name") or ""
             merged["function"]["arguments"] += function.get("arguments") or ""
+        legacy = delta.get("function_call")
+        if isinstance(legacy, dict):  # the deprecated `functions` API: one call, streamed like a tool call
+            call = slot.setdefault("function_call", {"name": "", "arguments": ""})
+            call["name"] += legacy.get("name") or ""
+            call["arguments"] += legacy.get("arguments") or ""
         if choice.get("finish_reason"):
             slot["finish_reason"] = choice["finish_reason"]
 
@@ -53,6 +58,8 @@ class CompletionAggregator:
                 "content": "".join(slot["content"]) or None,
                 "refusal": "".join(slot["refusal"]) or None,
             }
+            if "function_call" in slot:
+                message["function_call"] = slot["function_call"]
             if slot["tool_calls"]:
                 message["tool_calls"] = [slot["tool_calls"][i] for i in sorted(slot["tool_calls"])]
             choices.append(

@@ -63,13 +63,15 @@ def parse_chat_request(raw: bytes, *, max_tokens_cap: int, allowed_models: froze
         payload = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidRequest(f"Request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise InvalidRequest("Request body is nested too deeply.", code="invalid_json") from None
     if not isinstance(payload, dict):
         raise InvalidRequest("Request body must be a JSON object.", code="invalid_json")
     try:
         request = ChatRequest.model_validate(payload)
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
-        param = ".".join(str(part) for part in first["loc"])
+        param = _param_path(payload, first["loc"])
         raise InvalidRequest(f"Invalid value for '{param}': {first['msg']}.", param=param) from None
     for name in ("max_tokens", "max_completion_tokens"):
         value = getattr(request, name)
@@ -78,3 +80,20 @@ def parse_chat_request(raw: bytes, *, max_tokens_cap: int, allowed_models: froze
     if allowed_models is not None and request.model not in allowed_models:
         raise ModelNotAllowed(f"The model '{request.model}' is not allowed on this relay.", param="model")
     return request
+
+
+def _param_path(payload: Any, loc: tuple[int | str, ...]) -> str:
+    """The error's location as the client wrote it. pydantic adds the names of the union branches it tried
+    (`messages.0.content.str`); those are not fields, so the path stops where the request does."""
+    parts: list[str] = []
+    node = payload
+    for part in loc:
+        if isinstance(node, dict) and isinstance(part, str):
+            parts.append(part)
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int):
+            parts.append(str(part))
+            node = node[part] if 0 <= part < len(node) else None
+        else:
+            break
+    return ".".join(parts) or ".".join(str(part) for part in loc)

@@ -5,7 +5,7 @@ RelayError
 ├── InvalidRequest          400  invalid_request_error        (bad JSON, wrong types, bad values)
 │   └── PayloadTooLarge     413  invalid_request_error
 ├── Unauthorized            401  invalid_request_error / invalid_api_key
-├── ModelNotAllowed         403  invalid_request_error / model_not_found
+├── ModelNotAllowed         403  invalid_request_error / model_not_allowed
 ├── NotFound                404  invalid_request_error / not_found
 ├── RateLimited             429  rate_limit_exceeded | budget_exceeded
 ├── ServiceUnavailable      503  service_unavailable       (state store down, fail closed)

@@ -54,7 +54,7 @@ class StreamMeter:
     content_chunks: int = 0
     finish_reason: str | None = None
     upstream_usage: Usage | None = None
-    _finished: bool = field(default=False, repr=False)
+    _finished_choices: set[Any] = field(default_factory=set, repr=False)
 
     def observe(self, chunk: dict[str, Any], now: float) -> bool:
         """Record one chunk. Returns False when the chunk is a duplicate terminal chunk (a second
@@ -62,6 +62,8 @@ class StreamMeter:
         choices = chunk.get("choices") or []
         usage = chunk.get("usage")
         if usage and self.upstream_usage is not None and not choices:
+            return False
+        if choices and all(self._repeats_finish(choice) for choice in choices):
             return False
         self.chunks += 1
         if usage:
@@ -83,11 +85,18 @@ class StreamMeter:
                 self.last_token_at = now
             finish = choice.get("finish_reason")
             if finish:
-                if self._finished and not delta:
-                    return False
                 self.finish_reason = finish
-                self._finished = True
+                self._finished_choices.add(choice.get("index", 0))
         return True
+
+    def _repeats_finish(self, choice: Any) -> bool:
+        """A content-less finish chunk for a choice that already finished: a resent terminal chunk."""
+        return (
+            isinstance(choice, dict)
+            and bool(choice.get("finish_reason"))
+            and not choice.get("delta")
+            and choice.get("index", 0) in self._finished_choices
+        )
 
     @property
     def ttft_s(self) -> float | None:
@@ -129,4 +138,4 @@ def _parse_usage(raw: Any) -> Usage:
 
 
 def _as_int(value: Any) -> int:
-    return value if isinstance(value, int) and value >= 0 else 0
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0

@@ -236,3 +236,17 @@ async def _non_streaming(stream: _MockStream) -> Response:
             "usage": {"prompt_tokens": prompt, "completion_tokens": tokens, "total_tokens": prompt + tokens},
         }
     )
+
+
+def main() -> None:
+    """`python -m llm_relay.mock_upstream [port]`: serve the mock on 127.0.0.1 (default port 8081)."""
+    import sys
+
+    import uvicorn
+
+    port = int(sys.argv[1]) if len(sys.argv) > 1 else 8081
+    uvicorn.run(create_mock_app(), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -22,7 +22,7 @@ class SSEEvent:
 class SSEParser:
     """Stateful parser: `feed(bytes) -> list[SSEEvent]`, then `flush()` at end of stream."""
 
-    __slots__ = ("_buffer", "_data", "_event", "_id", "_pending_cr", "comments")
+    __slots__ = ("_buffer", "_data", "_event", "_id", "_pending_cr", "_started", "comments")
 
     def __init__(self) -> None:
         self._buffer = bytearray()
@@ -30,6 +30,7 @@ class SSEParser:
         self._data: list[str] = []
         self._event = ""
         self._id: str | None = None
+        self._started = False
         self.comments = 0
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
@@ -41,6 +42,12 @@ class SSEParser:
             if chunk[:1] == b"\n":
                 chunk = chunk[1:]
         self._buffer += chunk
+        if not self._started:  # the spec drops one leading UTF-8 byte order mark
+            if len(self._buffer) < 3 and b"\xef\xbb\xbf".startswith(bytes(self._buffer)):
+                return events
+            self._started = True
+            if self._buffer.startswith(b"\xef\xbb\xbf"):
+                del self._buffer[:3]
         start = 0
         buf = self._buffer
         length = len(buf)

@@ -1,0 +1,286 @@
+"""Benchmark: the relay and a direct connection to the same mock upstream, side by side in one run.
+
+    make bench            (or: .venv/bin/python -m bench.run --rounds 3)
+
+Starts a moto DynamoDB server, the mock upstream and two relays (flush nudge off / on) as separate
+processes on loopback, then per round: 10 single streams one after another and 50 concurrent streams of
+200 chunks, against the direct upstream and each relay; relay RSS before/after each round; then the
+cancel latency (client closes, upstream sees the close) and a DynamoDB round trip for scale.
+Writes bench/results/latest.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "lr-bench-key"
+CHUNKS = 200
+CHUNK_DELAY_MS = 10.0
+TTFT_MS = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        args, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT
+    )
+
+
+def wait_http(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+@dataclass
+class StreamResult:
+    ttft_ms: float
+    duration_ms: float
+    chunks: int
+    ok: bool
+
+
+@dataclass
+class Series:
+    ttft_ms: list[float] = field(default_factory=list)
+    duration_ms: list[float] = field(default_factory=list)
+    errors: int = 0
+
+    def add(self, result: StreamResult) -> None:
+        if not result.ok:
+            self.errors += 1
+            return
+        self.ttft_ms.append(result.ttft_ms)
+        self.duration_ms.append(result.duration_ms)
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "n": len(self.ttft_ms),
+            "errors": self.errors,
+            "ttft_p50_ms": round(pct(self.ttft_ms, 50), 2),
+            "ttft_p99_ms": round(pct(self.ttft_ms, 99), 2),
+            "duration_p50_ms": round(pct(self.duration_ms, 50), 1),
+            "duration_mean_ms": round(statistics.fmean(self.duration_ms), 1) if self.duration_ms else 0.0,
+        }
+
+
+async def one_stream(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> StreamResult:
+    body = {
+        "model": "gpt-4o-mini",
+        "stream": True,
+        "messages": [{"role": "user", "content": "bench"}],
+        "mock": {"tokens": CHUNKS, "chunk_delay_ms": CHUNK_DELAY_MS, "ttft_ms": TTFT_MS},
+    }
+    started = time.perf_counter()
+    ttft = None
+    chunks = 0
+    done = False
+    try:
+        async with client.stream("POST", url, json=body, headers=headers) as response:
+            if response.status_code != 200:
+                return StreamResult(0, 0, 0, False)
+            async for line in response.aiter_lines():
+                if line.startswith("data: {") and '"content":"' in line and '"content":""' not in line:
+                    chunks += 1
+                    if ttft is None:
+                        ttft = time.perf_counter() - started
+                elif line == "data: [DONE]":
+                    done = True
+    except httpx.HTTPError:
+        return StreamResult(0, 0, chunks, False)
+    elapsed = time.perf_counter() - started
+    ok = done and chunks == CHUNKS and ttft is not None
+    return StreamResult((ttft or 0) * 1000, elapsed * 1000, chunks, ok)
+
+
+async def run_batch(url: str, headers: dict[str, str], concurrency: int, repeat: int) -> Series:
+    series = Series()
+    limits = httpx.Limits(max_connections=concurrency + 10, max_keepalive_connections=concurrency + 10)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        for _ in range(repeat):
+            results = await asyncio.gather(*(one_stream(client, url, headers) for _ in range(concurrency)))
+            for result in results:
+                series.add(result)
+    return series
+
+
+async def cancel_latency(relay_url: str, mock_url: str, trials: int) -> list[float]:
+    latencies = []
+    body = {
+        "model": "gpt-4o-mini",
+        "stream": True,
+        "messages": [{"role": "user", "content": "x"}],
+        "mock": {"tokens": 1000, "chunk_delay_ms": 10, "ttft_ms": 0},
+    }
+    async with httpx.AsyncClient(timeout=30) as client:
+        for _ in range(trials):
+            async with client.stream(
+                "POST", f"{relay_url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {KEY}"}
+            ) as response:
+                request_id = response.headers["x-request-id"]
+                seen = 0
+                async for line in response.aiter_lines():
+                    if line.startswith("data: {"):
+                        seen += 1
+                    if seen >= 3:
+                        break
+                closed_at = time.monotonic()
+            for _ in range(200):
+                record = (await client.get(f"{mock_url}/mock/requests/{request_id}")).json()
+                if record.get("disconnected_at") is not None:
+                    latencies.append((record["disconnected_at"] - closed_at) * 1000)
+                    break
+                await asyncio.sleep(0.01)
+    return latencies
+
+
+def dynamodb_round_trip_ms(endpoint: str, samples: int = 50) -> float:
+    sys.path.insert(0, str(ROOT / "functions" / "relay"))
+    from llm_relay.store import RelayStore, make_client
+
+    store = RelayStore("llm-relay", make_client(endpoint, "us-east-1"))
+    timings = []
+    for i in range(samples):
+        started = time.perf_counter()
+        store.register_request(f"bench-{i}", "rk_bench", "gpt-4o-mini", 60)
+        timings.append((time.perf_counter() - started) * 1000)
+    return round(pct(timings, 50), 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    args = parser.parse_args()
+
+    env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1"}
+    os.environ.update(env)
+    moto_port, mock_port = free_port(), free_port()
+    python = sys.executable
+    procs = [
+        start([python, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)]),
+        start([python, "-m", "llm_relay.mock_upstream", str(mock_port)]),
+    ]
+    moto_url, mock_url = f"http://127.0.0.1:{moto_port}", f"http://127.0.0.1:{mock_port}"
+    relays: dict[str, tuple[str, psutil.Process]] = {}
+    try:
+        wait_http(moto_url)
+        wait_http(f"{mock_url}/healthz")
+        for name, nudge in (("relay", "false"), ("relay+nudge", "true")):
+            port = free_port()
+            proc = start(
+                [python, "-m", "llm_relay.devserver"],
+                {
+                    "PORT": str(port),
+                    "RELAY_DYNAMODB_ENDPOINT": moto_url,
+                    "RELAY_DEV_KEY": KEY,
+                    "RELAY_UPSTREAM_URL": f"{mock_url}/v1",
+                    "RELAY_FLUSH_NUDGE": nudge,
+                },
+            )
+            procs.append(proc)
+            wait_http(f"http://127.0.0.1:{port}/healthz")
+            relays[name] = (f"http://127.0.0.1:{port}", psutil.Process(proc.pid))
+        targets = {
+            "direct": f"{mock_url}/v1/chat/completions",
+            **{name: f"{url}/v1/chat/completions" for name, (url, _) in relays.items()},
+        }
+        headers = {"authorization": f"Bearer {KEY}"}
+        asyncio.run(run_batch(targets["relay"], headers, 5, 1))  # warm-up
+        report: dict[str, Any] = {
+            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+            "workload": {
+                "chunks": CHUNKS,
+                "chunk_delay_ms": CHUNK_DELAY_MS,
+                "upstream_ttft_ms": TTFT_MS,
+                "concurrency": args.concurrency,
+            },
+            "rounds": [],
+        }
+        for round_no in range(1, args.rounds + 1):
+            rss_before = {name: proc.memory_info().rss / 2**20 for name, (_, proc) in relays.items()}
+            entry: dict[str, Any] = {"round": round_no}
+            for name, url in targets.items():
+                single = asyncio.run(run_batch(url, headers, 1, 10))
+                many = asyncio.run(run_batch(url, headers, args.concurrency, 1))
+                entry[name] = {"single": single.summary(), "concurrent": many.summary()}
+            entry["rss_mb"] = {
+                name: {"before": round(rss_before[name], 1), "after": round(proc.memory_info().rss / 2**20, 1)}
+                for name, (_, proc) in relays.items()
+            }
+            report["rounds"].append(entry)
+            print(f"round {round_no}: " + json.dumps(entry), flush=True)
+        cancels = asyncio.run(cancel_latency(relays["relay"][0], mock_url, 20))
+        report["cancel_latency_ms"] = {
+            "n": len(cancels),
+            "p50": round(pct(cancels, 50), 2),
+            "p99": round(pct(cancels, 99), 2),
+            "max": round(max(cancels), 2),
+        }
+        report["dynamodb_round_trip_p50_ms"] = dynamodb_round_trip_ms(moto_url)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=10)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print_table(report)
+
+
+def print_table(report: dict[str, Any]) -> None:
+    last = report["rounds"][-1]
+    print(
+        "\n| target | 1 stream TTFT p50 / p99 (ms) | 50 streams TTFT p50 / p99 (ms) "
+        "| 50 streams duration p50 (ms) | errors |"
+    )
+    print("|---|---|---|---|---|")
+    for name in ("direct", "relay", "relay+nudge"):
+        s, c = last[name]["single"], last[name]["concurrent"]
+        print(
+            f"| {name} | {s['ttft_p50_ms']} / {s['ttft_p99_ms']} | {c['ttft_p50_ms']} / {c['ttft_p99_ms']} "
+            f"| {c['duration_p50_ms']} | {s['errors'] + c['errors']} |"
+        )
+    print("\nrelay RSS (MB) per round:", [r["rss_mb"]["relay"] for r in report["rounds"]])
+    print("cancel latency (ms):", report["cancel_latency_ms"])
+    print("DynamoDB (moto) round trip p50 (ms):", report["dynamodb_round_trip_p50_ms"])
+
+
+if __name__ == "__main__":
+    main()

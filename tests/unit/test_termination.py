@@ -1,0 +1,74 @@
+"""Termination reasons: the finish_reason mapping and which reasons are failures."""
+
+from __future__ import annotations
+
+import pytest
+
+from llm_relay.termination import TerminationReason, reason_from_finish
+
+
+@pytest.mark.parametrize(
+    ("finish_reason", "expected"),
+    [
+        ("stop", TerminationReason.STOP),
+        ("length", TerminationReason.LENGTH),
+        ("content_filter", TerminationReason.CONTENT_FILTER),
+        ("tool_calls", TerminationReason.TOOL_CALLS),
+        ("function_call", TerminationReason.TOOL_CALLS),
+        (None, TerminationReason.INCOMPLETE),
+        ("end_turn", TerminationReason.STOP),
+        ("eos", TerminationReason.STOP),
+        ("STOP", TerminationReason.STOP),
+    ],
+)
+def test_reason_from_finish(finish_reason: str | None, expected: TerminationReason) -> None:
+    # GIVEN an upstream finish_reason
+    # WHEN it is mapped
+    # THEN it gives exactly one termination reason
+    assert reason_from_finish(finish_reason) is expected
+
+
+def test_unknown_finish_reason_is_stop_not_a_failure() -> None:
+    reason = reason_from_finish("max_output_tokens_reached_by_provider_x")
+    assert reason is TerminationReason.STOP
+    assert reason.is_failure is False
+
+
+@pytest.mark.parametrize(
+    ("reason", "failure"),
+    [
+        (TerminationReason.STOP, False),
+        (TerminationReason.LENGTH, False),
+        (TerminationReason.CONTENT_FILTER, False),
+        (TerminationReason.TOOL_CALLS, False),
+        (TerminationReason.CLIENT_CANCELLED, False),
+        (TerminationReason.UPSTREAM_ERROR, True),
+        (TerminationReason.UPSTREAM_TIMEOUT, True),
+        (TerminationReason.DEADLINE, True),
+        (TerminationReason.INCOMPLETE, True),
+    ],
+)
+def test_is_failure(reason: TerminationReason, failure: bool) -> None:
+    assert reason.is_failure is failure
+
+
+def test_every_reason_is_classified() -> None:
+    # GIVEN the full enum (a new member must be added to the table above)
+    assert {r.value for r in TerminationReason} == {
+        "stop",
+        "length",
+        "content_filter",
+        "tool_calls",
+        "client_cancelled",
+        "upstream_error",
+        "upstream_timeout",
+        "deadline",
+        "incomplete",
+    }
+
+
+def test_values_are_the_wire_strings() -> None:
+    assert TerminationReason.CLIENT_CANCELLED.value == "client_cancelled"
+    assert isinstance(TerminationReason.DEADLINE, str)
+    assert str(TerminationReason.UPSTREAM_TIMEOUT) == "upstream_timeout"
+    assert f"{TerminationReason.TOOL_CALLS}" == "tool_calls"
