@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 
+import anyio
 import anyio.to_thread
 
 from .errors import ServiceUnavailable, Unauthorized
@@ -38,6 +39,7 @@ class Authenticator:
         self._ttl = ttl_s
         self._clock = clock
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+        self._inflight: dict[str, anyio.Event] = {}
 
     async def authenticate(self, headers: Mapping[str, str]) -> ApiKey:
         plain = extract_key(headers)
@@ -49,15 +51,27 @@ class Authenticator:
         return key
 
     async def lookup(self, key_hash: str) -> ApiKey | None:
-        now = self._clock()
-        cached = self._cache.get(key_hash)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        """Cached lookup. Concurrent misses for one key share a single DynamoDB read (a burst of requests
+        on a cold instance would otherwise read the same item once per request)."""
+        while True:
+            cached = self._cache.get(key_hash)
+            if cached is not None and cached[0] > self._clock():
+                return cached[1]
+            pending = self._inflight.get(key_hash)
+            if pending is None:
+                break
+            await pending.wait()
+            if key_hash not in self._cache:  # the shared read failed: try our own
+                break
+        done = self._inflight[key_hash] = anyio.Event()
         try:
             key = await anyio.to_thread.run_sync(self._store.get_key_by_hash, key_hash)
         except StoreUnavailable as exc:
             raise ServiceUnavailable("The key store is unavailable; try again shortly.") from exc
+        finally:
+            self._inflight.pop(key_hash, None)
+            done.set()
         if len(self._cache) >= _MAX_CACHE:
             self._cache.clear()
-        self._cache[key_hash] = (now + self._ttl, key)
+        self._cache[key_hash] = (self._clock() + self._ttl, key)
         return key

@@ -72,7 +72,7 @@ class RelayResponse:
         self.meter = StreamMeter(started_at=ctx.started_at)
         self._aggregator = CompletionAggregator() if framing is None else None
         self._send: Send | None = None
-        self._lock = anyio.Lock()
+        self._include_usage = ctx.chat.include_usage
         self._last_write = ctx.started_at
         self._pump_scope: anyio.CancelScope | None = None
         self._reason: TerminationReason | None = None
@@ -189,7 +189,7 @@ class RelayResponse:
                 pass
 
     def _for_client(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
-        if not self.ctx.chat.include_usage:
+        if not self._include_usage:
             if not chunk.get("choices") and chunk.get("usage"):
                 return None
             chunk.pop("usage", None)
@@ -271,13 +271,14 @@ class RelayResponse:
         )
 
     async def _write(self, data: bytes, *, nudge: bool = False) -> None:
+        """Write one whole frame per ASGI message. The pump and the heartbeat both write, with no lock: each
+        frame is a single message, so a heartbeat can only ever fall between two frames, never inside one."""
         if self._client_gone:
             raise _ClientGone
-        async with self._lock:
-            await self._raw_send({"type": "http.response.body", "body": data, "more_body": True})
-            if nudge and self._framing is not None:
-                await self._raw_send({"type": "http.response.body", "body": self._framing.nudge, "more_body": True})
-            self._last_write = time.monotonic()
+        self._last_write = time.monotonic()
+        await self._raw_send({"type": "http.response.body", "body": data, "more_body": True})
+        if nudge and self._framing is not None:
+            await self._raw_send({"type": "http.response.body", "body": self._framing.nudge, "more_body": True})
 
     async def _raw_send(self, message: Message) -> None:
         assert self._send is not None
