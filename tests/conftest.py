@@ -29,17 +29,12 @@ os.environ.setdefault("POWERTOOLS_DEV", "false")
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    """A real moto server (HTTP), shared by the session; each test gets its own table."""
-    import logging
+    """A real moto server (HTTP), shared by the session; each test gets its own table. It lets one request at a
+    time into moto: moto's transactions are not atomic under concurrent requests (see llm_relay.local_moto)."""
+    from llm_relay.local_moto import MotoServer
 
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with MotoServer() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

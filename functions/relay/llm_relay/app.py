@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .admission import Admission, Unlimited
+from .admission import Admission
 from .auth import Authenticator
 from .cancellation import CancelRegistry
 from .chat_request import ChatRequest, parse_chat_request
@@ -40,8 +40,11 @@ from .errors import (
     UpstreamTimeout,
 )
 from .finalize import Finalizers, RequestTracker
+from .limiter import Limiter
+from .limits_store import LimitsStore
 from .metering import Usage, estimate_prompt_tokens
 from .outcome import Finalizer, RequestContext, StreamOutcome
+from .pricing import PriceTable
 from .relay import Pricer, RelayResponse
 from .settings import Settings
 from .store import RelayStore, StoreUnavailable, make_client
@@ -108,14 +111,16 @@ def create_app(
 ) -> FastAPI:
     settings = settings or Settings()
     store = store or RelayStore(settings.table_name, make_client(settings.dynamodb_endpoint, settings.aws_region))
+    pricer = pricer or PriceTable.load(settings.prices_json)
+    limiter = Limiter(LimitsStore(settings.table_name, store.client), settings)
     services = Services(
         settings=settings,
         store=store,
         auth=Authenticator(store, settings.auth_cache_ttl_s),
         cancels=CancelRegistry(store, settings.cancel_poll_interval_s),
-        admission=admission or Unlimited(store, settings.request_ttl_s),
-        finalizer=Finalizers([RequestTracker(store), *(finalizers or [])]),
-        pricer=pricer or _no_price,
+        admission=admission or limiter,
+        finalizer=Finalizers([RequestTracker(store), limiter, *(finalizers or [])]),
+        pricer=pricer,
     )
 
     @asynccontextmanager

@@ -6,7 +6,6 @@ Prints one human line per finished request, the figures the CloudWatch dashboard
 
 from __future__ import annotations
 
-import logging
 import os
 
 import uvicorn
@@ -33,14 +32,9 @@ class DevEcho:
 
 
 def _start_moto() -> str:
-    from moto.server import ThreadedMotoServer
+    from .local_moto import MotoServer  # one request at a time: moto's transactions are not atomic otherwise
 
-    port = int(os.environ.get("RELAY_MOTO_PORT", "0"))
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    host, bound = server.get_host_and_port()
-    return f"http://{host}:{bound}"
+    return MotoServer(port=int(os.environ.get("RELAY_MOTO_PORT", "0"))).start()
 
 
 def main() -> None:

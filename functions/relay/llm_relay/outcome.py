@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Protocol
 
 from .chat_request import ChatRequest
@@ -22,6 +23,7 @@ class RequestContext:
     deadline: float | None = None  # monotonic time by which the response must have ended
     retries: int = 0
     upstream_errors: dict[str, int] = field(default_factory=dict)
+    lambda_request_id: str | None = None  # from the web adapter's x-amzn-lambda-context, for log correlation
 
 
 @dataclass(slots=True)
@@ -35,6 +37,7 @@ class StreamOutcome:
     error: str | None = None
     cancel_source: str | None = None  # "disconnect" or "cancel_call"
     cancel_latency_s: float | None = None
+    cost_usd: Decimal | None = None  # None: the model has no price
 
 
 class Finalizer(Protocol):

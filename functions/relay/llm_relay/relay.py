@@ -114,8 +114,9 @@ class RelayResponse:
             error=self._error,
             cancel_source=self._cancel_source,
             cancel_latency_s=None if self._cancel_started is None else closed_at - self._cancel_started,
+            cost_usd=self._pricer(self.ctx.chat.model, usage),
         )
-        cost = self._pricer(self.ctx.chat.model, usage)
+        cost = outcome.cost_usd
         if self._framing is not None:
             await self._write_terminal(outcome, cost)
         try:

@@ -6,6 +6,8 @@ two in agreement.
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -48,6 +50,29 @@ class Settings(BaseSettings):
     function_timeout_s: float = Field(default=900.0, gt=0)
     deadline_margin_s: float = Field(default=5.0, ge=0)
     request_ttl_s: int = Field(default=86400, gt=0)
+
+    # Per-key limits: defaults for keys whose record does not set them (unset or empty: unlimited).
+    default_rpm: int | None = Field(default=None, ge=0)
+    default_tpm: int | None = Field(default=None, ge=0)
+    default_max_concurrent: int | None = Field(default=None, ge=0)
+    default_daily_budget_usd: Decimal | None = Field(default=None, ge=0)
+    default_monthly_budget_usd: Decimal | None = Field(default=None, ge=0)
+    admission_fail_open: bool = False  # DynamoDB down at admission: admit anyway (logged loudly) instead of 503
+    usage_retention_days: int = Field(default=90, gt=0)
+    prices_json: str | None = None  # JSON object or file path; replaces packaged prices model by model
+
+    @field_validator(
+        "default_rpm",
+        "default_tpm",
+        "default_max_concurrent",
+        "default_daily_budget_usd",
+        "default_monthly_budget_usd",
+        "prices_json",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("upstream_url")
     @classmethod

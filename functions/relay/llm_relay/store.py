@@ -34,8 +34,9 @@ class StoreUnavailable(Exception):
 
 def make_client(endpoint_url: str | None, region: str) -> DynamoDBClient:
     """One client per process. botocore retries throttling and transient errors itself (standard mode)."""
-    config = Config(retries={"max_attempts": 4, "mode": "standard"}, connect_timeout=2, read_timeout=5,
-                    max_pool_connections=64)
+    config = Config(
+        retries={"max_attempts": 4, "mode": "standard"}, connect_timeout=2, read_timeout=5, max_pool_connections=64
+    )
     return boto3.client("dynamodb", endpoint_url=endpoint_url, region_name=region, config=config)
 
 
@@ -49,6 +50,18 @@ def deserialize(item: dict[str, Any]) -> dict[str, Any]:
 
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def request_item(request_id: str, key_id: str, model: str, ttl_s: int) -> dict[str, Any]:
+    """The in-flight request item (`REQ#<id>`), also written by the admission transaction (limits_store)."""
+    return {
+        "pk": f"REQ#{request_id}",
+        "sk": "REQ",
+        "key_id": key_id,
+        "model": model,
+        "started_at": now_iso(),
+        "expires_at": int(time.time()) + ttl_s,
+    }
 
 
 class RelayStore:
@@ -70,26 +83,45 @@ class RelayStore:
         """Create a key: both items in one transaction, refusing to overwrite an existing one."""
         by_hash = {"pk": f"KEYHASH#{key_hash}", "sk": "KEY", **key.to_item()}
         by_id = {"pk": f"KEY#{key.key_id}", "sk": "META", "key_hash": key_hash, **key.to_item()}
-        self._call(self.client.transact_write_items, TransactItems=[
-            {"Put": {"TableName": self.table_name, "Item": serialize(item),
-                     "ConditionExpression": "attribute_not_exists(pk)"}}
-            for item in (by_hash, by_id)
-        ])
+        self._call(
+            self.client.transact_write_items,
+            TransactItems=[
+                {
+                    "Put": {
+                        "TableName": self.table_name,
+                        "Item": serialize(item),
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                    }
+                }
+                for item in (by_hash, by_id)
+            ],
+        )
 
     def replace_key(self, key: ApiKey, key_hash: str) -> None:
         """Rewrite both items of an existing key (revoke, new limits)."""
         by_hash = {"pk": f"KEYHASH#{key_hash}", "sk": "KEY", **key.to_item()}
         by_id = {"pk": f"KEY#{key.key_id}", "sk": "META", "key_hash": key_hash, **key.to_item()}
-        self._call(self.client.transact_write_items, TransactItems=[
-            {"Put": {"TableName": self.table_name, "Item": serialize(item),
-                     "ConditionExpression": "attribute_exists(pk)"}}
-            for item in (by_hash, by_id)
-        ])
+        self._call(
+            self.client.transact_write_items,
+            TransactItems=[
+                {
+                    "Put": {
+                        "TableName": self.table_name,
+                        "Item": serialize(item),
+                        "ConditionExpression": "attribute_exists(pk)",
+                    }
+                }
+                for item in (by_hash, by_id)
+            ],
+        )
 
     def list_keys(self) -> list[tuple[ApiKey, str]]:
         keys: list[tuple[ApiKey, str]] = []
-        kwargs: dict[str, Any] = {"TableName": self.table_name, "FilterExpression": "sk = :meta",
-                                  "ExpressionAttributeValues": {":meta": {"S": "META"}}}
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "FilterExpression": "sk = :meta",
+            "ExpressionAttributeValues": {":meta": {"S": "META"}},
+        }
         while True:
             page = self._call(self.client.scan, **kwargs)
             for raw in page.get("Items", []):
@@ -101,8 +133,7 @@ class RelayStore:
 
     # --- in-flight requests and cancel marks --------------------------------------------------------
     def register_request(self, request_id: str, key_id: str, model: str, ttl_s: int) -> None:
-        item = {"pk": f"REQ#{request_id}", "sk": "REQ", "key_id": key_id, "model": model,
-                "started_at": now_iso(), "expires_at": int(time.time()) + ttl_s}
+        item = request_item(request_id, key_id, model, ttl_s)
         self._call(self.client.put_item, TableName=self.table_name, Item=serialize(item))
 
     def request_cancel(self, request_id: str, key_id: str) -> dict[str, Any] | None:
@@ -125,19 +156,27 @@ class RelayStore:
         return deserialize(out["Attributes"])
 
     def finish_request(self, request_id: str, reason: str) -> None:
-        self._call(self.client.update_item, TableName=self.table_name,
-                   Key=serialize({"pk": f"REQ#{request_id}", "sk": "REQ"}),
-                   UpdateExpression="SET finished_at = :now, termination_reason = :reason",
-                   ExpressionAttributeValues=serialize({":now": now_iso(), ":reason": reason}))
+        self._call(
+            self.client.update_item,
+            TableName=self.table_name,
+            Key=serialize({"pk": f"REQ#{request_id}", "sk": "REQ"}),
+            UpdateExpression="SET finished_at = :now, termination_reason = :reason",
+            ExpressionAttributeValues=serialize({":now": now_iso(), ":reason": reason}),
+        )
 
     def cancelled_among(self, request_ids: Iterable[str]) -> set[str]:
         """Which of these requests carry a cancel mark: one BatchGetItem per 100 ids."""
         ids = list(request_ids)
         cancelled: set[str] = set()
         for start in range(0, len(ids), 100):
-            keys = [serialize({"pk": f"REQ#{rid}", "sk": "REQ"}) for rid in ids[start:start + 100]]
-            request: dict[str, Any] = {self.table_name: {
-                "Keys": keys, "ConsistentRead": True, "ProjectionExpression": "pk, cancel_requested_at"}}
+            keys = [serialize({"pk": f"REQ#{rid}", "sk": "REQ"}) for rid in ids[start : start + 100]]
+            request: dict[str, Any] = {
+                self.table_name: {
+                    "Keys": keys,
+                    "ConsistentRead": True,
+                    "ProjectionExpression": "pk, cancel_requested_at",
+                }
+            }
             while request:
                 out = self._call(self.client.batch_get_item, RequestItems=request)
                 for raw in out.get("Responses", {}).get(self.table_name, []):
@@ -149,8 +188,7 @@ class RelayStore:
 
     # --- plumbing ---------------------------------------------------------------------------------
     def _get(self, key: dict[str, Any], *, consistent: bool) -> dict[str, Any] | None:
-        out = self._call(self.client.get_item, TableName=self.table_name, Key=serialize(key),
-                         ConsistentRead=consistent)
+        out = self._call(self.client.get_item, TableName=self.table_name, Key=serialize(key), ConsistentRead=consistent)
         raw = out.get("Item")
         return deserialize(raw) if raw else None
 

@@ -1,0 +1,391 @@
+"""Per-key limits (pure): which limits apply to a key, the sliding-window arithmetic, how long a refused
+caller should wait, and the `x-ratelimit-*` header values. No I/O and no clocks: callers pass the time in.
+
+Algorithm (requests and tokens per minute): a sliding-window counter over fixed one-minute windows. Each
+key has one counter item per minute (`requests`, `tokens`). At a moment `e` ms into minute `m`, the
+estimated use of the last 60 s is
+
+    cur(m) + floor(prev(m-1) * (60000 - e) / 60000)
+
+and a request costing `c` (1 request; its reserved tokens) is admitted iff that plus `c` stays within the
+limit. DynamoDB conditions cannot multiply, so admission checks a box inside that region instead:
+`prev <= P` (P: the previous minute's final count, cached in-process) and `cur <= threshold(P)`. With the
+right P the box is exactly the region; a stale P makes the write fail, its ALL_OLD carries the true count,
+and the caller retries once with it. Previous minutes never change once over (late token settlements are
+booked to the current minute), so the cache is learnt at most once per key, minute and process.
+"""
+
+from __future__ import annotations
+
+import calendar
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+WINDOW_MS = 60_000
+
+#: Limit names as stored in a key record's `limits` map, and whether each is a whole number.
+LIMIT_NAMES: dict[str, bool] = {
+    "rpm": True,
+    "tpm": True,
+    "max_concurrent": True,
+    "daily_budget_usd": False,
+    "monthly_budget_usd": False,
+}
+
+#: Stored in a key record to override a configured default with "no limit".
+UNLIMITED = Decimal(-1)
+
+LEASE_PREFIX = "l_"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The limits in force for one key; None means unlimited."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrent: int | None = None
+    daily_budget_usd: Decimal | None = None
+    monthly_budget_usd: Decimal | None = None
+
+    @property
+    def rated(self) -> bool:
+        """Whether the per-minute counter item takes part in admission."""
+        return self.rpm is not None or self.tpm is not None
+
+    @property
+    def unlimited(self) -> bool:
+        return (
+            self.rpm is None
+            and self.tpm is None
+            and self.max_concurrent is None
+            and self.daily_budget_usd is None
+            and self.monthly_budget_usd is None
+        )
+
+    @classmethod
+    def resolve(cls, overrides: Mapping[str, Decimal], defaults: Limits) -> Limits:
+        """A key's limits: its own values where it has them (`UNLIMITED` lifts a default), else the defaults."""
+        values: dict[str, Any] = {}
+        for name, whole in LIMIT_NAMES.items():
+            raw = overrides.get(name)
+            if raw is None:
+                values[name] = getattr(defaults, name)
+            elif raw < 0:
+                values[name] = None
+            else:
+                values[name] = int(raw) if whole else Decimal(raw)
+        return cls(**values)
+
+    def describe(self) -> dict[str, str]:
+        """Human/JSON view: every limit, `unlimited` where there is none."""
+        return {name: "unlimited" if getattr(self, name) is None else str(getattr(self, name)) for name in LIMIT_NAMES}
+
+
+def parse_limit(name: str, text: str) -> Decimal | None:
+    """A limit value given on the command line, as stored in the key record: a non-negative number,
+    `unlimited` (stored as `UNLIMITED`), or `default` (None: drop the key's own value). Raises ValueError
+    with a message for a person."""
+    if name not in LIMIT_NAMES:
+        raise ValueError(f"unknown limit '{name}'")
+    word = text.strip().lower()
+    if word in ("unlimited", "none"):
+        return UNLIMITED
+    if word == "default":
+        return None
+    try:
+        value = Decimal(word)
+    except InvalidOperation:
+        raise ValueError(f"{name} must be a number, 'unlimited' or 'default', not '{text}'") from None
+    if not value.is_finite():
+        raise ValueError(f"{name} must be a finite number, not '{text}'")
+    if value < 0:
+        raise ValueError(f"{name} must not be negative (got {text})")
+    if LIMIT_NAMES[name] and value != value.to_integral_value():
+        raise ValueError(f"{name} must be a whole number (got {text})")
+    return value.normalize() if LIMIT_NAMES[name] else value
+
+
+# --- windows ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A moment as (epoch minute, milliseconds into it)."""
+
+    minute: int
+    elapsed_ms: int
+
+    @classmethod
+    def at(cls, epoch_s: float) -> Window:
+        ms = int(epoch_s * 1000)
+        return cls(ms // WINDOW_MS, ms % WINDOW_MS)
+
+
+def weighted(prev: int, elapsed_ms: int) -> int:
+    """The part of the previous minute's count still inside the sliding minute (floored)."""
+    return prev * (WINDOW_MS - elapsed_ms) // WINDOW_MS
+
+
+def threshold(limit: int, cost: int, prev: int, elapsed_ms: int) -> int:
+    """The largest current-minute count that still admits `cost` more; negative: nothing can be admitted."""
+    return limit - cost - weighted(prev, elapsed_ms)
+
+
+def remaining(limit: int, cur: int, prev: int, elapsed_ms: int) -> int:
+    return max(0, limit - cur - weighted(prev, elapsed_ms))
+
+
+def wait_ms(cur: int, prev: int, elapsed_ms: int, allowance: int) -> int | None:
+    """How long until `cur + weighted(prev) <= allowance` if nothing more is admitted meanwhile: 0 if it
+    holds now, None if it never will (`allowance < 0`). At the minute boundary `cur` becomes `prev`."""
+    if allowance < 0:
+        return None
+    if cur + weighted(prev, elapsed_ms) <= allowance:
+        return 0
+    if cur <= allowance:
+        return max(1, _elapsed_when(prev, allowance - cur) - elapsed_ms)
+    return (WINDOW_MS - elapsed_ms) + _elapsed_when(cur, allowance)
+
+
+def _elapsed_when(prev: int, room: int) -> int:
+    """The smallest elapsed ms at which `weighted(prev, e) <= room` (room >= 0)."""
+    if prev <= room:
+        return 0
+    return WINDOW_MS * (prev - room - 1) // prev + 1
+
+
+def format_duration(ms: int) -> str:
+    """Duration in the style OpenAI uses for `x-ratelimit-reset-*`: `250ms`, `12s`, `1m30s`."""
+    if ms < 1000:
+        return f"{ms}ms"
+    minutes, rest = divmod(ms, 60_000)
+    seconds = f"{rest / 1000:.3f}".rstrip("0").rstrip(".")
+    return f"{minutes}m{seconds}s" if minutes else f"{seconds}s"
+
+
+def retry_after_s(ms: int) -> int:
+    """Whole seconds for `Retry-After`, never 0 for a refusal."""
+    return max(1, math.ceil(ms / 1000))
+
+
+def rate_headers(kind: str, limit: int, cur: int, prev: int, elapsed_ms: int) -> dict[str, str]:
+    """The `x-ratelimit-*-{kind}` trio (`kind`: requests or tokens). Reset: until nothing counted so far
+    weighs on the sliding minute any more."""
+    reset = wait_ms(cur, prev, elapsed_ms, 0) or 0
+    return {
+        f"x-ratelimit-limit-{kind}": str(limit),
+        f"x-ratelimit-remaining-{kind}": str(remaining(limit, cur, prev, elapsed_ms)),
+        f"x-ratelimit-reset-{kind}": format_duration(reset),
+    }
+
+
+# --- budgets ----------------------------------------------------------------------------------------------
+def day_of(epoch_s: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(epoch_s))
+
+
+def month_of(epoch_s: float) -> str:
+    return time.strftime("%Y-%m", time.gmtime(epoch_s))
+
+
+def next_day_epoch(epoch_s: float) -> int:
+    return (int(epoch_s) // 86400 + 1) * 86400
+
+
+def next_month_epoch(epoch_s: float) -> int:
+    now = time.gmtime(epoch_s)
+    year, month = (now.tm_year + 1, 1) if now.tm_mon == 12 else (now.tm_year, now.tm_mon + 1)
+    return calendar.timegm((year, month, 1, 0, 0, 0, 0, 0, 0))
+
+
+# --- concurrency leases -----------------------------------------------------------------------------------
+def lease_attr(request_id: str) -> str:
+    """The attribute of the key's concurrency item that holds this request's lease (its expiry, epoch s)."""
+    return LEASE_PREFIX + request_id
+
+
+def leases(item: Mapping[str, Any]) -> dict[str, int]:
+    """The leases recorded in a concurrency item: attribute name -> expiry (epoch seconds)."""
+    return {name: int(value) for name, value in item.items() if name.startswith(LEASE_PREFIX)}
+
+
+def expired_leases(item: Mapping[str, Any], now_s: float) -> dict[str, int]:
+    return {name: expiry for name, expiry in leases(item).items() if expiry <= now_s}
+
+
+def reserve_tokens(prompt_tokens: int, max_tokens: int | None, choices: int = 1) -> int:
+    """Tokens reserved against TPM at admission: the prompt estimate plus the completion cap, if the
+    request sets one. Settled with the actual count after the stream."""
+    return prompt_tokens + choices * (max_tokens or 0)
+
+
+# --- one admission: the plan, and the judgement of a refused write -----------------------------------------
+#: Names of the parts of the admission write, as the adapter reports which of them refused.
+RATE, PREV, CONCURRENCY, DAILY, MONTHLY = "rate", "prev", "concurrency", "daily", "monthly"
+
+BUDGET_LIMITS = frozenset({"daily_budget_usd", "monthly_budget_usd"})
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionPlan:
+    """Everything one admission write needs to decide: limits, the moment, the cached previous minute and
+    the expired leases it takes over (after a refusal that showed them)."""
+
+    request_id: str
+    key_id: str
+    limits: Limits
+    now_s: float
+    reserve: int
+    lease_s: float
+    prev_requests: int = 0
+    prev_tokens: int = 0
+    reclaim: Mapping[str, int] | None = None
+
+    @property
+    def window(self) -> Window:
+        return Window.at(self.now_s)
+
+    @property
+    def requests_threshold(self) -> int | None:
+        if self.limits.rpm is None:
+            return None
+        return threshold(self.limits.rpm, 1, self.prev_requests, self.window.elapsed_ms)
+
+    @property
+    def tokens_threshold(self) -> int | None:
+        if self.limits.tpm is None:
+            return None
+        return threshold(self.limits.tpm, self.reserve, self.prev_tokens, self.window.elapsed_ms)
+
+    @property
+    def lease_expiry(self) -> int:
+        return math.ceil(self.now_s + self.lease_s)
+
+    def blocked(self) -> tuple[str, ...]:
+        """Limits that refuse whatever the store holds (a zero limit, a request larger than its TPM, or a
+        previous minute that alone fills the window): no round trip needed."""
+        limits = self.limits
+        checks = (
+            ("rpm", (self.requests_threshold or 0) < 0),
+            ("tpm", (self.tokens_threshold or 0) < 0),
+            ("max_concurrent", limits.max_concurrent == 0),
+            ("daily_budget_usd", limits.daily_budget_usd is not None and limits.daily_budget_usd <= 0),
+            ("monthly_budget_usd", limits.monthly_budget_usd is not None and limits.monthly_budget_usd <= 0),
+        )
+        return tuple(name for name, refused in checks if refused)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Which limits refused, the counts seen, and how long the caller should wait (None: not by waiting)."""
+
+    limits: tuple[str, ...]
+    retry_after_ms: int | None
+    cur_requests: int | None = None
+    cur_tokens: int | None = None
+    prev_requests: int = 0
+    prev_tokens: int = 0
+
+    @property
+    def code(self) -> str:
+        return "budget_exceeded" if BUDGET_LIMITS.intersection(self.limits) else "rate_limit_exceeded"
+
+
+def judge(plan: AdmissionPlan, failures: Mapping[str, Mapping[str, Any] | None]) -> AdmissionPlan | Refusal:
+    """After a refused admission write (`failures`: the parts whose condition failed, with their ALL_OLD
+    items): a corrected plan worth another attempt (the cached previous minute was stale, or expired leases
+    can be taken over), or the refusal."""
+    prev_r, prev_t = plan.prev_requests, plan.prev_tokens
+    if PREV in failures:
+        old = failures[PREV] or {}
+        prev_r, prev_t = max(prev_r, _int(old, "requests")), max(prev_t, _int(old, "tokens"))
+    fixed = AdmissionPlan(
+        plan.request_id, plan.key_id, plan.limits, plan.now_s, plan.reserve, plan.lease_s, prev_r, prev_t, None
+    )
+    refused: list[str] = []
+    cur_r = cur_t = None
+    if RATE in failures:
+        old = failures[RATE] or {}
+        cur_r, cur_t = _int(old, "requests"), _int(old, "tokens")
+        if fixed.requests_threshold is not None and cur_r > fixed.requests_threshold:
+            refused.append("rpm")
+        if fixed.tokens_threshold is not None and cur_t > fixed.tokens_threshold:
+            refused.append("tpm")
+    reclaim: dict[str, int] | None = None
+    if CONCURRENCY in failures:
+        old = failures[CONCURRENCY] or {}
+        expired = expired_leases(old, plan.now_s)
+        if expired and _int(old, "active") - len(expired) < (plan.limits.max_concurrent or 0):
+            reclaim = expired
+        else:
+            refused.append("max_concurrent")
+    refused += [
+        name for part, name in ((DAILY, "daily_budget_usd"), (MONTHLY, "monthly_budget_usd")) if part in failures
+    ]
+    if not refused:
+        return AdmissionPlan(
+            fixed.request_id,
+            fixed.key_id,
+            fixed.limits,
+            fixed.now_s,
+            fixed.reserve,
+            fixed.lease_s,
+            prev_r,
+            prev_t,
+            reclaim,
+        )
+    return refusal(fixed, tuple(refused), cur_r or 0, cur_t or 0)
+
+
+def refusal(plan: AdmissionPlan, refused: tuple[str, ...], cur_requests: int, cur_tokens: int) -> Refusal:
+    """The refusal of `plan` by `refused`, with the wait until each of them would admit it."""
+    e = plan.window.elapsed_ms
+    waits: list[int | None] = []
+    for name in refused:
+        if name == "rpm" and plan.limits.rpm is not None:
+            waits.append(wait_ms(cur_requests, plan.prev_requests, e, plan.limits.rpm - 1))
+        elif name == "tpm" and plan.limits.tpm is not None:
+            waits.append(wait_ms(cur_tokens, plan.prev_tokens, e, plan.limits.tpm - plan.reserve))
+        elif name == "max_concurrent":
+            waits.append(None if plan.limits.max_concurrent == 0 else 1000)
+        elif name == "daily_budget_usd":
+            waits.append(
+                None
+                if plan.limits.daily_budget_usd == 0
+                else math.ceil((next_day_epoch(plan.now_s) - plan.now_s) * 1000)
+            )
+        elif name == "monthly_budget_usd":
+            waits.append(
+                None
+                if plan.limits.monthly_budget_usd == 0
+                else math.ceil((next_month_epoch(plan.now_s) - plan.now_s) * 1000)
+            )
+    known = [w for w in waits if w is not None]
+    wait = max(known) if known and len(known) == len(waits) else None
+    return Refusal(refused, wait, cur_requests, cur_tokens, plan.prev_requests, plan.prev_tokens)
+
+
+def refusal_message(refused: Refusal, limits: Limits, reserve: int) -> str:
+    """What the client reads in the 429 body (OpenAI-style wording, no secrets)."""
+    parts = {
+        "rpm": f"requests per minute (RPM): limit {limits.rpm}",
+        "tpm": f"tokens per minute (TPM): limit {limits.tpm}, this request reserves {reserve}",
+        "max_concurrent": f"concurrent streams: limit {limits.max_concurrent}",
+        "daily_budget_usd": f"daily budget: limit ${limits.daily_budget_usd}",
+        "monthly_budget_usd": f"monthly budget: limit ${limits.monthly_budget_usd}",
+    }
+    kind = "Budget exhausted" if refused.code == "budget_exceeded" else "Rate limit reached"
+    text = f"{kind} for this key on " + "; ".join(parts[name] for name in refused.limits) + "."
+    if refused.retry_after_ms is not None:
+        return text + f" Please try again in {format_duration(refused.retry_after_ms)}."
+    if "tpm" in refused.limits and limits.tpm is not None and reserve > limits.tpm:
+        return text + " The request is larger than the limit: lower max_tokens or the prompt."
+    return text + " Waiting will not help; ask for a higher limit."
+
+
+def _int(item: Mapping[str, Any], name: str) -> int:
+    value = item.get(name)
+    return int(value) if value is not None else 0

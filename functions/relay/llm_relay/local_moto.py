@@ -1,0 +1,194 @@
+"""A local moto DynamoDB server that handles one request at a time (dev server and tests; needs moto).
+
+Why not moto's `ThreadedMotoServer` as is: moto's TransactWriteItems deep-copies the table, applies the
+items one by one and, if one condition fails, puts the copy back, all without a lock. Under concurrent
+requests a transaction can see another's half-applied writes, and a cancelled one rolls back writes that
+other requests made meanwhile. DynamoDB makes single-item and transactional writes atomic, and the limits
+rely on that; so this server keeps moto's threaded HTTP handling (keep-alive connections) but lets one
+request at a time into moto.
+
+With requests serialized, a transaction no longer needs the whole-table copy (which makes every transaction
+cost time proportional to the table: ~80 ms at 1000 items, so a long `make dev` session slowed down): this
+module swaps in a TransactWriteItems that checks every condition first, then applies the items, restoring
+just the touched items if applying fails.
+
+    python -m llm_relay.local_moto [-p PORT]     # the same server on its own (bench, a second terminal)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+
+class MotoServer:
+    """`with MotoServer() as endpoint:` or `start()` / `stop()`; `endpoint` is `http://127.0.0.1:<port>`."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._host = host
+        self._port = port
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self.endpoint = ""
+
+    def start(self) -> str:
+        from moto.moto_server.werkzeug_app import (
+            DomainDispatcherApplication,
+            MotoRequestHandler,
+            create_backend_app,
+        )
+        from werkzeug.serving import make_server
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        _install_check_then_apply_transactions()
+        app = _serialized(DomainDispatcherApplication(create_backend_app))
+        self._server = make_server(self._host, self._port, app, threaded=True, request_handler=MotoRequestHandler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="moto", daemon=True)
+        self._thread.start()
+        host, port = self._server.server_address[:2]
+        self.endpoint = f"http://{host}:{port}"
+        return self.endpoint
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _serialized(app: Callable[..., Iterable[bytes]]) -> Callable[..., list[bytes]]:
+    """Wrap a WSGI app so one request at a time runs in it, its response body produced inside the lock."""
+    lock = threading.Lock()
+
+    def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        with lock:
+            body = app(environ, start_response)
+            try:
+                return list(body)
+            finally:
+                close = getattr(body, "close", None)
+                if close is not None:
+                    close()
+
+    return wrapped
+
+
+_TRANSACTIONS = threading.RLock()
+
+
+def _install_check_then_apply_transactions() -> None:
+    """Replace moto's TransactWriteItems (process-wide) with one that copies no table. Idempotent."""
+    from moto.dynamodb.comparisons import get_filter_expression
+    from moto.dynamodb.exceptions import (
+        ConditionalCheckFailed,
+        MultipleTransactionsException,
+        TooManyTransactionsException,
+        TransactionCanceledException,
+    )
+    from moto.dynamodb.models import DynamoDBBackend
+
+    if getattr(DynamoDBBackend.transact_write_items, "check_then_apply", False):
+        return
+
+    def transact_write_items(backend: Any, transact_items: list[dict[str, Any]]) -> None:
+        if len(transact_items) > 100:
+            raise TooManyTransactionsException()
+        with _TRANSACTIONS:
+            ops = [_operation(backend, item, MultipleTransactionsException) for item in transact_items]
+            if len({(table, str(sorted(key.items()))) for _, _, table, key in ops}) < len(ops):
+                raise MultipleTransactionsException()
+            reasons: list[tuple[Any, Any, Any]] = []
+            for _, op, table, key in ops:
+                current = backend.get_item(table, key)
+                condition = op.get("ConditionExpression")
+                if condition is None or get_filter_expression(
+                    condition, op.get("ExpressionAttributeNames"), op.get("ExpressionAttributeValues")
+                ).expr(current):
+                    reasons.append((None, None, None))
+                    continue
+                old = None
+                if op.get("ReturnValuesOnConditionCheckFailure") == "ALL_OLD" and current is not None:
+                    old = current.to_json()["Attributes"]
+                reasons.append(("ConditionalCheckFailed", ConditionalCheckFailed().message, old))
+            if any(code is not None for code, _, _ in reasons):
+                raise TransactionCanceledException(reasons)
+            _apply(backend, ops)
+
+    transact_write_items.check_then_apply = True  # type: ignore[attr-defined]
+    DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign,assignment]
+
+
+def _operation(backend: Any, item: dict[str, Any], invalid: type[Exception]) -> tuple[str, dict[str, Any], str, Any]:
+    """(kind, op, table name, key) of one transaction item."""
+    if len(item) != 1:
+        raise invalid()
+    kind, op = next(iter(item.items()))
+    if kind not in ("ConditionCheck", "Put", "Delete", "Update"):
+        raise ValueError(f"unsupported transaction operation {kind}")
+    table_name = op["TableName"]
+    if kind == "Put":
+        table = backend.get_table(table_name)
+        names = [table.hash_key_attr] + ([table.range_key_attr] if table.range_key_attr else [])
+        return kind, op, table_name, {name: op["Item"][name] for name in names}
+    return kind, op, table_name, op["Key"]
+
+
+def _apply(backend: Any, ops: list[tuple[str, dict[str, Any], str, Any]]) -> None:
+    """Apply the checked items; if one fails, put the touched items back as they were and re-raise."""
+    before = []
+    for _, _, table, key in ops:
+        current = backend.get_item(table, key)
+        before.append((table, key, None if current is None else current.to_json()["Attributes"]))
+    try:
+        for kind, op, table, key in ops:
+            names, values = op.get("ExpressionAttributeNames"), op.get("ExpressionAttributeValues")
+            if kind == "Put":
+                backend.put_item(table, op["Item"])
+            elif kind == "Update":
+                backend.update_item(
+                    table,
+                    key,
+                    update_expression=op["UpdateExpression"],
+                    expression_attribute_names=names,
+                    expression_attribute_values=values,
+                )
+            elif kind == "Delete":
+                backend.delete_item(table, key)
+    except Exception:
+        for table, key, attributes in before:
+            if attributes is None:
+                backend.delete_item(table, key)
+            else:
+                backend.put_item(table, attributes)
+        raise
+
+
+def main() -> None:
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(description="moto DynamoDB, one request at a time")
+    parser.add_argument("-H", "--host", default="127.0.0.1")
+    parser.add_argument("-p", "--port", type=int, default=5000)
+    args = parser.parse_args()
+    server = MotoServer(args.host, args.port)
+    server.start()
+    print(f"moto (serialized) on {server.endpoint}", flush=True)  # noqa: T201
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""Usage records (pure): one per request (streamed, cancelled, failed, or refused by a limit after
+authentication), their DynamoDB item shape, and the totals `llm-relay usage` prints.
+
+Item layout (single table, see store.py):
+    KEY#<key_id>  USAGE#<iso ts>#<request_id>   gsi1pk USAGE#<yyyy-mm-dd>  gsi1sk <iso ts>#<request_id>
+so a key's records come back in time order from one Query, and all keys' records of a day from one GSI
+Query. `cost_usd` is absent when the model has no price (cost unknown).
+"""
+
+from __future__ import annotations
+
+import calendar
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from .outcome import RequestContext, StreamOutcome
+
+SECONDS_PER_DAY = 86400
+
+
+def iso_ms(epoch_s: float) -> str:
+    """UTC timestamp with milliseconds, sortable as text: `2025-01-02T03:04:05.123Z`."""
+    whole, ms = divmod(round(epoch_s * 1000), 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{ms:03d}Z"
+
+
+def _ms(seconds: float | None) -> Decimal | None:
+    return None if seconds is None else Decimal(str(round(seconds * 1000, 3)))
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    key_id: str
+    request_id: str
+    model: str
+    started_epoch: float
+    termination_reason: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    usage_source: str = "upstream"  # "upstream", "estimated", or "none" (refused: nothing went upstream)
+    cost_usd: Decimal | None = None
+    ttft_ms: Decimal | None = None
+    duration_ms: Decimal | None = None
+    mode: str = ""
+    cancel_source: str | None = None
+
+    @property
+    def timestamp(self) -> str:
+        return iso_ms(self.started_epoch)
+
+    @property
+    def day(self) -> str:
+        return self.timestamp[:10]
+
+    @property
+    def sort_key(self) -> str:
+        return f"USAGE#{self.timestamp}#{self.request_id}"
+
+    def item(self, retention_days: int) -> dict[str, Any]:
+        """The DynamoDB item, with its TTL (`expires_at`, epoch seconds)."""
+        item: dict[str, Any] = {
+            "pk": f"KEY#{self.key_id}",
+            "sk": self.sort_key,
+            "gsi1pk": f"USAGE#{self.day}",
+            "gsi1sk": f"{self.timestamp}#{self.request_id}",
+            "key_id": self.key_id,
+            "request_id": self.request_id,
+            "model": self.model,
+            "timestamp": self.timestamp,
+            "termination_reason": self.termination_reason,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
+            "usage_source": self.usage_source,
+            "mode": self.mode,
+            "expires_at": int(self.started_epoch) + retention_days * SECONDS_PER_DAY,
+        }
+        optional = {
+            "cost_usd": self.cost_usd,
+            "ttft_ms": self.ttft_ms,
+            "duration_ms": self.duration_ms,
+            "cancel_source": self.cancel_source,
+        }
+        item.update({name: value for name, value in optional.items() if value is not None})
+        return item
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> UsageRecord:
+        ts = str(item["timestamp"])
+        epoch = calendar.timegm(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) + int(ts[20:23]) / 1000
+        cost = item.get("cost_usd")
+        return cls(
+            key_id=str(item["key_id"]),
+            request_id=str(item["request_id"]),
+            model=str(item.get("model", "")),
+            started_epoch=epoch,
+            termination_reason=str(item.get("termination_reason", "")),
+            prompt_tokens=int(item.get("prompt_tokens", 0)),
+            completion_tokens=int(item.get("completion_tokens", 0)),
+            cached_tokens=int(item.get("cached_tokens", 0)),
+            usage_source=str(item.get("usage_source", "")),
+            cost_usd=Decimal(cost) if cost is not None else None,
+            ttft_ms=item.get("ttft_ms"),
+            duration_ms=item.get("duration_ms"),
+            mode=str(item.get("mode", "")),
+            cancel_source=item.get("cancel_source"),
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "timestamp": self.timestamp,
+            "key_id": self.key_id,
+            "request_id": self.request_id,
+            "model": self.model,
+            "termination_reason": self.termination_reason,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
+            "usage_source": self.usage_source,
+            "cost_usd": None if self.cost_usd is None else format(self.cost_usd, "f"),
+            "ttft_ms": None if self.ttft_ms is None else float(self.ttft_ms),
+            "duration_ms": None if self.duration_ms is None else float(self.duration_ms),
+            "mode": self.mode,
+            "cancel_source": self.cancel_source,
+        }
+
+
+def record_for(ctx: RequestContext, outcome: StreamOutcome, cost: Decimal | None) -> UsageRecord:
+    """The record of an admitted request, whatever ended it."""
+    usage = outcome.usage
+    return UsageRecord(
+        key_id=ctx.key.key_id,
+        request_id=ctx.request_id,
+        model=ctx.chat.model,
+        started_epoch=ctx.started_epoch,
+        termination_reason=outcome.reason.value,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens,
+        usage_source="estimated" if usage.estimated else "upstream",
+        cost_usd=cost,
+        ttft_ms=_ms(outcome.ttft_s),
+        duration_ms=_ms(outcome.duration_s),
+        mode=ctx.mode,
+        cancel_source=outcome.cancel_source,
+    )
+
+
+def refused_record(ctx: RequestContext, reason: str, duration_s: float) -> UsageRecord:
+    """The record of a request refused by a limit after authentication: no tokens, no cost."""
+    return UsageRecord(
+        key_id=ctx.key.key_id,
+        request_id=ctx.request_id,
+        model=ctx.chat.model,
+        started_epoch=ctx.started_epoch,
+        termination_reason=reason,
+        usage_source="none",
+        cost_usd=Decimal(0),
+        duration_ms=_ms(duration_s),
+        mode=ctx.mode,
+    )
+
+
+@dataclass(slots=True)
+class UsageTotals:
+    """Sums over usage records, for `llm-relay usage`."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    estimated_requests: int = 0
+    unpriced_requests: int = 0
+    cost_usd: Decimal = Decimal(0)
+    reasons: Counter[str] = field(default_factory=Counter)
+
+    def add(self, record: UsageRecord) -> None:
+        self.requests += 1
+        self.prompt_tokens += record.prompt_tokens
+        self.completion_tokens += record.completion_tokens
+        self.estimated_requests += record.usage_source == "estimated"
+        if record.cost_usd is None:
+            self.unpriced_requests += 1
+        else:
+            self.cost_usd += record.cost_usd
+        self.reasons[record.termination_reason] += 1
+
+    @classmethod
+    def of(cls, records: list[UsageRecord]) -> UsageTotals:
+        totals = cls()
+        for record in records:
+            totals.add(record)
+        return totals
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "estimated_requests": self.estimated_requests,
+            "unpriced_requests": self.unpriced_requests,
+            "cost_usd": format(self.cost_usd, "f"),
+            "termination_reasons": dict(sorted(self.reasons.items())),
+        }

@@ -1,0 +1,84 @@
+"""Support for the limits tests: request contexts, a limiter wired to a moto table, and the worker that races
+admissions from another process (spawned, so it shares nothing with the test process but DynamoDB)."""
+
+from __future__ import annotations
+
+import os
+import time
+from decimal import Decimal
+from typing import Any
+
+from llm_relay.chat_request import ChatRequest
+from llm_relay.keys import ApiKey, generate_key_id
+from llm_relay.limiter import Limiter
+from llm_relay.limits_store import LimitsStore
+from llm_relay.outcome import RequestContext
+from llm_relay.settings import Settings
+from llm_relay.store import make_client
+
+#: The middle of a minute, so a race never straddles a window boundary.
+MID_MINUTE = (int(time.time()) // 60) * 60 + 30.0
+
+
+def key_with(**limits: int | str) -> ApiKey:
+    return ApiKey(key_id=generate_key_id(), name="test", limits={k: Decimal(str(v)) for k, v in limits.items()})
+
+
+def context(key: ApiKey, request_id: str, *, max_tokens: int | None = None) -> RequestContext:
+    body: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello there"}]}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    return RequestContext(
+        request_id=request_id,
+        key=key,
+        chat=ChatRequest.model_validate(body),
+        mode="sse",
+        started_at=time.monotonic(),
+        started_epoch=time.time(),
+    )
+
+
+def limiter(endpoint: str, table: str, *, clock: Any = None, metrics: Any = None, **overrides: Any) -> Limiter:
+    settings = Settings(table_name=table, dynamodb_endpoint=endpoint, **overrides)
+    store = LimitsStore(table, make_client(endpoint, "us-east-1"))
+    return Limiter(store, settings, clock=clock or (lambda: MID_MINUTE), metrics=metrics)
+
+
+def race_worker(
+    endpoint: str,
+    table: str,
+    keys: list[dict[str, Any]],
+    per_key: int,
+    now: float,
+    barrier: Any,
+    results: Any,
+    worker: int,
+) -> None:
+    """In a spawned process: for each key in turn, wait for every process, then fire `per_key` admissions at
+    once (each in its own worker thread); report how many were admitted."""
+    import anyio
+
+    from llm_relay.errors import RateLimited
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    limits = limiter(endpoint, table, clock=lambda: now)
+    for item in keys:
+        key = ApiKey.from_item(item)
+        outcomes: list[str] = []
+
+        async def one(i: int, key: ApiKey = key, outcomes: list[str] = outcomes) -> None:
+            try:
+                await limits.admit(context(key, f"req_{worker}_{i}_{key.key_id}"))
+                outcomes.append("admitted")
+            except RateLimited:
+                outcomes.append("refused")
+
+        async def burst() -> None:
+            async with anyio.create_task_group() as tg:
+                for i in range(per_key):
+                    tg.start_soon(one, i)
+
+        barrier.wait(timeout=60)
+        anyio.run(burst)
+        results.put((key.key_id, worker, outcomes.count("admitted"), outcomes.count("refused")))

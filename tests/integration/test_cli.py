@@ -1,0 +1,139 @@
+"""The `llm-relay` CLI as a subprocess (the installed console script) against the moto server: key
+management, bad input refused with nothing written, and a revocation a running relay honours within its auth
+cache TTL."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from decimal import Decimal
+
+import httpx
+
+from llm_relay.store import RelayStore
+from tests.conftest import RelayFactory
+from tests.integration.helpers import chat_body
+
+CLI = os.path.join(os.path.dirname(sys.executable), "llm-relay")
+
+
+def _env(store: RelayStore, moto_endpoint: str, **extra: str) -> dict[str, str]:
+    return {**os.environ, "RELAY_DYNAMODB_ENDPOINT": moto_endpoint, "RELAY_TABLE_NAME": store.table_name, **extra}
+
+
+def cli(store: RelayStore, moto_endpoint: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CLI, *args], env=_env(store, moto_endpoint, **env), capture_output=True, text=True, timeout=30
+    )
+
+
+def test_create_list_set_limits_and_revoke(store: RelayStore, moto_endpoint: str) -> None:
+    # WHEN a key is created with limits and a model allow-list
+    created = cli(
+        store,
+        moto_endpoint,
+        "keys",
+        "create",
+        "--name",
+        "team a",
+        "--rpm",
+        "5",
+        "--max-concurrent",
+        "2",
+        "--daily-budget-usd",
+        "1.50",
+        "--models",
+        "gpt-4o-mini,gpt-4o",
+        "--json",
+        RELAY_DEFAULT_TPM="1000",
+    )
+    assert created.returncode == 0, created.stderr
+    view = json.loads(created.stdout)
+    plain, key_id = view["key"], view["key_id"]
+    # THEN the plain key is printed once; the record holds only its hash, the limits and the models
+    assert plain.startswith("lr-") and key_id.startswith("rk_")
+    key, _ = store.get_key(key_id)  # type: ignore[misc]
+    assert key.limits == {"rpm": Decimal(5), "max_concurrent": Decimal(2), "daily_budget_usd": Decimal("1.50")}
+    assert key.allowed_models == frozenset({"gpt-4o-mini", "gpt-4o"}) and key.name == "team a"
+    assert view["effective_limits"]["tpm"] == "1000"  # the configured default fills the gap
+    # AND listing shows the key, never the plain key
+    listed = cli(store, moto_endpoint, "keys", "list")
+    assert listed.returncode == 0 and key_id in listed.stdout and plain not in listed.stdout
+    assert "rpm=5" in listed.stdout and "daily_budget_usd=1.50" in listed.stdout
+    # WHEN its limits change: one lifted, one back to the default, one new
+    changed = cli(
+        store,
+        moto_endpoint,
+        "keys",
+        "set-limits",
+        key_id,
+        "--rpm",
+        "unlimited",
+        "--max-concurrent",
+        "default",
+        "--tpm",
+        "20000",
+    )
+    assert changed.returncode == 0, changed.stderr
+    key, _ = store.get_key(key_id)  # type: ignore[misc]
+    assert key.limits == {"rpm": Decimal(-1), "tpm": Decimal(20000), "daily_budget_usd": Decimal("1.50")}
+    # WHEN it is revoked
+    revoked = cli(store, moto_endpoint, "keys", "revoke", key_id)
+    assert revoked.returncode == 0 and "within 30 s" in revoked.stdout
+    assert store.get_key(key_id)[0].status == "revoked"  # type: ignore[index]
+    listed = json.loads(cli(store, moto_endpoint, "keys", "list", "--json").stdout)
+    assert [(k["key_id"], k["status"]) for k in listed] == [(key_id, "revoked")]
+
+
+def test_bad_input_is_refused_with_a_clear_error_and_nothing_written(store: RelayStore, moto_endpoint: str) -> None:
+    cases = {
+        ("keys", "create", "--name", "x", "--rpm", "-5"): (2, "rpm must not be negative"),
+        ("keys", "create", "--name", "x", "--tpm", "lots"): (2, "tpm must be a number"),
+        ("keys", "create", "--name", "x", "--daily-budget-usd", "-1"): (2, "must not be negative"),
+        ("keys", "create", "--name", "x", "--max-concurrent", "1.5"): (2, "whole number"),
+        ("keys", "create", "--name", "   "): (2, "the name must not be empty"),
+        ("keys", "create", "--name", ""): (2, "the name must not be empty"),
+        ("keys", "revoke", "rk_doesnotexist"): (1, "no key with id 'rk_doesnotexist'"),
+        ("keys", "set-limits", "rk_doesnotexist", "--rpm", "5"): (1, "no key with id"),
+        ("keys", "set-limits", "rk_doesnotexist"): (1, "nothing to set"),
+        ("usage", "--since", "yesterday-ish"): (2, "cannot read time"),
+    }
+    # WHEN each bad command runs (in parallel: they are independent)
+    running = {
+        args: subprocess.Popen(
+            [CLI, *args], env=_env(store, moto_endpoint), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for args in cases
+    }
+    for args, process in running.items():
+        stdout, stderr = process.communicate(timeout=30)
+        code, message = cases[args]
+        # THEN a non-zero exit code and the reason on stderr
+        assert (process.returncode, message in stderr) == (code, True), (args, stderr)
+        assert stdout == ""
+    # AND nothing was written
+    assert store.list_keys() == []
+    scan = store.client.scan(TableName=store.table_name, Select="COUNT")
+    assert scan["Count"] == 0
+
+
+def test_a_revoked_key_is_refused_within_the_auth_cache_ttl(make_relay: RelayFactory, moto_endpoint: str) -> None:
+    # GIVEN a relay caching key lookups for 1 s, and a key created with the CLI that it has already seen
+    relay = make_relay(auth_cache_ttl_s=1.0)
+    created = json.loads(cli(relay.store, moto_endpoint, "keys", "create", "--name", "soon-gone", "--json").stdout)
+    url = f"{relay.url}/v1/chat/completions"
+    body = chat_body(mock={"tokens": 2, "chunk_delay_ms": 0, "ttft_ms": 0})
+    with httpx.Client(timeout=10) as client:
+        assert client.post(url, json=body, headers=relay.headers(created["key"])).status_code == 200
+        # WHEN it is revoked
+        assert cli(relay.store, moto_endpoint, "keys", "revoke", created["key_id"]).returncode == 0
+        revoked_at = time.monotonic()
+        # THEN the relay refuses it no later than the cache TTL after the revocation
+        while client.post(url, json=body, headers=relay.headers(created["key"])).status_code == 200:
+            assert time.monotonic() - revoked_at < 1.5, "revocation not effective within the auth cache TTL"
+            time.sleep(0.05)
+        response = client.post(url, json=body, headers=relay.headers(created["key"]))
+    assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"

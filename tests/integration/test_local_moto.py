@@ -1,0 +1,61 @@
+"""The local moto server's transactions (llm_relay.local_moto): all or nothing, refusals carry ALL_OLD."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from llm_relay.store import RelayStore, deserialize, serialize
+
+
+def _client(store: RelayStore) -> Any:
+    return store.client  # untyped: the tests build raw TransactItems
+
+
+def _item(store: RelayStore, pk: str) -> dict[str, object] | None:
+    raw = store.client.get_item(TableName=store.table_name, Key=serialize({"pk": pk, "sk": "X"})).get("Item")
+    return deserialize(raw) if raw else None
+
+
+def _put(store: RelayStore, item: dict[str, object]) -> dict[str, object]:
+    return {"Put": {"TableName": store.table_name, "Item": serialize({"sk": "X", **item})}}
+
+
+def test_a_refused_transaction_writes_nothing_and_returns_the_old_item(store: RelayStore) -> None:
+    store.client.put_item(TableName=store.table_name, Item=serialize({"pk": "A", "sk": "X", "n": 5}))
+    check = {
+        "Update": {
+            "TableName": store.table_name,
+            "Key": serialize({"pk": "A", "sk": "X"}),
+            "UpdateExpression": "ADD n :one",
+            "ConditionExpression": "n < :max",
+            "ExpressionAttributeValues": serialize({":one": 1, ":max": 5}),
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+    }
+    with pytest.raises(ClientError) as cancelled:
+        _client(store).transact_write_items(TransactItems=[_put(store, {"pk": "B"}), check])
+    reasons: Any = cancelled.value.response["CancellationReasons"]
+    assert [r["Code"] for r in reasons] == ["None", "ConditionalCheckFailed"]
+    assert deserialize(reasons[1]["Item"])["n"] == 5
+    assert _item(store, "B") is None and _item(store, "A") == {"pk": "A", "sk": "X", "n": 5}
+
+
+def test_an_item_failing_while_applied_puts_the_others_back(store: RelayStore) -> None:
+    store.client.put_item(TableName=store.table_name, Item=serialize({"pk": "A", "sk": "X", "s": "text", "v": 1}))
+    bad = {
+        "Update": {
+            "TableName": store.table_name,
+            "Key": serialize({"pk": "A", "sk": "X"}),
+            "UpdateExpression": "ADD s :one",
+            "ExpressionAttributeValues": serialize({":one": 1}),
+        }
+    }
+    with pytest.raises(ClientError):
+        _client(store).transact_write_items(
+            TransactItems=[_put(store, {"pk": "B"}), _put(store, {"pk": "C", "v": 2}), bad]
+        )
+    assert _item(store, "B") is None and _item(store, "C") is None
+    assert _item(store, "A") == {"pk": "A", "sk": "X", "s": "text", "v": 1}

@@ -1,0 +1,104 @@
+"""Pricing (pure): the packaged price table, cost arithmetic in Decimal, overrides and unknown models."""
+
+from __future__ import annotations
+
+import json
+import logging
+from decimal import Decimal
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from llm_relay.metering import Usage
+from llm_relay.pricing import ModelPrice, PriceTable, parse_prices
+
+REQUIRED = ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "o3", "o4-mini", "gpt-3.5-turbo")
+
+
+def test_packaged_table_covers_the_common_models_and_says_where_it_comes_from() -> None:
+    raw = json.loads(resources.files("llm_relay").joinpath("prices.json").read_text(encoding="utf-8"))
+    assert raw["_source"].startswith("OpenAI API pricing") and raw["_as_of"]
+    table = PriceTable.load()
+    for model in REQUIRED:
+        assert table.price_of(model) is not None, model
+    assert len(table.models) >= len(REQUIRED) + 2
+
+
+def test_cost_is_an_exact_decimal() -> None:
+    # GIVEN gpt-4o-mini at $0.15 in / $0.60 out per million tokens
+    table = PriceTable.load()
+    # WHEN 1000 prompt and 500 completion tokens are priced
+    cost = table("gpt-4o-mini", Usage(1000, 500))
+    # THEN the cost is exact, as a Decimal
+    assert isinstance(cost, Decimal) and cost == Decimal("0.00045")
+    assert table("gpt-4o-mini", Usage(0, 0)) == 0
+
+
+def test_cached_prompt_tokens_cost_the_cached_price() -> None:
+    price = ModelPrice(input=Decimal("2.50"), cached_input=Decimal("1.25"), output=Decimal("10"))
+    # 1000 prompt tokens, 400 of them cached: 600 * 2.50 + 400 * 1.25 = 2000 (per million)
+    assert price.cost(Usage(1000, 0, cached_tokens=400)) == Decimal("0.002")
+    # more cached tokens than prompt tokens (a confused upstream) cannot make the cost negative
+    assert price.cost(Usage(10, 0, cached_tokens=50)) == Decimal("0.0000125")
+
+
+def test_dated_and_prefixed_names_find_their_model_but_an_explicit_entry_wins() -> None:
+    table = PriceTable.load()
+    assert table.price_of("gpt-4o-2024-08-06") == table.price_of("gpt-4o")
+    assert table.price_of("openai/GPT-4o-mini") == table.price_of("gpt-4o-mini")
+    assert table.price_of("gpt-4o-2024-05-13") == ModelPrice(Decimal("5.00"), Decimal("5.00"), Decimal("15.00"))
+
+
+def test_unknown_model_costs_none_logs_once_and_calls_the_hook(caplog: pytest.LogCaptureFixture) -> None:
+    # GIVEN a hook counting unknown models
+    seen: list[str] = []
+    table = PriceTable.load(on_unknown=seen.append)
+    # WHEN a model without a price is priced twice
+    with caplog.at_level(logging.WARNING, logger="llm_relay.pricing"):
+        costs = [table("my-local-llama", Usage(10, 10)) for _ in range(2)]
+    # THEN the cost is unknown, never an error; one log line, every call reported
+    assert costs == [None, None]
+    assert seen == ["my-local-llama", "my-local-llama"]
+    assert len([r for r in caplog.records if "my-local-llama" in r.getMessage()]) == 1
+
+
+def test_a_failing_hook_does_not_break_pricing() -> None:
+    def broken(model: str) -> None:
+        raise RuntimeError("metrics down")
+
+    assert PriceTable.load(on_unknown=broken)("nope", Usage(1, 1)) is None
+
+
+def test_override_as_json_text_replaces_models_one_by_one() -> None:
+    table = PriceTable.load('{"gpt-4o": {"input": 1, "output": 2}, "my-llm": {"input": "0.5", "output": "0.5"}}')
+    assert table.price_of("gpt-4o") == ModelPrice(Decimal(1), Decimal(1), Decimal(2))
+    assert table("my-llm", Usage(1_000_000, 0)) == Decimal("0.5")
+    assert table.price_of("gpt-4o-mini") is not None  # the others stay
+
+
+def test_override_as_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps({"models": {"house-model": {"input": "3", "cached_input": "1", "output": "9"}}}))
+    assert PriceTable.load(str(path)).price_of("house-model") == ModelPrice(Decimal(3), Decimal(1), Decimal(9))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"m": {"input": 1}}', "needs 'input' and 'output'"),
+        ('{"m": {"input": -1, "output": 1}}', "invalid input price"),
+        ('{"m": {"input": "x", "output": 1}}', "invalid"),
+        ('{"m": {"input": true, "output": 1}}', "invalid"),
+        ("/nonexistent/prices.json", "cannot read"),
+        ('{"models": []}', "'models' must be an object"),
+    ],
+)
+def test_a_bad_override_fails_at_start_up(override: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        PriceTable.load(override)
+
+
+def test_notes_are_ignored() -> None:
+    assert parse_prices('{"_note": "x", "m": {"input": 1, "output": 1}}').keys() == {"m"}

@@ -1,0 +1,79 @@
+"""Usage records (pure): the item layout (key partition, day index, TTL) and the totals the CLI prints."""
+
+from __future__ import annotations
+
+import calendar
+from decimal import Decimal
+
+from llm_relay.usage import UsageRecord, UsageTotals, iso_ms
+
+T = calendar.timegm((2025, 3, 4, 5, 6, 7, 0, 0, 0)) + 0.089
+
+
+def record(**changes: object) -> UsageRecord:
+    values: dict[str, object] = {
+        "key_id": "rk_1",
+        "request_id": "req_a",
+        "model": "gpt-4o-mini",
+        "started_epoch": T,
+        "termination_reason": "stop",
+        "prompt_tokens": 12,
+        "completion_tokens": 30,
+        "cost_usd": Decimal("0.0000198"),
+        "ttft_ms": Decimal("41.5"),
+        "duration_ms": Decimal(300),
+        "mode": "sse",
+    }
+    values.update(changes)
+    return UsageRecord(**values)  # type: ignore[arg-type]
+
+
+def test_item_is_queryable_by_key_and_time_and_by_day() -> None:
+    item = record().item(retention_days=30)
+    assert item["pk"] == "KEY#rk_1"
+    assert item["sk"] == "USAGE#2025-03-04T05:06:07.089Z#req_a"
+    assert (item["gsi1pk"], item["gsi1sk"]) == ("USAGE#2025-03-04", "2025-03-04T05:06:07.089Z#req_a")
+    assert item["expires_at"] == int(T) + 30 * 86400
+    assert item["cost_usd"] == Decimal("0.0000198") and item["usage_source"] == "upstream"
+
+
+def test_unknown_cost_is_absent_and_the_record_round_trips() -> None:
+    original = record(cost_usd=None, usage_source="estimated", cancel_source="disconnect", ttft_ms=None)
+    item = original.item(retention_days=1)
+    assert "cost_usd" not in item and "ttft_ms" not in item
+    back = UsageRecord.from_item(item)
+    assert back == original
+    assert iso_ms(back.started_epoch) == "2025-03-04T05:06:07.089Z"
+
+
+def test_totals() -> None:
+    records = [
+        record(),
+        record(
+            request_id="req_b",
+            termination_reason="client_cancelled",
+            usage_source="estimated",
+            completion_tokens=3,
+            cost_usd=Decimal("0.000001"),
+        ),
+        record(
+            request_id="req_c",
+            termination_reason="rate_limit_exceeded",
+            usage_source="none",
+            prompt_tokens=0,
+            completion_tokens=0,
+            cost_usd=Decimal(0),
+        ),
+        record(request_id="req_d", model="mystery", cost_usd=None),
+    ]
+    totals = UsageTotals.of(records).as_json()
+    assert totals == {
+        "requests": 4,
+        "prompt_tokens": 36,
+        "completion_tokens": 63,
+        "total_tokens": 99,
+        "estimated_requests": 1,
+        "unpriced_requests": 1,
+        "cost_usd": "0.0000208",
+        "termination_reasons": {"client_cancelled": 1, "rate_limit_exceeded": 1, "stop": 2},
+    }
