@@ -5,8 +5,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8080
 export PORT
+# aws-sam-cli lives in its own virtualenv: its pinned dependencies conflict with ours.
+SAM_CLI_VERSION ?= 1.170.0
+SAM_VENV ?= .venv-sam
+SAM := SAM_CLI_TELEMETRY=0 $(SAM_VENV)/bin/sam
+EVENT ?= events/chat-streamed.json
+INVOKE_DEV_KEY ?= lr-dev-local-key
 
-.PHONY: dev test lint typecheck unit bench clean
+.PHONY: dev test lint typecheck unit bench clean sam build invoke
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +33,7 @@ typecheck: $(BIN)/.installed
 unit: $(BIN)/.installed
 	$(BIN)/pytest tests/unit -q
 
-test: lint typecheck ## lint, types, then every test
+test: lint typecheck sam ## lint, types, then every test (tests/packaging runs sam validate --lint and sam build)
 	$(BIN)/pytest -q
 
 bench: $(BIN)/.installed ## relay vs direct, 1 and 50 concurrent streams (not part of `make test`)
@@ -35,3 +41,18 @@ bench: $(BIN)/.installed ## relay vs direct, 1 and 50 concurrent streams (not pa
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build .aws-sam
+
+$(SAM_VENV)/.installed-$(SAM_CLI_VERSION):
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(SAM_VENV)/bin/python -m pip install -q 'aws-sam-cli==$(SAM_CLI_VERSION)'
+	touch $@
+
+sam: $(SAM_VENV)/.installed-$(SAM_CLI_VERSION) ## install aws-sam-cli (sam, and the Lambda Runtime Interface Emulator) in .venv-sam
+
+build: sam ## sam validate --lint, then sam build (function code + dependency layer) into .aws-sam/build
+	$(SAM) validate --lint
+	$(SAM) build
+
+invoke: $(BIN)/.installed sam ## EVENT=events/<file>.json through the Lambda Runtime Interface Emulator + Mangum, offline
+	RELAY_DEV_KEY=$(INVOKE_DEV_KEY) $(BIN)/python scripts/invoke.py $(EVENT)

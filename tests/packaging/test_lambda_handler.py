@@ -1,0 +1,47 @@
+"""The Mangum entry point in-process: the app is built once per process, and streamed bodies (SSE, NDJSON) come
+back as text, not base64."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from llm_relay import lambda_handler
+from tests.packaging.conftest import relay_environment
+from tests.packaging.expected import check_response, load_event
+
+
+@pytest.fixture
+def fresh_handler(monkeypatch: pytest.MonkeyPatch, moto_endpoint: str, dev_table: str) -> Iterator[None]:
+    """The handler as in a new sandbox: no adapter built yet, the environment of a local relay."""
+    for name, value in relay_environment(moto_endpoint, dev_table).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(lambda_handler, "_adapter", None)
+    yield
+    asyncio.get_event_loop().close()  # the one the handler made for this thread
+    asyncio.set_event_loop(None)
+
+
+def test_streamed_bodies_come_back_as_text(fresh_handler):
+    # GIVEN a fresh sandbox
+    # WHEN the SSE and NDJSON events are handled
+    for name in ("chat-streamed", "chat-ndjson"):
+        response = lambda_handler.handler(load_event(name), None)
+        # THEN the whole stream is in the body as text
+        check_response(name, response)
+
+
+def test_the_app_is_built_once_per_sandbox(fresh_handler):
+    # GIVEN a fresh sandbox
+    first = lambda_handler.handler(load_event("healthz"), None)
+    adapter = lambda_handler._adapter
+    # WHEN a second invocation arrives
+    second = lambda_handler.handler(load_event("healthz"), None)
+    # THEN it reuses the adapter (and app) of the first
+    assert adapter is not None and lambda_handler._adapter is adapter
+    assert json.loads(first["body"]) == json.loads(second["body"]) == {"status": "ok"}
+    # AND every response has its own request id
+    assert first["headers"]["x-request-id"] != second["headers"]["x-request-id"]

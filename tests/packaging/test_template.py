@@ -1,0 +1,274 @@
+"""template.yaml: the properties that matter, read from the template itself, from SAM's own transform of it,
+and from `sam validate --lint` (cfn-lint)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from typing import Any
+
+import pytest
+
+from llm_relay.local import load_template
+from llm_relay.settings import Settings
+from tests.packaging.conftest import REPO, SAM_VENV, sam_environment
+
+ADAPTER_ACCOUNT = "753240598075"
+TABLE_ARN = {"Fn::GetAtt": ["RelayTable", "Arn"]}
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return load_template(REPO / "template.yaml")
+
+
+def _function(template: dict[str, Any]) -> dict[str, Any]:
+    props: dict[str, Any] = template["Resources"]["RelayFunction"]["Properties"]
+    return props
+
+
+def _variables(template: dict[str, Any]) -> dict[str, Any]:
+    variables: dict[str, Any] = _function(template)["Environment"]["Variables"]
+    return variables
+
+
+def _statements(template: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every IAM statement the function's policies can grant (both branches of conditional policies)."""
+    statements: list[dict[str, Any]] = []
+    for policy in _function(template)["Policies"]:
+        if "Fn::If" in policy:
+            _, granted, otherwise = policy["Fn::If"]
+            assert otherwise == {"Ref": "AWS::NoValue"}
+            policy = granted
+        statements += policy["Statement"]
+    return statements
+
+
+def _actions(statement: dict[str, Any]) -> set[str]:
+    actions = statement["Action"]
+    return {actions} if isinstance(actions, str) else set(actions)
+
+
+def test_function_url_streams_through_the_web_adapter(template):
+    # GIVEN the relay function
+    function = _function(template)
+    variables = _variables(template)
+    # THEN the function URL streams, and the web adapter runs run.sh's uvicorn and waits for /healthz
+    assert function["FunctionUrlConfig"]["InvokeMode"] == "RESPONSE_STREAM"
+    assert function["Handler"] == "run.sh"
+    assert variables["AWS_LAMBDA_EXEC_WRAPPER"] == "/opt/bootstrap"
+    assert variables["AWS_LWA_INVOKE_MODE"] == "response_stream"
+    assert variables["AWS_LWA_READINESS_CHECK_PATH"] == "/healthz"
+    assert variables["PORT"] == "8000"  # sam local's emulator holds 8080
+    assert variables["RELAY_FLUSH_NUDGE"] == "true"
+    # AND the adapter layer is AWS's public one, for the function's architecture, at a parameterized version
+    adapter = function["Layers"][0]["Fn::If"]
+    assert adapter[0] == "IsArm64"
+    arm, x86 = (branch["Fn::Sub"] for branch in adapter[1:])
+    assert arm.endswith(f":{ADAPTER_ACCOUNT}:layer:LambdaAdapterLayerArm64:${{WebAdapterLayerVersion}}")
+    assert x86.endswith(f":{ADAPTER_ACCOUNT}:layer:LambdaAdapterLayerX86:${{WebAdapterLayerVersion}}")
+    assert template["Parameters"]["Architecture"]["Default"] == "arm64"
+
+
+def test_runtime_and_dependency_layer_match_the_architecture(template):
+    # GIVEN the function and its two candidate dependency layers
+    function = _function(template)
+    resources = template["Resources"]
+    # THEN the function runs Python 3.12 on the chosen architecture, with the layer built for that architecture
+    assert function["Runtime"] == "python3.12"
+    assert function["Architectures"] == [{"Ref": "Architecture"}]
+    assert function["Layers"][1] == {"Fn::If": ["IsArm64", {"Ref": "DepsLayerArm64"}, {"Ref": "DepsLayerX86"}]}
+    for name, arch in (("DepsLayerArm64", "arm64"), ("DepsLayerX86", "x86_64")):
+        layer = resources[name]
+        assert layer["Metadata"]["BuildMethod"] == "makefile"
+        assert layer["Properties"]["CompatibleArchitectures"] == [arch]
+        assert layer["Properties"]["CompatibleRuntimes"] == ["python3.12"]
+    assert resources["RelayFunction"]["Metadata"]["BuildMethod"] == "makefile"
+
+
+def test_one_timeout_parameter_feeds_the_function_and_the_relay(template):
+    # GIVEN the timeout parameter
+    parameter = template["Parameters"]["FunctionTimeout"]
+    # THEN it is the function's timeout and the relay's deadline, sized for long streams (Lambda's maximum)
+    assert _function(template)["Timeout"] == {"Ref": "FunctionTimeout"}
+    assert _variables(template)["RELAY_FUNCTION_TIMEOUT_S"] == {"Ref": "FunctionTimeout"}
+    assert parameter["Default"] == 900 and parameter["MaxValue"] == 900
+
+
+def test_every_relay_variable_is_a_settings_field(template):
+    # GIVEN the settings' environment names
+    names = {(field.alias or f"RELAY_{name}").upper() for name, field in Settings.model_fields.items()}
+    # THEN every RELAY_* variable the template sets is read by Settings (a typo would be silently ignored)
+    relay_variables = {name for name in _variables(template) if name.startswith("RELAY_")}
+    assert relay_variables - names == set()
+    assert {"RELAY_TABLE_NAME", "RELAY_UPSTREAM_URL", "RELAY_ALLOWED_MODELS"} <= relay_variables
+
+
+def test_powertools_service_log_level_and_namespace_are_configured(template):
+    variables = _variables(template)
+    assert variables["POWERTOOLS_SERVICE_NAME"] == "llm-relay"
+    assert variables["POWERTOOLS_LOG_LEVEL"] == {"Ref": "LogLevel"}
+    assert variables["POWERTOOLS_METRICS_NAMESPACE"] == {"Ref": "MetricsNamespace"}
+    assert template["Parameters"]["MetricsNamespace"]["Default"] == "LLMRelay"
+
+
+def test_dynamodb_access_is_the_relay_item_operations_on_its_own_table(template):
+    # GIVEN the function's DynamoDB statements
+    statements = [s for s in _statements(template) if any(a.startswith("dynamodb:") for a in _actions(s))]
+    # THEN they allow item operations only (no Scan, no DeleteItem, no table management) on the relay table
+    # and, for Query, its gsi1 index; nothing else
+    granted = {(action, json.dumps(s["Resource"], sort_keys=True)) for s in statements for action in _actions(s)}
+    table = json.dumps(TABLE_ARN, sort_keys=True)
+    index = json.dumps({"Fn::Sub": "${RelayTable.Arn}/index/gsi1"}, sort_keys=True)
+    item_actions = {"GetItem", "BatchGetItem", "PutItem", "UpdateItem", "ConditionCheckItem", "Query"}
+    assert granted == {(f"dynamodb:{a}", table) for a in item_actions} | {("dynamodb:Query", index)}
+    assert all(s["Effect"] == "Allow" and "Condition" not in s for s in statements)
+
+
+def test_only_the_configured_upstream_secret_is_readable(template):
+    # GIVEN the statements outside DynamoDB
+    others = {s["Sid"]: s for s in _statements(template) if not any(a.startswith("dynamodb:") for a in _actions(s))}
+    # THEN each reads exactly one named secret, parameter or key, and exists only when that one is configured
+    assert others["UpstreamSecret"]["Action"] == "secretsmanager:GetSecretValue"
+    assert others["UpstreamSecret"]["Resource"] == {"Ref": "UpstreamSecretArn"}
+    assert others["UpstreamParameter"]["Action"] == "ssm:GetParameter"
+    assert others["UpstreamParameter"]["Resource"]["Fn::Sub"].endswith(":parameter${UpstreamSsmParameter}")
+    assert others["UpstreamKeyDecrypt"]["Action"] == "kms:Decrypt"
+    assert others["UpstreamKeyDecrypt"]["Resource"] == {"Ref": "UpstreamKmsKeyArn"}
+    assert "kms:ViaService" in others["UpstreamKeyDecrypt"]["Condition"]["StringEquals"]
+    assert set(others) == {"UpstreamSecret", "UpstreamParameter", "UpstreamKeyDecrypt"}
+    conditions = [p["Fn::If"][0] for p in _function(template)["Policies"] if "Fn::If" in p]
+    assert conditions == ["HasUpstreamSecret", "HasUpstreamSsmParameter", "HasUpstreamKmsKey"]
+
+
+def test_table_keeps_its_schema_with_ttl_recovery_and_encryption(template):
+    # GIVEN the relay table
+    table = template["Resources"]["RelayTable"]
+    props = table["Properties"]
+    # THEN usage and request items expire by TTL, and the data survives mistakes and stack deletion
+    assert props["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+    assert props["SSESpecification"]["SSEEnabled"] is True
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["DeletionPolicy"] == "Retain"
+    assert [k["AttributeName"] for k in props["KeySchema"]] == ["pk", "sk"]
+    assert props["GlobalSecondaryIndexes"][0]["IndexName"] == "gsi1"
+
+
+def test_browsers_may_call_the_url_and_read_the_relay_headers(template):
+    cors = _function(template)["FunctionUrlConfig"]["Cors"]
+    assert {"authorization", "content-type", "x-api-key"} <= set(cors["AllowHeaders"])
+    assert set(cors["AllowMethods"]) == {"GET", "POST"}
+    exposed = set(cors["ExposeHeaders"])
+    assert {"x-request-id", "retry-after"} <= exposed
+    assert {
+        f"x-ratelimit-{what}-{kind}" for what in ("limit", "remaining", "reset") for kind in ("requests", "tokens")
+    } <= exposed
+
+
+def test_run_sh_is_an_executable_lf_shell_script():
+    run_sh = REPO / "functions" / "relay" / "run.sh"
+    content = run_sh.read_bytes()
+    assert content.startswith(b"#!/bin/sh\n")
+    assert b"\r" not in content
+    assert run_sh.stat().st_mode & 0o111 == 0o111
+
+
+TRANSFORM_SCRIPT = """
+import json, sys
+from samcli.yamlhelper import yaml_parse
+from samtranslator.translator.transform import transform
+
+class Policies:
+    def load(self):
+        return {"AWSLambdaBasicExecutionRole": "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"}
+
+template = yaml_parse(open(sys.argv[1]).read())
+for resource in template["Resources"].values():  # local paths are replaced by S3 URIs when packaging
+    props = resource.get("Properties", {})
+    for uri in ("CodeUri", "ContentUri"):
+        if uri in props:
+            props[uri] = "s3://bucket/key"
+template["Resources"]["RelayFunction"]["Properties"].update(json.loads(sys.argv[2]))
+print(json.dumps(transform(template, {}, Policies())))
+"""
+
+
+def _transformed(**function_properties: str) -> dict[str, Any]:
+    """template.yaml as CloudFormation sees it after the SAM transform (run with the SAM CLI's translator),
+    with some of the function's properties replaced."""
+    python = SAM_VENV / "bin" / "python"
+    if not python.exists():
+        pytest.fail("aws-sam-cli is not installed: run `make sam` (make test does it)")
+    done = subprocess.run(
+        [str(python), "-c", TRANSFORM_SCRIPT, str(REPO / "template.yaml"), json.dumps(function_properties)],
+        capture_output=True,
+        text=True,
+        env=sam_environment(),
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    transformed: dict[str, Any] = json.loads(done.stdout)
+    return transformed
+
+
+def _published_version(resources: dict[str, Any]) -> str:
+    (version,) = (name for name, r in resources.items() if r["Type"] == "AWS::Lambda::Version")
+    return version
+
+
+def test_function_url_serves_the_live_alias_publicly():
+    # GIVEN the deployed form of the template
+    resources = _transformed()["Resources"]
+    # THEN the function URL (streaming) targets the `live` alias, so a rollback is repointing the alias
+    url = resources["RelayFunctionUrl"]["Properties"]
+    assert url["TargetFunctionArn"] == {"Ref": "RelayFunctionAliaslive"}
+    assert url["InvokeMode"] == "RESPONSE_STREAM"
+    assert resources["RelayFunctionAliaslive"]["Properties"]["Name"] == "live"
+    # AND anyone may call the URL (keys are checked by the relay): both permissions new function URLs need
+    permissions = {
+        r["Properties"]["Action"]: r["Properties"] for r in resources.values() if r["Type"] == "AWS::Lambda::Permission"
+    }
+    assert permissions["lambda:InvokeFunctionUrl"]["FunctionUrlAuthType"] == "NONE"
+    assert permissions["lambda:InvokeFunction"]["InvokedViaFunctionUrl"] is True
+
+
+def test_sam_validate_lint_is_clean(sam_cli):
+    done = subprocess.run(
+        [str(sam_cli), "validate", "--lint", "--template-file", str(REPO / "template.yaml")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=sam_environment(),
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "is a valid SAM Template" in done.stdout + done.stderr
+
+
+def _dependency_hash() -> str:
+    digest = hashlib.sha256()
+    for name in ("Makefile", "requirements.txt"):
+        digest.update((REPO / "layers" / "deps" / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def test_the_function_names_the_dependency_layer_it_was_published_with(template):
+    # GIVEN the layer's build inputs
+    expected = _dependency_hash()
+    # THEN their hash is in the function's description, so a dependency change alone publishes a new version
+    description = _function(template)["Description"]
+    assert description.endswith(f"dependency layer {expected}"), (
+        f"layers/deps changed: set the function's Description in template.yaml to end with {expected}"
+    )
+
+
+def test_a_code_or_dependency_change_publishes_a_new_version_for_the_alias():
+    # GIVEN the template as deployed
+    current = _published_version(_transformed()["Resources"])
+    # WHEN the code moves, or the function's description (the dependency hash) changes
+    new_code = _published_version(_transformed(CodeUri="s3://bucket/other-key")["Resources"])
+    new_deps = _published_version(_transformed(Description="llm-relay; dependency layer 0000")["Resources"])
+    # THEN SAM publishes a new version each time, which `live` then points at
+    assert len({current, new_code, new_deps}) == 3
