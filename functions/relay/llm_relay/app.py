@@ -11,12 +11,12 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 import anyio
 import anyio.to_thread
 import httpx
+from aws_lambda_powertools import Logger
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -43,11 +43,13 @@ from .finalize import Finalizers, RequestTracker
 from .limiter import Limiter
 from .limits_store import LimitsStore
 from .metering import Usage, estimate_prompt_tokens
+from .metrics import REJECTION_REASONS, MetricsEmitter
 from .outcome import Finalizer, RequestContext, StreamOutcome
 from .pricing import PriceTable
 from .relay import Pricer, RelayResponse
 from .settings import Settings
 from .store import RelayStore, StoreUnavailable, make_client
+from .telemetry import Telemetry, lambda_request_id
 from .termination import TerminationReason
 from .upstream import Upstream
 from .upstream_key import UpstreamKeyProvider
@@ -93,11 +95,14 @@ class Services:
     admission: Admission
     finalizer: Finalizer
     pricer: Pricer
+    telemetry: Telemetry
     upstream: Upstream | None = None
 
 
-def _no_price(model: str, usage: Usage) -> Decimal | None:
-    return None
+def _known_models(settings: Settings, prices: PriceTable) -> set[str]:
+    """Models that may name a metric dimension: the allow-list and the priced models (bounded sets; a
+    free-text model name from a client would make a new CloudWatch metric per value)."""
+    return set(settings.allowed_model_set or ()) | set(prices.models)
 
 
 def create_app(
@@ -111,16 +116,22 @@ def create_app(
 ) -> FastAPI:
     settings = settings or Settings()
     store = store or RelayStore(settings.table_name, make_client(settings.dynamodb_endpoint, settings.aws_region))
-    pricer = pricer or PriceTable.load(settings.prices_json)
-    limiter = Limiter(LimitsStore(settings.table_name, store.client), settings)
+    prices = PriceTable.load(settings.prices_json)
+    pricer = pricer or prices
+    telemetry = Telemetry(
+        MetricsEmitter(settings.metrics_namespace, settings.service_name, _known_models(settings, prices)),
+        Logger(service=settings.service_name, level=settings.log_level),
+    )
+    limiter = Limiter(LimitsStore(settings.table_name, store.client), settings, metrics=telemetry.metrics.hook)
     services = Services(
         settings=settings,
         store=store,
         auth=Authenticator(store, settings.auth_cache_ttl_s),
         cancels=CancelRegistry(store, settings.cancel_poll_interval_s),
         admission=admission or limiter,
-        finalizer=Finalizers([RequestTracker(store), limiter, *(finalizers or [])]),
+        finalizer=Finalizers([RequestTracker(store), limiter, telemetry, *(finalizers or [])]),
         pricer=pricer,
+        telemetry=telemetry,
     )
 
     @asynccontextmanager
@@ -142,7 +153,7 @@ def create_app(
 
     app = FastAPI(title="llm-relay", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.services = services
-    _install_error_handlers(app)
+    _install_error_handlers(app, telemetry)
     _install_routes(app, services)
     app.add_middleware(RequestIdMiddleware)
     return app
@@ -196,6 +207,7 @@ async def _relay(request: Request, services: Services, *, ndjson: bool) -> Respo
         started_at=time.monotonic(),
         started_epoch=time.time(),
         deadline=_deadline(request.headers, settings),
+        lambda_request_id=lambda_request_id(request.headers),
     )
     cancel_event = services.cancels.register(request_id)
     try:
@@ -293,9 +305,12 @@ def _deadline(headers: Mapping[str, str], settings: Settings) -> float:
     return time.monotonic() + remaining - settings.deadline_margin_s
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+def _install_error_handlers(app: FastAPI, telemetry: Telemetry) -> None:
     @app.exception_handler(RelayError)
     async def relay_error(request: Request, exc: RelayError) -> JSONResponse:
+        if exc.rejection in REJECTION_REASONS:
+            request_id = getattr(request.state, "request_id", None)
+            telemetry.rejected(exc.rejection, exc.status_code, exc.code, request_id, lambda_request_id(request.headers))
         return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers or None)
 
     @app.exception_handler(StarletteHTTPException)

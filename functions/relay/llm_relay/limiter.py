@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 import anyio
 import anyio.to_thread
 
+from . import metrics
 from .errors import RateLimited, ServiceUnavailable
 from .limits import (
     RATE,
@@ -51,11 +52,11 @@ logger = logging.getLogger(__name__)
 
 MetricHook = Callable[[str, float, Mapping[str, str]], None]
 
-# Metric names this module reports through its hook (the metrics module maps them to EMF).
-METRIC_REJECTED = "AdmissionRejected"  # dimension: limit (rpm, tpm, max_concurrent, daily/monthly budget)
-METRIC_STORE_ERROR = "AdmissionStoreError"  # dimension: policy (fail_closed, fail_open)
-METRIC_USAGE_WRITE_FAILED = "UsageWriteFailed"
-METRIC_ADMISSION_ATTEMPTS = "AdmissionAttempts"
+# Metric names this module reports through its hook (names and dimensions are declared in metrics.py).
+METRIC_REJECTED = metrics.ADMISSION_REJECTED  # dimension: limit (rpm, tpm, max_concurrent, daily/monthly budget)
+METRIC_STORE_ERROR = metrics.ADMISSION_STORE_ERROR  # dimension: policy (fail_closed, fail_open)
+METRIC_USAGE_WRITE_FAILED = metrics.USAGE_WRITE_FAILED
+METRIC_ADMISSION_ATTEMPTS = metrics.ADMISSION_ATTEMPTS
 
 MAX_ATTEMPTS = 6
 

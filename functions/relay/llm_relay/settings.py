@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     max_tokens_cap: int = Field(default=32768, gt=0)
 
+    # Telemetry (Powertools' own variable names, so Logger and Metrics read the same values).
+    service_name: str = Field(default="llm-relay", alias="POWERTOOLS_SERVICE_NAME")
+    metrics_namespace: str = Field(default="LLMRelay", alias="POWERTOOLS_METRICS_NAMESPACE")
+    log_level: str = Field(default="INFO", alias="POWERTOOLS_LOG_LEVEL")
+
     # State.
     table_name: str = "llm-relay"
     dynamodb_endpoint: str | None = None

@@ -1,0 +1,163 @@
+"""CloudWatch metrics as EMF through Powertools: every metric and dimension name lives here, and the
+dashboard and alarms in template.yaml are checked against `CATALOGUE` (tests/packaging/test_dashboard.py).
+
+Each request flushes its own metric sets (Powertools `EphemeralMetrics`, one EMF document per dimension
+set), so concurrent streams in one process never mix their figures. Dimensions stay low-cardinality:
+the termination or rejection reason, the model only when it is a known one (allow-list or price table,
+else `other`), the service; never key ids or free text.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
+
+from .outcome import RequestContext, StreamOutcome
+
+# Metric names.
+STREAMS = "StreamsTerminated"
+REJECTIONS = "RequestsRejected"
+TTFT = "TimeToFirstToken"
+TPOT = "TimePerOutputToken"
+DURATION = "StreamDuration"
+PROMPT_TOKENS = "PromptTokens"
+COMPLETION_TOKENS = "CompletionTokens"
+COST = "CostUSD"
+UNPRICED = "UnpricedRequests"
+RETRIES = "UpstreamRetries"
+UPSTREAM_ERRORS = "UpstreamErrors"
+CANCEL_LATENCY = "ClientCancelLatency"
+ADMISSION_REJECTED = "AdmissionRejected"
+ADMISSION_STORE_ERROR = "AdmissionStoreError"
+ADMISSION_ATTEMPTS = "AdmissionAttempts"
+USAGE_WRITE_FAILED = "UsageWriteFailed"
+
+# Dimension names.
+REASON = "reason"
+MODEL = "model"
+STATUS_CLASS = "status_class"
+CHANNEL = "channel"
+LIMIT = "limit"
+POLICY = "policy"
+
+OTHER_MODEL = "other"
+
+REJECTION_REASONS = (
+    "unauthorized",
+    "invalid_request",
+    "model_not_allowed",
+    "rate_limited",
+    "budget_exceeded",
+    "unavailable",
+)
+
+
+SERVICE = "service"
+BY_SERVICE = (SERVICE,)
+BY_MODEL = (MODEL, SERVICE)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A metric the code emits, with every dimension set it is published under (EMF can publish one
+    value under several sets: per model, and rolled up per service for alarms)."""
+
+    name: str
+    unit: MetricUnit
+    dimension_sets: tuple[tuple[str, ...], ...]
+
+
+CATALOGUE: tuple[MetricSpec, ...] = (
+    MetricSpec(STREAMS, MetricUnit.Count, ((REASON, SERVICE),)),
+    MetricSpec(REJECTIONS, MetricUnit.Count, ((REASON, SERVICE),)),
+    MetricSpec(TTFT, MetricUnit.Milliseconds, (BY_MODEL, BY_SERVICE)),
+    MetricSpec(TPOT, MetricUnit.Milliseconds, (BY_MODEL, BY_SERVICE)),
+    MetricSpec(DURATION, MetricUnit.Milliseconds, (BY_MODEL, BY_SERVICE)),
+    MetricSpec(PROMPT_TOKENS, MetricUnit.Count, (BY_MODEL, BY_SERVICE)),
+    MetricSpec(COMPLETION_TOKENS, MetricUnit.Count, (BY_MODEL, BY_SERVICE)),
+    MetricSpec(COST, MetricUnit.NoUnit, (BY_MODEL, BY_SERVICE)),
+    MetricSpec(UNPRICED, MetricUnit.Count, (BY_MODEL, BY_SERVICE)),
+    MetricSpec(RETRIES, MetricUnit.Count, (BY_SERVICE,)),
+    MetricSpec(UPSTREAM_ERRORS, MetricUnit.Count, ((STATUS_CLASS, SERVICE),)),
+    MetricSpec(CANCEL_LATENCY, MetricUnit.Milliseconds, ((CHANNEL, SERVICE),)),
+    MetricSpec(ADMISSION_REJECTED, MetricUnit.Count, ((LIMIT, SERVICE),)),
+    MetricSpec(ADMISSION_STORE_ERROR, MetricUnit.Count, ((POLICY, SERVICE),)),
+    MetricSpec(ADMISSION_ATTEMPTS, MetricUnit.Count, (BY_SERVICE,)),
+    MetricSpec(USAGE_WRITE_FAILED, MetricUnit.Count, (BY_SERVICE,)),
+)
+SPECS = {spec.name: spec for spec in CATALOGUE}
+
+Sink = Callable[[str], None]
+
+
+def stdout_sink(line: str) -> None:
+    """Lambda ships stdout to CloudWatch Logs, which extracts EMF documents into metrics."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+class MetricsEmitter:
+    def __init__(
+        self, namespace: str, service: str, known_models: Iterable[str] = (), sink: Sink = stdout_sink
+    ) -> None:
+        self.namespace = namespace
+        self.service = service
+        self._known_models = frozenset(known_models)
+        self._sink = sink
+
+    def model_dimension(self, model: str) -> str:
+        return model if model in self._known_models else OTHER_MODEL
+
+    def emit(self, values: dict[str, float], dimensions: dict[str, str] | None = None) -> None:
+        """One EMF document: these metrics under the dimension sets CATALOGUE gives them (all alike)."""
+        dims = {**(dimensions or {}), SERVICE: self.service}
+        sets = {SPECS[name].dimension_sets for name in values}
+        if len(sets) != 1:
+            raise ValueError(f"metrics with different dimension sets in one document: {sorted(values)}")
+        dimension_sets = sets.pop()
+        if set(dimension_sets[0]) != set(dims):
+            raise ValueError(f"{sorted(values)} take dimensions {dimension_sets[0]}, got {sorted(dims)}")
+        metrics = EphemeralMetrics(namespace=self.namespace, service=self.service)
+        for name, value in values.items():
+            metrics.add_metric(name=name, unit=SPECS[name].unit, value=value)
+        for key, dim_value in dims.items():
+            if key != SERVICE:
+                metrics.add_dimension(name=key, value=dim_value)
+        for rollup in dimension_sets[1:]:
+            metrics.add_dimensions(**{key: dims[key] for key in rollup})
+        self._sink(json.dumps(metrics.serialize_metric_set(), separators=(",", ":")))
+
+    def rejection(self, reason: str) -> None:
+        self.emit({REJECTIONS: 1}, {REASON: reason})
+
+    def hook(self, name: str, value: float, dimensions: Mapping[str, str]) -> None:
+        """The callback shape the limiter reports through."""
+        self.emit({name: value}, dict(dimensions))
+
+    def request_finished(self, ctx: RequestContext, outcome: StreamOutcome, cost: Decimal | None) -> None:
+        model = self.model_dimension(ctx.chat.model)
+        self.emit({STREAMS: 1}, {REASON: outcome.reason.value})
+        per_model: dict[str, float] = {
+            DURATION: outcome.duration_s * 1000,
+            PROMPT_TOKENS: outcome.usage.prompt_tokens,
+            COMPLETION_TOKENS: outcome.usage.completion_tokens,
+        }
+        if outcome.ttft_s is not None:
+            per_model[TTFT] = outcome.ttft_s * 1000
+        if outcome.tpot_s is not None:
+            per_model[TPOT] = outcome.tpot_s * 1000
+        if cost is None:
+            per_model[UNPRICED] = 1
+        else:
+            per_model[COST] = float(cost)
+        self.emit(per_model, {MODEL: model})
+        self.emit({RETRIES: ctx.retries})
+        for status_class, count in sorted(ctx.upstream_errors.items()):
+            self.emit({UPSTREAM_ERRORS: count}, {STATUS_CLASS: status_class})
+        if outcome.cancel_latency_s is not None and outcome.cancel_source is not None:
+            self.emit({CANCEL_LATENCY: outcome.cancel_latency_s * 1000}, {CHANNEL: outcome.cancel_source})

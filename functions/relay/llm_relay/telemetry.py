@@ -1,0 +1,78 @@
+"""Per-request telemetry: one structured summary log line (Powertools Logger) and the request's metrics
+(EMF), for every admitted request (a `Finalizer`) and every rejected one (`rejected`).
+
+Under the web adapter there is no Lambda handler to decorate, so the Lambda request id comes from the
+`x-amzn-lambda-context` header the adapter adds; it is logged as `lambda_request_id` for correlation.
+Never logged: prompts, completions, API keys, upstream keys, Authorization values.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from .metrics import MetricsEmitter
+from .outcome import RequestContext, StreamOutcome
+
+
+def lambda_request_id(headers: Mapping[str, str]) -> str | None:
+    raw = headers.get("x-amzn-lambda-context")
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw).get("request_id")
+    except (ValueError, AttributeError):
+        return None
+    return str(value) if value else None
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+class Telemetry:
+    def __init__(self, metrics: MetricsEmitter, logger: Logger) -> None:
+        self.metrics = metrics
+        self.logger = logger
+
+    async def finalize(self, ctx: RequestContext, outcome: StreamOutcome) -> None:
+        fields: dict[str, Any] = {
+            "request_id": ctx.request_id,
+            "lambda_request_id": ctx.lambda_request_id,
+            "key_id": ctx.key.key_id,
+            "model": ctx.chat.model,
+            "mode": ctx.mode,
+            "reason": outcome.reason.value,
+            "prompt_tokens": outcome.usage.prompt_tokens,
+            "completion_tokens": outcome.usage.completion_tokens,
+            "usage_source": "estimated" if outcome.usage.estimated else "upstream",
+            "cost_usd": None if outcome.cost_usd is None else str(outcome.cost_usd),
+            "ttft_ms": _ms(outcome.ttft_s),
+            "tpot_ms": _ms(outcome.tpot_s),
+            "duration_ms": _ms(outcome.duration_s),
+            "chunks": outcome.chunks,
+            "retries": ctx.retries,
+            "upstream_errors": ctx.upstream_errors or None,
+            "cancel_source": outcome.cancel_source,
+            "cancel_latency_ms": _ms(outcome.cancel_latency_s),
+            "error": outcome.error,
+        }
+        self.logger.info("request finished", extra={k: v for k, v in fields.items() if v is not None})
+        self.metrics.request_finished(ctx, outcome, outcome.cost_usd)
+
+    def rejected(
+        self, reason: str, status: int, code: str | None, request_id: str | None, lambda_id: str | None
+    ) -> None:
+        """A request refused before admission (or by it): log line and the rejection metric."""
+        fields = {
+            "request_id": request_id,
+            "lambda_request_id": lambda_id,
+            "reason": reason,
+            "status": status,
+            "code": code,
+        }
+        self.logger.info("request rejected", extra={k: v for k, v in fields.items() if v is not None})
+        self.metrics.rejection(reason)

@@ -1,0 +1,103 @@
+"""Run `python -m llm_relay.devserver` (what `make dev` runs) as a subprocess and collect its output."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class DevServer:
+    url: str
+    key: str
+    moto_url: str
+    env: dict[str, str]
+    stdout: list[str] = field(default_factory=list)
+    stderr: list[str] = field(default_factory=list)
+
+    def emf(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in list(self.stdout) if line.startswith('{"_aws"')]
+
+    def logs(self) -> list[dict[str, Any]]:
+        out = []
+        for line in list(self.stdout):
+            if line.startswith("{") and not line.startswith('{"_aws"'):
+                out.append(json.loads(line))
+        return out
+
+    def wait_for_output(self, needle: str, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(needle in line for line in list(self.stdout)):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{needle!r} not printed within {timeout}s")
+            time.sleep(0.01)
+
+
+def _pump(stream: Any, sink: list[str]) -> None:
+    for line in iter(stream.readline, ""):
+        sink.append(line.rstrip("\n"))
+
+
+@contextmanager
+def dev_server(**env: str) -> Iterator[DevServer]:
+    port, moto_port = free_port(), free_port()
+    full_env = {
+        **os.environ,
+        "PORT": str(port),
+        "RELAY_MOTO_PORT": str(moto_port),
+        "RELAY_DEV_KEY": env.pop("RELAY_DEV_KEY", "lr-dev-test-key"),
+        **env,
+    }
+    for name in ("RELAY_DYNAMODB_ENDPOINT", "RELAY_UPSTREAM_URL"):
+        full_env.pop(name, None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llm_relay.devserver"],
+        env=full_env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    server = DevServer(f"http://127.0.0.1:{port}", full_env["RELAY_DEV_KEY"], f"http://127.0.0.1:{moto_port}", full_env)
+    threads = [
+        threading.Thread(target=_pump, args=(proc.stdout, server.stdout), daemon=True),
+        threading.Thread(target=_pump, args=(proc.stderr, server.stderr), daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{server.url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("dev server did not start:\n" + "\n".join(server.stderr))
+            time.sleep(0.05)
+        yield server
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        for thread in threads:
+            thread.join(timeout=5)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
