@@ -70,7 +70,8 @@ def pct(values: list[float], q: float) -> float:
 @dataclass
 class StreamResult:
     ttft_ms: float
-    duration_ms: float
+    duration_ms: float  # until the client has the whole answer ([DONE])
+    close_ms: float  # until the response body closed (the relay finalizes before closing it)
     chunks: int
     ok: bool
 
@@ -79,6 +80,7 @@ class StreamResult:
 class Series:
     ttft_ms: list[float] = field(default_factory=list)
     duration_ms: list[float] = field(default_factory=list)
+    close_ms: list[float] = field(default_factory=list)
     errors: int = 0
 
     def add(self, result: StreamResult) -> None:
@@ -87,6 +89,7 @@ class Series:
             return
         self.ttft_ms.append(result.ttft_ms)
         self.duration_ms.append(result.duration_ms)
+        self.close_ms.append(result.close_ms)
 
     def summary(self) -> dict[str, float]:
         return {
@@ -96,6 +99,7 @@ class Series:
             "ttft_p99_ms": round(pct(self.ttft_ms, 99), 2),
             "duration_p50_ms": round(pct(self.duration_ms, 50), 1),
             "duration_mean_ms": round(statistics.fmean(self.duration_ms), 1) if self.duration_ms else 0.0,
+            "close_p50_ms": round(pct(self.close_ms, 50), 1),
         }
 
 
@@ -109,23 +113,23 @@ async def one_stream(client: httpx.AsyncClient, url: str, headers: dict[str, str
     started = time.perf_counter()
     ttft = None
     chunks = 0
-    done = False
+    done_at = None
     try:
         async with client.stream("POST", url, json=body, headers=headers) as response:
             if response.status_code != 200:
-                return StreamResult(0, 0, 0, False)
+                return StreamResult(0, 0, 0, 0, False)
             async for line in response.aiter_lines():
                 if line.startswith("data: {") and '"content":"' in line and '"content":""' not in line:
                     chunks += 1
                     if ttft is None:
                         ttft = time.perf_counter() - started
                 elif line == "data: [DONE]":
-                    done = True
+                    done_at = time.perf_counter() - started
     except httpx.HTTPError:
-        return StreamResult(0, 0, chunks, False)
-    elapsed = time.perf_counter() - started
-    ok = done and chunks == CHUNKS and ttft is not None
-    return StreamResult((ttft or 0) * 1000, elapsed * 1000, chunks, ok)
+        return StreamResult(0, 0, 0, chunks, False)
+    closed = time.perf_counter() - started
+    ok = done_at is not None and chunks == CHUNKS and ttft is not None
+    return StreamResult((ttft or 0) * 1000, (done_at or 0) * 1000, closed * 1000, chunks, ok)
 
 
 async def run_batch(url: str, headers: dict[str, str], concurrency: int, repeat: int) -> Series:
@@ -169,6 +173,11 @@ async def cancel_latency(relay_url: str, mock_url: str, trials: int) -> list[flo
     return latencies
 
 
+def cpu_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:
+    """User + system CPU time of each process so far."""
+    return {name: sum(proc.cpu_times()[:2]) for name, proc in processes.items()}
+
+
 def dynamodb_round_trip_ms(endpoint: str, samples: int = 50) -> float:
     sys.path.insert(0, str(ROOT / "functions" / "relay"))
     from llm_relay.store import RelayStore, make_client
@@ -194,7 +203,7 @@ def main() -> None:
     moto_port, mock_port = free_port(), free_port()
     python = sys.executable
     procs = [
-        start([python, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)]),
+        start([python, "-m", "llm_relay.local_moto", "-p", str(moto_port)]),
         start([python, "-m", "llm_relay.mock_upstream", str(mock_port)]),
     ]
     moto_url, mock_url = f"http://127.0.0.1:{moto_port}", f"http://127.0.0.1:{mock_port}"
@@ -202,10 +211,15 @@ def main() -> None:
     try:
         wait_http(moto_url)
         wait_http(f"{mock_url}/healthz")
-        for name, nudge in (("relay", "false"), ("relay+nudge", "true")):
+        variants = (
+            ("relay", "false", "llm_relay.devserver"),
+            ("relay+nudge", "true", "llm_relay.devserver"),
+            ("relay, no DynamoDB", "false", "bench.relay_without_state"),
+        )
+        for name, nudge, module in variants:
             port = free_port()
             proc = start(
-                [python, "-m", "llm_relay.devserver"],
+                [python, "-m", module],
                 {
                     "PORT": str(port),
                     "RELAY_DYNAMODB_ENDPOINT": moto_url,
@@ -222,7 +236,14 @@ def main() -> None:
             **{name: f"{url}/v1/chat/completions" for name, (url, _) in relays.items()},
         }
         headers = {"authorization": f"Bearer {KEY}"}
-        asyncio.run(run_batch(targets["relay"], headers, 5, 1))  # warm-up
+        for url in targets.values():
+            asyncio.run(run_batch(url, headers, 5, 1))  # warm-up: imports, pools, caches
+        watched = {
+            "moto": psutil.Process(procs[0].pid),
+            "mock": psutil.Process(procs[1].pid),
+            "client": psutil.Process(),
+            **{name: proc for name, (_, proc) in relays.items()},
+        }
         report: dict[str, Any] = {
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
             "workload": {
@@ -238,8 +259,11 @@ def main() -> None:
             entry: dict[str, Any] = {"round": round_no}
             for name, url in targets.items():
                 single = asyncio.run(run_batch(url, headers, 1, 10))
+                cpu_before = cpu_seconds(watched)
                 many = asyncio.run(run_batch(url, headers, args.concurrency, 1))
-                entry[name] = {"single": single.summary(), "concurrent": many.summary()}
+                cpu = {k: round(v - cpu_before[k], 2) for k, v in cpu_seconds(watched).items()}
+                cpu = {k: v for k, v in cpu.items() if k in ("moto", "mock", "client", name)}
+                entry[name] = {"single": single.summary(), "concurrent": many.summary(), "cpu_s": cpu}
             entry["rss_mb"] = {
                 name: {"before": round(rss_before[name], 1), "after": round(proc.memory_info().rss / 2**20, 1)}
                 for name, (_, proc) in relays.items()
@@ -271,12 +295,19 @@ def print_table(report: dict[str, Any]) -> None:
         "| 50 streams duration p50 (ms) | errors |"
     )
     print("|---|---|---|---|---|")
-    for name in ("direct", "relay", "relay+nudge"):
+    for name in ("direct", "relay", "relay+nudge", "relay, no DynamoDB"):
         s, c = last[name]["single"], last[name]["concurrent"]
         print(
             f"| {name} | {s['ttft_p50_ms']} / {s['ttft_p99_ms']} | {c['ttft_p50_ms']} / {c['ttft_p99_ms']} "
             f"| {c['duration_p50_ms']} | {s['errors'] + c['errors']} |"
         )
+    per_chunk = last["relay"]["cpu_s"]["relay"] / (report["workload"]["concurrency"] * CHUNKS) * 1e6
+    print("\nCPU seconds in the last 50-stream batch:", {n: last[n]["cpu_s"] for n in ("direct", "relay")})
+    print(f"relay CPU per relayed chunk: {per_chunk:.0f} us (request set-up and finalization included)")
+    print(
+        "time to body close p50 (ms, after finalization):",
+        {n: last[n]["concurrent"]["close_p50_ms"] for n in ("direct", "relay", "relay+nudge")},
+    )
     print("\nrelay RSS (MB) per round:", [r["rss_mb"]["relay"] for r in report["rounds"]])
     print("cancel latency (ms):", report["cancel_latency_ms"])
     print("DynamoDB (moto) round trip p50 (ms):", report["dynamodb_round_trip_p50_ms"])

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import anyio
@@ -259,6 +260,7 @@ async def _finalize_failed_open(services: Services, ctx: RequestContext, exc: Up
         duration_s=time.monotonic() - ctx.started_at,
         chunks=0,
         error=exc.message,
+        cost_usd=Decimal(0),  # the upstream never answered: nothing was billed
     )
     with anyio.CancelScope(shield=True):
         await services.finalizer.finalize(ctx, outcome)

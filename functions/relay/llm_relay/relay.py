@@ -308,7 +308,7 @@ class RelayResponse:
             "finish_reason": self.meter.finish_reason,
             "termination_reason": outcome.reason.value,
             "usage": {**outcome.usage.as_openai(), "estimated": outcome.usage.estimated},
-            "cost_usd": None if cost is None else str(cost),
+            "cost_usd": None if cost is None else format(cost, "f"),
             "ttft_ms": _ms(outcome.ttft_s),
             "tpot_ms": _ms(outcome.tpot_s),
             "duration_ms": _ms(outcome.duration_s),
@@ -341,7 +341,7 @@ class RelayResponse:
             body = self._aggregator.completion(
                 self.ctx.request_id, self.ctx.chat.model, outcome.usage.as_openai(), int(self.ctx.started_epoch)
             )
-        extra = {"x-relay-cost-usd": str(cost)} if cost is not None else {}
+        extra = {"x-relay-cost-usd": format(cost, "f")} if cost is not None else {}
         try:
             await self._start(status, "application/json", extra)
             await self._raw_send({"type": "http.response.body", "body": dumps(body).encode(), "more_body": False})

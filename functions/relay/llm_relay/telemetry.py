@@ -49,7 +49,7 @@ class Telemetry:
             "prompt_tokens": outcome.usage.prompt_tokens,
             "completion_tokens": outcome.usage.completion_tokens,
             "usage_source": "estimated" if outcome.usage.estimated else "upstream",
-            "cost_usd": None if outcome.cost_usd is None else str(outcome.cost_usd),
+            "cost_usd": None if outcome.cost_usd is None else format(outcome.cost_usd, "f"),
             "ttft_ms": _ms(outcome.ttft_s),
             "tpot_ms": _ms(outcome.tpot_s),
             "duration_ms": _ms(outcome.duration_s),

@@ -1,0 +1,31 @@
+"""The dev relay with its DynamoDB work taken out (admission and finalization writes), for the benchmark
+only: run side by side with the real relay, it separates the relay's own overhead from the local
+DynamoDB emulator's, which serializes every request (see docs/limits.md) and shares the benchmark's CPUs.
+Auth still reads the key once (then it is cached). Never a way to run the relay."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llm_relay import app, devserver, finalize
+
+
+class _NoState:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    async def admit(self, ctx: Any) -> dict[str, str]:
+        return {}
+
+    async def finalize(self, ctx: Any, outcome: Any) -> None:
+        return None
+
+
+async def _skip(self: Any, ctx: Any, outcome: Any) -> None:
+    return None
+
+
+if __name__ == "__main__":
+    setattr(app, "Limiter", _NoState)  # noqa: B010 - patched for this process only
+    finalize.RequestTracker.finalize = _skip  # type: ignore[method-assign]
+    devserver.main()
