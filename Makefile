@@ -14,10 +14,11 @@ INVOKE_DEV_KEY ?= lr-dev-local-key
 
 .PHONY: dev test lint typecheck unit bench clean sam build invoke
 
-$(BIN)/.installed: pyproject.toml
+# constraints.txt pins every package (`pip freeze` of a working .venv), so CI installs what was tested.
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
 dev: $(BIN)/.installed ## run the relay locally: moto DynamoDB + mock upstream, prints a key and curl lines
@@ -40,7 +41,7 @@ bench: $(BIN)/.installed ## relay vs direct, 1 and 50 concurrent streams (not pa
 	$(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build .aws-sam
+	rm -rf $(VENV) $(SAM_VENV) .mypy_cache .pytest_cache .ruff_cache build .aws-sam
 
 $(SAM_VENV)/.installed-$(SAM_CLI_VERSION):
 	$(PYTHON) -m venv $(SAM_VENV)

@@ -57,5 +57,5 @@ def test_every_event_has_a_documented_answer():
     from tests.packaging.expected import CHECKS
 
     assert set(event_names()) == set(CHECKS)
-    docs = (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
+    docs = (REPO / "README.md").read_text(encoding="utf-8")
     assert all(f"events/{name}.json" in docs for name in event_names())

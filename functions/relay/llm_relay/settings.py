@@ -1,6 +1,6 @@
 """One typed settings object, read from the environment once at start-up.
 
-Environment names are the ones `template.yaml` sets on the function; `tests/test_template.py` keeps the
+Environment names are the ones `template.yaml` sets on the function; `tests/packaging/test_template.py` keeps the
 two in agreement.
 """
 
