@@ -167,3 +167,19 @@ def test_lambda_context_header_sets_the_deadline(make_relay: RelayFactory, recor
     )
     assert json.loads(sse_events(response.text)[-1])["error"]["code"] == "deadline"
     assert recorder.wait(response.headers["x-request-id"]).duration_s < 0.7
+
+
+def test_unexpected_failure_opening_the_upstream_is_502_and_still_finalized(
+    make_relay: RelayFactory, recorder: RecordingFinalizer
+) -> None:
+    # GIVEN an upstream client that fails in a way httpx does not name (a bug, a broken transport)
+    def explode(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("transport exploded")
+
+    relay = make_relay(app_kwargs={"finalizers": [recorder], "upstream_transport": httpx.MockTransport(explode)})
+    # WHEN a client streams
+    response = _post(relay, chat_body(stream=True))
+    # THEN it gets a 502 in OpenAI shape, and the admitted request was finalized (no slot or record lost)
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_error"
+    assert recorder.wait(response.headers["x-request-id"]).reason.value == "upstream_error"

@@ -219,6 +219,15 @@ async def _relay(request: Request, services: Services, *, ndjson: bool) -> Respo
             await _finalize_failed_open(services, ctx, exc)
             exc.headers.update(headers)
             raise
+        except Exception as exc:  # admitted, so finalized whatever happened: a slot must not leak
+            logger.exception("opening the upstream request failed for %s", request_id)
+            failure = UpstreamError(f"Upstream request failed ({type(exc).__name__}).")
+            await _finalize_failed_open(services, ctx, failure)
+            failure.headers.update(headers)
+            raise failure from exc
+        except BaseException:  # cancelled (the server is shutting down): still finalized
+            await _finalize_failed_open(services, ctx, UpstreamError("The request was interrupted."))
+            raise
     except BaseException:
         services.cancels.unregister(request_id)
         raise

@@ -83,9 +83,23 @@ class RelayResponse:
 
     # --- ASGI ---------------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Relay, then always finish: close the upstream, write the terminal frame, finalize, close the body,
+        whatever happened before (client gone before the headers, a failure in the relay itself)."""
         self._send = send
-        if self._framing is not None:
-            await self._start(200, self._framing.media_type)
+        try:
+            if self._framing is not None:
+                await self._start(200, self._framing.media_type)
+            await self._relay(receive)
+        except _ClientGone:
+            self._conclude(TerminationReason.CLIENT_CANCELLED, source="disconnect")
+        except Exception:
+            logger.exception("relay failed for request %s", self.ctx.request_id)
+            self._conclude(TerminationReason.UPSTREAM_ERROR, "The relay failed while streaming.")
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._finish()
+
+    async def _relay(self, receive: Receive) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch_disconnect, receive)
             tg.start_soon(self._watch_cancel)
@@ -96,8 +110,6 @@ class RelayResponse:
                 self._pump_scope = pump_scope
                 await self._pump()
             tg.cancel_scope.cancel()
-        with anyio.CancelScope(shield=True):
-            await self._finish()
 
     async def _finish(self) -> None:
         await self._opened.response.aclose()
