@@ -163,3 +163,39 @@ def test_no_secret_in_any_output(dev: DevServer) -> None:
     assert len(dev.logs()) > 10 and len(dev.emf()) > 10
     for secret in (dev.key, UPSTREAM_KEY, WRONG_KEY, "Bearer "):
         assert secret not in text, f"{secret!r} leaked into the output"
+
+
+def test_openai_sdk_and_curl_work_against_make_dev(dev: DevServer) -> None:
+    import openai
+
+    # GIVEN `make dev`'s relay and the key it printed
+    client = openai.OpenAI(base_url=f"{dev.url}/v1", api_key=dev.key, max_retries=0)
+    # WHEN the official SDK streams, and curl asks for NDJSON
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Hello"}],
+        stream=True,
+        extra_body={"mock": {"tokens": 4, "chunk_delay_ms": 1}},
+    )
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    curl = subprocess.run(
+        [
+            "curl",
+            "-sN",
+            f"{dev.url}/api/v1/chat/stream",
+            "-H",
+            f"Authorization: Bearer {dev.key}",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}],"mock":{"tokens":3}}',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    # THEN both get the answer, NDJSON ending with its summary
+    assert text == "The quick brown fox"
+    lines = [json.loads(line) for line in curl.stdout.splitlines() if line.strip()]
+    assert lines[-1]["object"] == "relay.summary" and lines[-1]["usage"]["completion_tokens"] == 3
