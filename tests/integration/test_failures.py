@@ -183,3 +183,51 @@ def test_unexpected_failure_opening_the_upstream_is_502_and_still_finalized(
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "upstream_error"
     assert recorder.wait(response.headers["x-request-id"]).reason.value == "upstream_error"
+
+
+def test_finish_reason_error_is_not_passed_off_as_a_normal_end(rec_relay: Relay, recorder: RecordingFinalizer) -> None:
+    response = _post(rec_relay, chat_body(stream=True, mock={"tokens": 2, "finish_reason": "error"}))
+    events = sse_events(response.text)
+    assert "[DONE]" not in events
+    error = json.loads(events[-1])["error"]
+    assert error["code"] == "upstream_error" and "finish_reason 'error'" in error["message"]
+    assert recorder.wait(response.headers["x-request-id"]).reason.value == "upstream_error"
+
+
+def test_compressed_upstream_is_not_requested(rec_relay: Relay, upstream: Upstream) -> None:
+    # The relay parses raw bytes as they arrive: it must ask the upstream not to compress them.
+    _post(rec_relay, chat_body(stream=True, mock={"tokens": 1}))
+    assert upstream.state.headers[-1]["accept-encoding"] == "identity"
+
+
+def test_lambda_context_header_cannot_extend_the_deadline(
+    make_relay: RelayFactory, recorder: RecordingFinalizer
+) -> None:
+    import time
+
+    # GIVEN a client-sent context claiming 1000 s left, on a function whose timeout is 1 s
+    relay = make_relay(app_kwargs={"finalizers": [recorder]}, function_timeout_s=1.0, deadline_margin_s=0.5)
+    for deadline in (int((time.time() + 1000) * 1000), "NaN"):
+        context = json.dumps({"deadline": deadline})
+        response = httpx.post(
+            f"{relay.url}/v1/chat/completions",
+            headers={**relay.headers(), "x-amzn-lambda-context": context},
+            json=chat_body(stream=True, mock={"tokens": 100, "chunk_delay_ms": 50, "ttft_ms": 0}),
+        )
+        # THEN the configured timeout still ends the stream
+        assert json.loads(sse_events(response.text)[-1])["error"]["code"] == "deadline"
+        assert recorder.wait(response.headers["x-request-id"]).duration_s < 0.9
+
+
+def test_unexpected_error_is_a_500_in_openai_shape_with_the_request_id(make_relay: RelayFactory) -> None:
+    class BrokenAdmission:
+        async def admit(self, ctx: object) -> dict[str, str]:
+            raise RuntimeError("bug")
+
+    relay = make_relay(app_kwargs={"admission": BrokenAdmission()})
+    response = _post(relay, chat_body())
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": {"message": "Internal error.", "type": "server_error", "param": None, "code": "internal_error"}
+    }
+    assert response.headers["x-request-id"].startswith("req_")

@@ -72,3 +72,12 @@ def test_values_are_the_wire_strings() -> None:
     assert isinstance(TerminationReason.DEADLINE, str)
     assert str(TerminationReason.UPSTREAM_TIMEOUT) == "upstream_timeout"
     assert f"{TerminationReason.TOOL_CALLS}" == "tool_calls"
+
+
+@pytest.mark.parametrize("finish_reason", ["error", "abort"])
+def test_provider_failure_finish_reasons_are_upstream_errors(finish_reason: str) -> None:
+    # GIVEN providers that report a failed generation in finish_reason (OpenRouter "error", vLLM "abort")
+    reason = reason_from_finish(finish_reason)
+    # THEN the stream is a failure, never a normal end (that would be a silent truncation)
+    assert reason is TerminationReason.UPSTREAM_ERROR
+    assert reason.is_failure

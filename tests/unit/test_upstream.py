@@ -130,6 +130,7 @@ def test_status_class(status: int, expected: str) -> None:
 
 
 def test_retryable_statuses() -> None:
-    assert frozenset({408, 409, 429, 500, 502, 503, 504}) == RETRYABLE_STATUS
+    assert frozenset({408, 429, 500, 502, 503, 504}) == RETRYABLE_STATUS
+    assert 409 not in RETRYABLE_STATUS  # a conflict is not transient
     assert 400 not in RETRYABLE_STATUS
     assert 401 not in RETRYABLE_STATUS

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -77,14 +78,26 @@ class RequestIdMiddleware:
         request_id = new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
 
+        started = False
+
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = [h for h in message.get("headers", []) if h[0].lower() != b"x-request-id"]
                 headers.append((b"x-request-id", request_id.encode()))
                 message = {**message, "headers": headers}
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Unexpected errors reach here past the app's handlers: answer them in OpenAI shape, with the id.
+            logger.exception("unhandled error in request %s", request_id)
+            if started:
+                raise
+            response = JSONResponse(RelayError("Internal error.").body(), status_code=500)
+            await response(scope, receive, send_with_id)
 
 
 @dataclass
@@ -304,15 +317,18 @@ async def _read_body(request: Request, cap: int) -> bytes:
 
 def _deadline(headers: Mapping[str, str], settings: Settings) -> float:
     """When the stream must end (monotonic): the Lambda deadline the web adapter passes in
-    `x-amzn-lambda-context`, else the configured function timeout; minus the safety margin."""
+    `x-amzn-lambda-context`, else the configured function timeout; minus the safety margin. The header is
+    never trusted beyond the function timeout (outside the adapter a client could send it)."""
     remaining = settings.function_timeout_s
     raw = headers.get("x-amzn-lambda-context")
     if raw:
         try:
-            deadline_ms = float(json.loads(raw)["deadline"])
-            remaining = deadline_ms / 1000 - time.time()
+            from_header = float(json.loads(raw)["deadline"]) / 1000 - time.time()
         except (ValueError, KeyError, TypeError):
             logger.warning("ignoring unreadable x-amzn-lambda-context header")
+        else:
+            if math.isfinite(from_header):
+                remaining = min(remaining, from_header)
     return time.monotonic() + remaining - settings.deadline_margin_s
 
 
@@ -335,8 +351,3 @@ def _install_error_handlers(app: FastAPI, telemetry: Telemetry) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(InvalidRequest("Invalid request.").body(), status_code=400)
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error")
-        return JSONResponse(RelayError("Internal error.").body(), status_code=500)

@@ -64,5 +64,8 @@ class CancelRegistry:
             except StoreUnavailable as exc:
                 logger.warning("cancel poll failed: %s", exc)
                 continue
+            except Exception:  # never let one bad poll stop cancellation for the whole process
+                logger.exception("cancel poll failed")
+                continue
             for rid in marked:
                 self.cancel_local(rid)

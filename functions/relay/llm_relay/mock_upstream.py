@@ -55,6 +55,8 @@ class MockState:
     attempts: dict[str, int] = field(default_factory=dict)
     # Bodies as received (the tests check what reached the upstream).
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    # Headers as received (lower-cased names), minus Authorization.
+    headers: list[dict[str, str]] = field(default_factory=list)
 
 
 def _chunk(cid: str, model: str, created: int, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
@@ -163,6 +165,7 @@ def create_mock_app(config: MockConfig | None = None) -> Starlette:
     async def chat(request: Request) -> Response:
         body = json.loads(await request.body())
         state.bodies.append(body)
+        state.headers.append({k: v for k, v in request.headers.items() if k != "authorization"})
         opts = body.get("mock") if isinstance(body.get("mock"), dict) else {}
         request_id = request.headers.get("x-request-id") or f"anon-{len(state.requests)}"
         record = RequestRecord(

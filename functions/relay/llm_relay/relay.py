@@ -23,13 +23,15 @@ from .encoding import Framing, dumps
 from .metering import StreamMeter, Usage
 from .outcome import Finalizer, RequestContext, StreamOutcome
 from .settings import Settings
-from .sse import SSEParser
+from .sse import SSELineTooLong, SSEParser
 from .termination import TerminationReason, reason_from_finish
 from .upstream import OpenedStream
 
 logger = logging.getLogger(__name__)
 
 Pricer = Callable[[str, Usage], Decimal | None]
+
+CLIENT_WRITE_TIMEOUT_S = 2.0  # longest wait for a client to take the terminal frame before finalizing anyway
 
 _ERROR_STATUS = {
     TerminationReason.UPSTREAM_ERROR: 502,
@@ -73,6 +75,7 @@ class RelayResponse:
         self._aggregator = CompletionAggregator() if framing is None else None
         self._send: Send | None = None
         self._include_usage = ctx.chat.include_usage
+        self._raw_chunks: AsyncIterator[bytes] = opened.response.aiter_raw()
         self._last_write = ctx.started_at
         self._pump_scope: anyio.CancelScope | None = None
         self._reason: TerminationReason | None = None
@@ -112,9 +115,11 @@ class RelayResponse:
             tg.cancel_scope.cancel()
 
     async def _finish(self) -> None:
-        await self._opened.response.aclose()
-        closed_at = time.monotonic()
         reason = self._reason or TerminationReason.INCOMPLETE
+        ended_well = not reason.is_failure and reason is not TerminationReason.CLIENT_CANCELLED
+        if not ended_well:
+            await self._opened.response.aclose()  # at once: cancellation latency is measured to here
+        closed_at = time.monotonic()
         usage = self.meter.usage(self.ctx.chat.messages_as_dicts())
         outcome = StreamOutcome(
             reason=reason,
@@ -130,35 +135,47 @@ class RelayResponse:
         )
         cost = outcome.cost_usd
         if self._framing is not None:
-            await self._write_terminal(outcome, cost)
+            with anyio.move_on_after(CLIENT_WRITE_TIMEOUT_S):  # a client that stopped reading cannot hold us
+                await self._write_terminal(outcome, cost)
+        if ended_well:
+            await self._drain()
+            await self._opened.response.aclose()
         try:
             await self._finalizer.finalize(self.ctx, outcome)
         except Exception:
             logger.exception("finalize failed for request %s", self.ctx.request_id)
-        if self._framing is None:
-            await self._send_json(outcome, cost)
-        elif not self._client_gone:
-            await self._raw_send({"type": "http.response.body", "body": b"", "more_body": False})
+        with anyio.move_on_after(CLIENT_WRITE_TIMEOUT_S):
+            if self._framing is None:
+                await self._send_json(outcome, cost)
+            elif not self._client_gone:
+                with contextlib.suppress(_ClientGone):
+                    await self._raw_send({"type": "http.response.body", "body": b"", "more_body": False})
 
     # --- the pump -----------------------------------------------------------------------------------
     async def _pump(self) -> None:
         parser = SSEParser()
-        raw_chunks = self._opened.response.aiter_raw()
+        idle = self._settings.upstream_idle_timeout_s
         try:
-            async for raw in raw_chunks:
+            while True:
+                # Until the first token the first-token watcher bounds the wait; after it, the idle timeout.
+                with anyio.fail_after(idle if self.meter.first_token_at is not None else None):
+                    raw = await anext(self._raw_chunks, None)
+                if raw is None:
+                    break
                 now = time.monotonic()
                 for event in parser.feed(raw):
                     if not await self._handle(event.data, now):
-                        await self._drain(raw_chunks)
                         return
-            self._conclude(reason_from_finish(self.meter.finish_reason))
-        except httpx.ReadTimeout:
+            self._conclude_finished()
+        except (TimeoutError, httpx.ReadTimeout):
             self._conclude(
                 TerminationReason.UPSTREAM_TIMEOUT,
                 f"No upstream bytes for {self._settings.upstream_idle_timeout_s:g}s.",
             )
         except httpx.HTTPError as exc:
             self._conclude(TerminationReason.UPSTREAM_ERROR, f"Upstream stream failed ({type(exc).__name__}).")
+        except SSELineTooLong:
+            self._conclude(TerminationReason.UPSTREAM_ERROR, "Upstream sent a malformed event (line too long).")
         except _ClientGone:
             self._conclude(TerminationReason.CLIENT_CANCELLED, source="disconnect")
         except Exception:
@@ -168,7 +185,7 @@ class RelayResponse:
     async def _handle(self, data: str, now: float) -> bool:
         """Relay one upstream event; False when the stream has ended."""
         if data == "[DONE]":
-            self._conclude(reason_from_finish(self.meter.finish_reason))
+            self._conclude_finished()
             return False
         try:
             chunk = json.loads(data)
@@ -192,13 +209,11 @@ class RelayResponse:
             await self._write(self._framing.chunk(out), nudge=self._settings.flush_nudge)
         return True
 
-    async def _drain(self, raw_chunks: AsyncIterator[bytes]) -> None:
-        """After the end, read the (normally empty) rest of the body so the keep-alive connection goes back
-        to the pool instead of being closed; give up quickly if the upstream keeps it open."""
-        if self._reason is not None and self._reason.is_failure:
-            return
-        with anyio.move_on_after(0.25):
-            async for _ in raw_chunks:
+    async def _drain(self) -> None:
+        """After a normal end, read the (normally empty) rest of the body so the keep-alive connection goes
+        back to the pool instead of being closed; give up quickly if the upstream keeps it open."""
+        with anyio.move_on_after(0.25), contextlib.suppress(httpx.HTTPError):
+            async for _ in self._raw_chunks:
                 pass
 
     def _for_client(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
@@ -214,6 +229,13 @@ class RelayResponse:
         self._conclude(reason, error, source)
         if self._pump_scope is not None:
             self._pump_scope.cancel()
+
+    def _conclude_finished(self) -> None:
+        """The upstream ended the stream: its finish_reason names the reason."""
+        finish = self.meter.finish_reason
+        reason = reason_from_finish(finish)
+        error = f"Upstream ended the stream with finish_reason '{finish}'." if finish and reason.is_failure else None
+        self._conclude(reason, error)
 
     def _conclude(self, reason: TerminationReason, error: str | None = None, source: str | None = None) -> None:
         """Name the termination reason; the first caller wins."""

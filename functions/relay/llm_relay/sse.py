@@ -11,6 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MAX_LINE_BYTES = 1024 * 1024
+
+
+class SSELineTooLong(ValueError):
+    """A line grew past MAX_LINE_BYTES without ending: not an event stream the relay will buffer."""
+
 
 @dataclass(frozen=True, slots=True)
 class SSEEvent:
@@ -70,6 +76,8 @@ class SSEParser:
                 events.append(event)
             start = nxt
         del buf[:start]
+        if len(buf) > MAX_LINE_BYTES:
+            raise SSELineTooLong(f"an event stream line exceeded {MAX_LINE_BYTES} bytes")
         return events
 
     def flush(self) -> list[SSEEvent]:

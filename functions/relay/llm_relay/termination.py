@@ -37,6 +37,10 @@ _FINISH_REASONS = {
     "content_filter": TerminationReason.CONTENT_FILTER,
     "tool_calls": TerminationReason.TOOL_CALLS,
     "function_call": TerminationReason.TOOL_CALLS,
+    # Providers that report a failure in the finish_reason itself (OpenRouter "error", vLLM "abort"):
+    # passing these on as a normal end would be a silent truncation.
+    "error": TerminationReason.UPSTREAM_ERROR,
+    "abort": TerminationReason.UPSTREAM_ERROR,
 }
 
 

@@ -24,7 +24,10 @@ from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
-RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# Retried transport failures: those where the upstream cannot have started generating. A read timeout or a
+# reset after the request was sent is not retried: the upstream may be generating (and billing) already.
+RETRYABLE_TRANSPORT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.RemoteProtocolError)
 KeyProvider = Callable[[], Awaitable[str | None]]
 
 
@@ -74,9 +77,10 @@ class Upstream:
         self._settings = settings
         self._key_provider = key_provider
         self._rng = rng or random.Random()
-        timeout = httpx.Timeout(
-            connect=settings.upstream_connect_timeout_s, read=settings.upstream_idle_timeout_s, write=10.0, pool=10.0
-        )
+        # The read timeout bounds the wait for the response headers (some providers send them with the first
+        # token), so it is the longer of the two; the pump enforces the idle timeout between body reads itself.
+        read = max(settings.upstream_idle_timeout_s, settings.upstream_first_token_timeout_s)
+        timeout = httpx.Timeout(connect=settings.upstream_connect_timeout_s, read=read, write=10.0, pool=10.0)
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60.0)
         self.client = httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits, transport=transport)
 
@@ -85,7 +89,9 @@ class Upstream:
 
     async def open_chat_stream(self, body: dict[str, Any], request_id: str) -> OpenedStream:
         """POST the chat completion and return the streaming response once its status is 2xx."""
-        headers = {"accept": "text/event-stream", "x-request-id": request_id}
+        # identity: the relay reads raw bytes as they come (a compressed event stream could not be parsed
+        # incrementally, and would hold tokens back in the compressor).
+        headers = {"accept": "text/event-stream", "accept-encoding": "identity", "x-request-id": request_id}
         key = await self._key_provider()
         if key:
             headers["authorization"] = f"Bearer {key}"
@@ -97,12 +103,15 @@ class Upstream:
             retry_after: float | None = None
             try:
                 response = await self.client.send(request, stream=True)
-            except httpx.TimeoutException as exc:
-                failure: UpstreamError = UpstreamTimeout(f"Upstream timed out ({type(exc).__name__}).")
-                errors["timeout"] = errors.get("timeout", 0) + 1
             except httpx.TransportError as exc:
-                failure = UpstreamError(f"Upstream connection failed ({type(exc).__name__}).")
-                errors["connect"] = errors.get("connect", 0) + 1
+                timed_out = isinstance(exc, httpx.TimeoutException)
+                kind = "timeout" if timed_out else "connect"
+                errors[kind] = errors.get(kind, 0) + 1
+                failure: UpstreamError = (UpstreamTimeout if timed_out else UpstreamError)(
+                    f"Upstream {'timed out' if timed_out else 'connection failed'} ({type(exc).__name__})."
+                )
+                if not isinstance(exc, RETRYABLE_TRANSPORT):
+                    raise _with_history(failure, attempt, errors) from None
             else:
                 if response.is_success:
                     return OpenedStream(response, attempt, errors)
@@ -136,6 +145,8 @@ async def _failure_from_response(response: httpx.Response) -> UpstreamError:
     client can fix them); the relay's credentials problems are not the client's to see."""
     try:
         raw = await response.aread()
+    except httpx.HTTPError:
+        raw = b""  # the error body itself failed: the status still says what happened
     finally:
         await response.aclose()
     message = _upstream_message(raw)

@@ -19,7 +19,7 @@ class UpstreamKeyProvider:
 
     async def __call__(self) -> str | None:
         if self._settings.upstream_api_key:
-            return self._settings.upstream_api_key
+            return self._settings.upstream_api_key.strip()
         if self._settings.upstream_secret_arn or self._settings.upstream_ssm_parameter:
             return await anyio.to_thread.run_sync(self._fetch)
         return None
@@ -31,7 +31,8 @@ class UpstreamKeyProvider:
             value = parameters.get_secret(self._settings.upstream_secret_arn, max_age=CACHE_SECONDS)
             return _api_key_from_secret(str(value))
         assert self._settings.upstream_ssm_parameter
-        return str(parameters.get_parameter(self._settings.upstream_ssm_parameter, decrypt=True, max_age=CACHE_SECONDS))
+        value = parameters.get_parameter(self._settings.upstream_ssm_parameter, decrypt=True, max_age=CACHE_SECONDS)
+        return str(value).strip()
 
 
 def _api_key_from_secret(value: str) -> str:
@@ -41,5 +42,5 @@ def _api_key_from_secret(value: str) -> str:
     except ValueError:
         return value.strip()
     if isinstance(parsed, dict) and isinstance(parsed.get("api_key"), str):
-        return str(parsed["api_key"])
+        return str(parsed["api_key"]).strip()
     return value.strip()
