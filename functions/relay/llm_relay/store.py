@@ -81,39 +81,20 @@ class RelayStore:
 
     def put_key(self, key: ApiKey, key_hash: str) -> None:
         """Create a key: both items in one transaction, refusing to overwrite an existing one."""
-        by_hash = {"pk": f"KEYHASH#{key_hash}", "sk": "KEY", **key.to_item()}
-        by_id = {"pk": f"KEY#{key.key_id}", "sk": "META", "key_hash": key_hash, **key.to_item()}
-        self._call(
-            self.client.transact_write_items,
-            TransactItems=[
-                {
-                    "Put": {
-                        "TableName": self.table_name,
-                        "Item": serialize(item),
-                        "ConditionExpression": "attribute_not_exists(pk)",
-                    }
-                }
-                for item in (by_hash, by_id)
-            ],
-        )
+        self._write_key(key, key_hash, "attribute_not_exists(pk)")
 
     def replace_key(self, key: ApiKey, key_hash: str) -> None:
         """Rewrite both items of an existing key (revoke, new limits)."""
+        self._write_key(key, key_hash, "attribute_exists(pk)")
+
+    def _write_key(self, key: ApiKey, key_hash: str, condition: str) -> None:
         by_hash = {"pk": f"KEYHASH#{key_hash}", "sk": "KEY", **key.to_item()}
         by_id = {"pk": f"KEY#{key.key_id}", "sk": "META", "key_hash": key_hash, **key.to_item()}
-        self._call(
-            self.client.transact_write_items,
-            TransactItems=[
-                {
-                    "Put": {
-                        "TableName": self.table_name,
-                        "Item": serialize(item),
-                        "ConditionExpression": "attribute_exists(pk)",
-                    }
-                }
-                for item in (by_hash, by_id)
-            ],
-        )
+        puts = [
+            {"Put": {"TableName": self.table_name, "Item": serialize(item), "ConditionExpression": condition}}
+            for item in (by_hash, by_id)
+        ]
+        self._call(self.client.transact_write_items, TransactItems=puts)
 
     def list_keys(self) -> list[tuple[ApiKey, str]]:
         keys: list[tuple[ApiKey, str]] = []
