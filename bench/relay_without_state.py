@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llm_relay import app, devserver, finalize
+from llm_relay import app, devserver
 
 
 class _NoState:
@@ -21,11 +21,6 @@ class _NoState:
         return None
 
 
-async def _skip(self: Any, ctx: Any, outcome: Any) -> None:
-    return None
-
-
 if __name__ == "__main__":
     setattr(app, "Limiter", _NoState)  # noqa: B010 - patched for this process only
-    finalize.RequestTracker.finalize = _skip  # type: ignore[method-assign]
     devserver.main()

@@ -231,3 +231,41 @@ def test_unexpected_error_is_a_500_in_openai_shape_with_the_request_id(make_rela
         "error": {"message": "Internal error.", "type": "server_error", "param": None, "code": "internal_error"}
     }
     assert response.headers["x-request-id"].startswith("req_")
+
+
+def test_deadline_bounds_the_wait_for_upstream_headers(make_relay: RelayFactory, recorder: RecordingFinalizer) -> None:
+    # GIVEN an upstream that holds its headers back for 5 s, and 0.5 s left before the relay's deadline
+    relay = make_relay(app_kwargs={"finalizers": [recorder]}, function_timeout_s=1.0, deadline_margin_s=0.5)
+    response = _post(relay, chat_body(stream=True, mock={"headers_delay_ms": 5000}))
+    # THEN the relay answers 504 `deadline` in time, and the request was finalized as such
+    assert response.status_code == 504
+    assert response.json()["error"]["code"] == "deadline"
+    outcome = recorder.wait(response.headers["x-request-id"])
+    assert outcome.reason.value == "deadline" and outcome.duration_s < 0.9
+
+
+def test_cancel_while_waiting_for_upstream_headers(
+    make_relay: RelayFactory, recorder: RecordingFinalizer, upstream: Upstream
+) -> None:
+    import threading
+    import time
+
+    relay = make_relay(app_kwargs={"finalizers": [recorder]})
+    results: list[httpx.Response] = []
+    thread = threading.Thread(
+        target=lambda: results.append(_post(relay, chat_body(stream=True, mock={"headers_delay_ms": 5000})))
+    )
+    thread.start()
+    deadline = time.monotonic() + 5
+    while not upstream.state.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (request_id,) = upstream.state.requests
+    # WHEN the client cancels before any byte came back
+    started = time.monotonic()
+    cancel = httpx.post(f"{relay.url}/v1/requests/{request_id}/cancel", headers=relay.headers())
+    thread.join(timeout=10)
+    # THEN the waiting request ends at once with 409 client_cancelled, and the upstream request is closed
+    assert cancel.status_code == 202
+    assert results[0].status_code == 409 and results[0].json()["error"]["code"] == "client_cancelled"
+    assert time.monotonic() - started < 1.0
+    assert recorder.wait(request_id).reason.value == "client_cancelled"

@@ -232,7 +232,7 @@ def test_a_killed_relay_process_holds_its_slot_no_longer_than_the_lease(
     finally:
         process.kill()
     # THEN another relay refuses the key while the lease runs, and admits it once the lease expired
-    relay = make_relay(function_timeout_s=3)
+    relay = make_relay(function_timeout_s=3, deadline_margin_s=0)
     body = chat_body(mock=SHORT)
     with httpx.Client(timeout=10) as client:
         assert (

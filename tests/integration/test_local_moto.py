@@ -59,3 +59,26 @@ def test_an_item_failing_while_applied_puts_the_others_back(store: RelayStore) -
         )
     assert _item(store, "B") is None and _item(store, "C") is None
     assert _item(store, "A") == {"pk": "A", "sk": "X", "s": "text", "v": 1}
+
+
+def test_adding_numbers_in_exponent_notation(moto_endpoint: str) -> None:
+    # GIVEN a cost below 1e-6, which Python's Decimal (and so boto3) writes as 9E-7
+    from decimal import Decimal
+
+    from llm_relay.local import create_table
+    from llm_relay.store import deserialize, make_client, serialize
+
+    client = make_client(moto_endpoint, "us-east-1")
+    create_table(client, "exp-numbers")
+    key = serialize({"pk": "K", "sk": "S"})
+    # WHEN it is added twice (how spend aggregates grow)
+    for _ in range(2):
+        client.update_item(
+            TableName="exp-numbers",
+            Key=key,
+            UpdateExpression="ADD cost :c",
+            ExpressionAttributeValues=serialize({":c": Decimal("9E-7")}),
+        )
+    # THEN the sum is exact, as DynamoDB would store it
+    item = deserialize(client.get_item(TableName="exp-numbers", Key=key)["Item"])
+    assert item["cost"] == Decimal("0.0000018")

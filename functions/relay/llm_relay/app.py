@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -37,11 +36,12 @@ from .errors import (
     NotFound,
     PayloadTooLarge,
     RelayError,
+    RequestCancelled,
     ServiceUnavailable,
     UpstreamError,
     UpstreamTimeout,
 )
-from .finalize import Finalizers, RequestTracker
+from .finalize import Finalizers
 from .limiter import Limiter
 from .limits_store import LimitsStore
 from .metering import Usage, estimate_prompt_tokens
@@ -53,7 +53,7 @@ from .settings import Settings
 from .store import RelayStore, StoreUnavailable, make_client
 from .telemetry import Telemetry, lambda_request_id
 from .termination import TerminationReason
-from .upstream import Upstream
+from .upstream import OpenedStream, Upstream
 from .upstream_key import UpstreamKeyProvider
 
 logger = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def create_app(
         auth=Authenticator(store, settings.auth_cache_ttl_s),
         cancels=CancelRegistry(store, settings.cancel_poll_interval_s),
         admission=admission or limiter,
-        finalizer=Finalizers([RequestTracker(store), limiter, telemetry, *(finalizers or [])]),
+        finalizer=Finalizers([limiter, telemetry, *(finalizers or [])]),
         pricer=pricer,
         telemetry=telemetry,
     )
@@ -227,8 +227,8 @@ async def _relay(request: Request, services: Services, *, ndjson: bool) -> Respo
     try:
         headers = await services.admission.admit(ctx)
         try:
-            opened = await _open_upstream(services, ctx, chat)
-        except UpstreamError as exc:
+            opened = await _open_upstream(services, ctx, chat, cancel_event)
+        except (UpstreamError, RequestCancelled) as exc:
             await _finalize_failed_open(services, ctx, exc)
             exc.headers.update(headers)
             raise
@@ -262,18 +262,49 @@ async def _relay(request: Request, services: Services, *, ndjson: bool) -> Respo
     )
 
 
-async def _open_upstream(services: Services, ctx: RequestContext, chat: ChatRequest) -> Any:
+async def _open_upstream(
+    services: Services, ctx: RequestContext, chat: ChatRequest, cancel_event: anyio.Event
+) -> OpenedStream:
+    """Open the upstream stream (with its retries), unless the client cancels or the deadline comes first:
+    the watchers of the stream do not run yet, so this wait is bounded here."""
     assert services.upstream is not None
-    return await services.upstream.open_chat_stream(chat.upstream_body(), ctx.request_id)
+    opened: OpenedStream | None = None
+    failure: Exception | None = None  # raised after the task group, which would wrap it in an ExceptionGroup
+    async with anyio.create_task_group() as tg:
+
+        async def stop_on_cancel() -> None:
+            await cancel_event.wait()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(stop_on_cancel)
+        with anyio.move_on_after(max(0.0, (ctx.deadline or math.inf) - time.monotonic())):
+            try:
+                opened = await services.upstream.open_chat_stream(chat.upstream_body(), ctx.request_id)
+            except Exception as exc:
+                failure = exc
+        tg.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    if opened is not None:
+        return opened
+    if cancel_event.is_set():
+        raise RequestCancelled("The request was cancelled before the upstream answered.")
+    raise UpstreamTimeout("The relay's time limit was reached before the upstream answered.", code="deadline")
 
 
-async def _finalize_failed_open(services: Services, ctx: RequestContext, exc: UpstreamError) -> None:
+async def _finalize_failed_open(services: Services, ctx: RequestContext, exc: RelayError) -> None:
     """The upstream never answered 2xx (after retries): the request was admitted, so it is still finalized."""
-    reason = (
-        TerminationReason.UPSTREAM_TIMEOUT if isinstance(exc, UpstreamTimeout) else TerminationReason.UPSTREAM_ERROR
-    )
-    ctx.retries = exc.retries
-    ctx.upstream_errors = exc.failures
+    if isinstance(exc, RequestCancelled):
+        reason = TerminationReason.CLIENT_CANCELLED
+    elif exc.code == "deadline":
+        reason = TerminationReason.DEADLINE
+    elif isinstance(exc, UpstreamTimeout):
+        reason = TerminationReason.UPSTREAM_TIMEOUT
+    else:
+        reason = TerminationReason.UPSTREAM_ERROR
+    if isinstance(exc, UpstreamError):
+        ctx.retries = exc.retries
+        ctx.upstream_errors = exc.failures
     outcome = StreamOutcome(
         reason=reason,
         usage=Usage(estimate_prompt_tokens(ctx.chat.messages_as_dicts()), 0, estimated=True),

@@ -7,6 +7,7 @@ RelayError
 ├── Unauthorized            401  invalid_request_error / invalid_api_key
 ├── ModelNotAllowed         403  invalid_request_error / model_not_allowed
 ├── NotFound                404  invalid_request_error / not_found
+├── RequestCancelled        409  invalid_request_error / client_cancelled (cancelled before it started)
 ├── RateLimited             429  rate_limit_exceeded | budget_exceeded
 ├── ServiceUnavailable      503  service_unavailable       (state store down, fail closed)
 └── UpstreamError           502  upstream_error            (after retries, before the first byte)
@@ -68,6 +69,13 @@ class NotFound(RelayError):
     error_type = "invalid_request_error"
     code = "not_found"
     rejection = "not_found"
+
+
+class RequestCancelled(RelayError):
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "client_cancelled"
+    rejection = "client_cancelled"
 
 
 class RateLimited(RelayError):

@@ -1,7 +1,6 @@
-"""Finalization of an admitted request: mark the in-flight request finished, log one summary line.
-
-Runs before the response body closes (Lambda freezes the sandbox once the response ends), never raises
-into the stream: a failure here is logged, never turned into a broken response.
+"""Finalization of an admitted request: the parts (usage record and limits settlement, telemetry, dev echo)
+run in order before the response body closes (Lambda freezes the sandbox once the response ends), and never
+raise into the stream: a failure here is logged, never turned into a broken response.
 """
 
 from __future__ import annotations
@@ -9,25 +8,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import anyio.to_thread
-
 from .outcome import Finalizer, RequestContext, StreamOutcome
-from .store import RelayStore, StoreUnavailable
 
 logger = logging.getLogger(__name__)
-
-
-class RequestTracker:
-    """Marks the request item finished (the explicit cancel then answers 'finished')."""
-
-    def __init__(self, store: RelayStore) -> None:
-        self._store = store
-
-    async def finalize(self, ctx: RequestContext, outcome: StreamOutcome) -> None:
-        try:
-            await anyio.to_thread.run_sync(self._store.finish_request, ctx.request_id, outcome.reason.value)
-        except StoreUnavailable as exc:
-            logger.warning("could not mark request %s finished: %s", ctx.request_id, exc)
 
 
 class Finalizers:

@@ -27,7 +27,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from .limits import CONCURRENCY, DAILY, MONTHLY, PREV, RATE, AdmissionPlan, Window, day_of, lease_attr, month_of
 from .store import StoreUnavailable, deserialize, make_client, serialize
-from .usage import SECONDS_PER_DAY, UsageRecord
+from .usage import SECONDS_PER_DAY, UsageRecord, iso_ms
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 REQUEST = "request"
 USAGE, SPEND_DAY, SPEND_MONTH, RELEASE, SETTLE_TOKENS = "usage", "spend_day", "spend_month", "release", "settle"
+FINISH = "finish"
 _CONTENTION = frozenset({"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"})
 RATE_TTL_S = 300
 
@@ -200,6 +201,25 @@ class LimitsStore:
             (
                 SPEND_MONTH,
                 self._spend_update(record, key, f"SPEND#M#{record.day[:7]}", settlement.retention_days + 31, False),
+            ),
+            # The in-flight item is marked finished in the same round trip (a late cancel then answers
+            # "finished"); it exists unless admission failed open, and then this creates it, with a TTL.
+            (
+                FINISH,
+                self._op(
+                    "Update",
+                    f"REQ#{record.request_id}",
+                    "REQ",
+                    "SET finished_at = :now, termination_reason = :reason, key_id = if_not_exists(key_id, :kid),"
+                    " expires_at = if_not_exists(expires_at, :ttl)",
+                    [],
+                    {
+                        ":now": iso_ms(record.started_epoch + float(record.duration_ms or 0) / 1000),
+                        ":reason": record.termination_reason,
+                        ":kid": record.key_id,
+                        ":ttl": int(record.started_epoch) + SECONDS_PER_DAY,
+                    },
+                ),
             ),
         ]
         if lease is not None:

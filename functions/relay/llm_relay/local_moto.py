@@ -43,6 +43,7 @@ class MotoServer:
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         _install_check_then_apply_transactions()
+        _install_exponent_numbers()
         app = _serialized(DomainDispatcherApplication(create_backend_app))
         self._server = make_server(self._host, self._port, app, threaded=True, request_handler=MotoRequestHandler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="moto", daemon=True)
@@ -83,6 +84,29 @@ def _serialized(app: Callable[..., Iterable[bytes]]) -> Callable[..., list[bytes
 
 
 _TRANSACTIONS = threading.RLock()
+
+
+def _install_exponent_numbers() -> None:
+    """moto's ADD parses a number as an int unless it has a ".", so a cost like `9E-7` (how Python writes a
+    Decimal below 1e-6; DynamoDB accepts it) fails the whole transaction. Parse every number as a Decimal."""
+    from decimal import Decimal
+
+    from moto.dynamodb.models.dynamo_type import DDBType, DynamoType
+
+    def add(self: Any, other: Any) -> Any:
+        if self.type != other.type or not self.is_number():
+            return original_add(self, other)
+        return DynamoType({DDBType.NUMBER: f"{Decimal(self.value) + Decimal(other.value)}"})
+
+    def sub(self: Any, other: Any) -> Any:
+        if self.type != other.type or not self.is_number():
+            return original_sub(self, other)
+        return DynamoType({DDBType.NUMBER: f"{Decimal(self.value) - Decimal(other.value)}"})
+
+    original_add, original_sub = DynamoType.__add__, DynamoType.__sub__
+    if getattr(DynamoType.__add__, "__name__", "") != "add":
+        DynamoType.__add__ = add  # type: ignore[method-assign]
+        DynamoType.__sub__ = sub  # type: ignore[method-assign]
 
 
 def _install_check_then_apply_transactions() -> None:

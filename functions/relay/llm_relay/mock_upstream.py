@@ -6,6 +6,7 @@ request body (the relay forwards unknown fields), e.g.
 Faults: `status` (answer that HTTP status), `fail_first` (the first N attempts with the same `id` get 503),
 `drop_after` (close the connection after N chunks), `stall_after` (stop sending after N chunks),
 `malformed_after` (send a broken event after N chunks), `no_finish` (end without finish_reason or [DONE]),
+`headers_delay_ms` (hold the response headers back that long),
 `error_after` (send an `{"error": …}` event after N chunks).
 
 Every request is recorded by its `x-request-id` (the relay sends its own): chunks sent, whether it
@@ -184,6 +185,8 @@ def create_mock_app(config: MockConfig | None = None) -> Starlette:
                     status_code=503,
                     headers={"retry-after": "0"},
                 )
+        if opts.get("headers_delay_ms"):  # a provider that holds its headers back (until the first token)
+            await anyio.sleep(float(opts["headers_delay_ms"]) / 1000)
         if "status" in opts:
             status = int(opts["status"])
             return JSONResponse(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -85,6 +85,15 @@ class Settings(BaseSettings):
         if value is None or not value.strip():
             return None
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _margin_below_timeout(self) -> Settings:
+        if self.deadline_margin_s >= self.function_timeout_s:
+            raise ValueError(
+                f"RELAY_DEADLINE_MARGIN_S ({self.deadline_margin_s:g}) must be below RELAY_FUNCTION_TIMEOUT_S "
+                f"({self.function_timeout_s:g}): every stream would end at once"
+            )
+        return self
 
     @property
     def allowed_model_set(self) -> frozenset[str] | None:

@@ -136,15 +136,6 @@ class RelayStore:
             raise StoreUnavailable(str(exc)) from exc
         return deserialize(out["Attributes"])
 
-    def finish_request(self, request_id: str, reason: str) -> None:
-        self._call(
-            self.client.update_item,
-            TableName=self.table_name,
-            Key=serialize({"pk": f"REQ#{request_id}", "sk": "REQ"}),
-            UpdateExpression="SET finished_at = :now, termination_reason = :reason",
-            ExpressionAttributeValues=serialize({":now": now_iso(), ":reason": reason}),
-        )
-
     def cancelled_among(self, request_ids: Iterable[str]) -> set[str]:
         """Which of these requests carry a cancel mark: one BatchGetItem per 100 ids."""
         ids = list(request_ids)
