@@ -1,0 +1,43 @@
+// node --test clients/browser/llm-relay-client.test.mjs  (RELAY_URL and RELAY_KEY point at `make dev`)
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import { RelayStreamError, streamChat } from "./llm-relay-client.js";
+
+const baseUrl = process.env.RELAY_URL;
+const apiKey = process.env.RELAY_KEY;
+const message = [{ role: "user", content: "Hello" }];
+
+test("streams tokens and ends with the summary", async () => {
+  let text = "";
+  const run = streamChat({ baseUrl, apiKey, body: { model: "gpt-4o-mini", messages: message, mock: { tokens: 5 } },
+                           onToken: (t) => { text += t; } });
+  const summary = await run.done;
+  assert.equal(text, "The quick brown fox jumps");
+  assert.equal(summary.termination_reason, "stop");
+  assert.equal(summary.usage.completion_tokens, 5);
+  assert.match(run.requestId, /^req_/);
+});
+
+test("cancel aborts the fetch and calls the relay's cancel", async () => {
+  let tokens = 0;
+  let cancelled;
+  const run = streamChat({
+    baseUrl, apiKey,
+    body: { model: "gpt-4o-mini", messages: message, mock: { tokens: 1000, chunk_delay_ms: 10 } },
+    onToken: () => { tokens += 1; if (tokens === 3) cancelled = run.cancel(); },
+  });
+  const summary = await run.done;
+  assert.equal(summary.termination_reason, "client_cancelled");
+  assert.equal(await cancelled, true);
+  console.log(`CANCELLED ${run.requestId}`);
+});
+
+test("errors are RelayStreamError with the relay's code", async () => {
+  const run = streamChat({ baseUrl, apiKey: "lr-wrong", body: { model: "gpt-4o-mini", messages: message } });
+  await assert.rejects(run.done, (error) => error instanceof RelayStreamError && error.code === "invalid_api_key"
+    && error.status === 401);
+  const failing = streamChat({ baseUrl, apiKey,
+    body: { model: "gpt-4o-mini", messages: message, mock: { tokens: 5, drop_after: 2 } } });
+  await assert.rejects(failing.done, (error) => error instanceof RelayStreamError && error.code === "upstream_error");
+});

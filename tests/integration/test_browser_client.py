@@ -1,0 +1,40 @@
+"""The browser client (clients/browser) against `make dev`'s entry point, run by Node.js's test runner:
+streaming, cancel (abort plus the cancel call) and errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.integration.devserver_support import dev_server
+
+CLIENT = Path(__file__).resolve().parents[2] / "clients" / "browser"
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
+def test_browser_client_streams_cancels_and_reports_errors() -> None:
+    with dev_server(RELAY_DEV_KEY="lr-browser-client-key") as dev:
+        env = {**os.environ, "RELAY_URL": dev.url, "RELAY_KEY": dev.key}
+        run = subprocess.run(
+            ["node", "--test", str(CLIENT / "llm-relay-client.test.mjs")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "# fail 0" in run.stdout and "# pass 3" in run.stdout
+        # AND the relay ended the cancelled stream as client_cancelled, upstream closed
+        request_id = next(line.split()[-1] for line in run.stdout.splitlines() if "CANCELLED req_" in line)
+        dev.wait_for_output(request_id)
+        finished = next(
+            log
+            for log in dev.logs()
+            if log.get("request_id") == request_id and log.get("message") == "request finished"
+        )
+        assert finished["reason"] == "client_cancelled"
+        assert finished["usage_source"] == "estimated"
