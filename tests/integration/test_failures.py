@@ -269,3 +269,11 @@ def test_cancel_while_waiting_for_upstream_headers(
     assert results[0].status_code == 409 and results[0].json()["error"]["code"] == "client_cancelled"
     assert time.monotonic() - started < 1.0
     assert recorder.wait(request_id).reason.value == "client_cancelled"
+
+
+def test_upstream_rate_limit_passes_its_wait_to_the_client(make_relay: RelayFactory) -> None:
+    relay = make_relay(upstream_max_retries=0)
+    response = _post(relay, chat_body(stream=True, mock={"status": 429, "retry_after": 7}))
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "upstream_rate_limited"
+    assert response.headers["retry-after"] == "7"

@@ -189,8 +189,11 @@ def create_mock_app(config: MockConfig | None = None) -> Starlette:
             await anyio.sleep(float(opts["headers_delay_ms"]) / 1000)
         if "status" in opts:
             status = int(opts["status"])
+            extra = {"retry-after": str(opts["retry_after"])} if "retry_after" in opts else None
             return JSONResponse(
-                {"error": {"message": f"mock: status {status}", "type": "mock_error"}}, status_code=status
+                {"error": {"message": f"mock: status {status}", "type": "mock_error"}},
+                status_code=status,
+                headers=extra,
             )
         stream = _MockStream(record, body, opts, state.config)
         if body.get("stream"):

@@ -118,6 +118,8 @@ class Upstream:
                 errors[status_class(response.status_code)] = errors.get(status_class(response.status_code), 0) + 1
                 failure = await _failure_from_response(response)
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
+                if response.status_code == 429 and retry_after is not None:
+                    failure.headers["retry-after"] = str(max(1, round(retry_after)))  # the client's own wait
                 if response.status_code not in RETRYABLE_STATUS:
                     raise _with_history(failure, attempt, errors)
             if attempt >= self._settings.upstream_max_retries:
