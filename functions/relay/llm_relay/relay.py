@@ -118,7 +118,7 @@ class RelayResponse:
         reason = self._reason or TerminationReason.INCOMPLETE
         ended_well = not reason.is_failure and reason is not TerminationReason.CLIENT_CANCELLED
         if not ended_well:
-            await self._opened.response.aclose()  # at once: cancellation latency is measured to here
+            await self._close_upstream()  # at once: cancellation latency is measured to here
         closed_at = time.monotonic()
         usage = self.meter.usage(self.ctx.chat.messages_as_dicts())
         outcome = StreamOutcome(
@@ -139,7 +139,7 @@ class RelayResponse:
                 await self._write_terminal(outcome, cost)
         if ended_well:
             await self._drain()
-            await self._opened.response.aclose()
+            await self._close_upstream()
         try:
             await self._finalizer.finalize(self.ctx, outcome)
         except Exception:
@@ -150,6 +150,14 @@ class RelayResponse:
             elif not self._client_gone:
                 with contextlib.suppress(_ClientGone):
                     await self._raw_send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _close_upstream(self) -> None:
+        """Close the upstream response (the connection too, unless it was read to its end); a failure to
+        close must not keep finalization from running."""
+        try:
+            await self._opened.response.aclose()
+        except Exception:
+            logger.warning("closing the upstream response failed for %s", self.ctx.request_id, exc_info=True)
 
     # --- the pump -----------------------------------------------------------------------------------
     async def _pump(self) -> None:
