@@ -9,7 +9,31 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import httpx
 import uvicorn
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (for a server started in another process)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_healthy(base: str, *, alive: Any = None, timeout: float = 30.0) -> None:
+    """Wait until `base`/healthz answers 200; `alive()` returning False (the server process exited) or the
+    timeout raises AssertionError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if (alive is not None and not alive()) or time.monotonic() > deadline:
+            raise AssertionError(f"{base} did not become healthy")
+        time.sleep(0.05)
 
 
 @contextmanager

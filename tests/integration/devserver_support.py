@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -14,13 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.servers import free_port, wait_healthy
 
 
 @dataclass
@@ -82,16 +75,10 @@ def dev_server(**env: str) -> Iterator[DevServer]:
     for thread in threads:
         thread.start()
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{server.url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("dev server did not start:\n" + "\n".join(server.stderr))
-            time.sleep(0.05)
+        try:
+            wait_healthy(server.url, alive=lambda: proc.poll() is None)
+        except AssertionError as exc:
+            raise AssertionError("dev server did not start:\n" + "\n".join(server.stderr)) from exc
         yield server
     finally:
         proc.terminate()

@@ -44,6 +44,30 @@ def limiter(endpoint: str, table: str, *, clock: Any = None, metrics: Any = None
     return Limiter(store, settings, clock=clock or (lambda: MID_MINUTE), metrics=metrics)
 
 
+def admit_all(limits: Limiter, key: ApiKey, n: int, prefix: str = "req", **kwargs: Any) -> list[str]:
+    """Fire n admissions at once (each in its own worker thread); 'admitted' or 'refused' for each."""
+    import anyio
+
+    from llm_relay.errors import RateLimited
+
+    outcomes: list[str] = []
+
+    async def one(i: int) -> None:
+        try:
+            await limits.admit(context(key, f"{prefix}_{i}", **kwargs))
+            outcomes.append("admitted")
+        except RateLimited:
+            outcomes.append("refused")
+
+    async def burst() -> None:
+        async with anyio.create_task_group() as tg:
+            for i in range(n):
+                tg.start_soon(one, i)
+
+    anyio.run(burst)
+    return outcomes
+
+
 def race_worker(
     endpoint: str,
     table: str,
@@ -55,30 +79,12 @@ def race_worker(
     worker: int,
 ) -> None:
     """In a spawned process: for each key in turn, wait for every process, then fire `per_key` admissions at
-    once (each in its own worker thread); report how many were admitted."""
-    import anyio
-
-    from llm_relay.errors import RateLimited
-
+    once; report how many were admitted."""
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     limits = limiter(endpoint, table, clock=lambda: now)
     for item in keys:
         key = ApiKey.from_item(item)
-        outcomes: list[str] = []
-
-        async def one(i: int, key: ApiKey = key, outcomes: list[str] = outcomes) -> None:
-            try:
-                await limits.admit(context(key, f"req_{worker}_{i}_{key.key_id}"))
-                outcomes.append("admitted")
-            except RateLimited:
-                outcomes.append("refused")
-
-        async def burst() -> None:
-            async with anyio.create_task_group() as tg:
-                for i in range(per_key):
-                    tg.start_soon(one, i)
-
         barrier.wait(timeout=60)
-        anyio.run(burst)
+        outcomes = admit_all(limits, key, per_key, prefix=f"req_{worker}_{key.key_id}")
         results.put((key.key_id, worker, outcomes.count("admitted"), outcomes.count("refused")))

@@ -16,7 +16,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from llm_relay.errors import RateLimited, ServiceUnavailable
-from llm_relay.limiter import METRIC_ADMISSION_ATTEMPTS, Limiter
+from llm_relay.limiter import METRIC_ADMISSION_ATTEMPTS
 from llm_relay.limits_store import LimitsStore
 from llm_relay.metering import Usage
 from llm_relay.outcome import StreamOutcome
@@ -24,29 +24,9 @@ from llm_relay.pricing import PriceTable
 from llm_relay.store import RelayStore
 from llm_relay.termination import TerminationReason
 from llm_relay.usage_store import UsageStore
-from tests.integration.limits_support import MID_MINUTE, context, key_with, limiter, race_worker
+from tests.integration.limits_support import MID_MINUTE, admit_all, context, key_with, limiter, race_worker
 
 PRICES = PriceTable.load()
-
-
-def admit_all(limits: Limiter, key: Any, n: int, prefix: str = "req", **kwargs: Any) -> list[str]:
-    """Fire n admissions at once; 'admitted' or 'refused' for each."""
-    outcomes: list[str] = []
-
-    async def one(i: int) -> None:
-        try:
-            await limits.admit(context(key, f"{prefix}_{i}", **kwargs))
-            outcomes.append("admitted")
-        except RateLimited:
-            outcomes.append("refused")
-
-    async def burst() -> None:
-        async with anyio.create_task_group() as tg:
-            for i in range(n):
-                tg.start_soon(one, i)
-
-    anyio.run(burst)
-    return outcomes
 
 
 def outcome(reason: TerminationReason = TerminationReason.STOP, usage: Usage | None = None) -> StreamOutcome:

@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from llm_relay.usage import UsageRecord
 from llm_relay.usage_store import UsageStore
 from tests.conftest import Relay, RelayFactory, Upstream
 from tests.integration.helpers import chat_body, ndjson_lines
+from tests.servers import free_port, wait_healthy
 
 SHORT = {"tokens": 3, "chunk_delay_ms": 0, "ttft_ms": 0}
 
@@ -185,20 +185,13 @@ def test_admission_adds_one_dynamodb_round_trip_before_the_upstream(relay: Relay
     assert before_upstream == ["TransactWriteItems"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.mark.slow
 def test_a_killed_relay_process_holds_its_slot_no_longer_than_the_lease(
     make_relay: RelayFactory, store: RelayStore, upstream: Upstream, moto_endpoint: str
 ) -> None:
     # GIVEN a key with one concurrent stream, served by a separate relay process whose leases last 3 s
     plain, _ = new_key(store, max_concurrent=1)
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "RELAY_DYNAMODB_ENDPOINT": moto_endpoint,
@@ -213,7 +206,7 @@ def test_a_killed_relay_process_holds_its_slot_no_longer_than_the_lease(
         [sys.executable, "-m", "llm_relay.devserver"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        _wait_healthy(f"http://127.0.0.1:{port}")
+        wait_healthy(f"http://127.0.0.1:{port}", alive=lambda: process.poll() is None)
         with (
             httpx.Client(timeout=10) as client,
             client.stream(
@@ -246,18 +239,6 @@ def test_a_killed_relay_process_holds_its_slot_no_longer_than_the_lease(
             time.sleep(0.2)
     reclaimed_after = time.time() - admitted_at
     assert 2.9 <= reclaimed_after < 5, reclaimed_after
-
-
-def _wait_healthy(base: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("relay process did not start")
 
 
 def _cli(args: list[str], relay: Relay) -> Any:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ import pytest
 
 from tests.packaging.conftest import Built, relay_environment
 from tests.packaging.expected import EVENTS_DIR, check_response, event_names, load_event
+from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -104,13 +104,6 @@ def test_built_artifact_answers_every_event_through_mangum(
         check_response(Path(path).stem, response)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def run_sh(
     sam_build: Built, python312: str, runtime_sdk: Path, moto_endpoint: str, dev_table: str, tmp_path: Path
@@ -121,7 +114,7 @@ def run_sh(
     shim.mkdir()
     (shim / "python3").write_text(f'#!/bin/sh\nexec "{python312}" -S "$@"\n')
     (shim / "python3").chmod(0o755)
-    port = _free_port()
+    port = free_port()
     env = relay_environment(moto_endpoint, dev_table)
     env.update(
         {

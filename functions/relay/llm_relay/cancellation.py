@@ -48,10 +48,6 @@ class CancelRegistry:
     def cancelled_at(self, request_id: str) -> float | None:
         return self._cancelled_at.get(request_id)
 
-    @property
-    def active(self) -> int:
-        return len(self._events)
-
     async def run_poller(self) -> None:
         """Poll cancel marks while streams run. Started by the app's lifespan; cheap when idle."""
         while True:

@@ -113,10 +113,6 @@ class RelayStore:
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     # --- in-flight requests and cancel marks --------------------------------------------------------
-    def register_request(self, request_id: str, key_id: str, model: str, ttl_s: int) -> None:
-        item = request_item(request_id, key_id, model, ttl_s)
-        self._call(self.client.put_item, TableName=self.table_name, Item=serialize(item))
-
     def request_cancel(self, request_id: str, key_id: str) -> dict[str, Any] | None:
         """Set the cancel mark if the request exists and belongs to `key_id`. None: unknown or foreign."""
         try:
