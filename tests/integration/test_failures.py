@@ -38,8 +38,8 @@ def test_transient_upstream_failures_are_retried_before_first_byte(
     assert response.status_code == 200
     assert sse_events(response.text)[-1] == "[DONE]"
     assert upstream.state.attempts["retry-1"] == 3
-    ctx = recorder.contexts[response.headers["x-request-id"]]
-    assert ctx.retries == 2 and ctx.upstream_errors == {"5xx": 2}
+    outcome = recorder.done[response.headers["x-request-id"]]
+    assert outcome.retries == 2 and outcome.upstream_errors == {"5xx": 2}
 
 
 def test_persistent_upstream_5xx_becomes_502_after_retries(

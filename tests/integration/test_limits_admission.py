@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import time
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -15,11 +16,12 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from llm_relay.admission import Ticket
 from llm_relay.errors import RateLimited, ServiceUnavailable
 from llm_relay.limiter import METRIC_ADMISSION_ATTEMPTS
 from llm_relay.limits_store import LimitsStore
-from llm_relay.metering import Usage
-from llm_relay.outcome import StreamOutcome
+from llm_relay.metering import StreamMeter, Usage
+from llm_relay.outcome import Ending, StreamOutcome, outcome_of
 from llm_relay.pricing import PriceTable
 from llm_relay.store import RelayStore
 from llm_relay.termination import TerminationReason
@@ -133,7 +135,7 @@ def test_previous_minute_learnt_from_the_refusal_then_cached(store: RelayStore, 
 def test_admitted_and_refused_answers_carry_rate_headers(store: RelayStore, moto_endpoint: str) -> None:
     key = key_with(rpm=2, tpm=1000)
     limits = limiter(moto_endpoint, store.table_name)
-    first = anyio.run(limits.admit, context(key, "req_a"))
+    first = anyio.run(limits.admit, context(key, "req_a")).headers
     assert first["x-ratelimit-limit-requests"] == "2" and first["x-ratelimit-remaining-requests"] == "1"
     assert first["x-ratelimit-limit-tokens"] == "1000" and first["x-ratelimit-remaining-tokens"] == "995"
     anyio.run(limits.admit, context(key, "req_b"))
@@ -151,7 +153,8 @@ def test_a_dead_streams_lease_is_reclaimed_once_expired(store: RelayStore, moto_
     key = key_with(max_concurrent=1)
     now = [MID_MINUTE]
     limits = limiter(moto_endpoint, store.table_name, clock=lambda: now[0], function_timeout_s=60)
-    anyio.run(limits.admit, context(key, "req_dead"))
+    dead = context(key, "req_dead")
+    dead = replace(dead, ticket=anyio.run(limits.admit, dead))
     # WHEN another request comes while the lease runs: refused
     now[0] += 30
     with pytest.raises(RateLimited):
@@ -162,7 +165,7 @@ def test_a_dead_streams_lease_is_reclaimed_once_expired(store: RelayStore, moto_
     slots = LimitsStore(store.table_name, store.client).read_counters(key.key_id, now[0])["concurrency"]
     assert slots["active"] == 1 and set(slots) == {"pk", "sk", "active", "l_req_after"}
     # AND if the "dead" stream was only slow and finalizes now, it does not free the slot it lost
-    anyio.run(limits.finalize, context(key, "req_dead"), outcome())
+    anyio.run(limits.finalize, dead, outcome())
     slots = LimitsStore(store.table_name, store.client).read_counters(key.key_id, now[0])["concurrency"]
     assert slots["active"] == 1 and "l_req_after" in slots
     # AND its usage record was still written (beside the refused request's)
@@ -178,7 +181,7 @@ def test_finalization_releases_the_slot_settles_tokens_and_records_spend(store: 
     key = key_with(max_concurrent=1, tpm=1000, daily_budget_usd="1")
     limits = limiter(moto_endpoint, store.table_name)
     ctx = context(key, "req_one", max_tokens=95)
-    anyio.run(limits.admit, ctx)
+    ctx = replace(ctx, ticket=anyio.run(limits.admit, ctx))
     # WHEN it finishes having used 12 + 20 tokens
     anyio.run(limits.finalize, ctx, outcome(usage=Usage(12, 20)))
     # THEN the slot is free, the reservation settled to the actual tokens, and spend recorded exactly
@@ -244,7 +247,7 @@ def test_store_down_fails_closed_by_default_and_open_when_configured(
     opened = limiter(moto_endpoint, store.table_name, admission_fail_open=True)
     opened._store = LimitsStore(store.table_name, client())
     with caplog.at_level(logging.ERROR, logger="llm_relay.limiter"):
-        assert anyio.run(opened.admit, context(key, "req_y")) == {}
+        assert anyio.run(opened.admit, context(key, "req_y")) == Ticket()
     assert any("FAIL-OPEN" in r.getMessage() for r in caplog.records)
 
 
@@ -292,15 +295,14 @@ def test_an_upstream_that_never_answered_costs_nothing(store: RelayStore, moto_e
     key = key_with(daily_budget_usd="1")
     limits = limiter(moto_endpoint, store.table_name)
     ctx = context(key, "req_failed_open")
-    anyio.run(limits.admit, ctx)
-    failed = StreamOutcome(
-        reason=TerminationReason.UPSTREAM_ERROR,
-        usage=Usage(5, 0, estimated=True),
-        ttft_s=None,
-        tpot_s=None,
-        duration_s=0.2,
-        chunks=0,
-        error="Upstream answered 503.",
+    ctx = replace(ctx, ticket=anyio.run(limits.admit, ctx))
+    failed = outcome_of(
+        ctx,
+        Ending(TerminationReason.UPSTREAM_ERROR, "Upstream answered 503."),
+        StreamMeter(started_at=ctx.started_at),
+        ended_at=ctx.started_at + 0.2,
+        answered=False,
+        pricer=PRICES,
     )
     anyio.run(limits.finalize, ctx, failed)
     # THEN its record costs 0 (not "unknown"), with the prompt estimate marked as such

@@ -38,7 +38,7 @@ def by_metric(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return found
 
 
-def context(model: str = "gpt-4o-mini", retries: int = 0, errors: dict[str, int] | None = None) -> RequestContext:
+def context(model: str = "gpt-4o-mini") -> RequestContext:
     chat = ChatRequest.model_validate({"model": model, "messages": [{"role": "user", "content": "hi"}]})
     return RequestContext(
         request_id="req_1",
@@ -47,8 +47,6 @@ def context(model: str = "gpt-4o-mini", retries: int = 0, errors: dict[str, int]
         mode="sse",
         started_at=0.0,
         started_epoch=0.0,
-        retries=retries,
-        upstream_errors=errors or {},
     )
 
 
@@ -70,7 +68,7 @@ def test_finished_stream_emits_reason_and_per_model_figures() -> None:
     # GIVEN a stream that stopped normally
     lines: list[str] = []
     # WHEN its metrics are emitted
-    emitter(lines).request_finished(context(), outcome(), Decimal("0.0012"))
+    emitter(lines).request_finished(context(), outcome(cost_usd=Decimal("0.0012")))
     found = by_metric(documents(lines))
     # THEN the termination reason is a dimension of StreamsTerminated
     streams = found[m.STREAMS]
@@ -96,7 +94,7 @@ def test_finished_stream_emits_reason_and_per_model_figures() -> None:
 
 def test_unknown_model_becomes_other_and_unpriced() -> None:
     lines: list[str] = []
-    emitter(lines).request_finished(context(model="someones-finetune-123"), outcome(cost_usd=None), None)
+    emitter(lines).request_finished(context(model="someones-finetune-123"), outcome(cost_usd=None))
     found = by_metric(documents(lines))
     assert found[m.UNPRICED]["doc"]["model"] == "other"
     assert m.COST not in found
@@ -105,9 +103,14 @@ def test_unknown_model_becomes_other_and_unpriced() -> None:
 def test_cancel_latency_and_upstream_errors_by_class() -> None:
     lines: list[str] = []
     emitter(lines).request_finished(
-        context(retries=2, errors={"5xx": 2, "connect": 1}),
-        outcome(TerminationReason.CLIENT_CANCELLED, cancel_source="disconnect", cancel_latency_s=0.003),
-        None,
+        context(),
+        outcome(
+            TerminationReason.CLIENT_CANCELLED,
+            cancel_source="disconnect",
+            cancel_latency_s=0.003,
+            retries=2,
+            upstream_errors={"5xx": 2, "connect": 1},
+        ),
     )
     docs = documents(lines)
     errors = {d["status_class"]: d[m.UPSTREAM_ERRORS] for d in docs if m.UPSTREAM_ERRORS in d}
@@ -134,6 +137,6 @@ def test_emitting_with_the_wrong_dimensions_is_refused() -> None:
 def test_every_termination_reason_is_a_valid_dimension_value() -> None:
     lines: list[str] = []
     for reason in TerminationReason:
-        emitter(lines).request_finished(context(), outcome(reason), None)
+        emitter(lines).request_finished(context(), outcome(reason, cost_usd=None))
     reasons = {d["reason"] for d in documents(lines) if m.STREAMS in d}
     assert reasons == {r.value for r in TerminationReason}

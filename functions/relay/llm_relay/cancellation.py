@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 
 import anyio
 import anyio.to_thread
@@ -19,40 +20,49 @@ from .store import RelayStore, StoreUnavailable
 logger = logging.getLogger(__name__)
 
 
+@dataclass(slots=True)
+class CancelSignal:
+    """One request's explicit cancel: set once, with the (monotonic) time it was asked for."""
+
+    event: anyio.Event = field(default_factory=anyio.Event)
+    requested_at: float | None = None
+
+    def set(self, at: float) -> None:
+        if self.requested_at is None:
+            self.requested_at = at
+        self.event.set()
+
+    @property
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+
 class CancelRegistry:
     def __init__(self, store: RelayStore, interval_s: float) -> None:
         self._store = store
         self._interval = interval_s
-        self._events: dict[str, anyio.Event] = {}
-        self._cancelled_at: dict[str, float] = {}
-        self._poller_running = False
+        self._signals: dict[str, CancelSignal] = {}
 
-    def register(self, request_id: str) -> anyio.Event:
-        event = anyio.Event()
-        self._events[request_id] = event
-        return event
+    def register(self, request_id: str) -> CancelSignal:
+        signal = self._signals[request_id] = CancelSignal()
+        return signal
 
     def unregister(self, request_id: str) -> None:
-        self._events.pop(request_id, None)
-        self._cancelled_at.pop(request_id, None)
+        self._signals.pop(request_id, None)
 
     def cancel_local(self, request_id: str) -> bool:
-        """Set the event of a stream running in this process; False if it runs elsewhere."""
-        event = self._events.get(request_id)
-        if event is None:
+        """Set the signal of a stream running in this process; False if it runs elsewhere."""
+        signal = self._signals.get(request_id)
+        if signal is None:
             return False
-        self._cancelled_at.setdefault(request_id, time.monotonic())
-        event.set()
+        signal.set(time.monotonic())
         return True
-
-    def cancelled_at(self, request_id: str) -> float | None:
-        return self._cancelled_at.get(request_id)
 
     async def run_poller(self) -> None:
         """Poll cancel marks while streams run. Started by the app's lifespan; cheap when idle."""
         while True:
             await anyio.sleep(self._interval)
-            ids = [rid for rid, event in self._events.items() if not event.is_set()]
+            ids = [rid for rid, signal in self._signals.items() if not signal.is_set]
             if not ids:
                 continue
             try:

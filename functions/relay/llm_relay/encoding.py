@@ -1,9 +1,14 @@
-"""Client framings (pure): OpenAI SSE and NDJSON. Both take the same chunk objects."""
+"""What the client reads (pure): the framings (OpenAI SSE and NDJSON, both taking the same chunk objects) and
+the bodies a stream ends with (the NDJSON summary line, the terminal error object, the `stream: false` error).
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any, Protocol
+
+from .outcome import StreamOutcome
+from .termination import TerminationReason
 
 
 def dumps(obj: Any) -> str:
@@ -52,3 +57,42 @@ class NDJSONFraming:
 
     def error(self, error: dict[str, Any]) -> bytes:
         return f"{dumps(error)}\n".encode()
+
+
+def summary_body(request_id: str, model: str, outcome: StreamOutcome) -> dict[str, Any]:
+    """The NDJSON `relay.summary` line of a stream that ended normally."""
+    cost = outcome.cost_usd
+    return {
+        "object": "relay.summary",
+        "id": request_id,
+        "model": model,
+        "finish_reason": outcome.finish_reason,
+        "termination_reason": outcome.reason.value,
+        "usage": {**outcome.usage.as_openai(), "estimated": outcome.usage.estimated},
+        "cost_usd": None if cost is None else format(cost, "f"),
+        "ttft_ms": _ms(outcome.ttft_s),
+        "tpot_ms": _ms(outcome.tpot_s),
+        "duration_ms": _ms(outcome.duration_s),
+        "chunks": outcome.chunks,
+    }
+
+
+def error_body(request_id: str, outcome: StreamOutcome) -> dict[str, Any]:
+    """The terminal error object of a stream that failed (and the body of a failed `stream: false` answer)."""
+    message = outcome.error or f"The stream ended without a finish_reason ({outcome.reason.value})."
+    error_type = "upstream_error"
+    if outcome.reason is TerminationReason.CLIENT_CANCELLED:
+        error_type, message = "invalid_request_error", "The request was cancelled."
+    return {
+        "error": {
+            "message": message,
+            "type": error_type,
+            "param": None,
+            "code": outcome.reason.value,
+            "request_id": request_id,
+        }
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)

@@ -18,14 +18,14 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from decimal import Decimal
+from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
 import anyio
 import anyio.to_thread
 
 from . import metrics
+from .admission import Ticket
 from .errors import RateLimited, ServiceUnavailable
 from .limits import (
     RATE,
@@ -71,16 +71,6 @@ def default_limits(settings: Settings) -> Limits:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _Ticket:
-    """What admission took for one request, for finalization to give back or settle."""
-
-    minute: int
-    reserve: int
-    lease: str | None
-    settle_tokens: bool
-
-
 @dataclass(slots=True)
 class _Seen:
     """Lower bounds of one key's counters in one minute: observed in ALL_OLD items, or written by us."""
@@ -113,7 +103,6 @@ class Limiter:
         self._defaults = default_limits(settings)
         self._clock = clock
         self._metrics = metrics
-        self._tickets: dict[str, _Ticket] = {}
         self._seen: dict[tuple[str, int], _Seen] = {}
         self._pruned_at = 0
 
@@ -121,7 +110,7 @@ class Limiter:
         return Limits.resolve(overrides, self._defaults)
 
     # --- admission -----------------------------------------------------------------------------------------
-    async def admit(self, ctx: RequestContext) -> dict[str, str]:
+    async def admit(self, ctx: RequestContext) -> Ticket:
         limits = self.limits_for(ctx.key.limits)
         item = request_item(ctx.request_id, ctx.key.key_id, ctx.chat.model, self._settings.request_ttl_s)
         if limits.unlimited:
@@ -129,7 +118,7 @@ class Limiter:
                 await anyio.to_thread.run_sync(self._store.put_request, item)
             except StoreUnavailable as exc:
                 return self._store_down(ctx, exc)
-            return {}
+            return Ticket()
         plan = self._plan(ctx, limits)
         blocked = plan.blocked()
         if blocked:
@@ -171,19 +160,19 @@ class Limiter:
             prev.low_tokens,
         )
 
-    def _admitted(self, ctx: RequestContext, plan: AdmissionPlan) -> dict[str, str]:
+    def _admitted(self, ctx: RequestContext, plan: AdmissionPlan) -> Ticket:
         window = plan.window
         seen = self._seen_at(plan.key_id, window.minute)
         seen.own_requests += 1
         seen.own_tokens += plan.reserve
         limits = plan.limits
-        self._tickets[ctx.request_id] = _Ticket(
+        return Ticket(
+            headers=self._headers(plan, seen.low_requests, seen.low_tokens),
             minute=window.minute,
             reserve=plan.reserve,
             lease=lease_attr(ctx.request_id) if limits.max_concurrent is not None else None,
             settle_tokens=limits.tpm is not None,
         )
-        return self._headers(plan, seen.low_requests, seen.low_tokens)
 
     def _headers(self, plan: AdmissionPlan, cur_requests: int, cur_tokens: int) -> dict[str, str]:
         headers: dict[str, str] = {}
@@ -199,16 +188,7 @@ class Limiter:
         seen = self._seen_at(plan.key_id, plan.window.minute)
         cur_r = refused.cur_requests if refused.cur_requests is not None else seen.low_requests
         cur_t = refused.cur_tokens if refused.cur_tokens is not None else seen.low_tokens
-        fixed = AdmissionPlan(
-            plan.request_id,
-            plan.key_id,
-            plan.limits,
-            plan.now_s,
-            plan.reserve,
-            plan.lease_s,
-            refused.prev_requests,
-            refused.prev_tokens,
-        )
+        fixed = replace(plan, prev_requests=refused.prev_requests, prev_tokens=refused.prev_tokens)
         error = RateLimited(refusal_message(refused, plan.limits, plan.reserve), code=refused.code)
         error.rejection = "budget_exceeded" if refused.code == "budget_exceeded" else "rate_limited"
         error.headers.update(self._headers(fixed, max(cur_r, seen.low_requests), max(cur_t, seen.low_tokens)))
@@ -225,7 +205,7 @@ class Limiter:
             self._lost(record.as_json(), exc)
         raise error
 
-    def _store_down(self, ctx: RequestContext, exc: StoreUnavailable) -> dict[str, str]:
+    def _store_down(self, ctx: RequestContext, exc: StoreUnavailable) -> Ticket:
         if self._settings.admission_fail_open:
             logger.error(
                 "ADMISSION FAIL-OPEN: limits store unavailable (%s); request %s of key %s admitted WITHOUT limits",
@@ -234,7 +214,7 @@ class Limiter:
                 ctx.key.key_id,
             )
             self._metric(METRIC_STORE_ERROR, 1, {"policy": "fail_open"})
-            return {}
+            return Ticket()
         logger.error(
             "admission refused (fail closed): limits store unavailable (%s); request %s of key %s",
             exc,
@@ -250,8 +230,8 @@ class Limiter:
 
     # --- finalization --------------------------------------------------------------------------------------
     async def finalize(self, ctx: RequestContext, outcome: StreamOutcome) -> None:
-        ticket = self._tickets.pop(ctx.request_id, None)
-        record = record_for(ctx, outcome, _cost(outcome))
+        ticket = ctx.ticket
+        record = record_for(ctx, outcome)
         settlement = Settlement(record, self._settings.usage_retention_days)
         if ticket is not None:
             settlement = self._settlement(ticket, outcome, settlement)
@@ -263,11 +243,11 @@ class Limiter:
         if settlement.tokens_minute is not None and settlement.tokens_delta:
             self._seen_at(ctx.key.key_id, settlement.tokens_minute).own_tokens += settlement.tokens_delta
 
-    def _settlement(self, ticket: _Ticket, outcome: StreamOutcome, base: Settlement) -> Settlement:
+    def _settlement(self, ticket: Ticket, outcome: StreamOutcome, base: Settlement) -> Settlement:
         """Give the lease back; book the difference between reserved and used tokens to the minute the
         request was admitted in, or (a refund is dropped then) to the current minute once that one is over."""
         delta, minute = 0, None
-        if ticket.settle_tokens:
+        if ticket.settle_tokens and ticket.minute is not None:
             delta = outcome.usage.total_tokens - ticket.reserve
             minute = Window.at(self._clock()).minute
             if minute != ticket.minute:
@@ -300,14 +280,10 @@ class Limiter:
                 seen.tokens = max(seen.tokens, int(old.get("tokens", 0)))
 
     def _prune(self, minute: int) -> None:
-        """Forget minutes that no longer weigh on any window, and tickets of requests never finalized (an
-        exception between admission and the stream): memory stays flat however many streams run."""
+        """Forget minutes that no longer weigh on any window: memory stays flat however many streams run."""
         self._pruned_at = minute
         for key in [k for k in self._seen if k[1] < minute - 2]:
             del self._seen[key]
-        stale = minute - int(self._settings.function_timeout_s // 60) - 2
-        for request_id in [rid for rid, ticket in self._tickets.items() if ticket.minute < stale]:
-            del self._tickets[request_id]
 
     def _metric(self, name: str, value: float, dimensions: Mapping[str, str]) -> None:
         if self._metrics is not None:
@@ -315,11 +291,3 @@ class Limiter:
                 self._metrics(name, value, dimensions)
             except Exception:
                 logger.exception("metric hook failed")
-
-
-def _cost(outcome: StreamOutcome) -> Decimal | None:
-    """The cost the relay priced, the one its summary shows. A request whose upstream never answered (no
-    chunk, a failure, not priced) was not billed: 0."""
-    if outcome.cost_usd is None and outcome.chunks == 0 and outcome.reason.is_failure:
-        return Decimal(0)
-    return outcome.cost_usd

@@ -139,7 +139,8 @@ class MetricsEmitter:
         """The callback shape the limiter reports through."""
         self.emit({name: value}, dict(dimensions))
 
-    def request_finished(self, ctx: RequestContext, outcome: StreamOutcome, cost: Decimal | None) -> None:
+    def request_finished(self, ctx: RequestContext, outcome: StreamOutcome) -> None:
+        cost = outcome.cost_usd
         model = self.model_dimension(ctx.chat.model)
         self.emit({STREAMS: 1}, {REASON: outcome.reason.value})
         per_model: dict[str, float] = {
@@ -156,8 +157,8 @@ class MetricsEmitter:
         else:
             per_model[COST] = float(cost)
         self.emit(per_model, {MODEL: model})
-        self.emit({RETRIES: ctx.retries})
-        for status_class, count in sorted(ctx.upstream_errors.items()):
+        self.emit({RETRIES: outcome.retries})
+        for status_class, count in sorted(outcome.upstream_errors.items()):
             self.emit({UPSTREAM_ERRORS: count}, {STATUS_CLASS: status_class})
         if outcome.cancel_latency_s is not None and outcome.cancel_source is not None:
             self.emit({CANCEL_LATENCY: outcome.cancel_latency_s * 1000}, {CHANNEL: outcome.cancel_source})

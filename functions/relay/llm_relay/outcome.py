@@ -1,4 +1,5 @@
-"""What one request produced, handed to every finalizer (usage records, metrics, logs)."""
+"""What one request is (`RequestContext`) and what it produced (`StreamOutcome`, built in one place,
+`outcome_of`), handed to every finalizer (usage records and limits, metrics, logs)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Protocol
 
+from .admission import Ticket
 from .chat_request import ChatRequest
 from .keys import ApiKey
-from .metering import Usage
+from .metering import StreamMeter, Usage
+from .pricing import Pricer
 from .termination import TerminationReason
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class RequestContext:
     request_id: str
     key: ApiKey
@@ -21,12 +24,21 @@ class RequestContext:
     started_at: float  # monotonic
     started_epoch: float
     deadline: float | None = None  # monotonic time by which the response must have ended
-    retries: int = 0
-    upstream_errors: dict[str, int] = field(default_factory=dict)
     lambda_request_id: str | None = None  # from the web adapter's x-amzn-lambda-context, for log correlation
+    ticket: Ticket | None = None  # what admission granted; None before admission (or for a test's own context)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How a request ended, as the first party to end it named it."""
+
+    reason: TerminationReason
+    error: str | None = None
+    cancel_source: str | None = None  # "disconnect" or "cancel_call"
+    cancel_started: float | None = None  # monotonic: when the cancel was asked for
+
+
+@dataclass(frozen=True, slots=True)
 class StreamOutcome:
     reason: TerminationReason
     usage: Usage
@@ -35,9 +47,51 @@ class StreamOutcome:
     duration_s: float
     chunks: int
     error: str | None = None
-    cancel_source: str | None = None  # "disconnect" or "cancel_call"
+    cancel_source: str | None = None
     cancel_latency_s: float | None = None
     cost_usd: Decimal | None = None  # None: the model has no price
+    finish_reason: str | None = None  # the upstream's own, as it sent it
+    retries: int = 0  # upstream attempts after the first
+    upstream_errors: dict[str, int] = field(default_factory=dict)  # failed attempts by class ("5xx", "connect")
+
+
+def outcome_of(
+    ctx: RequestContext,
+    ending: Ending,
+    meter: StreamMeter,
+    *,
+    ended_at: float,
+    answered: bool,
+    pricer: Pricer,
+    retries: int = 0,
+    upstream_errors: dict[str, int] | None = None,
+) -> StreamOutcome:
+    """The outcome of a request, whatever ended it: a stream (its meter), or an upstream that never answered
+    2xx (`answered` False, an empty meter)."""
+    usage = meter.usage(ctx.chat.messages_as_dicts())
+    return StreamOutcome(
+        reason=ending.reason,
+        usage=usage,
+        ttft_s=meter.ttft_s,
+        tpot_s=meter.tpot_s,
+        duration_s=ended_at - ctx.started_at,
+        chunks=meter.chunks,
+        error=ending.error,
+        cancel_source=ending.cancel_source,
+        cancel_latency_s=None if ending.cancel_started is None else ended_at - ending.cancel_started,
+        cost_usd=billed_cost(pricer(ctx.chat.model, usage), ending.reason, answered=answered, chunks=meter.chunks),
+        finish_reason=meter.finish_reason,
+        retries=retries,
+        upstream_errors=dict(upstream_errors or {}),
+    )
+
+
+def billed_cost(priced: Decimal | None, reason: TerminationReason, *, answered: bool, chunks: int) -> Decimal | None:
+    """What the provider bills. An upstream that never answered 2xx, or answered and then failed before its
+    first chunk for a model without a price, billed nothing: 0, not "unknown"."""
+    if not answered or (priced is None and chunks == 0 and reason.is_failure):
+        return Decimal(0)
+    return priced
 
 
 class Finalizer(Protocol):

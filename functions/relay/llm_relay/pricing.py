@@ -23,6 +23,9 @@ from .metering import Usage
 logger = logging.getLogger(__name__)
 
 PER_TOKENS = Decimal(1_000_000)
+
+Pricer = Callable[[str, Usage], Decimal | None]
+"""The cost of a model's usage in USD; None when the model has no price."""
 _DATE_SUFFIX = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 
 

@@ -2,31 +2,18 @@
 (EMF), for every admitted request (a `Finalizer`) and every rejected one (`rejected`).
 
 Under the web adapter there is no Lambda handler to decorate, so the Lambda request id comes from the
-`x-amzn-lambda-context` header the adapter adds; it is logged as `lambda_request_id` for correlation.
+`x-amzn-lambda-context` header the adapter adds (`lambda_context.py`); it is logged as `lambda_request_id`.
 Never logged: prompts, completions, API keys, upstream keys, Authorization values.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
 from typing import Any
 
 from aws_lambda_powertools import Logger
 
 from .metrics import MetricsEmitter
 from .outcome import RequestContext, StreamOutcome
-
-
-def lambda_request_id(headers: Mapping[str, str]) -> str | None:
-    raw = headers.get("x-amzn-lambda-context")
-    if not raw:
-        return None
-    try:
-        value = json.loads(raw).get("request_id")
-    except (ValueError, AttributeError):
-        return None
-    return str(value) if value else None
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -54,14 +41,14 @@ class Telemetry:
             "tpot_ms": _ms(outcome.tpot_s),
             "duration_ms": _ms(outcome.duration_s),
             "chunks": outcome.chunks,
-            "retries": ctx.retries,
-            "upstream_errors": ctx.upstream_errors or None,
+            "retries": outcome.retries,
+            "upstream_errors": outcome.upstream_errors or None,
             "cancel_source": outcome.cancel_source,
             "cancel_latency_ms": _ms(outcome.cancel_latency_s),
             "error": outcome.error,
         }
         self.logger.info("request finished", extra={k: v for k, v in fields.items() if v is not None})
-        self.metrics.request_finished(ctx, outcome, outcome.cost_usd)
+        self.metrics.request_finished(ctx, outcome)
 
     def rejected(
         self, reason: str, status: int, code: str | None, request_id: str | None, lambda_id: str | None

@@ -1,8 +1,12 @@
-"""Termination reasons: exactly one per stream (DESIGN §2, the table)."""
+"""Termination reasons: exactly one per stream (DESIGN §2, the table), and the two tables that go with them:
+which reason an exception ends a request with (`reason_for`), and which HTTP status a request that ends before
+its first byte answers with (`HTTP_STATUS`)."""
 
 from __future__ import annotations
 
 from enum import StrEnum
+
+from .errors import RelayError, RequestCancelled, UpstreamTimeout
 
 
 class TerminationReason(StrEnum):
@@ -50,3 +54,30 @@ def reason_from_finish(finish_reason: str | None) -> TerminationReason:
     if finish_reason is None:
         return TerminationReason.INCOMPLETE
     return _FINISH_REASONS.get(finish_reason, TerminationReason.STOP)
+
+
+# Exception -> termination reason, for a request that ends before its response started (the upstream open
+# failed, was cancelled, or ran out of time). Checked in order: the first matching class wins.
+_EXCEPTION_REASONS: tuple[tuple[type[RelayError], str | None, TerminationReason], ...] = (
+    (RequestCancelled, None, TerminationReason.CLIENT_CANCELLED),
+    (UpstreamTimeout, "deadline", TerminationReason.DEADLINE),
+    (UpstreamTimeout, None, TerminationReason.UPSTREAM_TIMEOUT),
+)
+
+
+def reason_for(exc: RelayError) -> TerminationReason:
+    """The termination reason of an admitted request that ended with `exc` before its first byte."""
+    for cls, code, reason in _EXCEPTION_REASONS:
+        if isinstance(exc, cls) and (code is None or exc.code == code):
+            return reason
+    return TerminationReason.UPSTREAM_ERROR
+
+
+# Termination reason -> HTTP status of a `stream: false` answer that did not complete.
+HTTP_STATUS = {
+    TerminationReason.UPSTREAM_ERROR: 502,
+    TerminationReason.INCOMPLETE: 502,
+    TerminationReason.UPSTREAM_TIMEOUT: 504,
+    TerminationReason.DEADLINE: 504,
+    TerminationReason.CLIENT_CANCELLED: 409,
+}

@@ -129,7 +129,7 @@ class UsageRecord:
         }
 
 
-def record_for(ctx: RequestContext, outcome: StreamOutcome, cost: Decimal | None) -> UsageRecord:
+def record_for(ctx: RequestContext, outcome: StreamOutcome) -> UsageRecord:
     """The record of an admitted request, whatever ended it."""
     usage = outcome.usage
     return UsageRecord(
@@ -142,7 +142,7 @@ def record_for(ctx: RequestContext, outcome: StreamOutcome, cost: Decimal | None
         completion_tokens=usage.completion_tokens,
         cached_tokens=usage.cached_tokens,
         usage_source="estimated" if usage.estimated else "upstream",
-        cost_usd=cost,
+        cost_usd=outcome.cost_usd,
         ttft_ms=_ms(outcome.ttft_s),
         duration_ms=_ms(outcome.duration_s),
         mode=ctx.mode,

@@ -1,7 +1,7 @@
-"""One relayed stream as an ASGI response: pump upstream events to the client while watchers look for a
-client disconnect, an explicit cancel, the first-token timeout and the Lambda deadline. Whichever ends the
-stream first names its termination reason; then the upstream is closed at once, a terminal frame is
-written, and finalization (usage, metrics, logs) runs before the response body closes.
+"""One relayed stream as an ASGI response: the pump moves upstream events to the client while watchers look
+for a client disconnect, an explicit cancel, the first-token and idle timeouts and the Lambda deadline.
+Whichever ends the stream first names its termination reason; then the upstream is closed at once, a
+terminal frame is written, and `on_end` (the pipeline's finalization) runs before the response body closes.
 """
 
 from __future__ import annotations
@@ -9,45 +9,39 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import time
-from collections.abc import AsyncIterator, Callable
-from decimal import Decimal
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
 import httpx
+from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from .aggregate import CompletionAggregator
-from .encoding import Framing, dumps
-from .metering import StreamMeter, Usage
-from .outcome import Finalizer, RequestContext, StreamOutcome
+from .cancellation import CancelSignal
+from .clock import MONOTONIC, Clock
+from .encoding import Framing, dumps, error_body, summary_body
+from .metering import StreamMeter
+from .outcome import Ending, RequestContext, StreamOutcome, outcome_of
+from .pricing import Pricer
 from .settings import Settings
 from .sse import SSELineTooLong, SSEParser
-from .termination import TerminationReason, reason_from_finish
+from .termination import HTTP_STATUS, TerminationReason, reason_from_finish
 from .upstream import OpenedStream
 
 logger = logging.getLogger(__name__)
 
-Pricer = Callable[[str, Usage], Decimal | None]
-
 CLIENT_WRITE_TIMEOUT_S = 2.0  # longest wait for a client to take the terminal frame before finalizing anyway
-
-_ERROR_STATUS = {
-    TerminationReason.UPSTREAM_ERROR: 502,
-    TerminationReason.INCOMPLETE: 502,
-    TerminationReason.UPSTREAM_TIMEOUT: 504,
-    TerminationReason.DEADLINE: 504,
-    TerminationReason.CLIENT_CANCELLED: 409,
-}
+OnEnd = Callable[[StreamOutcome], Awaitable[None]]
 
 
 class _ClientGone(Exception):
     pass
 
 
-class RelayResponse:
-    """ASGI response for an admitted request whose upstream stream is already open (status 2xx)."""
+class RelayStream(Response):
+    """ASGI response for an admitted request whose upstream stream is already open (status 2xx). A Starlette
+    `Response` only so that FastAPI passes it through; it writes its own messages."""
 
     def __init__(
         self,
@@ -55,33 +49,29 @@ class RelayResponse:
         opened: OpenedStream,
         *,
         framing: Framing | None,
-        cancel_event: anyio.Event,
-        cancelled_at: Callable[[], float | None],
-        finalizer: Finalizer,
+        cancel: CancelSignal,
+        on_end: OnEnd,
         pricer: Pricer,
         settings: Settings,
-        headers: dict[str, str],
+        clock: Clock = MONOTONIC,
     ) -> None:
+        super().__init__()
         self.ctx = ctx
         self._opened = opened
         self._framing = framing  # None: answer one JSON body (stream: false)
-        self._cancel_event = cancel_event
-        self._cancelled_at = cancelled_at
-        self._finalizer = finalizer
+        self._cancel = cancel
+        self._on_end = on_end
         self._pricer = pricer
         self._settings = settings
-        self._headers = headers
+        self._clock = clock
         self.meter = StreamMeter(started_at=ctx.started_at)
         self._aggregator = CompletionAggregator() if framing is None else None
         self._send: Send | None = None
-        self._include_usage = ctx.chat.include_usage
         self._raw_chunks: AsyncIterator[bytes] = opened.response.aiter_raw()
         self._last_write = ctx.started_at
+        self._reading_since: float | None = None  # when the pump began waiting for upstream bytes
         self._pump_scope: anyio.CancelScope | None = None
-        self._reason: TerminationReason | None = None
-        self._error: str | None = None
-        self._cancel_source: str | None = None
-        self._cancel_started: float | None = None
+        self._ending: Ending | None = None
         self._client_gone = False
 
     # --- ASGI ---------------------------------------------------------------------------------------
@@ -115,38 +105,33 @@ class RelayResponse:
             tg.cancel_scope.cancel()
 
     async def _finish(self) -> None:
-        reason = self._reason or TerminationReason.INCOMPLETE
-        ended_well = not reason.is_failure and reason is not TerminationReason.CLIENT_CANCELLED
+        ending = self._ending or Ending(TerminationReason.INCOMPLETE)
+        ended_well = not ending.reason.is_failure and ending.reason is not TerminationReason.CLIENT_CANCELLED
         if not ended_well:
             await self._close_upstream()  # at once: cancellation latency is measured to here
-        closed_at = time.monotonic()
-        usage = self.meter.usage(self.ctx.chat.messages_as_dicts())
-        outcome = StreamOutcome(
-            reason=reason,
-            usage=usage,
-            ttft_s=self.meter.ttft_s,
-            tpot_s=self.meter.tpot_s,
-            duration_s=closed_at - self.ctx.started_at,
-            chunks=self.meter.chunks,
-            error=self._error,
-            cancel_source=self._cancel_source,
-            cancel_latency_s=None if self._cancel_started is None else closed_at - self._cancel_started,
-            cost_usd=self._pricer(self.ctx.chat.model, usage),
+        outcome = outcome_of(
+            self.ctx,
+            ending,
+            self.meter,
+            ended_at=self._clock.now(),
+            answered=True,
+            pricer=self._pricer,
+            retries=self._opened.retries,
+            upstream_errors=self._opened.status_errors,
         )
-        cost = outcome.cost_usd
         if self._framing is not None:
             with anyio.move_on_after(CLIENT_WRITE_TIMEOUT_S):  # a client that stopped reading cannot hold us
-                await self._write_terminal(outcome, cost)
+                await self._write_terminal(self._framing, outcome)
         if ended_well:
             await self._drain()
             await self._close_upstream()
         try:
-            await self._finalizer.finalize(self.ctx, outcome)
+            await self._on_end(outcome)
         except Exception:
             logger.exception("finalize failed for request %s", self.ctx.request_id)
         with anyio.move_on_after(CLIENT_WRITE_TIMEOUT_S):
             if self._framing is None:
-                await self._send_json(outcome, cost)
+                await self._send_json(outcome)
             elif not self._client_gone:
                 with contextlib.suppress(_ClientGone):
                     await self._raw_send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -162,24 +147,20 @@ class RelayResponse:
     # --- the pump -----------------------------------------------------------------------------------
     async def _pump(self) -> None:
         parser = SSEParser()
-        idle = self._settings.upstream_idle_timeout_s
         try:
             while True:
-                # Until the first token the first-token watcher bounds the wait; after it, the idle timeout.
-                with anyio.fail_after(idle if self.meter.first_token_at is not None else None):
-                    raw = await anext(self._raw_chunks, None)
+                self._reading_since = self._clock.now()  # the idle timeout runs only while we wait for bytes
+                raw = await anext(self._raw_chunks, None)
+                self._reading_since = None
                 if raw is None:
                     break
-                now = time.monotonic()
+                now = self._clock.now()
                 for event in parser.feed(raw):
                     if not await self._handle(event.data, now):
                         return
             self._conclude_finished()
-        except (TimeoutError, httpx.ReadTimeout):
-            self._conclude(
-                TerminationReason.UPSTREAM_TIMEOUT,
-                f"No upstream bytes for {self._settings.upstream_idle_timeout_s:g}s.",
-            )
+        except httpx.ReadTimeout:
+            self._conclude(TerminationReason.UPSTREAM_TIMEOUT, self._idle_message())
         except httpx.HTTPError as exc:
             self._conclude(TerminationReason.UPSTREAM_ERROR, f"Upstream stream failed ({type(exc).__name__}).")
         except SSELineTooLong:
@@ -195,11 +176,8 @@ class RelayResponse:
         if data == "[DONE]":
             self._conclude_finished()
             return False
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            chunk = None
-        if not isinstance(chunk, dict):
+        chunk = _parse_chunk(data)
+        if chunk is None:
             self._conclude(TerminationReason.UPSTREAM_ERROR, "Upstream sent a malformed event.")
             return False
         if "error" in chunk and not chunk.get("choices"):
@@ -225,13 +203,14 @@ class RelayResponse:
                 pass
 
     def _for_client(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
-        if not self._include_usage:
+        if not self.ctx.chat.include_usage:
             if not chunk.get("choices") and chunk.get("usage"):
                 return None
             chunk.pop("usage", None)
         chunk["id"] = self.ctx.request_id
         return chunk
 
+    # --- how it ends --------------------------------------------------------------------------------
     def _end(self, reason: TerminationReason, error: str | None = None, source: str | None = None) -> None:
         """A watcher ends the stream: name the reason (first caller wins) and stop the pump at once."""
         self._conclude(reason, error, source)
@@ -246,14 +225,17 @@ class RelayResponse:
         self._conclude(reason, error)
 
     def _conclude(self, reason: TerminationReason, error: str | None = None, source: str | None = None) -> None:
-        """Name the termination reason; the first caller wins."""
-        if self._reason is None:
-            self._reason = reason
-            self._error = error
-            if source is not None:
-                self._cancel_source = source
-                self._cancel_started = self._cancelled_at() if source == "cancel_call" else time.monotonic()
-                self._cancel_started = self._cancel_started or time.monotonic()
+        """Name the termination reason; the first caller wins. A cancel's latency runs from when it was
+        asked for: the cancel call's arrival, or now for a disconnect."""
+        if self._ending is not None:
+            return
+        started = None
+        if source is not None:
+            started = (self._cancel.requested_at if source == "cancel_call" else None) or self._clock.now()
+        self._ending = Ending(reason, error, source, started)
+
+    def _idle_message(self) -> str:
+        return f"No upstream bytes for {self._settings.upstream_idle_timeout_s:g}s."
 
     # --- watchers -----------------------------------------------------------------------------------
     async def _watch_disconnect(self, receive: Receive) -> None:
@@ -265,14 +247,17 @@ class RelayResponse:
                 return
 
     async def _watch_cancel(self) -> None:
-        await self._cancel_event.wait()
+        await self._cancel.event.wait()
         self._end(TerminationReason.CLIENT_CANCELLED, source="cancel_call")
 
     async def _watch_timers(self) -> None:
-        first_token_by = self.ctx.started_at + self._settings.upstream_first_token_timeout_s
+        """The deadline; until the first token the first-token timeout, after it the idle timeout (the pump
+        waited that long for upstream bytes). Wakes at the nearest of them, at least once per idle interval."""
+        settings = self._settings
+        first_token_by = self.ctx.started_at + settings.upstream_first_token_timeout_s
         deadline = self.ctx.deadline
         while True:
-            now = time.monotonic()
+            now = self._clock.now()
             if deadline is not None and now >= deadline:
                 self._end(TerminationReason.DEADLINE, "The relay's time limit was reached; the stream was ended.")
                 return
@@ -280,20 +265,23 @@ class RelayResponse:
             if waiting_first and now >= first_token_by:
                 self._end(
                     TerminationReason.UPSTREAM_TIMEOUT,
-                    f"No first token within {self._settings.upstream_first_token_timeout_s:g}s.",
+                    f"No first token within {settings.upstream_first_token_timeout_s:g}s.",
                 )
                 return
-            wake = [t for t in (deadline, first_token_by if waiting_first else None) if t is not None]
-            if not wake:
+            reading_since = self._reading_since
+            idle_by = (now if reading_since is None else reading_since) + settings.upstream_idle_timeout_s
+            if not waiting_first and now >= idle_by:
+                self._end(TerminationReason.UPSTREAM_TIMEOUT, self._idle_message())
                 return
-            await anyio.sleep(max(0.0, min(wake) - now))
+            wake = min(t for t in (deadline, first_token_by if waiting_first else None, idle_by) if t is not None)
+            await self._clock.sleep_until(wake)
 
     async def _heartbeat(self) -> None:
         assert self._framing is not None
         interval = self._settings.heartbeat_interval_s
         while True:
-            await anyio.sleep(max(0.0, self._last_write + interval - time.monotonic()))
-            if time.monotonic() - self._last_write >= interval:
+            await self._clock.sleep_until(self._last_write + interval)
+            if self._clock.now() - self._last_write >= interval:
                 try:
                     await self._write(self._framing.heartbeat)
                 except _ClientGone:
@@ -302,7 +290,7 @@ class RelayResponse:
 
     # --- output -------------------------------------------------------------------------------------
     async def _start(self, status: int, media_type: str, extra: dict[str, str] | None = None) -> None:
-        headers = {**self._headers, **(extra or {}), "content-type": media_type}
+        headers = {**(self.ctx.ticket.headers if self.ctx.ticket else {}), **(extra or {}), "content-type": media_type}
         if self._framing is not None:
             headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
         await self._raw_send(
@@ -318,7 +306,7 @@ class RelayResponse:
         frame is a single message, so a heartbeat can only ever fall between two frames, never inside one."""
         if self._client_gone:
             raise _ClientGone
-        self._last_write = time.monotonic()
+        self._last_write = self._clock.now()
         await self._raw_send({"type": "http.response.body", "body": data, "more_body": True})
         if nudge and self._framing is not None:
             await self._raw_send({"type": "http.response.body", "body": self._framing.nudge, "more_body": True})
@@ -331,65 +319,39 @@ class RelayResponse:
             self._client_gone = True
             raise _ClientGone from exc
 
-    async def _write_terminal(self, outcome: StreamOutcome, cost: Decimal | None) -> None:
-        assert self._framing is not None
+    async def _write_terminal(self, framing: Framing, outcome: StreamOutcome) -> None:
         if self._client_gone:
             return
         if outcome.reason.is_failure:
-            frame = self._framing.error(self._error_body(outcome))
+            frame = framing.error(error_body(self.ctx.request_id, outcome))
         else:
-            frame = self._framing.end(self._summary(outcome, cost))
+            frame = framing.end(summary_body(self.ctx.request_id, self.ctx.chat.model, outcome))
         with contextlib.suppress(_ClientGone):
             await self._write(frame)
 
-    def _summary(self, outcome: StreamOutcome, cost: Decimal | None) -> dict[str, Any]:
-        return {
-            "object": "relay.summary",
-            "id": self.ctx.request_id,
-            "model": self.ctx.chat.model,
-            "finish_reason": self.meter.finish_reason,
-            "termination_reason": outcome.reason.value,
-            "usage": {**outcome.usage.as_openai(), "estimated": outcome.usage.estimated},
-            "cost_usd": None if cost is None else format(cost, "f"),
-            "ttft_ms": _ms(outcome.ttft_s),
-            "tpot_ms": _ms(outcome.tpot_s),
-            "duration_ms": _ms(outcome.duration_s),
-            "chunks": outcome.chunks,
-        }
-
-    def _error_body(self, outcome: StreamOutcome) -> dict[str, Any]:
-        message = outcome.error or f"The stream ended without a finish_reason ({outcome.reason.value})."
-        return {
-            "error": {
-                "message": message,
-                "type": "upstream_error",
-                "param": None,
-                "code": outcome.reason.value,
-                "request_id": self.ctx.request_id,
-            }
-        }
-
-    async def _send_json(self, outcome: StreamOutcome, cost: Decimal | None) -> None:
+    async def _send_json(self, outcome: StreamOutcome) -> None:
+        """The one body of a `stream: false` answer: the assembled completion, or the error."""
         if self._client_gone:
             return
-        if outcome.reason.is_failure or outcome.reason is TerminationReason.CLIENT_CANCELLED:
-            status = _ERROR_STATUS[outcome.reason]
-            body: dict[str, Any] = self._error_body(outcome)
-            if outcome.reason is TerminationReason.CLIENT_CANCELLED:
-                body["error"].update(type="invalid_request_error", message="The request was cancelled.")
-        else:
+        status = HTTP_STATUS.get(outcome.reason, 200)
+        if status == 200:
             assert self._aggregator is not None
-            status = 200
+            ctx = self.ctx
             body = self._aggregator.completion(
-                self.ctx.request_id, self.ctx.chat.model, outcome.usage.as_openai(), int(self.ctx.started_epoch)
+                ctx.request_id, ctx.chat.model, outcome.usage.as_openai(), int(ctx.started_epoch)
             )
+        else:
+            body = error_body(self.ctx.request_id, outcome)
+        cost = outcome.cost_usd
         extra = {"x-relay-cost-usd": format(cost, "f")} if cost is not None else {}
-        try:
+        with contextlib.suppress(_ClientGone):
             await self._start(status, "application/json", extra)
             await self._raw_send({"type": "http.response.body", "body": dumps(body).encode(), "more_body": False})
-        except _ClientGone:
-            pass
 
 
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 3)
+def _parse_chunk(data: str) -> dict[str, Any] | None:
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        return None
+    return chunk if isinstance(chunk, dict) else None

@@ -1,0 +1,225 @@
+"""One request, one pipeline (DESIGN §2): authenticate → parse → admit → open the upstream → stream → finalize.
+
+Read `Pipeline.chat` top to bottom. Errors before admission are raised to the app's exception handlers and
+cost nothing. From admission on the request is finalized exactly once, by `_finalize`, whatever ends it: the
+stream's own end (`RelayStream` calls it before the response body closes), or an upstream open that failed,
+was cancelled or ran out of time.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import time
+from dataclasses import replace
+
+import anyio
+import anyio.to_thread
+from fastapi import Request
+from starlette.responses import Response
+
+from .admission import Admission
+from .auth import Authenticator
+from .cancellation import CancelRegistry, CancelSignal
+from .chat_request import parse_chat_request
+from .encoding import NDJSONFraming, SSEFraming
+from .errors import (
+    ModelNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RelayError,
+    RequestCancelled,
+    ServiceUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from .keys import ApiKey
+from .lambda_context import LambdaInvocation
+from .metering import StreamMeter
+from .outcome import Ending, Finalizer, RequestContext, StreamOutcome, outcome_of
+from .pricing import Pricer
+from .settings import Settings
+from .store import RelayStore, StoreUnavailable
+from .stream import RelayStream
+from .termination import reason_for
+from .upstream import OpenedStream, Upstream
+
+logger = logging.getLogger(__name__)
+
+
+class Pipeline:
+    """The relay's request handling, built once by `create_app` from its parts."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: RelayStore,
+        auth: Authenticator,
+        admission: Admission,
+        cancels: CancelRegistry,
+        finalizer: Finalizer,
+        pricer: Pricer,
+    ) -> None:
+        self.settings = settings
+        self._store = store
+        self._auth = auth
+        self._admission = admission
+        self.cancels = cancels
+        self._finalizer = finalizer
+        self._pricer = pricer
+        self.upstream: Upstream | None = None  # opened by the app's lifespan
+
+    async def chat(self, request: Request, *, ndjson: bool) -> Response:
+        """A chat completion, answered as SSE, NDJSON or one JSON body."""
+        key = await self._auth.authenticate(request.headers)
+        ctx = await self._parse(request, key, ndjson=ndjson)
+        cancel = self.cancels.register(ctx.request_id)
+        try:
+            ctx = replace(ctx, ticket=await self._admission.admit(ctx))
+        except BaseException:
+            self.cancels.unregister(ctx.request_id)
+            raise
+        opened = await self._open_upstream(ctx, cancel)
+        framing = NDJSONFraming() if ndjson else (SSEFraming() if ctx.chat.stream else None)
+        return RelayStream(
+            ctx,
+            opened,
+            framing=framing,
+            cancel=cancel,
+            on_end=functools.partial(self._finalize, ctx),
+            pricer=self._pricer,
+            settings=self.settings,
+        )
+
+    async def cancel(self, request: Request, request_id: str) -> dict[str, str]:
+        """The explicit cancel: mark the request in DynamoDB (any instance may run it), stop it here at once
+        if it runs in this process."""
+        key = await self._auth.authenticate(request.headers)
+        try:
+            item = await anyio.to_thread.run_sync(self._store.request_cancel, request_id, key.key_id)
+        except StoreUnavailable as exc:
+            raise ServiceUnavailable("The request store is unavailable; try again shortly.") from exc
+        if item is None:
+            raise NotFound(f"No request '{request_id}' for this key.")
+        self.cancels.cancel_local(request_id)
+        status = "finished" if "finished_at" in item else "cancelling"
+        return {"id": request_id, "object": "relay.cancel", "status": status}
+
+    # --- the steps ---------------------------------------------------------------------------------------
+    async def _parse(self, request: Request, key: ApiKey, *, ndjson: bool) -> RequestContext:
+        settings = self.settings
+        chat = parse_chat_request(
+            await read_body(request, settings.max_body_bytes),
+            max_tokens_cap=settings.max_tokens_cap,
+            allowed_models=settings.allowed_model_set,
+        )
+        if not key.allows_model(chat.model):
+            raise ModelNotAllowed(f"This key may not use the model '{chat.model}'.", param="model")
+        invocation: LambdaInvocation = request.state.lambda_invocation
+        now, now_epoch = time.monotonic(), time.time()
+        return RequestContext(
+            request_id=request.state.request_id,
+            key=key,
+            chat=chat,
+            mode="ndjson" if ndjson else ("sse" if chat.stream else "json"),
+            started_at=now,
+            started_epoch=now_epoch,
+            deadline=invocation.deadline(
+                now_epoch=now_epoch,
+                now_monotonic=now,
+                timeout_s=settings.function_timeout_s,
+                margin_s=settings.deadline_margin_s,
+            ),
+            lambda_request_id=invocation.request_id,
+        )
+
+    async def _open_upstream(self, ctx: RequestContext, cancel: CancelSignal) -> OpenedStream:
+        """Open the upstream stream (with its retries); an open that fails, is cancelled or runs out of time
+        is finalized here and answered as an error (with the admission's rate-limit headers)."""
+        try:
+            return await self._bounded_open(ctx, cancel)
+        except BaseException as exc:
+            failure = _as_relay_error(exc, ctx.request_id)
+            retries, errors = (failure.retries, failure.failures) if isinstance(failure, UpstreamError) else (0, {})
+            ending = Ending(reason_for(failure), failure.message)
+            meter = StreamMeter(started_at=ctx.started_at)
+            await self._finalize(
+                ctx,
+                outcome_of(
+                    ctx,
+                    ending,
+                    meter,
+                    ended_at=time.monotonic(),
+                    answered=False,
+                    pricer=self._pricer,
+                    retries=retries,
+                    upstream_errors=errors,
+                ),
+            )
+            if not isinstance(exc, Exception):  # cancelled (the server is shutting down): finalized, passed on
+                raise
+            failure.headers.update(ctx.ticket.headers if ctx.ticket else {})
+            if failure is exc:
+                raise
+            raise failure from exc
+
+    async def _bounded_open(self, ctx: RequestContext, cancel: CancelSignal) -> OpenedStream:
+        """The open itself, unless the client cancels or the deadline comes first: the stream's watchers do not
+        run yet, so this wait is bounded here."""
+        assert self.upstream is not None
+        opened: OpenedStream | None = None
+        failure: Exception | None = None  # raised after the task group, which would wrap it in an ExceptionGroup
+        async with anyio.create_task_group() as tg:
+
+            async def stop_on_cancel() -> None:
+                await cancel.event.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(stop_on_cancel)
+            with anyio.move_on_after(max(0.0, (ctx.deadline or math.inf) - time.monotonic())):
+                try:
+                    opened = await self.upstream.open_chat_stream(ctx.chat.upstream_body(), ctx.request_id)
+                except Exception as exc:
+                    failure = exc
+            tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        if opened is not None:
+            return opened
+        if cancel.is_set:
+            raise RequestCancelled("The request was cancelled before the upstream answered.")
+        raise UpstreamTimeout("The relay's time limit was reached before the upstream answered.", code="deadline")
+
+    async def _finalize(self, ctx: RequestContext, outcome: StreamOutcome) -> None:
+        """The one end of every admitted request: usage and limits, telemetry; then it can no longer be
+        cancelled here."""
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._finalizer.finalize(ctx, outcome)
+        finally:
+            self.cancels.unregister(ctx.request_id)
+
+
+def _as_relay_error(exc: BaseException, request_id: str) -> RelayError:
+    """What the client is told about a failed open: the upstream's own error, or a 502 for anything else."""
+    if isinstance(exc, UpstreamError | RequestCancelled):
+        return exc
+    if isinstance(exc, Exception):
+        logger.error("opening the upstream request failed for %s", request_id, exc_info=exc)
+        return UpstreamError(f"Upstream request failed ({type(exc).__name__}).")
+    return UpstreamError("The request was interrupted.")
+
+
+async def read_body(request: Request, cap: int) -> bytes:
+    """The request body, refused (413) as soon as it is known to be over `cap` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise PayloadTooLarge(f"Request body is {declared} bytes; the limit is {cap}.")
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > cap:
+            raise PayloadTooLarge(f"Request body exceeds the limit of {cap} bytes.")
+    return bytes(body)
