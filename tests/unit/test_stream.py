@@ -1,0 +1,374 @@
+"""The stream as an ASGI response, without sockets or wall-clock waits: a fake `receive`/`send`, the upstream
+body behind `httpx.MockTransport`, and a clock the test moves. Each ending is triggered by what was sent or by
+moving the clock, never by sleeping: one termination reason each, the upstream closed, finalized once."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import httpx
+import pytest
+from starlette.types import Message
+
+from llm_relay.admission import Ticket
+from llm_relay.cancellation import CancelSignal
+from llm_relay.chat_request import ChatRequest
+from llm_relay.encoding import Framing, NDJSONFraming, SSEFraming
+from llm_relay.keys import ApiKey
+from llm_relay.outcome import RequestContext, StreamOutcome
+from llm_relay.pricing import PriceTable
+from llm_relay.settings import Settings
+from llm_relay.stream import RelayStream
+from llm_relay.termination import TerminationReason
+from llm_relay.upstream import OpenedStream
+
+T0 = 1000.0
+SETTINGS = Settings(
+    upstream_url="http://upstream/v1",
+    upstream_first_token_timeout_s=60,
+    upstream_idle_timeout_s=20,
+    heartbeat_interval_s=15,
+)
+
+
+class FakeClock:
+    """Monotonic time that moves only when the test says so; sleepers wake when it passes their time."""
+
+    def __init__(self, start: float = T0) -> None:
+        self.t = start
+        self._moved = anyio.Event()
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep_until(self, when: float) -> None:
+        await anyio.lowlevel.checkpoint()  # like a real sleep, even when the time has come
+        while self.t < when:
+            await self._moved.wait()
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+        self._moved.set()
+        self._moved = anyio.Event()
+
+
+class UpstreamBody(httpx.AsyncByteStream):
+    """The upstream's response body: what the test feeds, as it feeds it; records being closed."""
+
+    def __init__(self) -> None:
+        self._send, self._receive = anyio.create_memory_object_stream[bytes | None](100)
+        self.closed = anyio.Event()
+
+    def feed(self, *events: Any) -> None:
+        for event in events:
+            data = event if isinstance(event, str) else json.dumps(event)
+            self._send.send_nowait(f"data: {data}\n\n".encode())
+
+    def end(self) -> None:
+        self._send.send_nowait(None)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for part in self._receive:
+            if part is None:
+                return
+            yield part
+
+    async def aclose(self) -> None:
+        self.closed.set()
+        self._send.close()
+        self._receive.close()
+
+
+@dataclass
+class Client:
+    """The ASGI client side: `send` keeps every message; `receive` answers a disconnect once told to."""
+
+    messages: list[Message] = field(default_factory=list)
+    gone: anyio.Event = field(default_factory=anyio.Event)
+    wrote: anyio.Event = field(default_factory=anyio.Event)
+    fails_on: bytes | None = None  # a body holding these bytes fails to send, as on a reset socket
+
+    async def receive(self) -> Message:
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        if self.fails_on is not None and self.fails_on in message.get("body", b""):
+            raise OSError("connection reset by peer")
+        self.messages.append(message)
+        self.wrote.set()
+        self.wrote = anyio.Event()
+
+    async def wait_for(self, text: str) -> None:
+        while text not in self.body:
+            await self.wrote.wait()
+
+    @property
+    def status(self) -> int:
+        return int(next(m["status"] for m in self.messages if m["type"] == "http.response.start"))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        start = next(m for m in self.messages if m["type"] == "http.response.start")
+        return {k.decode(): v.decode() for k, v in start["headers"]}
+
+    @property
+    def body(self) -> str:
+        return b"".join(m.get("body", b"") for m in self.messages if m["type"] == "http.response.body").decode()
+
+    @property
+    def closed(self) -> bool:
+        return any(m["type"] == "http.response.body" and not m.get("more_body") for m in self.messages)
+
+
+def chunk(content: str | None = None, finish: str | None = None, **extra: Any) -> dict[str, Any]:
+    delta = {} if content is None else {"content": content}
+    return {
+        "id": "up-1",
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        **extra,
+    }
+
+
+@dataclass
+class Run:
+    stream: RelayStream
+    body: UpstreamBody
+    client: Client
+    clock: FakeClock
+    cancel: CancelSignal
+    ended: list[StreamOutcome]
+
+    @property
+    def outcome(self) -> StreamOutcome:
+        [outcome] = self.ended  # finalized exactly once
+        return outcome
+
+
+def relay(
+    test: Callable[[Run], Any],
+    *,
+    framing: Framing | None = None,
+    stream: bool = True,
+    deadline: float | None = None,
+    settings: Settings = SETTINGS,
+    include_usage: bool = False,
+) -> Run:
+    """Run one stream to its end while `test` drives it; returns what happened."""
+    body = UpstreamBody()
+    client, clock, cancel, ended = Client(), FakeClock(), CancelSignal(), []
+    chat: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}], "stream": stream}
+    if include_usage:
+        chat["stream_options"] = {"include_usage": True}
+    ctx = RequestContext(
+        request_id="req_1",
+        key=ApiKey(key_id="rk_1", name="t"),
+        chat=ChatRequest.model_validate(chat),
+        mode="sse",
+        started_at=T0,
+        started_epoch=1.7e9,
+        deadline=deadline,
+        ticket=Ticket(headers={"x-ratelimit-limit-requests": "10"}),
+    )
+
+    async def on_end(outcome: StreamOutcome) -> None:
+        ended.append(outcome)
+
+    async def main() -> Run:
+        transport = httpx.MockTransport(lambda request: httpx.Response(200, stream=body))
+        async with httpx.AsyncClient(transport=transport, base_url="http://upstream/v1") as http:
+            response = await http.send(http.build_request("POST", "/chat/completions"), stream=True)
+            opened = OpenedStream(response, 0, {})
+            response_stream = RelayStream(
+                ctx,
+                opened,
+                framing=framing,
+                cancel=cancel,
+                on_end=on_end,
+                pricer=PriceTable.load(),
+                settings=settings,
+                clock=clock,
+            )
+            run = Run(response_stream, body, client, clock, cancel, ended)
+            with anyio.fail_after(10):  # a safety net only: every wait below is for an event
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(response_stream, {"type": "http"}, client.receive, client.send)
+                    await test(run)
+            await body.aclose()  # the memory streams, when the relay did not close them (a failing test)
+            return run
+
+    return anyio.run(main)
+
+
+SSE = SSEFraming()
+NDJSON = NDJSONFraming()
+
+
+# --- normal ends -----------------------------------------------------------------------------------------------
+def test_a_finished_stream_is_relayed_with_its_ids_rewritten_and_done() -> None:
+    async def drive(run: Run) -> None:
+        run.body.feed(chunk("Hel"), chunk("lo"), chunk(finish="stop"), "[DONE]")
+        run.body.end()
+
+    run = relay(drive, framing=SSE)
+    events = [e.removeprefix("data: ") for e in run.client.body.split("\n\n") if e.startswith("data: ")]
+    assert [json.loads(e)["id"] for e in events[:-1]] == ["req_1"] * 3 and events[-1] == "[DONE]"
+    assert run.client.status == 200 and run.client.headers["x-ratelimit-limit-requests"] == "10"
+    assert run.client.headers["content-type"] == "text/event-stream" and run.client.closed
+    assert run.outcome.reason is TerminationReason.STOP and run.outcome.finish_reason == "stop"
+    assert run.outcome.usage.completion_tokens == 2 and run.outcome.usage.estimated
+    assert run.body.closed.is_set()
+
+
+def test_ndjson_ends_with_the_summary_line() -> None:
+    async def drive(run: Run) -> None:
+        run.body.feed(chunk("a"), chunk(finish="length"), chunk(usage={"prompt_tokens": 3, "completion_tokens": 1}))
+        run.body.end()
+
+    run = relay(drive, framing=NDJSON)
+    lines = [json.loads(line) for line in run.client.body.splitlines() if line.strip()]
+    summary = lines[-1]
+    assert summary["object"] == "relay.summary" and summary["termination_reason"] == "length"
+    assert summary["usage"]["completion_tokens"] == 1 and summary["usage"]["estimated"] is False
+    assert all("usage" not in line for line in lines[:-1])  # the client did not ask for usage chunks
+    assert run.outcome.reason is TerminationReason.LENGTH
+
+
+def test_an_upstream_that_closes_without_a_finish_reason_is_incomplete() -> None:
+    async def drive(run: Run) -> None:
+        run.body.feed(chunk("a"))
+        run.body.end()
+
+    run = relay(drive, framing=SSE)
+    error = json.loads(run.client.body.split("\n\n")[-2].removeprefix("data: "))["error"]
+    assert error["code"] == "incomplete" and run.outcome.reason is TerminationReason.INCOMPLETE
+
+
+def test_a_malformed_event_is_an_upstream_error_and_closes_the_upstream() -> None:
+    async def drive(run: Run) -> None:
+        run.body.feed(chunk("a"), "{not json")
+
+    run = relay(drive, framing=NDJSON)
+    assert json.loads(run.client.body.splitlines()[-1])["error"]["code"] == "upstream_error"
+    assert run.outcome.reason is TerminationReason.UPSTREAM_ERROR and run.body.closed.is_set()
+
+
+# --- cancel --------------------------------------------------------------------------------------------------------
+def test_a_client_disconnect_closes_the_upstream_at_once() -> None:
+    async def drive(run: Run) -> None:
+        run.body.feed(chunk("a"))
+        await run.client.wait_for('"a"')
+        run.client.gone.set()
+        await run.body.closed.wait()  # without the upstream ever ending
+
+    run = relay(drive, framing=SSE)
+    assert run.outcome.reason is TerminationReason.CLIENT_CANCELLED and run.outcome.cancel_source == "disconnect"
+    assert "[DONE]" not in run.client.body  # nothing more is written to a client that left
+
+
+def test_a_client_whose_socket_fails_is_a_disconnect() -> None:
+    async def drive(run: Run) -> None:
+        run.client.fails_on = b"boom"  # what uvicorn's send does once the socket is gone
+        run.body.feed(chunk("boom"))
+        await run.body.closed.wait()
+
+    run = relay(drive, framing=SSE)
+    assert run.outcome.reason is TerminationReason.CLIENT_CANCELLED and run.outcome.cancel_source == "disconnect"
+
+
+def test_an_explicit_cancel_ends_the_stream_with_its_latency_from_the_call() -> None:
+    async def drive(run: Run) -> None:
+        run.body.feed(chunk("a"))
+        await run.client.wait_for('"a"')
+        run.cancel.set(run.clock.now())
+        await run.body.closed.wait()
+
+    run = relay(drive, framing=NDJSON)
+    summary = json.loads(run.client.body.splitlines()[-1])
+    assert summary["termination_reason"] == "client_cancelled" and run.client.closed
+    assert run.outcome.cancel_source == "cancel_call" and run.outcome.cancel_latency_s == 0
+
+
+# --- timers ------------------------------------------------------------------------------------------------------
+def test_no_first_token_in_time_is_an_upstream_timeout() -> None:
+    async def drive(run: Run) -> None:
+        await run.client.wait_for("")  # headers out
+        run.clock.advance(59)
+        run.body.feed(chunk())  # a role-only chunk is not a token
+        run.clock.advance(1)
+        await run.body.closed.wait()
+
+    run = relay(drive, framing=SSE)
+    error = json.loads(run.client.body.split("\n\n")[-2].removeprefix("data: "))["error"]
+    assert error["code"] == "upstream_timeout" and "No first token within 60s" in error["message"]
+    assert run.outcome.reason is TerminationReason.UPSTREAM_TIMEOUT
+
+
+def test_an_upstream_silent_for_the_idle_timeout_after_the_first_token_times_out() -> None:
+    async def drive(run: Run) -> None:
+        run.body.feed(chunk("a"))
+        await run.client.wait_for('"a"')
+        run.clock.advance(19)
+        assert not run.body.closed.is_set()
+        run.clock.advance(1)
+        await run.body.closed.wait()
+
+    run = relay(drive, framing=NDJSON, settings=SETTINGS.model_copy(update={"heartbeat_interval_s": 100}))
+    assert json.loads(run.client.body.splitlines()[-1])["error"]["message"] == "No upstream bytes for 20s."
+    assert run.outcome.reason is TerminationReason.UPSTREAM_TIMEOUT
+
+
+def test_the_deadline_ends_the_stream_cleanly_first() -> None:
+    async def drive(run: Run) -> None:
+        run.body.feed(chunk("a"))
+        await run.client.wait_for('"a"')
+        run.clock.advance(10)
+        await run.body.closed.wait()
+
+    run = relay(drive, framing=SSE, deadline=T0 + 10)
+    error = json.loads(run.client.body.split("\n\n")[-2].removeprefix("data: "))["error"]
+    assert error["code"] == "deadline" and run.outcome.reason is TerminationReason.DEADLINE and run.client.closed
+
+
+@pytest.mark.parametrize(("framing", "beat"), [(SSE, ": ping\n\n"), (NDJSON, "\n")])
+def test_heartbeats_keep_a_waiting_client_company(framing: Framing, beat: str) -> None:
+    async def drive(run: Run) -> None:
+        await run.client.wait_for("")
+        run.clock.advance(15)
+        await run.client.wait_for(beat)
+        run.clock.advance(15)
+        while run.client.body.count(beat) < 2:
+            await run.client.wrote.wait()
+        run.body.feed(chunk("a"), chunk(finish="stop"))
+        run.body.end()
+
+    run = relay(drive, framing=framing)
+    assert run.client.body.startswith(beat * 2) and run.outcome.reason is TerminationReason.STOP
+
+
+# --- stream: false -----------------------------------------------------------------------------------------------
+def test_a_buffered_answer_is_one_completion() -> None:
+    async def drive(run: Run) -> None:
+        run.body.feed(chunk("Hel"), chunk("lo"), chunk(finish="stop"), "[DONE]")
+        run.body.end()
+
+    run = relay(drive, stream=False)
+    completion = json.loads(run.client.body)
+    assert run.client.status == 200 and completion["object"] == "chat.completion" and completion["id"] == "req_1"
+    assert completion["choices"][0]["message"]["content"] == "Hello"
+    assert run.client.headers["x-relay-cost-usd"] == format(run.outcome.cost_usd, "f")
+
+
+def test_a_buffered_answer_that_fails_gets_its_status_and_error() -> None:
+    async def drive(run: Run) -> None:
+        run.body.feed(chunk("a"))
+        run.body.end()
+
+    run = relay(drive, stream=False)
+    assert run.client.status == 502 and json.loads(run.client.body)["error"]["code"] == "incomplete"
