@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from llm_relay import app, devserver
+from llm_relay import app
+from llm_relay_dev import devserver
 
 
 class _NoState:

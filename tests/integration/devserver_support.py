@@ -1,4 +1,4 @@
-"""Run `python -m llm_relay.devserver` (what `make dev` runs) as a subprocess and collect its output."""
+"""Run `python -m llm_relay_dev.devserver` (what `make dev` runs) as a subprocess and collect its output."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def dev_server(**env: str) -> Iterator[DevServer]:
     for name in ("RELAY_DYNAMODB_ENDPOINT", "RELAY_UPSTREAM_URL"):
         full_env.pop(name, None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llm_relay.devserver"],
+        [sys.executable, "-m", "llm_relay_dev.devserver"],
         env=full_env,
         text=True,
         stdout=subprocess.PIPE,

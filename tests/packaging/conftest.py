@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from llm_relay.local import create_table, ensure_dev_key
 from llm_relay.store import RelayStore, make_client
+from llm_relay_dev.dev_key import ensure_dev_key
+from llm_relay_dev.table import create_table
 from tests.packaging.expected import DEV_KEY
 
 REPO = Path(__file__).resolve().parents[2]
