@@ -141,8 +141,8 @@ def dev_table(moto_endpoint: str) -> Iterator[str]:
     yield table
 
 
-def relay_environment(moto_endpoint: str, table: str) -> dict[str, str]:
-    """Environment of a relay process under test: local DynamoDB, the embedded mock upstream."""
+def relay_environment(moto_endpoint: str, table: str, upstream_url: str) -> dict[str, str]:
+    """Environment of a relay process under test: local DynamoDB, the mock upstream (the app has no other)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_") and k != "AWS_PROFILE"}
     env.update(
         {
@@ -152,6 +152,7 @@ def relay_environment(moto_endpoint: str, table: str) -> dict[str, str]:
             "AWS_DEFAULT_REGION": "us-east-1",
             "RELAY_DYNAMODB_ENDPOINT": moto_endpoint,
             "RELAY_TABLE_NAME": table,
+            "RELAY_UPSTREAM_URL": upstream_url,
         }
     )
     return env
