@@ -260,13 +260,17 @@ def mock_upstream_in_thread() -> Iterator[str]:
 
 
 def main() -> None:
-    """`python -m llm_relay_dev.mock_upstream [port]`: serve the mock on 127.0.0.1 (default port 8081)."""
-    import sys
+    """`python -m llm_relay_dev.mock_upstream [port] [--host H]`: serve the mock (default 127.0.0.1:8081; `--host
+    0.0.0.0` lets `sam local invoke`'s container reach it)."""
+    import argparse
 
     import uvicorn
 
-    port = int(sys.argv[1]) if len(sys.argv) > 1 else 8081
-    uvicorn.run(create_mock_app(), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    parser = argparse.ArgumentParser(description="OpenAI-shaped mock upstream")
+    parser.add_argument("port", type=int, nargs="?", default=8081)
+    parser.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args()
+    uvicorn.run(create_mock_app(), host=args.host, port=args.port, log_level="warning", access_log=False)
 
 
 if __name__ == "__main__":
