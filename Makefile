@@ -5,6 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8080
 export PORT
+DYNAMODB_PORT ?= 8000
 # aws-sam-cli lives in its own virtualenv: its pinned dependencies conflict with ours.
 SAM_CLI_VERSION ?= 1.170.0
 SAM_VENV ?= .venv-sam
@@ -12,7 +13,7 @@ SAM := SAM_CLI_TELEMETRY=0 $(SAM_VENV)/bin/sam
 EVENT ?= events/chat-streamed.json
 INVOKE_DEV_KEY ?= lr-dev-local-key
 
-.PHONY: dev test lint typecheck unit bench clean sam build invoke
+.PHONY: dev dynamodb test lint typecheck unit bench clean sam build invoke
 
 # constraints.txt pins every package (`pip freeze` of a working .venv), so CI installs what was tested.
 $(BIN)/.installed: pyproject.toml constraints.txt
@@ -21,8 +22,11 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
-dev: $(BIN)/.installed ## run the relay locally: moto DynamoDB + mock upstream, prints a key and curl lines
-	$(BIN)/python -m llm_relay.devserver
+dev: $(BIN)/.installed ## run the relay locally: moto DynamoDB (or RELAY_DYNAMODB_ENDPOINT) + mock upstream, prints a key and curl lines
+	$(BIN)/python -m llm_relay_dev.devserver
+
+dynamodb: $(BIN)/.installed ## the local DynamoDB of `make dev` in the foreground on 127.0.0.1:$(DYNAMODB_PORT), to share
+	$(BIN)/python -m llm_relay_dev.local_dynamodb --port $(DYNAMODB_PORT)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -25,11 +25,11 @@ from llm_relay.app import create_app
 from llm_relay.keys import ApiKey, generate_key, generate_key_id, hash_key
 from llm_relay.limits import AdmissionPlan, Limits
 from llm_relay.limits_store import LimitsStore
-from llm_relay.local import create_table
-from llm_relay.local_moto import MotoServer
-from llm_relay.mock_upstream import create_mock_app
 from llm_relay.settings import Settings
 from llm_relay.store import RelayStore, make_client, request_item, serialize
+from llm_relay_dev.local_dynamodb import MotoServer
+from llm_relay_dev.mock_upstream import create_mock_app
+from llm_relay_dev.table import create_table
 
 ALL_LIMITS = {"rpm": 100000, "tpm": 10**9, "max_concurrent": 1000, "daily_budget_usd": 1000, "monthly_budget_usd": 1000}
 

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from llm_relay import app, devserver
+from llm_relay import app
+from llm_relay.admission import Ticket
+from llm_relay_dev import devserver
 
 
 class _NoState:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         pass
 
-    async def admit(self, ctx: Any) -> dict[str, str]:
-        return {}
+    async def admit(self, ctx: Any) -> Ticket:
+        return Ticket()
 
     async def finalize(self, ctx: Any, outcome: Any) -> None:
         return None

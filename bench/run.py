@@ -204,8 +204,8 @@ def main() -> None:
     moto_port, mock_port = free_port(), free_port()
     python = sys.executable
     procs = [
-        start([python, "-m", "llm_relay.local_moto", "-p", str(moto_port)]),
-        start([python, "-m", "llm_relay.mock_upstream", str(mock_port)]),
+        start([python, "-m", "llm_relay_dev.local_dynamodb", "-p", str(moto_port)]),
+        start([python, "-m", "llm_relay_dev.mock_upstream", str(mock_port)]),
     ]
     moto_url, mock_url = f"http://127.0.0.1:{moto_port}", f"http://127.0.0.1:{mock_port}"
     relays: dict[str, tuple[str, psutil.Process]] = {}
@@ -213,8 +213,8 @@ def main() -> None:
         wait_http(moto_url)
         wait_http(f"{mock_url}/healthz")
         variants = (
-            ("relay", "false", "llm_relay.devserver"),
-            ("relay+nudge", "true", "llm_relay.devserver"),
+            ("relay", "false", "llm_relay_dev.devserver"),
+            ("relay+nudge", "true", "llm_relay_dev.devserver"),
             ("relay, no DynamoDB", "false", "bench.relay_without_state"),
         )
         for name, nudge, module in variants:

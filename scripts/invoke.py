@@ -4,16 +4,16 @@ The AWS Lambda Runtime Interface Emulator (the `aws-lambda-rie` binary that ship
 package) runs as a plain process and starts `python -m awslambdaric llm_relay.lambda_handler.handler` as the
 function's runtime, exactly as it does inside the Lambda container image; the event is POSTed to the emulator's
 invoke endpoint and the Lambda response object is printed as JSON on stdout (several events: a JSON array, one
-warm sandbox). No Docker, no AWS: DynamoDB is a moto server started here (the table built from template.yaml,
-the dev key `RELAY_DEV_KEY` created in it) and the upstream is the app's embedded mock unless
-`RELAY_UPSTREAM_URL` is set. The emulator's and the function's logs go to stderr.
+warm sandbox). No Docker, no AWS: DynamoDB is a local moto server started here (the table built from
+template.yaml, the dev key `RELAY_DEV_KEY` created in it) and the upstream is the mock upstream served here,
+passed to the function as `RELAY_UPSTREAM_URL` unless that is set already (the app refuses to start without
+one). The emulator's and the function's logs go to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import platform
 import signal
@@ -27,8 +27,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from llm_relay.local import create_table, ensure_dev_key, load_template
 from llm_relay.store import RelayStore, make_client
+from llm_relay_dev.dev_key import ensure_dev_key
+from llm_relay_dev.local_dynamodb import MotoServer
+from llm_relay_dev.mock_upstream import mock_upstream_in_thread
+from llm_relay_dev.table import create_table, load_template
 
 REPO = Path(__file__).resolve().parent.parent
 HANDLER = "llm_relay.lambda_handler.handler"
@@ -54,21 +57,6 @@ def free_port() -> int:
         return port
 
 
-@contextmanager
-def moto_dynamodb() -> Iterator[str]:
-    """A moto server on a free loopback port for the length of the block; yields its endpoint URL."""
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
 def prepare_table(endpoint: str, table_name: str, dev_key: str) -> None:
     """The relay table exactly as template.yaml declares it, holding the dev key the events use."""
     os.environ.update(LOCAL_CREDENTIALS)
@@ -83,9 +71,10 @@ def function_settings(template: dict[str, Any]) -> tuple[str, str]:
     return str(params["FunctionTimeout"]["Default"]), str(params["MemorySize"]["Default"])
 
 
-def lambda_environment(endpoint: str, table_name: str, timeout: str, memory: str) -> dict[str, str]:
-    """What the Lambda service gives the runtime, plus where the local state lives. AWS profiles and real
-    credentials are dropped: nothing here may reach AWS."""
+def lambda_environment(endpoint: str, upstream: str, table_name: str, timeout: str, memory: str) -> dict[str, str]:
+    """What the Lambda service gives the runtime, plus where the local state and the upstream live (a
+    `RELAY_UPSTREAM_URL` already set wins). AWS profiles and real credentials are dropped: nothing here may
+    reach AWS."""
     env = {k: v for k, v in os.environ.items() if k not in ("AWS_PROFILE", "AWS_SESSION_TOKEN")}
     env.update(LOCAL_CREDENTIALS)
     env.update(
@@ -107,6 +96,8 @@ def lambda_environment(endpoint: str, table_name: str, timeout: str, memory: str
             "RELAY_FUNCTION_TIMEOUT_S": timeout,
         }
     )
+    if not env.get("RELAY_UPSTREAM_URL"):
+        env["RELAY_UPSTREAM_URL"] = upstream
     return env
 
 
@@ -199,9 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rie = args.rie or find_rie(args.sam_venv)
     timeout, memory = function_settings(load_template(REPO / "template.yaml"))
     dev_key = os.environ.get("RELAY_DEV_KEY") or DEFAULT_DEV_KEY
-    with moto_dynamodb() as endpoint:
+    with MotoServer() as endpoint, mock_upstream_in_thread() as upstream:
         prepare_table(endpoint, args.table, dev_key)
-        env = lambda_environment(endpoint, args.table, timeout, memory)
+        env = lambda_environment(endpoint, upstream, args.table, timeout, memory)
         with emulator(rie, env) as url:
             responses = [invoke(url, event, float(timeout) + 10) for event in events]
     print(json.dumps(responses[0] if len(responses) == 1 else responses, indent=2))

@@ -14,10 +14,11 @@ from fastapi import FastAPI
 
 from llm_relay.app import create_app
 from llm_relay.keys import ApiKey
-from llm_relay.local import create_table, ensure_dev_key
-from llm_relay.mock_upstream import MockState, create_mock_app
 from llm_relay.settings import Settings
 from llm_relay.store import RelayStore, make_client
+from llm_relay_dev.dev_key import ensure_dev_key
+from llm_relay_dev.mock_upstream import MockState, create_mock_app
+from llm_relay_dev.table import create_table
 from tests.servers import serve
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
@@ -30,8 +31,8 @@ os.environ.setdefault("POWERTOOLS_DEV", "false")
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """A real moto server (HTTP), shared by the session; each test gets its own table. It lets one request at a
-    time into moto: moto's transactions are not atomic under concurrent requests (see llm_relay.local_moto)."""
-    from llm_relay.local_moto import MotoServer
+    time into moto: moto's transactions are not atomic under concurrent requests (see llm_relay_dev.local_dynamodb)."""
+    from llm_relay_dev.local_dynamodb import MotoServer
 
     with MotoServer() as endpoint:
         yield endpoint

@@ -1,4 +1,4 @@
-"""Run `python -m llm_relay.devserver` (what `make dev` runs) as a subprocess and collect its output."""
+"""Run `python -m llm_relay_dev.devserver` (what `make dev` runs) as a subprocess and collect its output."""
 
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ from tests.servers import free_port, wait_healthy
 class DevServer:
     url: str
     key: str
-    moto_url: str
+    moto_url: str  # its own moto, or the RELAY_DYNAMODB_ENDPOINT it was given
     env: dict[str, str]
+    pid: int
     stdout: list[str] = field(default_factory=list)
     stderr: list[str] = field(default_factory=list)
 
@@ -50,24 +51,25 @@ def _pump(stream: Any, sink: list[str]) -> None:
 
 @contextmanager
 def dev_server(**env: str) -> Iterator[DevServer]:
+    """`make dev` on free ports; `env` overrides (e.g. RELAY_DYNAMODB_ENDPOINT: use that, start no moto)."""
     port, moto_port = free_port(), free_port()
+    inherited = {k: v for k, v in os.environ.items() if k not in ("RELAY_DYNAMODB_ENDPOINT", "RELAY_UPSTREAM_URL")}
     full_env = {
-        **os.environ,
+        **inherited,
         "PORT": str(port),
         "RELAY_MOTO_PORT": str(moto_port),
         "RELAY_DEV_KEY": env.pop("RELAY_DEV_KEY", "lr-dev-test-key"),
         **env,
     }
-    for name in ("RELAY_DYNAMODB_ENDPOINT", "RELAY_UPSTREAM_URL"):
-        full_env.pop(name, None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llm_relay.devserver"],
+        [sys.executable, "-m", "llm_relay_dev.devserver"],
         env=full_env,
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    server = DevServer(f"http://127.0.0.1:{port}", full_env["RELAY_DEV_KEY"], f"http://127.0.0.1:{moto_port}", full_env)
+    dynamodb = full_env.get("RELAY_DYNAMODB_ENDPOINT") or f"http://127.0.0.1:{moto_port}"
+    server = DevServer(f"http://127.0.0.1:{port}", full_env["RELAY_DEV_KEY"], dynamodb, full_env, proc.pid)
     threads = [
         threading.Thread(target=_pump, args=(proc.stdout, server.stdout), daemon=True),
         threading.Thread(target=_pump, args=(proc.stderr, server.stderr), daemon=True),

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from llm_relay.local import ensure_dev_key
+from llm_relay_dev.dev_key import ensure_dev_key
 from tests.conftest import Relay, RelayFactory, Upstream
 from tests.integration.helpers import RecordingFinalizer, chat_body
 

@@ -203,7 +203,7 @@ def test_a_killed_relay_process_holds_its_slot_no_longer_than_the_lease(
         "RELAY_DEADLINE_MARGIN_S": "0",
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "llm_relay.devserver"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "llm_relay_dev.devserver"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         wait_healthy(f"http://127.0.0.1:{port}", alive=lambda: process.poll() is None)

@@ -1,4 +1,4 @@
-"""The local moto server's transactions (llm_relay.local_moto): all or nothing, refusals carry ALL_OLD."""
+"""The local moto server's transactions (llm_relay_dev.local_dynamodb): all or nothing, refusals carry ALL_OLD."""
 
 from __future__ import annotations
 
@@ -65,8 +65,8 @@ def test_adding_numbers_in_exponent_notation(moto_endpoint: str) -> None:
     # GIVEN a cost below 1e-6, which Python's Decimal (and so boto3) writes as 9E-7
     from decimal import Decimal
 
-    from llm_relay.local import create_table
     from llm_relay.store import deserialize, make_client, serialize
+    from llm_relay_dev.table import create_table
 
     client = make_client(moto_endpoint, "us-east-1")
     create_table(client, "exp-numbers")

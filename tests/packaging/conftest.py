@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from llm_relay.local import create_table, ensure_dev_key
 from llm_relay.store import RelayStore, make_client
+from llm_relay_dev.dev_key import ensure_dev_key
+from llm_relay_dev.table import create_table
 from tests.packaging.expected import DEV_KEY
 
 REPO = Path(__file__).resolve().parents[2]
@@ -140,8 +141,8 @@ def dev_table(moto_endpoint: str) -> Iterator[str]:
     yield table
 
 
-def relay_environment(moto_endpoint: str, table: str) -> dict[str, str]:
-    """Environment of a relay process under test: local DynamoDB, the embedded mock upstream."""
+def relay_environment(moto_endpoint: str, table: str, upstream_url: str) -> dict[str, str]:
+    """Environment of a relay process under test: local DynamoDB, the mock upstream (the app has no other)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_") and k != "AWS_PROFILE"}
     env.update(
         {
@@ -151,6 +152,7 @@ def relay_environment(moto_endpoint: str, table: str) -> dict[str, str]:
             "AWS_DEFAULT_REGION": "us-east-1",
             "RELAY_DYNAMODB_ENDPOINT": moto_endpoint,
             "RELAY_TABLE_NAME": table,
+            "RELAY_UPSTREAM_URL": upstream_url,
         }
     )
     return env

@@ -5,6 +5,7 @@ and through `run.sh` (uvicorn, the path the web adapter streams)."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -16,8 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import Upstream
 from tests.packaging.conftest import Built, relay_environment
 from tests.packaging.expected import EVENTS_DIR, check_response, event_names, load_event
+from tests.packaging.test_run_sh import assert_refused_in_one_line, run_without_upstream
 from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
@@ -61,6 +64,80 @@ def test_function_zip_holds_only_the_entry_point_and_the_package(sam_build: Buil
     assert _size(function) < 2 * 1024 * 1024
 
 
+DEV_MODULES = {"llm_relay_dev", "mock_upstream", "local_moto", "local_dynamodb", "devserver", "local", "embedded_mock"}
+DEV_ONLY_IMPORTS = {"llm_relay_dev", "yaml", "moto", "werkzeug", "pytest", "psutil", "openai"}
+
+# Runs inside the artifact's interpreter: imports every module of the package, prints the ones that failed.
+IMPORT_ALL_SCRIPT = """
+import importlib, json, pkgutil
+import llm_relay
+failed = {}
+for module in pkgutil.walk_packages(llm_relay.__path__, "llm_relay."):
+    try:
+        importlib.import_module(module.name)
+    except Exception as exc:
+        failed[module.name] = repr(exc)
+print(json.dumps({"failed": failed, "llm_relay": llm_relay.__file__}))
+"""
+
+
+def _imported_roots(path: Path) -> set[str]:
+    """Top-level names a module imports (absolute imports only; relative ones stay inside the package)."""
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            roots |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def test_function_artifact_holds_no_dev_tooling(sam_build: Built) -> None:
+    # GIVEN the built function
+    function = sam_build.function
+    # THEN no dev module was copied in: no dev package, no mock upstream, local DynamoDB, dev server
+    names = {path.stem for path in function.rglob("*")}
+    assert not names & DEV_MODULES, names & DEV_MODULES
+    # AND no module of the function imports dev-only code (the layer has none of it)
+    offenders = {
+        str(path.relative_to(function)): roots & DEV_ONLY_IMPORTS
+        for path in function.rglob("*.py")
+        if (roots := _imported_roots(path)) & DEV_ONLY_IMPORTS
+    }
+    assert not offenders, offenders
+
+
+def test_every_module_of_the_artifact_imports_with_the_layer_alone(
+    sam_build: Built, python312: str, runtime_sdk: Path
+) -> None:
+    # GIVEN the built function and layer on CPython 3.12 without site-packages
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env["PYTHONPATH"] = os.pathsep.join(map(str, (sam_build.function, sam_build.native_layer, runtime_sdk)))
+    # WHEN every module of the package is imported
+    done = subprocess.run(
+        [python312, "-S", "-c", IMPORT_ALL_SCRIPT], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    # THEN each one imports from the artifact: nothing it needs is missing from the layer or the runtime
+    assert result["llm_relay"].startswith(str(sam_build.function))
+    assert result["failed"] == {}
+
+
+def test_built_run_sh_refuses_to_start_without_an_upstream_url(
+    sam_build: Built, python312: str, runtime_sdk: Path, tmp_path: Path
+) -> None:
+    # GIVEN the built run.sh, `python3` being CPython 3.12 without site-packages, and no RELAY_UPSTREAM_URL
+    layer = os.pathsep.join(map(str, (sam_build.native_layer, runtime_sdk)))
+    shim_python = tmp_path / "python312-S"
+    shim_python.write_text(f'#!/bin/sh\nexec "{python312}" -S "$@"\n')
+    shim_python.chmod(0o755)
+    # WHEN the adapter would start it
+    done = run_without_upstream(sam_build.function / "run.sh", str(shim_python), tmp_path / "bin", layer)
+    # THEN it exits non-zero with one line naming the variable, no traceback
+    assert_refused_in_one_line(done)
+
+
 @pytest.mark.parametrize(("arch", "machine"), [("arm64", "aarch64"), ("x86_64", "x86_64")])
 def test_each_layer_holds_wheels_for_its_architecture(sam_build: Built, arch: str, machine: str) -> None:
     # GIVEN the layer built for one architecture
@@ -85,10 +162,10 @@ def test_each_layer_holds_wheels_for_its_architecture(sam_build: Built, arch: st
 
 
 def test_built_artifact_answers_every_event_through_mangum(
-    sam_build: Built, python312: str, runtime_sdk: Path, moto_endpoint: str, dev_table: str
+    sam_build: Built, python312: str, runtime_sdk: Path, moto_endpoint: str, dev_table: str, upstream: Upstream
 ) -> None:
     # GIVEN the built function and layer on CPython 3.12 without site-packages
-    env = relay_environment(moto_endpoint, dev_table)
+    env = relay_environment(moto_endpoint, dev_table, upstream.url)
     env["PYTHONPATH"] = os.pathsep.join(map(str, (sam_build.function, sam_build.native_layer, runtime_sdk)))
     # WHEN every event goes through its Lambda handler
     paths = [str(EVENTS_DIR / f"{name}.json") for name in event_names()]
@@ -106,7 +183,13 @@ def test_built_artifact_answers_every_event_through_mangum(
 
 @pytest.fixture
 def run_sh(
-    sam_build: Built, python312: str, runtime_sdk: Path, moto_endpoint: str, dev_table: str, tmp_path: Path
+    sam_build: Built,
+    python312: str,
+    runtime_sdk: Path,
+    moto_endpoint: str,
+    dev_table: str,
+    upstream: Upstream,
+    tmp_path: Path,
 ) -> Iterator[str]:
     """The built run.sh serving on a free port, as the web adapter starts it; `python3` is CPython 3.12
     without site-packages. Yields the base URL once /healthz answers (the adapter's readiness check)."""
@@ -115,7 +198,7 @@ def run_sh(
     (shim / "python3").write_text(f'#!/bin/sh\nexec "{python312}" -S "$@"\n')
     (shim / "python3").chmod(0o755)
     port = free_port()
-    env = relay_environment(moto_endpoint, dev_table)
+    env = relay_environment(moto_endpoint, dev_table, upstream.url)
     env.update(
         {
             "PORT": str(port),

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from llm_relay.local import load_template
 from llm_relay.metrics import CATALOGUE, REJECTION_REASONS, REJECTIONS, SPECS, STREAMS
 from llm_relay.termination import TerminationReason
+from llm_relay_dev.table import load_template
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "LLMRelay"

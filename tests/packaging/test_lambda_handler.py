@@ -10,14 +10,18 @@ from collections.abc import Iterator
 import pytest
 
 from llm_relay import lambda_handler
+from llm_relay.errors import ConfigurationError
+from tests.conftest import Upstream
 from tests.packaging.conftest import relay_environment
 from tests.packaging.expected import check_response, load_event
 
 
 @pytest.fixture
-def fresh_handler(monkeypatch: pytest.MonkeyPatch, moto_endpoint: str, dev_table: str) -> Iterator[None]:
+def fresh_handler(
+    monkeypatch: pytest.MonkeyPatch, moto_endpoint: str, dev_table: str, upstream: Upstream
+) -> Iterator[None]:
     """The handler as in a new sandbox: no adapter built yet, the environment of a local relay."""
-    for name, value in relay_environment(moto_endpoint, dev_table).items():
+    for name, value in relay_environment(moto_endpoint, dev_table, upstream.url).items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(lambda_handler, "_adapter", None)
     yield
@@ -45,3 +49,17 @@ def test_the_app_is_built_once_per_sandbox(fresh_handler):
     assert json.loads(first["body"]) == json.loads(second["body"]) == {"status": "ok"}
     # AND every response has its own request id
     assert first["headers"]["x-request-id"] != second["headers"]["x-request-id"]
+
+
+def test_the_handler_refuses_without_an_upstream_url(
+    monkeypatch: pytest.MonkeyPatch, moto_endpoint: str, dev_table: str
+) -> None:
+    # GIVEN a fresh sandbox whose environment lacks RELAY_UPSTREAM_URL
+    for name, value in relay_environment(moto_endpoint, dev_table, "unused").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("RELAY_UPSTREAM_URL")
+    monkeypatch.setattr(lambda_handler, "_adapter", None)
+    # WHEN an invocation arrives THEN it fails with an error naming the variable, and no app is kept
+    with pytest.raises(ConfigurationError, match="RELAY_UPSTREAM_URL"):
+        lambda_handler.handler(load_event("healthz"), None)
+    assert lambda_handler._adapter is None

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from llm_relay.local import load_template
 from llm_relay.settings import Settings
+from llm_relay_dev.table import load_template
 from tests.packaging.conftest import REPO, SAM_VENV, sam_environment
 
 ADAPTER_ACCOUNT = "753240598075"

@@ -22,8 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .admission import Admission
 from .auth import Authenticator
 from .cancellation import CancelRegistry
-from .embedded_mock import embedded_mock_upstream
-from .errors import InvalidRequest, NotFound, RelayError
+from .errors import ConfigurationError, InvalidRequest, NotFound, RelayError
 from .finalize import Finalizers
 from .lambda_context import LambdaInvocation
 from .limiter import Limiter
@@ -91,6 +90,16 @@ def _known_models(settings: Settings, prices: PriceTable) -> set[str]:
     return set(settings.allowed_model_set or ()) | set(prices.models)
 
 
+def require_upstream(settings: Settings, transport: httpx.AsyncBaseTransport | None) -> None:
+    """Refuse to build an app with nowhere to send requests: a deployment missing its upstream URL must fail at
+    start-up, not answer users with anything. Tests inject a transport instead of a URL."""
+    if settings.upstream_url is None and transport is None:
+        raise ConfigurationError(
+            "RELAY_UPSTREAM_URL is not set: the relay has no upstream to send requests to "
+            "(set it to the provider's OpenAI-compatible base URL ending in /v1; `make dev` runs a mock upstream)"
+        )
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -101,6 +110,7 @@ def create_app(
     upstream_transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
     settings = settings or Settings()
+    require_upstream(settings, upstream_transport)
     store = store or RelayStore(settings.table_name, make_client(settings.dynamodb_endpoint, settings.aws_region))
     prices = PriceTable.load(settings.prices_json)
     telemetry = Telemetry(
@@ -122,8 +132,6 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             base_url = settings.upstream_url
-            if base_url is None and upstream_transport is None:
-                base_url = await stack.enter_async_context(embedded_mock_upstream())
             pipeline.upstream = Upstream(
                 settings, base_url or "http://upstream/v1", UpstreamKeyProvider(settings), transport=upstream_transport
             )

@@ -1,5 +1,9 @@
 """The relay's exceptions. Every error a client can see is a `RelayError` carrying its HTTP status and
-an OpenAI-style body; the mapping to HTTP lives in one place (`app.py` exception handlers).
+an OpenAI-style body; the mapping to HTTP lives in one place (`app.py` exception handlers). A configuration
+the relay refuses to start with is a `ConfigurationError`: no client ever sees it, so it is not a RelayError
+(no handler can turn it into an HTTP answer).
+
+ConfigurationError                                             (start-up refused: e.g. no RELAY_UPSTREAM_URL)
 
 RelayError
 ├── InvalidRequest          400  invalid_request_error        (bad JSON, wrong types, bad values)
@@ -110,3 +114,8 @@ class UpstreamError(RelayError):
 class UpstreamTimeout(UpstreamError):
     status_code = 504
     code = "upstream_timeout"
+
+
+class ConfigurationError(Exception):
+    """The settings would make the relay do the wrong thing silently (e.g. no upstream to send requests to), so
+    it refuses to start. The message names the environment variable to set."""

@@ -22,11 +22,13 @@ _adapter: Mangum | None = None
 
 def build_adapter() -> Mangum:
     """The app behind Mangum, built from the environment's settings. The ASGI lifespan (upstream client, cancel
-    poller) runs around every invocation, so nothing is left running while Lambda freezes the sandbox."""
+    poller) runs around every invocation, so nothing is left running while Lambda freezes the sandbox.
+    Without `RELAY_UPSTREAM_URL` it raises `ConfigurationError`: the invocation fails, naming the variable."""
+    app = create_app()
     # Mangum drives the app with `asyncio.get_event_loop()`; give the thread a loop of its own so that call
     # neither warns (Python 3.12) nor fails (3.14+).
     asyncio.set_event_loop(asyncio.new_event_loop())
-    return Mangum(create_app(), lifespan="auto", text_mime_types=TEXT_MIME_TYPES)
+    return Mangum(app, lifespan="auto", text_mime_types=TEXT_MIME_TYPES)
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:

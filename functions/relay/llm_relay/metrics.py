@@ -13,7 +13,6 @@ import json
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 

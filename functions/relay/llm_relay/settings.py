@@ -20,7 +20,8 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, alias="PORT", ge=1, le=65535)
     host: str = "127.0.0.1"
 
-    # Upstream LLM provider. Unset URL: the embedded mock upstream is started in-process.
+    # Upstream LLM provider. Required: without a URL `create_app` refuses to start (ConfigurationError); only
+    # `make dev` (llm_relay_dev) fills it in, with the URL of the mock upstream it starts.
     upstream_url: str | None = None
     upstream_api_key: str | None = Field(default=None, repr=False)
     upstream_secret_arn: str | None = None

@@ -1,13 +1,10 @@
-"""Local (no AWS) plumbing shared by `make dev`, `make invoke` and the tests: the DynamoDB table built
-from `template.yaml` itself (so the schema under test cannot drift from the deployed one), and a dev key."""
+"""The relay's DynamoDB table built from `template.yaml` itself, so the schema that `make dev`, `make dynamodb`,
+`make invoke` and the tests use cannot drift from the deployed one. Needs PyYAML (dev only)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from .keys import ApiKey, generate_key, generate_key_id, hash_key
-from .store import RelayStore, now_iso
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -67,15 +64,3 @@ def create_table(client: DynamoDBClient, table_name: str, template: dict[str, An
     ttl = props.get("TimeToLiveSpecification")
     if ttl:
         client.update_time_to_live(TableName=table_name, TimeToLiveSpecification=ttl)
-
-
-def ensure_dev_key(store: RelayStore, plain: str | None = None, name: str = "dev") -> tuple[str, ApiKey]:
-    """Create (or reuse) the dev key; returns the plain key and its record."""
-    plain = plain or generate_key()
-    key_hash = hash_key(plain)
-    existing = store.get_key_by_hash(key_hash)
-    if existing is not None:
-        return plain, existing
-    key = ApiKey(key_id=generate_key_id(), name=name, created_at=now_iso())
-    store.put_key(key, key_hash)
-    return plain, key

@@ -1,4 +1,5 @@
-"""A local moto DynamoDB server that handles one request at a time (dev server and tests; needs moto).
+"""`make dynamodb`: a local moto DynamoDB server that handles one request at a time (the dev server, the tests,
+the benchmark; needs moto).
 
 Why not moto's `ThreadedMotoServer` as is: moto's TransactWriteItems deep-copies the table, applies the
 items one by one and, if one condition fails, puts the copy back, all without a lock. Under concurrent
@@ -12,15 +13,25 @@ cost time proportional to the table: ~80 ms at 1000 items, so a long `make dev` 
 module swaps in a TransactWriteItems that checks every condition first, then applies the items, restoring
 just the touched items if applying fails.
 
-    python -m llm_relay.local_moto [-p PORT]     # the same server on its own (bench, a second terminal)
+    python -m llm_relay_dev.local_dynamodb [-p PORT] [--table NAME]    # what `make dynamodb` runs
+
+On its own it serves in the foreground until SIGINT/SIGTERM, with the relay table created from template.yaml,
+so several relays (`make dev` with `RELAY_DYNAMODB_ENDPOINT`), the CLI and the benchmark can share one state.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
+import signal
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+
+import boto3
+
+from .table import create_table
 
 
 class MotoServer:
@@ -196,22 +207,30 @@ def _apply(backend: Any, ops: list[tuple[str, dict[str, Any], str, Any]]) -> Non
         raise
 
 
-def main() -> None:
-    import argparse
-    import time
+READY = "local DynamoDB ready"
 
-    parser = argparse.ArgumentParser(description="moto DynamoDB, one request at a time")
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="local DynamoDB (moto, one request at a time)")
     parser.add_argument("-H", "--host", default="127.0.0.1")
-    parser.add_argument("-p", "--port", type=int, default=5000)
-    args = parser.parse_args()
-    server = MotoServer(args.host, args.port)
-    server.start()
-    print(f"moto (serialized) on {server.endpoint}", flush=True)  # noqa: T201
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        server.stop()
+    parser.add_argument("-p", "--port", type=int, default=int(os.environ.get("DYNAMODB_PORT") or 8000))
+    parser.add_argument("--table", default=os.environ.get("RELAY_TABLE_NAME") or "llm-relay")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Serve in the foreground: start, create the table, print the ready line, stop on SIGINT or SIGTERM.
+    The signals are blocked before the server thread starts, so only `sigwait` here receives them."""
+    args = parse_args(argv)
+    for name, value in (("AWS_ACCESS_KEY_ID", "dev"), ("AWS_SECRET_ACCESS_KEY", "dev")):
+        os.environ.setdefault(name, value)
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    with MotoServer(args.host, args.port) as endpoint:
+        create_table(boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1"), args.table)
+        print(f"{READY}: {endpoint}  (table {args.table})", flush=True)  # noqa: T201
+        print(f"  RELAY_DYNAMODB_ENDPOINT={endpoint} make dev", flush=True)  # noqa: T201
+        signal.sigwait(stop_signals)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Embedded mock upstream: an OpenAI-shaped chat-completions server for `make dev`, tests and the benchmark.
+"""Mock upstream: an OpenAI-shaped chat-completions server for `make dev`, tests and the benchmark.
 
 Behaviour comes from `MockConfig` defaults, overridden per request by an optional `mock` object in the
 request body (the relay forwards unknown fields), e.g.
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -247,14 +249,28 @@ async def _non_streaming(stream: _MockStream) -> Response:
     )
 
 
+@contextmanager
+def mock_upstream_in_thread() -> Iterator[str]:
+    """The mock on an ephemeral loopback port for the length of the block; yields its base URL (ending in /v1),
+    the value `RELAY_UPSTREAM_URL` takes. A real socket keeps TTFT and disconnects real."""
+    from .serving import serve_in_thread
+
+    with serve_in_thread(create_mock_app()) as base:
+        yield f"{base}/v1"
+
+
 def main() -> None:
-    """`python -m llm_relay.mock_upstream [port]`: serve the mock on 127.0.0.1 (default port 8081)."""
-    import sys
+    """`python -m llm_relay_dev.mock_upstream [port] [--host H]`: serve the mock (default 127.0.0.1:8081; `--host
+    0.0.0.0` lets `sam local invoke`'s container reach it)."""
+    import argparse
 
     import uvicorn
 
-    port = int(sys.argv[1]) if len(sys.argv) > 1 else 8081
-    uvicorn.run(create_mock_app(), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    parser = argparse.ArgumentParser(description="OpenAI-shaped mock upstream")
+    parser.add_argument("port", type=int, nargs="?", default=8081)
+    parser.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args()
+    uvicorn.run(create_mock_app(), host=args.host, port=args.port, log_level="warning", access_log=False)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,99 @@
+"""`make dev`: the relay on 127.0.0.1:$PORT with a local DynamoDB, a mock upstream, a dev key and
+ready-to-paste curl lines.
+
+DynamoDB: the endpoint in `RELAY_DYNAMODB_ENDPOINT` when set (a `make dynamodb` shared by several relays; the
+table is created there if missing), else a serialized moto server started in this process. Upstream: the URL in
+`RELAY_UPSTREAM_URL` when set, else the mock upstream served from a background thread of this process. The
+production app has no such fallback: it refuses to start without an upstream URL.
+
+Prints one human line per finished request, the figures the CloudWatch dashboard would show.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import ExitStack
+
+import uvicorn
+
+from llm_relay.app import create_app
+from llm_relay.outcome import RequestContext, StreamOutcome
+from llm_relay.settings import Settings
+from llm_relay.store import RelayStore, make_client
+
+from .dev_key import ensure_dev_key
+from .local_dynamodb import MotoServer
+from .mock_upstream import mock_upstream_in_thread
+from .table import create_table
+
+LOCAL_AWS = (("AWS_ACCESS_KEY_ID", "dev"), ("AWS_SECRET_ACCESS_KEY", "dev"), ("AWS_REGION", "us-east-1"))
+
+
+class DevEcho:
+    """Finalizer that prints what each finished request did (dev only)."""
+
+    async def finalize(self, ctx: RequestContext, outcome: StreamOutcome) -> None:
+        ttft = "-" if outcome.ttft_s is None else f"{outcome.ttft_s * 1000:.0f}ms"
+        usage = outcome.usage
+        print(
+            f"[relay] {ctx.request_id} {ctx.key.key_id} {ctx.chat.model} {ctx.mode}: {outcome.reason.value}"
+            f" tokens={usage.prompt_tokens}+{usage.completion_tokens}{' (est)' if usage.estimated else ''}"
+            f" ttft={ttft} duration={outcome.duration_s * 1000:.0f}ms",
+            flush=True,
+        )
+
+
+def dynamodb_endpoint(given: str | None, stack: ExitStack) -> tuple[str, str]:
+    """(endpoint, how it was chosen). A given endpoint is used as is: no moto is started here then."""
+    if given:
+        return given, "from RELAY_DYNAMODB_ENDPOINT"
+    moto = MotoServer(port=int(os.environ.get("RELAY_MOTO_PORT", "0")))  # one request at a time, see the module
+    return stack.enter_context(moto), "moto in this process"
+
+
+def upstream_url(given: str | None, stack: ExitStack) -> tuple[str, str]:
+    """(upstream base URL, how it was chosen): `RELAY_UPSTREAM_URL`, else the mock served here."""
+    if given:
+        return given, "from RELAY_UPSTREAM_URL"
+    return stack.enter_context(mock_upstream_in_thread()), "mock upstream in this process"
+
+
+def banner(settings: Settings, plain: str, key_id: str, upstream: str, dynamodb: str) -> str:
+    """What `make dev` prints once ready: where everything is, the dev key and curl lines using it."""
+    base = f"http://{settings.host}:{settings.port}"
+    return f"""
+llm-relay dev server
+  relay     {base}
+  upstream  {settings.upstream_url}   ({upstream})
+  DynamoDB  {settings.dynamodb_endpoint}   ({dynamodb}; table {settings.table_name})
+  dev key   {plain}   (key id {key_id})
+
+  curl -N {base}/v1/chat/completions -H 'Authorization: Bearer {plain}' \\
+       -H 'Content-Type: application/json' \\
+       -d '{{"model":"gpt-4o-mini","stream":true,"messages":[{{"role":"user","content":"Hello"}}]}}'
+
+  curl -N {base}/api/v1/chat/stream -H 'Authorization: Bearer {plain}' \\
+       -H 'Content-Type: application/json' \\
+       -d '{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"Hello"}}]}}'
+"""
+
+
+def main() -> None:
+    """Wire the local DynamoDB and the upstream into settings, then serve the production app with them."""
+    for name, value in LOCAL_AWS:
+        os.environ.setdefault(name, value)
+    settings = Settings()
+    with ExitStack() as stack:
+        endpoint, dynamodb = dynamodb_endpoint(settings.dynamodb_endpoint, stack)
+        url, upstream = upstream_url(settings.upstream_url, stack)
+        settings = settings.model_copy(update={"dynamodb_endpoint": endpoint, "upstream_url": url})
+        store = RelayStore(settings.table_name, make_client(settings.dynamodb_endpoint, settings.aws_region))
+        create_table(store.client, settings.table_name)
+        plain, key = ensure_dev_key(store, settings.dev_key)
+        print(banner(settings, plain, key.key_id, upstream, dynamodb), flush=True)
+        app = create_app(settings, store=store, finalizers=[DevEcho()])
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""The production entry point (`llm_relay.serve`, what run.sh execs) and the refusal it relies on: no app is
+built without an upstream URL, and a refused configuration is one line on stderr, not a traceback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from llm_relay import serve
+from llm_relay.app import create_app
+from llm_relay.errors import ConfigurationError, RelayError
+from llm_relay.settings import Settings
+
+
+@pytest.fixture
+def no_relay_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RELAY_UPSTREAM_URL", "RELAY_DEADLINE_MARGIN_S", "RELAY_FUNCTION_TIMEOUT_S", "PORT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_create_app_refuses_without_an_upstream_url(no_relay_env: None) -> None:
+    # GIVEN settings without an upstream URL and no injected transport
+    # WHEN the app is built THEN it is refused, naming the variable to set
+    with pytest.raises(ConfigurationError, match="RELAY_UPSTREAM_URL"):
+        create_app(Settings())
+
+
+def test_an_injected_transport_stands_in_for_the_url(no_relay_env: None) -> None:
+    # GIVEN no URL but a transport (how tests fake the upstream) THEN the app is built
+    transport = httpx.MockTransport(lambda request: httpx.Response(500))
+    assert create_app(Settings(), upstream_transport=transport) is not None
+
+
+def test_a_configuration_error_is_never_a_client_error() -> None:
+    # A start-up refusal has no HTTP status: no exception handler may turn it into an answer.
+    assert not issubclass(ConfigurationError, RelayError)
+
+
+def test_refusal_is_one_line_on_stderr_and_exit_status_2(
+    no_relay_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # WHEN the entry point builds the app without an upstream URL
+    with pytest.raises(SystemExit) as exited:
+        serve.build_app()
+    # THEN it exits 2 with one line naming RELAY_UPSTREAM_URL
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "RELAY_UPSTREAM_URL" in err and "Traceback" not in err
+
+
+def test_invalid_settings_are_one_line_too(
+    no_relay_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RELAY_UPSTREAM_URL", "http://upstream.invalid/v1")
+    monkeypatch.setenv("RELAY_FUNCTION_TIMEOUT_S", "3")
+    monkeypatch.setenv("RELAY_DEADLINE_MARGIN_S", "5")
+    with pytest.raises(SystemExit):
+        serve.build_app()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "RELAY_DEADLINE_MARGIN_S" in err
+
+
+def test_uvicorn_gets_the_options_run_sh_always_passed(no_relay_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a valid configuration on port 9123
+    monkeypatch.setenv("RELAY_UPSTREAM_URL", "http://upstream.invalid/v1")
+    monkeypatch.setenv("PORT", "9123")
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append({"app": app, **options}))
+    # WHEN the entry point runs
+    serve.main()
+    # THEN uvicorn serves the app on loopback, that port, no access log, one-minute keep-alive
+    (call,) = calls
+    assert call["host"] == "127.0.0.1" and call["port"] == 9123
+    assert call["access_log"] is False and call["timeout_keep_alive"] == 60
