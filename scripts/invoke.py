@@ -27,8 +27,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from llm_relay.dynamo import Stores, make_client
 from llm_relay.local import create_table, ensure_dev_key, load_template
-from llm_relay.store import RelayStore, make_client
 
 REPO = Path(__file__).resolve().parent.parent
 HANDLER = "llm_relay.lambda_handler.handler"
@@ -72,9 +72,9 @@ def moto_dynamodb() -> Iterator[str]:
 def prepare_table(endpoint: str, table_name: str, dev_key: str) -> None:
     """The relay table exactly as template.yaml declares it, holding the dev key the events use."""
     os.environ.update(LOCAL_CREDENTIALS)
-    store = RelayStore(table_name, make_client(endpoint, "us-east-1"))
-    create_table(store.client, table_name)
-    ensure_dev_key(store, dev_key)
+    stores = Stores.create(table_name, make_client(endpoint, "us-east-1"))
+    create_table(stores.client, table_name)
+    ensure_dev_key(stores.keys, dev_key)
 
 
 def function_settings(template: dict[str, Any]) -> tuple[str, str]:

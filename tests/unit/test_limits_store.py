@@ -11,8 +11,8 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
+from llm_relay.dynamo import LimitsStore, Settlement
 from llm_relay.limits import AdmissionPlan, Limits
-from llm_relay.limits_store import LimitsStore, Settlement
 from llm_relay.usage import UsageRecord
 
 TABLE = "relay"
@@ -44,7 +44,7 @@ def stubbed() -> Any:
         stubber.assert_no_pending_responses()
 
 
-REQUEST_ITEM = {
+REQUEST_ITEM: dict[str, Any] = {
     "pk": "REQ#req_1",
     "sk": "REQ",
     "key_id": "rk_a",

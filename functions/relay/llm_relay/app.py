@@ -28,6 +28,7 @@ from .admission import Admission
 from .auth import Authenticator
 from .cancellation import CancelRegistry
 from .chat_request import ChatRequest, parse_chat_request
+from .dynamo import Stores
 from .embedded_mock import embedded_mock_upstream
 from .encoding import Framing, NDJSONFraming, SSEFraming
 from .errors import (
@@ -38,19 +39,18 @@ from .errors import (
     RelayError,
     RequestCancelled,
     ServiceUnavailable,
+    StoreUnavailable,
     UpstreamError,
     UpstreamTimeout,
 )
 from .finalize import Finalizers
 from .limiter import Limiter
-from .limits_store import LimitsStore
 from .metering import Usage, estimate_prompt_tokens
 from .metrics import REJECTION_REASONS, MetricsEmitter
 from .outcome import Finalizer, RequestContext, StreamOutcome
 from .pricing import PriceTable
 from .relay import Pricer, RelayResponse
 from .settings import Settings
-from .store import RelayStore, StoreUnavailable, make_client
 from .telemetry import Telemetry, lambda_request_id
 from .termination import TerminationReason
 from .upstream import OpenedStream, Upstream
@@ -103,7 +103,7 @@ class RequestIdMiddleware:
 @dataclass
 class Services:
     settings: Settings
-    store: RelayStore
+    stores: Stores
     auth: Authenticator
     cancels: CancelRegistry
     admission: Admission
@@ -122,26 +122,26 @@ def _known_models(settings: Settings, prices: PriceTable) -> set[str]:
 def create_app(
     settings: Settings | None = None,
     *,
-    store: RelayStore | None = None,
+    stores: Stores | None = None,
     admission: Admission | None = None,
     finalizers: list[Finalizer] | None = None,
     pricer: Pricer | None = None,
     upstream_transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
     settings = settings or Settings()
-    store = store or RelayStore(settings.table_name, make_client(settings.dynamodb_endpoint, settings.aws_region))
+    stores = stores or Stores.from_settings(settings)
     prices = PriceTable.load(settings.prices_json)
     pricer = pricer or prices
     telemetry = Telemetry(
         MetricsEmitter(settings.metrics_namespace, settings.service_name, _known_models(settings, prices)),
         Logger(service=settings.service_name, level=settings.log_level),
     )
-    limiter = Limiter(LimitsStore(settings.table_name, store.client), settings, metrics=telemetry.metrics.hook)
+    limiter = Limiter(stores, settings, metrics=telemetry.metrics.hook)
     services = Services(
         settings=settings,
-        store=store,
-        auth=Authenticator(store, settings.auth_cache_ttl_s),
-        cancels=CancelRegistry(store, settings.cancel_poll_interval_s),
+        stores=stores,
+        auth=Authenticator(stores.keys, settings.auth_cache_ttl_s),
+        cancels=CancelRegistry(stores.requests, settings.cancel_poll_interval_s),
         admission=admission or limiter,
         finalizer=Finalizers([limiter, telemetry, *(finalizers or [])]),
         pricer=pricer,
@@ -190,7 +190,7 @@ def _install_routes(app: FastAPI, services: Services) -> None:
     async def cancel(request_id: str, request: Request) -> JSONResponse:
         key = await services.auth.authenticate(request.headers)
         try:
-            item = await anyio.to_thread.run_sync(services.store.request_cancel, request_id, key.key_id)
+            item = await anyio.to_thread.run_sync(services.stores.requests.request_cancel, request_id, key.key_id)
         except StoreUnavailable as exc:
             raise ServiceUnavailable("The request store is unavailable; try again shortly.") from exc
         if item is None:

@@ -14,13 +14,14 @@ import time
 import anyio
 import anyio.to_thread
 
-from .store import RelayStore, StoreUnavailable
+from .dynamo import RequestStore
+from .errors import StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
 
 class CancelRegistry:
-    def __init__(self, store: RelayStore, interval_s: float) -> None:
+    def __init__(self, store: RequestStore, interval_s: float) -> None:
         self._store = store
         self._interval = interval_s
         self._events: dict[str, anyio.Event] = {}

@@ -11,10 +11,10 @@ import os
 import uvicorn
 
 from .app import create_app
+from .dynamo import Stores
 from .local import create_table, ensure_dev_key
 from .outcome import RequestContext, StreamOutcome
 from .settings import Settings
-from .store import RelayStore, make_client
 
 
 class DevEcho:
@@ -43,9 +43,9 @@ def main() -> None:
     if not os.environ.get("RELAY_DYNAMODB_ENDPOINT"):
         os.environ["RELAY_DYNAMODB_ENDPOINT"] = _start_moto()
     settings = Settings()
-    store = RelayStore(settings.table_name, make_client(settings.dynamodb_endpoint, settings.aws_region))
-    create_table(store.client, settings.table_name)
-    plain, key = ensure_dev_key(store, settings.dev_key)
+    stores = Stores.from_settings(settings)
+    create_table(stores.client, settings.table_name)
+    plain, key = ensure_dev_key(stores.keys, settings.dev_key)
     base = f"http://{settings.host}:{settings.port}"
     upstream = settings.upstream_url or "embedded mock upstream"
     print(
@@ -64,7 +64,7 @@ llm-relay dev server
 """,
         flush=True,
     )
-    app = create_app(settings, store=store, finalizers=[DevEcho()])
+    app = create_app(settings, stores=stores, finalizers=[DevEcho()])
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
 
 

@@ -1,5 +1,7 @@
 """The relay's exceptions. Every error a client can see is a `RelayError` carrying its HTTP status and
-an OpenAI-style body; the mapping to HTTP lives in one place (`app.py` exception handlers).
+an OpenAI-style body; the mapping to HTTP lives in one place (`app.py` exception handlers). Every exception
+that crosses modules is in this tree (module-private ones, such as a cancelled transaction inside the store,
+are not).
 
 RelayError
 ├── InvalidRequest          400  invalid_request_error        (bad JSON, wrong types, bad values)
@@ -10,6 +12,7 @@ RelayError
 ├── RequestCancelled        409  invalid_request_error / client_cancelled (cancelled before it started)
 ├── RateLimited             429  rate_limit_exceeded | budget_exceeded
 ├── ServiceUnavailable      503  service_unavailable       (state store down, fail closed)
+│   └── StoreUnavailable    503  service_unavailable       (raised by the DynamoDB adapter, `llm_relay.dynamo`)
 └── UpstreamError           502  upstream_error            (after retries, before the first byte)
     └── UpstreamTimeout     504  upstream_timeout
 """
@@ -90,6 +93,16 @@ class ServiceUnavailable(RelayError):
     error_type = "server_error"
     code = "service_unavailable"
     rejection = "unavailable"
+
+
+class StoreUnavailable(ServiceUnavailable):
+    """DynamoDB could not be reached, or kept failing after botocore's own retries (translated from
+    `ClientError`/`BotoCoreError` in one place, `llm_relay.dynamo.client`).
+
+    It sits under ServiceUnavailable because that is what it means at the HTTP edge: the state store being
+    down is the service being unavailable (503, try again), never a bug (500). Callers that can do better
+    catch it first: admission fails closed with its own message (or open when configured), finalization logs
+    the record for replay, the cancel poller tries again, the CLI exits 1."""
 
 
 class UpstreamError(RelayError):

@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .keys import ApiKey, generate_key, generate_key_id, hash_key
-from .store import RelayStore, now_iso
+from .keys import ApiKey, generate_key, generate_key_id, hash_key, now_iso
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
+
+    from .dynamo import KeyStore
 
 TABLE_RESOURCE = "RelayTable"
 
@@ -69,13 +70,13 @@ def create_table(client: DynamoDBClient, table_name: str, template: dict[str, An
         client.update_time_to_live(TableName=table_name, TimeToLiveSpecification=ttl)
 
 
-def ensure_dev_key(store: RelayStore, plain: str | None = None, name: str = "dev") -> tuple[str, ApiKey]:
+def ensure_dev_key(keys: KeyStore, plain: str | None = None, name: str = "dev") -> tuple[str, ApiKey]:
     """Create (or reuse) the dev key; returns the plain key and its record."""
     plain = plain or generate_key()
     key_hash = hash_key(plain)
-    existing = store.get_key_by_hash(key_hash)
+    existing = keys.get_by_hash(key_hash)
     if existing is not None:
         return plain, existing
     key = ApiKey(key_id=generate_key_id(), name=name, created_at=now_iso())
-    store.put_key(key, key_hash)
+    keys.put(key, key_hash)
     return plain, key
