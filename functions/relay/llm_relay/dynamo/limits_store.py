@@ -188,41 +188,19 @@ class LimitsStore:
     def settlement_parts(self, settlement: Settlement, lease: str | None) -> list[tuple[str, dict[str, Any]]]:
         record = settlement.record
         key = layout.partition(record.key_id)
-        request = layout.request_key(record.request_id)
+        usage = {
+            "TableName": self.table_name,
+            "Item": serialize(layout.usage_item(record, settlement.retention_days)),
+            "ConditionExpression": "attribute_not_exists(pk)",
+        }
         parts: list[tuple[str, dict[str, Any]]] = [
-            (
-                USAGE,
-                {
-                    "Put": {
-                        "TableName": self.table_name,
-                        "Item": serialize(layout.usage_item(record, settlement.retention_days)),
-                        "ConditionExpression": "attribute_not_exists(pk)",
-                    }
-                },
-            ),
+            (USAGE, {"Put": usage}),
             (SPEND_DAY, self._spend_update(record, key, settlement.retention_days, daily=True)),
             (SPEND_MONTH, self._spend_update(record, key, settlement.retention_days, daily=False)),
-            # The in-flight item is marked finished in the same round trip (a late cancel then answers
-            # "finished"); it exists unless admission failed open, and then this creates it, with a TTL.
-            (
-                FINISH,
-                self._op(
-                    "Update",
-                    request["pk"],
-                    request["sk"],
-                    "SET finished_at = :now, termination_reason = :reason, key_id = if_not_exists(key_id, :kid),"
-                    " expires_at = if_not_exists(expires_at, :ttl)",
-                    [],
-                    {
-                        ":now": iso_ms(record.started_epoch + float(record.duration_ms or 0) / 1000),
-                        ":reason": record.termination_reason,
-                        ":kid": record.key_id,
-                        ":ttl": layout.finished_request_ttl(record),
-                    },
-                ),
-            ),
+            (FINISH, self._finish_update(record)),
         ]
         if lease is not None:
+            release = "REMOVE #lease ADD active :minus"
             parts.append(
                 (
                     RELEASE,
@@ -230,7 +208,7 @@ class LimitsStore:
                         "Update",
                         key,
                         layout.CONC_SK,
-                        "REMOVE #lease ADD active :minus",
+                        release,
                         ["attribute_exists(#lease)"],
                         {":minus": -1},
                         {"#lease": lease},
@@ -239,20 +217,26 @@ class LimitsStore:
             )
         if settlement.tokens_delta and settlement.tokens_minute is not None:
             minute = settlement.tokens_minute
-            parts.append(
-                (
-                    SETTLE_TOKENS,
-                    self._op(
-                        "Update",
-                        key,
-                        layout.rate_sk(minute),
-                        "ADD tokens :delta SET expires_at = if_not_exists(expires_at, :ttl)",
-                        [],
-                        {":delta": settlement.tokens_delta, ":ttl": layout.rate_ttl(minute)},
-                    ),
-                )
-            )
+            settle = "ADD tokens :delta SET expires_at = if_not_exists(expires_at, :ttl)"
+            values = {":delta": settlement.tokens_delta, ":ttl": layout.rate_ttl(minute)}
+            parts.append((SETTLE_TOKENS, self._op("Update", key, layout.rate_sk(minute), settle, [], values)))
         return parts
+
+    def _finish_update(self, record: UsageRecord) -> dict[str, Any]:
+        """The in-flight item is marked finished in the settlement's round trip (a late cancel then answers
+        "finished"); it exists unless admission failed open, and then this creates it, with a TTL."""
+        request = layout.request_key(record.request_id)
+        values = {
+            ":now": iso_ms(record.started_epoch + float(record.duration_ms or 0) / 1000),
+            ":reason": record.termination_reason,
+            ":kid": record.key_id,
+            ":ttl": layout.finished_request_ttl(record),
+        }
+        update = (
+            "SET finished_at = :now, termination_reason = :reason, key_id = if_not_exists(key_id, :kid),"
+            " expires_at = if_not_exists(expires_at, :ttl)"
+        )
+        return self._op("Update", request["pk"], request["sk"], update, [], values)
 
     def _spend_update(self, record: UsageRecord, key: str, retention_days: int, *, daily: bool) -> dict[str, Any]:
         period = f"D#{record.day}" if daily else f"M#{record.day[:7]}"
