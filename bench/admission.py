@@ -22,11 +22,11 @@ import httpx
 from tests.servers import serve
 
 from llm_relay.app import create_app
+from llm_relay.dynamo import Stores, make_client, request_item
+from llm_relay.dynamo.layout import serialize
 from llm_relay.keys import ApiKey, generate_key, generate_key_id, hash_key
 from llm_relay.limits import AdmissionPlan, Limits
-from llm_relay.limits_store import LimitsStore
 from llm_relay.settings import Settings
-from llm_relay.store import RelayStore, make_client, request_item, serialize
 from llm_relay_dev.local_dynamodb import MotoServer
 from llm_relay_dev.mock_upstream import create_mock_app
 from llm_relay_dev.table import create_table
@@ -53,7 +53,7 @@ def store_calls(endpoint: str, n: int) -> None:
     table = f"bench-{uuid.uuid4().hex[:8]}"
     client = make_client(endpoint, "us-east-1")
     create_table(client, table)
-    limits_store = LimitsStore(table, client)
+    stores = Stores.create(table, client)
     limits = Limits(
         rpm=10**6, tpm=10**9, max_concurrent=10**6, daily_budget_usd=Decimal(1000), monthly_budget_usd=Decimal(1000)
     )
@@ -62,11 +62,11 @@ def store_calls(endpoint: str, n: int) -> None:
     def admit() -> None:
         rid = "req_" + uuid.uuid4().hex
         plan = AdmissionPlan(rid, "rk_bench", limits, now, 100, 900.0)
-        assert limits_store.admit(plan, request_item(rid, "rk_bench", "gpt-4o-mini", 3600)).admitted
+        assert stores.limits.admit(plan, request_item(rid, "rk_bench", "gpt-4o-mini", 3600)).admitted
 
     def put() -> None:
         rid = "req_" + uuid.uuid4().hex
-        limits_store.put_request(request_item(rid, "rk_bench", "gpt-4o-mini", 3600))
+        stores.requests.put(request_item(rid, "rk_bench", "gpt-4o-mini", 3600))
 
     def get() -> None:
         client.get_item(TableName=table, Key=serialize({"pk": "KEY#rk_bench", "sk": "CONC"}))
@@ -81,12 +81,12 @@ def relay_ttft(endpoint: str, n: int) -> None:
     table = f"bench-{uuid.uuid4().hex[:8]}"
     client = make_client(endpoint, "us-east-1")
     create_table(client, table)
-    store = RelayStore(table, client)
+    stores = Stores.create(table, client)
     keys = {}
     for label, limits in (("no limits", {}), ("every limit", ALL_LIMITS)):
         plain = generate_key()
         key = ApiKey(generate_key_id(), label, limits={k: Decimal(v) for k, v in limits.items()})
-        store.put_key(key, hash_key(plain))
+        stores.keys.put(key, hash_key(plain))
         keys[label] = plain
     body = {
         "model": "gpt-4o-mini",
@@ -96,7 +96,7 @@ def relay_ttft(endpoint: str, n: int) -> None:
     }
     with serve(create_mock_app()) as upstream_base:
         settings = Settings(upstream_url=f"{upstream_base}/v1", dynamodb_endpoint=endpoint, table_name=table)
-        with serve(create_app(settings, store=store)) as base, httpx.Client(timeout=30) as http:
+        with serve(create_app(settings, stores=stores)) as base, httpx.Client(timeout=30) as http:
             samples: dict[str, list[float]] = {label: [] for label in keys}
             for i in range(n * 2 + 10):
                 label = list(keys)[i % 2]

@@ -180,14 +180,13 @@ def cpu_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:
 
 def dynamodb_round_trip_ms(endpoint: str, samples: int = 50) -> float:
     sys.path.insert(0, str(ROOT / "functions" / "relay"))
-    from llm_relay.limits_store import LimitsStore
-    from llm_relay.store import make_client, request_item
+    from llm_relay.dynamo import RequestStore, make_client, request_item
 
-    store = LimitsStore("llm-relay", make_client(endpoint, "us-east-1"))  # the admission of a key without limits
+    store = RequestStore("llm-relay", make_client(endpoint, "us-east-1"))  # the admission of a key without limits
     timings = []
     for i in range(samples):
         started = time.perf_counter()
-        store.put_request(request_item(f"bench-{i}", "rk_bench", "gpt-4o-mini", 60))
+        store.put(request_item(f"bench-{i}", "rk_bench", "gpt-4o-mini", 60))
         timings.append((time.perf_counter() - started) * 1000)
     return round(pct(timings, 50), 2)
 

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from llm_relay.store import RelayStore, make_client
+from llm_relay.dynamo import Stores, make_client
 from llm_relay_dev.dev_key import ensure_dev_key
 from llm_relay_dev.local_dynamodb import MotoServer
 from llm_relay_dev.mock_upstream import mock_upstream_in_thread
@@ -60,9 +60,9 @@ def free_port() -> int:
 def prepare_table(endpoint: str, table_name: str, dev_key: str) -> None:
     """The relay table exactly as template.yaml declares it, holding the dev key the events use."""
     os.environ.update(LOCAL_CREDENTIALS)
-    store = RelayStore(table_name, make_client(endpoint, "us-east-1"))
-    create_table(store.client, table_name)
-    ensure_dev_key(store, dev_key)
+    stores = Stores.create(table_name, make_client(endpoint, "us-east-1"))
+    create_table(stores.client, table_name)
+    ensure_dev_key(stores.keys, dev_key)
 
 
 def function_settings(template: dict[str, Any]) -> tuple[str, str]:

@@ -13,9 +13,9 @@ import pytest
 from fastapi import FastAPI
 
 from llm_relay.app import create_app
+from llm_relay.dynamo import Stores, make_client
 from llm_relay.keys import ApiKey
 from llm_relay.settings import Settings
-from llm_relay.store import RelayStore, make_client
 from llm_relay_dev.dev_key import ensure_dev_key
 from llm_relay_dev.mock_upstream import MockState, create_mock_app
 from llm_relay_dev.table import create_table
@@ -39,11 +39,11 @@ def moto_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture
-def store(moto_endpoint: str) -> RelayStore:
+def stores(moto_endpoint: str) -> Stores:
     table = f"relay-{uuid.uuid4().hex[:10]}"
-    client = make_client(moto_endpoint, "us-east-1")
+    client = make_client(moto_endpoint)  # the region: the session's (AWS_DEFAULT_REGION above)
     create_table(client, table)
-    return RelayStore(table, client)
+    return Stores.create(table, client)
 
 
 @dataclass
@@ -65,7 +65,7 @@ class Relay:
     key: str
     api_key: ApiKey
     app: FastAPI
-    store: RelayStore
+    stores: Stores
     settings: Settings
 
     def headers(self, key: str | None = None) -> dict[str, str]:
@@ -76,28 +76,28 @@ RelayFactory = Callable[..., Relay]
 
 
 @pytest.fixture
-def make_relay(store: RelayStore, upstream: Upstream, moto_endpoint: str) -> Iterator[RelayFactory]:
+def make_relay(stores: Stores, upstream: Upstream, moto_endpoint: str) -> Iterator[RelayFactory]:
     """Start a relay on loopback with settings overrides; stopped at the end of the test."""
     stack: list[Any] = []
-    plain, key = ensure_dev_key(store)  # one key for every relay instance of the test
+    plain, key = ensure_dev_key(stores.keys)  # one key for every relay instance of the test
 
     def factory(**overrides: Any) -> Relay:
         values: dict[str, Any] = {
             "upstream_url": upstream.url,
             "dynamodb_endpoint": moto_endpoint,
-            "table_name": store.table_name,
+            "table_name": stores.table_name,
             "cancel_poll_interval_s": 0.05,
             "upstream_retry_base_s": 0.01,
         }
         values.update(overrides)
         app_kwargs = values.pop("app_kwargs", None) or {}
         settings = Settings(**values)
-        app_kwargs.setdefault("store", store)
+        app_kwargs.setdefault("stores", stores)
         app = create_app(settings, **app_kwargs)
         context = serve(app)
         base = context.__enter__()
         stack.append(context)
-        return Relay(base, plain, key, app, store, settings)
+        return Relay(base, plain, key, app, stores, settings)
 
     yield factory
     for context in reversed(stack):

@@ -17,9 +17,9 @@ from contextlib import ExitStack
 import uvicorn
 
 from llm_relay.app import create_app
+from llm_relay.dynamo import Stores
 from llm_relay.outcome import RequestContext, StreamOutcome
 from llm_relay.settings import Settings
-from llm_relay.store import RelayStore, make_client
 
 from .dev_key import ensure_dev_key
 from .local_dynamodb import MotoServer
@@ -87,11 +87,11 @@ def main() -> None:
         endpoint, dynamodb = dynamodb_endpoint(settings.dynamodb_endpoint, stack)
         url, upstream = upstream_url(settings.upstream_url, stack)
         settings = settings.model_copy(update={"dynamodb_endpoint": endpoint, "upstream_url": url})
-        store = RelayStore(settings.table_name, make_client(settings.dynamodb_endpoint, settings.aws_region))
-        create_table(store.client, settings.table_name)
-        plain, key = ensure_dev_key(store, settings.dev_key)
+        stores = Stores.from_settings(settings)
+        create_table(stores.client, settings.table_name)
+        plain, key = ensure_dev_key(stores.keys, settings.dev_key)
         print(banner(settings, plain, key.key_id, upstream, dynamodb), flush=True)
-        app = create_app(settings, store=store, finalizers=[DevEcho()])
+        app = create_app(settings, stores=stores, finalizers=[DevEcho()])
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
 
 

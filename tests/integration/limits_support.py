@@ -9,12 +9,12 @@ from decimal import Decimal
 from typing import Any
 
 from llm_relay.chat_request import ChatRequest
+from llm_relay.dynamo import Stores, make_client
+from llm_relay.dynamo.layout import key_from_item
 from llm_relay.keys import ApiKey, generate_key_id
 from llm_relay.limiter import Limiter
-from llm_relay.limits_store import LimitsStore
 from llm_relay.outcome import RequestContext
 from llm_relay.settings import Settings
-from llm_relay.store import make_client
 
 #: The middle of a minute, so a race never straddles a window boundary.
 MID_MINUTE = (int(time.time()) // 60) * 60 + 30.0
@@ -38,10 +38,13 @@ def context(key: ApiKey, request_id: str, *, max_tokens: int | None = None) -> R
     )
 
 
-def limiter(endpoint: str, table: str, *, clock: Any = None, metrics: Any = None, **overrides: Any) -> Limiter:
+def limiter(
+    endpoint: str, table: str, *, clock: Any = None, metrics: Any = None, client: Any = None, **overrides: Any
+) -> Limiter:
+    """A limiter on the table; `client` replaces the DynamoDB client (a failing or conflicting one)."""
     settings = Settings(table_name=table, dynamodb_endpoint=endpoint, **overrides)
-    store = LimitsStore(table, make_client(endpoint, "us-east-1"))
-    return Limiter(store, settings, clock=clock or (lambda: MID_MINUTE), metrics=metrics)
+    stores = Stores.create(table, client or make_client(endpoint))
+    return Limiter(stores, settings, clock=clock or (lambda: MID_MINUTE), metrics=metrics)
 
 
 def admit_all(limits: Limiter, key: ApiKey, n: int, prefix: str = "req", **kwargs: Any) -> list[str]:
@@ -84,7 +87,7 @@ def race_worker(
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     limits = limiter(endpoint, table, clock=lambda: now)
     for item in keys:
-        key = ApiKey.from_item(item)
+        key = key_from_item(item)
         barrier.wait(timeout=60)
         outcomes = admit_all(limits, key, per_key, prefix=f"req_{worker}_{key.key_id}")
         results.put((key.key_id, worker, outcomes.count("admitted"), outcomes.count("refused")))

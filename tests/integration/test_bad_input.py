@@ -112,11 +112,11 @@ def test_missing_malformed_or_unknown_key_is_401(
 
 def test_revoked_key_is_refused_after_the_cache_ttl(make_relay: RelayFactory, upstream: Upstream) -> None:
     relay = make_relay(auth_cache_ttl_s=0)
-    found = relay.store.get_key(relay.api_key.key_id)
+    found = relay.stores.keys.get_by_id(relay.api_key.key_id)
     assert found is not None
     key, key_hash = found
     assert key_hash == hash_key(relay.key)
-    relay.store.replace_key(
+    relay.stores.keys.replace(
         ApiKey(key_id=key.key_id, name=key.name, status="revoked", created_at=key.created_at), key_hash
     )
     _assert_error(
@@ -126,7 +126,7 @@ def test_revoked_key_is_refused_after_the_cache_ttl(make_relay: RelayFactory, up
 
 def test_key_limited_to_some_models(relay: Relay, upstream: Upstream) -> None:
     limited = ApiKey(key_id="rk_limited0001", name="limited", allowed_models=frozenset({"gpt-4o"}))
-    relay.store.put_key(limited, hash_key("lr-limited"))
+    relay.stores.keys.put(limited, hash_key("lr-limited"))
     response = httpx.post(f"{relay.url}/v1/chat/completions", json=GOOD, headers=relay.headers("lr-limited"))
     _assert_error(response, 403, "model_not_allowed")
     assert upstream.state.bodies == []
@@ -138,9 +138,9 @@ def test_unknown_route_and_wrong_method(relay: Relay) -> None:
 
 
 def test_key_store_down_is_503_not_500(make_relay: RelayFactory, upstream: Upstream) -> None:
-    from llm_relay.store import RelayStore, make_client
+    from llm_relay.dynamo import Stores, make_client
 
-    dead = RelayStore("t", make_client("http://127.0.0.1:9", "us-east-1"))
-    relay = make_relay(app_kwargs={"store": dead})
+    dead = Stores.create("t", make_client("http://127.0.0.1:9"))
+    relay = make_relay(app_kwargs={"stores": dead})
     response = httpx.post(f"{relay.url}/v1/chat/completions", json=GOOD, headers=relay.headers(), timeout=30)
     _assert_error(response, 503, "service_unavailable")

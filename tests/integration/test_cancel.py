@@ -132,7 +132,7 @@ def test_cancel_unknown_or_foreign_request_is_404(relay: Relay) -> None:
     # GIVEN a finished request of the dev key, and a second key
     done = httpx.post(f"{relay.url}/v1/chat/completions", json=chat_body(mock={"tokens": 1}), headers=relay.headers())
     request_id = done.headers["x-request-id"]
-    other_plain, _ = ensure_dev_key(relay.store, "lr-someone-else", name="other")
+    other_plain, _ = ensure_dev_key(relay.stores.keys, "lr-someone-else", name="other")
     # WHEN the other key tries to cancel it, or anyone cancels an unknown id
     foreign = httpx.post(f"{relay.url}/v1/requests/{request_id}/cancel", headers=relay.headers(other_plain))
     unknown = httpx.post(f"{relay.url}/v1/requests/req_nope/cancel", headers=relay.headers())

@@ -13,27 +13,27 @@ from decimal import Decimal
 
 import httpx
 
-from llm_relay.store import RelayStore
+from llm_relay.dynamo import Stores
 from tests.conftest import RelayFactory
 from tests.integration.helpers import chat_body
 
 CLI = os.path.join(os.path.dirname(sys.executable), "llm-relay")
 
 
-def _env(store: RelayStore, moto_endpoint: str, **extra: str) -> dict[str, str]:
-    return {**os.environ, "RELAY_DYNAMODB_ENDPOINT": moto_endpoint, "RELAY_TABLE_NAME": store.table_name, **extra}
+def _env(stores: Stores, moto_endpoint: str, **extra: str) -> dict[str, str]:
+    return {**os.environ, "RELAY_DYNAMODB_ENDPOINT": moto_endpoint, "RELAY_TABLE_NAME": stores.table_name, **extra}
 
 
-def cli(store: RelayStore, moto_endpoint: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def cli(stores: Stores, moto_endpoint: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [CLI, *args], env=_env(store, moto_endpoint, **env), capture_output=True, text=True, timeout=30
+        [CLI, *args], env=_env(stores, moto_endpoint, **env), capture_output=True, text=True, timeout=30
     )
 
 
-def test_create_list_set_limits_and_revoke(store: RelayStore, moto_endpoint: str) -> None:
+def test_create_list_set_limits_and_revoke(stores: Stores, moto_endpoint: str) -> None:
     # WHEN a key is created with limits and a model allow-list
     created = cli(
-        store,
+        stores,
         moto_endpoint,
         "keys",
         "create",
@@ -55,17 +55,17 @@ def test_create_list_set_limits_and_revoke(store: RelayStore, moto_endpoint: str
     plain, key_id = view["key"], view["key_id"]
     # THEN the plain key is printed once; the record holds only its hash, the limits and the models
     assert plain.startswith("lr-") and key_id.startswith("rk_")
-    key, _ = store.get_key(key_id)  # type: ignore[misc]
+    key, _ = stores.keys.get_by_id(key_id)  # type: ignore[misc]
     assert key.limits == {"rpm": Decimal(5), "max_concurrent": Decimal(2), "daily_budget_usd": Decimal("1.50")}
     assert key.allowed_models == frozenset({"gpt-4o-mini", "gpt-4o"}) and key.name == "team a"
     assert view["effective_limits"]["tpm"] == "1000"  # the configured default fills the gap
     # AND listing shows the key, never the plain key
-    listed = cli(store, moto_endpoint, "keys", "list")
+    listed = cli(stores, moto_endpoint, "keys", "list")
     assert listed.returncode == 0 and key_id in listed.stdout and plain not in listed.stdout
     assert "rpm=5" in listed.stdout and "daily_budget_usd=1.50" in listed.stdout
     # WHEN its limits change: one lifted, one back to the default, one new
     changed = cli(
-        store,
+        stores,
         moto_endpoint,
         "keys",
         "set-limits",
@@ -78,17 +78,17 @@ def test_create_list_set_limits_and_revoke(store: RelayStore, moto_endpoint: str
         "20000",
     )
     assert changed.returncode == 0, changed.stderr
-    key, _ = store.get_key(key_id)  # type: ignore[misc]
+    key, _ = stores.keys.get_by_id(key_id)  # type: ignore[misc]
     assert key.limits == {"rpm": Decimal(-1), "tpm": Decimal(20000), "daily_budget_usd": Decimal("1.50")}
     # WHEN it is revoked
-    revoked = cli(store, moto_endpoint, "keys", "revoke", key_id)
+    revoked = cli(stores, moto_endpoint, "keys", "revoke", key_id)
     assert revoked.returncode == 0 and "within 30 s" in revoked.stdout
-    assert store.get_key(key_id)[0].status == "revoked"  # type: ignore[index]
-    listed = json.loads(cli(store, moto_endpoint, "keys", "list", "--json").stdout)
+    assert stores.keys.get_by_id(key_id)[0].status == "revoked"  # type: ignore[index]
+    listed = json.loads(cli(stores, moto_endpoint, "keys", "list", "--json").stdout)
     assert [(k["key_id"], k["status"]) for k in listed] == [(key_id, "revoked")]
 
 
-def test_bad_input_is_refused_with_a_clear_error_and_nothing_written(store: RelayStore, moto_endpoint: str) -> None:
+def test_bad_input_is_refused_with_a_clear_error_and_nothing_written(stores: Stores, moto_endpoint: str) -> None:
     cases = {
         ("keys", "create", "--name", "x", "--rpm", "-5"): (2, "rpm must not be negative"),
         ("keys", "create", "--name", "x", "--tpm", "lots"): (2, "tpm must be a number"),
@@ -104,7 +104,7 @@ def test_bad_input_is_refused_with_a_clear_error_and_nothing_written(store: Rela
     # WHEN each bad command runs (in parallel: they are independent)
     running = {
         args: subprocess.Popen(
-            [CLI, *args], env=_env(store, moto_endpoint), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [CLI, *args], env=_env(stores, moto_endpoint), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         for args in cases
     }
@@ -115,21 +115,21 @@ def test_bad_input_is_refused_with_a_clear_error_and_nothing_written(store: Rela
         assert (process.returncode, message in stderr) == (code, True), (args, stderr)
         assert stdout == ""
     # AND nothing was written
-    assert store.list_keys() == []
-    scan = store.client.scan(TableName=store.table_name, Select="COUNT")
+    assert stores.keys.list_all() == []
+    scan = stores.client.scan(TableName=stores.table_name, Select="COUNT")
     assert scan["Count"] == 0
 
 
 def test_a_revoked_key_is_refused_within_the_auth_cache_ttl(make_relay: RelayFactory, moto_endpoint: str) -> None:
     # GIVEN a relay caching key lookups for 1 s, and a key created with the CLI that it has already seen
     relay = make_relay(auth_cache_ttl_s=1.0)
-    created = json.loads(cli(relay.store, moto_endpoint, "keys", "create", "--name", "soon-gone", "--json").stdout)
+    created = json.loads(cli(relay.stores, moto_endpoint, "keys", "create", "--name", "soon-gone", "--json").stdout)
     url = f"{relay.url}/v1/chat/completions"
     body = chat_body(mock={"tokens": 2, "chunk_delay_ms": 0, "ttft_ms": 0})
     with httpx.Client(timeout=10) as client:
         assert client.post(url, json=body, headers=relay.headers(created["key"])).status_code == 200
         # WHEN it is revoked
-        assert cli(relay.store, moto_endpoint, "keys", "revoke", created["key_id"]).returncode == 0
+        assert cli(relay.stores, moto_endpoint, "keys", "revoke", created["key_id"]).returncode == 0
         revoked_at = time.monotonic()
         # THEN the relay refuses it no later than the cache TTL after the revocation
         while client.post(url, json=body, headers=relay.headers(created["key"])).status_code == 200:

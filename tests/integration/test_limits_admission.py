@@ -17,15 +17,14 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from llm_relay.admission import Ticket
+from llm_relay.dynamo import Stores
+from llm_relay.dynamo.layout import key_attributes
 from llm_relay.errors import RateLimited, ServiceUnavailable
 from llm_relay.limiter import METRIC_ADMISSION_ATTEMPTS
-from llm_relay.limits_store import LimitsStore
 from llm_relay.metering import StreamMeter, Usage
 from llm_relay.outcome import Ending, StreamOutcome, outcome_of
 from llm_relay.pricing import PriceTable
-from llm_relay.store import RelayStore
 from llm_relay.termination import TerminationReason
-from llm_relay.usage_store import UsageStore
 from tests.integration.limits_support import MID_MINUTE, admit_all, context, key_with, limiter, race_worker
 
 PRICES = PriceTable.load()
@@ -55,20 +54,20 @@ def outcome(reason: TerminationReason = TerminationReason.STOP, usage: Usage | N
     ],
 )
 def test_racing_threads_admit_exactly_the_limit(
-    store: RelayStore, moto_endpoint: str, limit: dict[str, int], n: int, kwargs: dict[str, Any]
+    stores: Stores, moto_endpoint: str, limit: dict[str, int], n: int, kwargs: dict[str, Any]
 ) -> None:
     # GIVEN a key with one limit that allows 7, 4 or 10 requests
     key = key_with(**limit)
     expected = {"rpm": 7, "max_concurrent": 4, "tpm": 10}[next(iter(limit))]
     # WHEN 24 admissions race from as many threads
-    outcomes = admit_all(limiter(moto_endpoint, store.table_name), key, n, **kwargs)
+    outcomes = admit_all(limiter(moto_endpoint, stores.table_name), key, n, **kwargs)
     # THEN exactly that many are admitted
     assert outcomes.count("admitted") == expected
     assert outcomes.count("refused") == n - expected
 
 
 @pytest.mark.slow
-def test_racing_processes_admit_exactly_the_limit(store: RelayStore, moto_endpoint: str) -> None:
+def test_racing_processes_admit_exactly_the_limit(stores: Stores, moto_endpoint: str) -> None:
     # GIVEN two keys, one with rpm 11 and one with 5 concurrent streams, and 3 processes with 10 threads each
     rpm_key, conc_key = key_with(rpm=11), key_with(max_concurrent=5)
     processes, per_key = 3, 10
@@ -79,8 +78,8 @@ def test_racing_processes_admit_exactly_the_limit(store: RelayStore, moto_endpoi
             target=race_worker,
             args=(
                 moto_endpoint,
-                store.table_name,
-                [rpm_key.to_item(), conc_key.to_item()],
+                stores.table_name,
+                [key_attributes(rpm_key), key_attributes(conc_key)],
                 per_key,
                 MID_MINUTE,
                 barrier,
@@ -107,12 +106,12 @@ def test_racing_processes_admit_exactly_the_limit(store: RelayStore, moto_endpoi
 
 
 # --- the sliding window ----------------------------------------------------------------------------------------
-def test_previous_minute_learnt_from_the_refusal_then_cached(store: RelayStore, moto_endpoint: str) -> None:
+def test_previous_minute_learnt_from_the_refusal_then_cached(stores: Stores, moto_endpoint: str) -> None:
     # GIVEN another instance admitted 6 of rpm 10 in minute m
     key = key_with(rpm=10)
     minute_start = MID_MINUTE - 30
     assert (
-        admit_all(limiter(moto_endpoint, store.table_name, clock=lambda: minute_start + 10), key, 6, "early").count(
+        admit_all(limiter(moto_endpoint, stores.table_name, clock=lambda: minute_start + 10), key, 6, "early").count(
             "admitted"
         )
         == 6
@@ -121,7 +120,7 @@ def test_previous_minute_learnt_from_the_refusal_then_cached(store: RelayStore, 
     attempts: list[float] = []
     late = limiter(
         moto_endpoint,
-        store.table_name,
+        stores.table_name,
         clock=lambda: minute_start + 90,
         metrics=lambda name, value, dims: attempts.append(value) if name == METRIC_ADMISSION_ATTEMPTS else None,
     )
@@ -132,9 +131,9 @@ def test_previous_minute_learnt_from_the_refusal_then_cached(store: RelayStore, 
     assert attempts == [2, 1, 1, 1, 1, 1, 1]
 
 
-def test_admitted_and_refused_answers_carry_rate_headers(store: RelayStore, moto_endpoint: str) -> None:
+def test_admitted_and_refused_answers_carry_rate_headers(stores: Stores, moto_endpoint: str) -> None:
     key = key_with(rpm=2, tpm=1000)
-    limits = limiter(moto_endpoint, store.table_name)
+    limits = limiter(moto_endpoint, stores.table_name)
     first = anyio.run(limits.admit, context(key, "req_a")).headers
     assert first["x-ratelimit-limit-requests"] == "2" and first["x-ratelimit-remaining-requests"] == "1"
     assert first["x-ratelimit-limit-tokens"] == "1000" and first["x-ratelimit-remaining-tokens"] == "995"
@@ -148,11 +147,11 @@ def test_admitted_and_refused_answers_carry_rate_headers(store: RelayStore, moto
 
 
 # --- leases ------------------------------------------------------------------------------------------------------
-def test_a_dead_streams_lease_is_reclaimed_once_expired(store: RelayStore, moto_endpoint: str) -> None:
+def test_a_dead_streams_lease_is_reclaimed_once_expired(stores: Stores, moto_endpoint: str) -> None:
     # GIVEN one concurrent stream allowed, leases of 60 s, and a stream whose process died (never finalized)
     key = key_with(max_concurrent=1)
     now = [MID_MINUTE]
-    limits = limiter(moto_endpoint, store.table_name, clock=lambda: now[0], function_timeout_s=60)
+    limits = limiter(moto_endpoint, stores.table_name, clock=lambda: now[0], function_timeout_s=60)
     dead = context(key, "req_dead")
     dead = replace(dead, ticket=anyio.run(limits.admit, dead))
     # WHEN another request comes while the lease runs: refused
@@ -162,44 +161,42 @@ def test_a_dead_streams_lease_is_reclaimed_once_expired(store: RelayStore, moto_
     # AND once the lease expired: admitted, taking the dead stream's slot over
     now[0] += 31
     anyio.run(limits.admit, context(key, "req_after"))
-    slots = LimitsStore(store.table_name, store.client).read_counters(key.key_id, now[0])["concurrency"]
+    slots = stores.limits.read_counters(key.key_id, now[0])["concurrency"]
     assert slots["active"] == 1 and set(slots) == {"pk", "sk", "active", "l_req_after"}
     # AND if the "dead" stream was only slow and finalizes now, it does not free the slot it lost
     anyio.run(limits.finalize, dead, outcome())
-    slots = LimitsStore(store.table_name, store.client).read_counters(key.key_id, now[0])["concurrency"]
+    slots = stores.limits.read_counters(key.key_id, now[0])["concurrency"]
     assert slots["active"] == 1 and "l_req_after" in slots
     # AND its usage record was still written (beside the refused request's)
-    records = UsageStore(store.table_name, store.client).for_key(key.key_id, 0, 2e10)
+    records = stores.usage.for_key(key.key_id, 0, 2e10)
     assert sorted((r.request_id, r.termination_reason) for r in records) == [
         ("req_dead", "stop"),
         ("req_early", "rate_limit_exceeded"),
     ]
 
 
-def test_finalization_releases_the_slot_settles_tokens_and_records_spend(store: RelayStore, moto_endpoint: str) -> None:
+def test_finalization_releases_the_slot_settles_tokens_and_records_spend(stores: Stores, moto_endpoint: str) -> None:
     # GIVEN a key with 1 stream, tpm 1000 and a budget, and one admitted request reserving 5 + 95 tokens
     key = key_with(max_concurrent=1, tpm=1000, daily_budget_usd="1")
-    limits = limiter(moto_endpoint, store.table_name)
+    limits = limiter(moto_endpoint, stores.table_name)
     ctx = context(key, "req_one", max_tokens=95)
     ctx = replace(ctx, ticket=anyio.run(limits.admit, ctx))
     # WHEN it finishes having used 12 + 20 tokens
     anyio.run(limits.finalize, ctx, outcome(usage=Usage(12, 20)))
     # THEN the slot is free, the reservation settled to the actual tokens, and spend recorded exactly
-    counters = LimitsStore(store.table_name, store.client).read_counters(key.key_id, MID_MINUTE)
+    counters = stores.limits.read_counters(key.key_id, MID_MINUTE)
     assert counters["concurrency"]["active"] == 0 and counters["rate"]["tokens"] == 32
-    day = UsageStore(store.table_name, store.client).spend(
-        key.key_id, "D#" + time.strftime("%Y-%m-%d", time.gmtime(ctx.started_epoch))
-    )
+    day = stores.usage.spend(key.key_id, "D#" + time.strftime("%Y-%m-%d", time.gmtime(ctx.started_epoch)))
     assert day["cost_usd"] == Decimal("0.0000138") and day["requests"] == 1 and day["completion_tokens"] == 20
     anyio.run(limits.admit, context(key, "req_two"))  # the slot is usable again
 
 
-def test_refused_requests_are_recorded(store: RelayStore, moto_endpoint: str) -> None:
+def test_refused_requests_are_recorded(stores: Stores, moto_endpoint: str) -> None:
     key = key_with(rpm=1)
-    limits = limiter(moto_endpoint, store.table_name)
+    limits = limiter(moto_endpoint, stores.table_name)
     assert admit_all(limits, key, 1, "ok") == ["admitted"]
     assert admit_all(limits, key, 1, "no") == ["refused"]
-    records = UsageStore(store.table_name, store.client).for_key(key.key_id, 0, 2e10)
+    records = stores.usage.for_key(key.key_id, 0, 2e10)
     assert [(r.request_id, r.termination_reason, r.usage_source, r.cost_usd) for r in records] == [
         ("no_0", "rate_limit_exceeded", "none", Decimal(0))
     ]
@@ -232,20 +229,20 @@ class _Throttled:
 @pytest.mark.parametrize("client", [_unreachable_client, _Throttled], ids=["unreachable", "throttling"])
 @pytest.mark.parametrize("limits", [{"rpm": 5}, {}], ids=["limited", "unlimited"])
 def test_store_down_fails_closed_by_default_and_open_when_configured(
-    store: RelayStore, moto_endpoint: str, client: Any, limits: dict[str, int], caplog: pytest.LogCaptureFixture
+    stores: Stores, moto_endpoint: str, client: Any, limits: dict[str, int], caplog: pytest.LogCaptureFixture
 ) -> None:
     key = key_with(**limits)
     metrics: list[tuple[str, dict[str, str]]] = []
-    closed = limiter(moto_endpoint, store.table_name, metrics=lambda n, v, d: metrics.append((n, dict(d))))
-    closed._store = LimitsStore(store.table_name, client())
+    closed = limiter(
+        moto_endpoint, stores.table_name, client=client(), metrics=lambda n, v, d: metrics.append((n, dict(d)))
+    )
     # WHEN DynamoDB cannot be reached at admission: 503, with a metric
     with pytest.raises(ServiceUnavailable) as refused:
         anyio.run(closed.admit, context(key, "req_x"))
     assert refused.value.status_code == 503 and refused.value.headers["retry-after"] == "1"
     assert metrics == [("AdmissionStoreError", {"policy": "fail_closed"})]
     # AND with RELAY_ADMISSION_FAIL_OPEN the request is admitted, loudly
-    opened = limiter(moto_endpoint, store.table_name, admission_fail_open=True)
-    opened._store = LimitsStore(store.table_name, client())
+    opened = limiter(moto_endpoint, stores.table_name, client=client(), admission_fail_open=True)
     with caplog.at_level(logging.ERROR, logger="llm_relay.limiter"):
         assert anyio.run(opened.admit, context(key, "req_y")) == Ticket()
     assert any("FAIL-OPEN" in r.getMessage() for r in caplog.records)
@@ -270,17 +267,16 @@ class _Flaky:
 
 
 def test_settlement_is_retried_then_logged_whole_never_raised(
-    store: RelayStore, moto_endpoint: str, caplog: pytest.LogCaptureFixture
+    stores: Stores, moto_endpoint: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     key = key_with(rpm=100)
-    limits = limiter(moto_endpoint, store.table_name)
-    usage = UsageStore(store.table_name, store.client)
+    usage = stores.usage
     # GIVEN a store failing twice: the record is still written, once
-    limits._store = LimitsStore(store.table_name, _Flaky(store.client, 2))  # type: ignore[arg-type]
+    limits = limiter(moto_endpoint, stores.table_name, client=_Flaky(stores.client, 2))
     anyio.run(limits.finalize, context(key, "req_retried"), outcome())
     assert [r.request_id for r in usage.for_key(key.key_id, 0, 2e10)] == ["req_retried"]
     # GIVEN a store that never comes back: finalize returns, and the full record is in the error log
-    limits._store = LimitsStore(store.table_name, _Flaky(store.client, 100))  # type: ignore[arg-type]
+    limits = limiter(moto_endpoint, stores.table_name, client=_Flaky(stores.client, 100))
     with caplog.at_level(logging.ERROR, logger="llm_relay.limiter"):
         anyio.run(limits.finalize, context(key, "req_lost"), outcome(TerminationReason.CLIENT_CANCELLED))
     lost = [r for r in caplog.records if "USAGE RECORD NOT WRITTEN" in r.getMessage()]
@@ -290,10 +286,10 @@ def test_settlement_is_retried_then_logged_whole_never_raised(
     assert record["cost_usd"] is not None and "authorization" not in str(record).lower()
 
 
-def test_an_upstream_that_never_answered_costs_nothing(store: RelayStore, moto_endpoint: str) -> None:
+def test_an_upstream_that_never_answered_costs_nothing(stores: Stores, moto_endpoint: str) -> None:
     # GIVEN an admitted request whose upstream failed before answering (the relay finalizes it unpriced)
     key = key_with(daily_budget_usd="1")
-    limits = limiter(moto_endpoint, store.table_name)
+    limits = limiter(moto_endpoint, stores.table_name)
     ctx = context(key, "req_failed_open")
     ctx = replace(ctx, ticket=anyio.run(limits.admit, ctx))
     failed = outcome_of(
@@ -306,7 +302,7 @@ def test_an_upstream_that_never_answered_costs_nothing(store: RelayStore, moto_e
     )
     anyio.run(limits.finalize, ctx, failed)
     # THEN its record costs 0 (not "unknown"), with the prompt estimate marked as such
-    [record] = UsageStore(store.table_name, store.client).for_key(key.key_id, 0, 2e10)
+    [record] = stores.usage.for_key(key.key_id, 0, 2e10)
     assert (record.termination_reason, record.cost_usd, record.usage_source) == (
         "upstream_error",
         Decimal(0),
@@ -333,14 +329,13 @@ class _Conflicting(_Flaky):
         return self._client.transact_write_items(**kwargs)
 
 
-def test_transaction_conflicts_are_retried_without_counting_twice(store: RelayStore, moto_endpoint: str) -> None:
+def test_transaction_conflicts_are_retried_without_counting_twice(stores: Stores, moto_endpoint: str) -> None:
     # GIVEN a key with rpm 3, and DynamoDB cancelling the first two admission writes for a conflict
     key = key_with(rpm=3)
-    limits = limiter(moto_endpoint, store.table_name)
-    limits._store = LimitsStore(store.table_name, _Conflicting(store.client, 2))  # type: ignore[arg-type]
+    limits = limiter(moto_endpoint, stores.table_name, client=_Conflicting(stores.client, 2))
     # WHEN requests come one after another
     outcomes = [admit_all(limits, key, 1, f"r{i}")[0] for i in range(4)]
     # THEN the conflicted one is admitted after its retries, and the limit still counts exactly
     assert outcomes == ["admitted"] * 3 + ["refused"]
-    counters = LimitsStore(store.table_name, store.client).read_counters(key.key_id, MID_MINUTE)
+    counters = stores.limits.read_counters(key.key_id, MID_MINUTE)
     assert counters["rate"]["requests"] == 3

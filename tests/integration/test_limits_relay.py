@@ -17,11 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
+from llm_relay.dynamo import Stores
 from llm_relay.keys import ApiKey, generate_key, generate_key_id, hash_key
 from llm_relay.limits import day_of
-from llm_relay.store import RelayStore
 from llm_relay.usage import UsageRecord
-from llm_relay.usage_store import UsageStore
 from tests.conftest import Relay, RelayFactory, Upstream
 from tests.integration.helpers import chat_body, ndjson_lines
 from tests.servers import free_port, wait_healthy
@@ -29,10 +28,10 @@ from tests.servers import free_port, wait_healthy
 SHORT = {"tokens": 3, "chunk_delay_ms": 0, "ttft_ms": 0}
 
 
-def new_key(store: RelayStore, **limits: int | str) -> tuple[str, ApiKey]:
+def new_key(stores: Stores, **limits: int | str) -> tuple[str, ApiKey]:
     plain = generate_key()
     key = ApiKey(key_id=generate_key_id(), name="limits-test", limits={k: Decimal(str(v)) for k, v in limits.items()})
-    store.put_key(key, hash_key(plain))
+    stores.keys.put(key, hash_key(plain))
     return plain, key
 
 
@@ -43,9 +42,9 @@ def away_from_minute_boundary() -> None:
         time.sleep(left + 0.05)
 
 
-def records_of(store: RelayStore, key_id: str, count: int, timeout: float = 5.0) -> list[UsageRecord]:
+def records_of(stores: Stores, key_id: str, count: int, timeout: float = 5.0) -> list[UsageRecord]:
     """The key's usage records, once there are `count` of them (finalization of a dropped stream is async)."""
-    usage = UsageStore(store.table_name, store.client)
+    usage = stores.usage
     deadline = time.monotonic() + timeout
     while True:
         records = usage.for_key(key_id, 0, time.time() + 60)
@@ -56,7 +55,7 @@ def records_of(store: RelayStore, key_id: str, count: int, timeout: float = 5.0)
 
 def test_rpm_5_admits_exactly_5_of_20_concurrent_and_refuses_15_well_formed(relay: Relay) -> None:
     # GIVEN a key limited to 5 requests per minute
-    plain, key = new_key(relay.store, rpm=5)
+    plain, key = new_key(relay.stores, rpm=5)
     away_from_minute_boundary()
 
     # WHEN 20 requests arrive at once
@@ -97,13 +96,13 @@ def test_rpm_5_admits_exactly_5_of_20_concurrent_and_refuses_15_well_formed(rela
         assert 0 <= int(response.headers["x-ratelimit-remaining-requests"]) <= 4
         assert ndjson_lines(response.text)[-1]["object"] == "relay.summary"
     # AND every one of the 20 has a usage record
-    reasons = sorted(r.termination_reason for r in records_of(relay.store, key.key_id, 20))
+    reasons = sorted(r.termination_reason for r in records_of(relay.stores, key.key_id, 20))
     assert reasons == ["rate_limit_exceeded"] * 15 + ["stop"] * 5
 
 
 def test_third_concurrent_stream_is_refused_until_one_ends(relay: Relay) -> None:
     # GIVEN a key allowed 2 concurrent streams, and two streams running (one short, one long)
-    plain, _ = new_key(relay.store, max_concurrent=2)
+    plain, _ = new_key(relay.stores, max_concurrent=2)
     url = f"{relay.url}/v1/chat/completions"
     short = chat_body(stream=True, mock={"tokens": 5, "chunk_delay_ms": 60, "ttft_ms": 0})
     long = chat_body(stream=True, mock={"tokens": 1000, "chunk_delay_ms": 20, "ttft_ms": 0})
@@ -129,7 +128,7 @@ def test_third_concurrent_stream_is_refused_until_one_ends(relay: Relay) -> None
 
 def test_budget_stops_the_key_once_spent_and_costs_agree(relay: Relay) -> None:
     # GIVEN a daily budget smaller than one request's cost (20 tokens of gpt-4o-mini at $0.60/M = $0.000012)
-    plain, key = new_key(relay.store, daily_budget_usd="0.00001")
+    plain, key = new_key(relay.stores, daily_budget_usd="0.00001")
     with httpx.Client(timeout=10) as client:
         # WHEN the first request runs: admitted (nothing spent yet)
         first = client.post(
@@ -140,7 +139,7 @@ def test_budget_stops_the_key_once_spent_and_costs_agree(relay: Relay) -> None:
         assert first.status_code == 200
         summary = ndjson_lines(first.text)[-1]
         # THEN the summary's cost and the usage record's cost are the same Decimal
-        record = records_of(relay.store, key.key_id, 1)[0]
+        record = records_of(relay.stores, key.key_id, 1)[0]
         assert record.cost_usd is not None and record.cost_usd == Decimal(summary["cost_usd"]) > Decimal("0.00001")
         assert (record.prompt_tokens, record.completion_tokens, record.usage_source) == (
             summary["usage"]["prompt_tokens"],
@@ -148,7 +147,7 @@ def test_budget_stops_the_key_once_spent_and_costs_agree(relay: Relay) -> None:
             "upstream",
         )
         # AND the day's spend holds it
-        spend = UsageStore(relay.store.table_name, relay.store.client).spend(key.key_id, "D#" + day_of(time.time()))
+        spend = relay.stores.usage.spend(key.key_id, "D#" + day_of(time.time()))
         assert spend["cost_usd"] == record.cost_usd
         # WHEN the next request comes: refused with budget_exceeded until the day ends
         second = client.post(f"{relay.url}/v1/chat/completions", json=chat_body(), headers=relay.headers(plain))
@@ -161,7 +160,7 @@ def test_budget_stops_the_key_once_spent_and_costs_agree(relay: Relay) -> None:
 
 def test_admission_adds_one_dynamodb_round_trip_before_the_upstream(relay: Relay, upstream: Upstream) -> None:
     # GIVEN a key with every limit set, and the auth cache warm
-    plain, _ = new_key(relay.store, rpm=100, tpm=100000, max_concurrent=5, daily_budget_usd=10, monthly_budget_usd=100)
+    plain, _ = new_key(relay.stores, rpm=100, tpm=100000, max_concurrent=5, daily_budget_usd=10, monthly_budget_usd=100)
     calls: list[tuple[float, str]] = []
     with httpx.Client(timeout=10) as client:
         assert (
@@ -170,7 +169,7 @@ def test_admission_adds_one_dynamodb_round_trip_before_the_upstream(relay: Relay
             ).status_code
             == 200
         )
-        relay.store.client.meta.events.register(
+        relay.stores.client.meta.events.register(
             "before-call.dynamodb.*", lambda model, **kw: calls.append((time.monotonic(), model.name))
         )
         # WHEN a request is relayed
@@ -187,15 +186,15 @@ def test_admission_adds_one_dynamodb_round_trip_before_the_upstream(relay: Relay
 
 @pytest.mark.slow
 def test_a_killed_relay_process_holds_its_slot_no_longer_than_the_lease(
-    make_relay: RelayFactory, store: RelayStore, upstream: Upstream, moto_endpoint: str
+    make_relay: RelayFactory, stores: Stores, upstream: Upstream, moto_endpoint: str
 ) -> None:
     # GIVEN a key with one concurrent stream, served by a separate relay process whose leases last 3 s
-    plain, _ = new_key(store, max_concurrent=1)
+    plain, _ = new_key(stores, max_concurrent=1)
     port = free_port()
     env = {
         **os.environ,
         "RELAY_DYNAMODB_ENDPOINT": moto_endpoint,
-        "RELAY_TABLE_NAME": store.table_name,
+        "RELAY_TABLE_NAME": stores.table_name,
         "RELAY_DEV_KEY": plain,
         "PORT": str(port),
         "RELAY_UPSTREAM_URL": upstream.url,
@@ -245,7 +244,7 @@ def _cli(args: list[str], relay: Relay) -> Any:
     env = {
         **os.environ,
         "RELAY_DYNAMODB_ENDPOINT": relay.settings.dynamodb_endpoint or "",
-        "RELAY_TABLE_NAME": relay.store.table_name,
+        "RELAY_TABLE_NAME": relay.stores.table_name,
     }
     return subprocess.run(
         [os.path.join(os.path.dirname(sys.executable), "llm-relay"), *args],
@@ -259,7 +258,7 @@ def _cli(args: list[str], relay: Relay) -> Any:
 def test_usage_cli_shows_every_request_cancelled_ones_with_estimated_tokens(relay: Relay) -> None:
     # GIVEN a key, and four requests: one completed, one cancelled by the explicit cancel call, one whose
     # client went away, one refused by a limit
-    plain, key = new_key(relay.store, tpm=5000)
+    plain, key = new_key(relay.stores, tpm=5000)
     long = chat_body(stream=True, mock={"tokens": 1000, "chunk_delay_ms": 10, "ttft_ms": 0})
     url = f"{relay.url}/v1/chat/completions"
     with httpx.Client(timeout=10) as client:
@@ -279,7 +278,7 @@ def test_usage_cli_shows_every_request_cancelled_ones_with_estimated_tokens(rela
             next(dropped_lines)
             next(dropped_lines)
         assert client.post(url, json=chat_body(max_tokens=9000), headers=relay.headers(plain)).status_code == 429
-    records_of(relay.store, key.key_id, 4)
+    records_of(relay.stores, key.key_id, 4)
     # WHEN the usage CLI reads the key's usage
     result = _cli(["usage", "--key", key.key_id, "--json"], relay)
     assert result.returncode == 0, result.stderr

@@ -19,9 +19,9 @@ import psutil
 import pytest
 
 from llm_relay.app import create_app
+from llm_relay.dynamo import KeyStore, make_client
 from llm_relay.keys import hash_key
 from llm_relay.settings import Settings
-from llm_relay.store import RelayStore, make_client
 from llm_relay_dev.local_dynamodb import READY
 from llm_relay_dev.table import TABLE_RESOURCE, load_template
 from tests.conftest import Upstream
@@ -124,8 +124,8 @@ def test_make_dev_uses_the_given_endpoint_and_starts_no_moto(local_dynamodb: Loc
         line = next(line for line in dev.stdout if line.strip().startswith("DynamoDB"))
         assert local_dynamodb.endpoint in line and "RELAY_DYNAMODB_ENDPOINT" in line and table in line
         # AND its dev key is in that DynamoDB, in the table it created there
-        store = RelayStore(table, make_client(local_dynamodb.endpoint, "us-east-1"))
-        assert store.get_key_by_hash(hash_key(dev.key)) is not None
+        keys = KeyStore(table, make_client(local_dynamodb.endpoint, "us-east-1"))
+        assert keys.get_by_hash(hash_key(dev.key)) is not None
         # AND it listens only as the relay and its mock upstream: no moto of its own
         listening = {c.laddr.port for c in psutil.Process(dev.pid).net_connections("tcp") if c.status == "LISTEN"}
         assert int(dev.url.rsplit(":", 1)[1]) in listening and len(listening) == 2
@@ -149,7 +149,7 @@ def test_it_has_the_moto_fixes_of_the_in_process_server(local_dynamodb: LocalDyn
     # GIVEN the standalone server (the same serialized, patched moto the tests' in-process server is)
     from decimal import Decimal
 
-    from llm_relay.store import deserialize, serialize
+    from llm_relay.dynamo.layout import deserialize, serialize
 
     client = make_client(local_dynamodb.endpoint, "us-east-1")
     key = serialize({"pk": "K", "sk": "S"})

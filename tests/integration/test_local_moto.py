@@ -7,27 +7,28 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from llm_relay.store import RelayStore, deserialize, serialize
+from llm_relay.dynamo import Stores
+from llm_relay.dynamo.layout import deserialize, serialize
 
 
-def _client(store: RelayStore) -> Any:
-    return store.client  # untyped: the tests build raw TransactItems
+def _client(stores: Stores) -> Any:
+    return stores.client  # untyped: the tests build raw TransactItems
 
 
-def _item(store: RelayStore, pk: str) -> dict[str, object] | None:
-    raw = store.client.get_item(TableName=store.table_name, Key=serialize({"pk": pk, "sk": "X"})).get("Item")
+def _item(stores: Stores, pk: str) -> dict[str, object] | None:
+    raw = stores.client.get_item(TableName=stores.table_name, Key=serialize({"pk": pk, "sk": "X"})).get("Item")
     return deserialize(raw) if raw else None
 
 
-def _put(store: RelayStore, item: dict[str, object]) -> dict[str, object]:
-    return {"Put": {"TableName": store.table_name, "Item": serialize({"sk": "X", **item})}}
+def _put(stores: Stores, item: dict[str, object]) -> dict[str, object]:
+    return {"Put": {"TableName": stores.table_name, "Item": serialize({"sk": "X", **item})}}
 
 
-def test_a_refused_transaction_writes_nothing_and_returns_the_old_item(store: RelayStore) -> None:
-    store.client.put_item(TableName=store.table_name, Item=serialize({"pk": "A", "sk": "X", "n": 5}))
+def test_a_refused_transaction_writes_nothing_and_returns_the_old_item(stores: Stores) -> None:
+    stores.client.put_item(TableName=stores.table_name, Item=serialize({"pk": "A", "sk": "X", "n": 5}))
     check = {
         "Update": {
-            "TableName": store.table_name,
+            "TableName": stores.table_name,
             "Key": serialize({"pk": "A", "sk": "X"}),
             "UpdateExpression": "ADD n :one",
             "ConditionExpression": "n < :max",
@@ -36,39 +37,39 @@ def test_a_refused_transaction_writes_nothing_and_returns_the_old_item(store: Re
         }
     }
     with pytest.raises(ClientError) as cancelled:
-        _client(store).transact_write_items(TransactItems=[_put(store, {"pk": "B"}), check])
+        _client(stores).transact_write_items(TransactItems=[_put(stores, {"pk": "B"}), check])
     reasons: Any = cancelled.value.response["CancellationReasons"]
     assert [r["Code"] for r in reasons] == ["None", "ConditionalCheckFailed"]
     assert deserialize(reasons[1]["Item"])["n"] == 5
-    assert _item(store, "B") is None and _item(store, "A") == {"pk": "A", "sk": "X", "n": 5}
+    assert _item(stores, "B") is None and _item(stores, "A") == {"pk": "A", "sk": "X", "n": 5}
 
 
-def test_an_item_failing_while_applied_puts_the_others_back(store: RelayStore) -> None:
-    store.client.put_item(TableName=store.table_name, Item=serialize({"pk": "A", "sk": "X", "s": "text", "v": 1}))
+def test_an_item_failing_while_applied_puts_the_others_back(stores: Stores) -> None:
+    stores.client.put_item(TableName=stores.table_name, Item=serialize({"pk": "A", "sk": "X", "s": "text", "v": 1}))
     bad = {
         "Update": {
-            "TableName": store.table_name,
+            "TableName": stores.table_name,
             "Key": serialize({"pk": "A", "sk": "X"}),
             "UpdateExpression": "ADD s :one",
             "ExpressionAttributeValues": serialize({":one": 1}),
         }
     }
     with pytest.raises(ClientError):
-        _client(store).transact_write_items(
-            TransactItems=[_put(store, {"pk": "B"}), _put(store, {"pk": "C", "v": 2}), bad]
+        _client(stores).transact_write_items(
+            TransactItems=[_put(stores, {"pk": "B"}), _put(stores, {"pk": "C", "v": 2}), bad]
         )
-    assert _item(store, "B") is None and _item(store, "C") is None
-    assert _item(store, "A") == {"pk": "A", "sk": "X", "s": "text", "v": 1}
+    assert _item(stores, "B") is None and _item(stores, "C") is None
+    assert _item(stores, "A") == {"pk": "A", "sk": "X", "s": "text", "v": 1}
 
 
 def test_adding_numbers_in_exponent_notation(moto_endpoint: str) -> None:
     # GIVEN a cost below 1e-6, which Python's Decimal (and so boto3) writes as 9E-7
     from decimal import Decimal
 
-    from llm_relay.store import deserialize, make_client, serialize
+    from llm_relay.dynamo import make_client
     from llm_relay_dev.table import create_table
 
-    client = make_client(moto_endpoint, "us-east-1")
+    client = make_client(moto_endpoint)
     create_table(client, "exp-numbers")
     key = serialize({"pk": "K", "sk": "S"})
     # WHEN it is added twice (how spend aggregates grow)

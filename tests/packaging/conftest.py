@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_relay.store import RelayStore, make_client
+from llm_relay.dynamo import Stores, make_client
 from llm_relay_dev.dev_key import ensure_dev_key
 from llm_relay_dev.table import create_table
 from tests.packaging.expected import DEV_KEY
@@ -135,9 +135,9 @@ def dev_table(moto_endpoint: str) -> Iterator[str]:
     import uuid
 
     table = f"relay-pkg-{uuid.uuid4().hex[:10]}"
-    store = RelayStore(table, make_client(moto_endpoint, "us-east-1"))
-    create_table(store.client, table)
-    ensure_dev_key(store, DEV_KEY)
+    stores = Stores.create(table, make_client(moto_endpoint, "us-east-1"))
+    create_table(stores.client, table)
+    ensure_dev_key(stores.keys, DEV_KEY)
     yield table
 
 

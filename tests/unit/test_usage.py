@@ -1,11 +1,11 @@
-"""Usage records (pure): the item layout (key partition, day index, TTL) and the totals the CLI prints."""
+"""Usage records (pure): the totals the CLI prints (their DynamoDB item: test_layout.py)."""
 
 from __future__ import annotations
 
 import calendar
 from decimal import Decimal
 
-from llm_relay.usage import UsageRecord, UsageTotals, iso_ms
+from llm_relay.usage import UsageRecord, UsageTotals
 
 T = calendar.timegm((2025, 3, 4, 5, 6, 7, 0, 0, 0)) + 0.089
 
@@ -26,24 +26,6 @@ def record(**changes: object) -> UsageRecord:
     }
     values.update(changes)
     return UsageRecord(**values)  # type: ignore[arg-type]
-
-
-def test_item_is_queryable_by_key_and_time_and_by_day() -> None:
-    item = record().item(retention_days=30)
-    assert item["pk"] == "KEY#rk_1"
-    assert item["sk"] == "USAGE#2025-03-04T05:06:07.089Z#req_a"
-    assert (item["gsi1pk"], item["gsi1sk"]) == ("USAGE#2025-03-04", "2025-03-04T05:06:07.089Z#req_a")
-    assert item["expires_at"] == int(T) + 30 * 86400
-    assert item["cost_usd"] == Decimal("0.0000198") and item["usage_source"] == "upstream"
-
-
-def test_unknown_cost_is_absent_and_the_record_round_trips() -> None:
-    original = record(cost_usd=None, usage_source="estimated", cancel_source="disconnect", ttft_ms=None)
-    item = original.item(retention_days=1)
-    assert "cost_usd" not in item and "ttft_ms" not in item
-    back = UsageRecord.from_item(item)
-    assert back == original
-    assert iso_ms(back.started_epoch) == "2025-03-04T05:06:07.089Z"
 
 
 def test_totals() -> None:

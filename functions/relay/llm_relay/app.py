@@ -22,17 +22,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .admission import Admission
 from .auth import Authenticator
 from .cancellation import CancelRegistry
+from .dynamo import Stores
 from .errors import ConfigurationError, InvalidRequest, NotFound, RelayError
 from .finalize import Finalizers
 from .lambda_context import LambdaInvocation
 from .limiter import Limiter
-from .limits_store import LimitsStore
 from .metrics import REJECTION_REASONS, MetricsEmitter
 from .outcome import Finalizer
 from .pipeline import Pipeline
 from .pricing import Pricer, PriceTable
 from .settings import Settings
-from .store import RelayStore, make_client
 from .telemetry import Telemetry
 from .upstream import Upstream
 from .upstream_key import UpstreamKeyProvider
@@ -103,7 +102,7 @@ def require_upstream(settings: Settings, transport: httpx.AsyncBaseTransport | N
 def create_app(
     settings: Settings | None = None,
     *,
-    store: RelayStore | None = None,
+    stores: Stores | None = None,
     admission: Admission | None = None,
     finalizers: list[Finalizer] | None = None,
     pricer: Pricer | None = None,
@@ -111,19 +110,19 @@ def create_app(
 ) -> FastAPI:
     settings = settings or Settings()
     require_upstream(settings, upstream_transport)
-    store = store or RelayStore(settings.table_name, make_client(settings.dynamodb_endpoint, settings.aws_region))
+    stores = stores or Stores.from_settings(settings)
     prices = PriceTable.load(settings.prices_json)
     telemetry = Telemetry(
         MetricsEmitter(settings.metrics_namespace, settings.service_name, _known_models(settings, prices)),
         Logger(service=settings.service_name, level=settings.log_level),
     )
-    limiter = Limiter(LimitsStore(settings.table_name, store.client), settings, metrics=telemetry.metrics.hook)
+    limiter = Limiter(stores, settings, metrics=telemetry.metrics.hook)
     pipeline = Pipeline(
         settings,
-        store=store,
-        auth=Authenticator(store, settings.auth_cache_ttl_s),
+        requests=stores.requests,
+        auth=Authenticator(stores.keys, settings.auth_cache_ttl_s),
         admission=admission or limiter,
-        cancels=CancelRegistry(store, settings.cancel_poll_interval_s),
+        cancels=CancelRegistry(stores.requests, settings.cancel_poll_interval_s),
         finalizer=Finalizers([limiter, telemetry, *(finalizers or [])]),
         pricer=pricer or prices,
     )

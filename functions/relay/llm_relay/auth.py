@@ -10,9 +10,9 @@ from collections.abc import Callable, Mapping
 import anyio
 import anyio.to_thread
 
-from .errors import ServiceUnavailable, Unauthorized
+from .dynamo import KeyStore
+from .errors import ServiceUnavailable, StoreUnavailable, Unauthorized
 from .keys import ApiKey, hash_key
-from .store import RelayStore, StoreUnavailable
 
 _MAX_CACHE = 10_000
 
@@ -34,7 +34,7 @@ def extract_key(headers: Mapping[str, str]) -> str:
 
 
 class Authenticator:
-    def __init__(self, store: RelayStore, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, store: KeyStore, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._store = store
         self._ttl = ttl_s
         self._clock = clock
@@ -65,7 +65,7 @@ class Authenticator:
                 break
         done = self._inflight[key_hash] = anyio.Event()
         try:
-            key = await anyio.to_thread.run_sync(self._store.get_key_by_hash, key_hash)
+            key = await anyio.to_thread.run_sync(self._store.get_by_hash, key_hash)
         except StoreUnavailable as exc:
             raise ServiceUnavailable("The key store is unavailable; try again shortly.") from exc
         finally:

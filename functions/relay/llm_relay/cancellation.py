@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import anyio
 import anyio.to_thread
 
-from .store import RelayStore, StoreUnavailable
+from .dynamo import RequestStore
+from .errors import StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class CancelSignal:
 
 
 class CancelRegistry:
-    def __init__(self, store: RelayStore, interval_s: float) -> None:
+    def __init__(self, store: RequestStore, interval_s: float) -> None:
         self._store = store
         self._interval = interval_s
         self._signals: dict[str, CancelSignal] = {}

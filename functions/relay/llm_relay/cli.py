@@ -25,14 +25,15 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
+from botocore.exceptions import NoRegionError
 from pydantic import ValidationError
 
-from .keys import ApiKey, generate_key, generate_key_id, hash_key
+from .dynamo import KeyStore, Stores
+from .errors import StoreUnavailable
+from .keys import ApiKey, generate_key, generate_key_id, hash_key, now_iso
 from .limits import LIMIT_NAMES, Limits, parse_limit
 from .settings import Settings
-from .store import RelayStore, StoreUnavailable, make_client, now_iso
 from .usage import UsageRecord, UsageTotals, iso_ms
-from .usage_store import UsageStore
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -54,8 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"llm-relay: error: invalid configuration in the environment:\n{exc}", file=sys.stderr)
         return 2
     try:
-        client = make_client(settings.dynamodb_endpoint, settings.aws_region)
-        result: int = args.run(args, settings, client)
+        stores = Stores.from_settings(settings)
+    except NoRegionError:
+        print("llm-relay: error: no AWS region: set AWS_REGION (or configure one for the AWS profile)", file=sys.stderr)
+        return 2
+    try:
+        result: int = args.run(args, settings, stores)
         return result
     except CliError as exc:
         print(f"llm-relay: error: {exc}", file=sys.stderr)
@@ -164,13 +169,13 @@ def _given_limits(args: argparse.Namespace) -> dict[str, Decimal | None]:
     return {name: getattr(args, name) for name in LIMIT_NAMES if hasattr(args, name)}
 
 
-def _keys_create(args: argparse.Namespace, settings: Settings, client: Any) -> int:
+def _keys_create(args: argparse.Namespace, settings: Settings, stores: Stores) -> int:
     limits = {name: value for name, value in _given_limits(args).items() if value is not None}
     key = ApiKey(
         key_id=generate_key_id(), name=args.name, created_at=now_iso(), allowed_models=args.models, limits=limits
     )
     plain = generate_key()
-    RelayStore(settings.table_name, client).put_key(key, hash_key(plain))
+    stores.keys.put(key, hash_key(plain))
     view = {**_key_view(key, settings), "key": plain}
     if args.json:
         print(json.dumps(view, indent=2))
@@ -183,10 +188,8 @@ def _keys_create(args: argparse.Namespace, settings: Settings, client: Any) -> i
     return 0
 
 
-def _keys_list(args: argparse.Namespace, settings: Settings, client: Any) -> int:
-    keys = sorted(
-        (key for key, _ in RelayStore(settings.table_name, client).list_keys()), key=lambda k: (k.created_at, k.key_id)
-    )
+def _keys_list(args: argparse.Namespace, settings: Settings, stores: Stores) -> int:
+    keys = sorted((key for key, _ in stores.keys.list_all()), key=lambda k: (k.created_at, k.key_id))
     if args.json:
         print(json.dumps([_key_view(key, settings) for key in keys], indent=2))
         return 0
@@ -205,12 +208,11 @@ def _keys_list(args: argparse.Namespace, settings: Settings, client: Any) -> int
     return 0
 
 
-def _keys_revoke(args: argparse.Namespace, settings: Settings, client: Any) -> int:
-    store = RelayStore(settings.table_name, client)
-    key, key_hash = _existing(store, args.key_id)
+def _keys_revoke(args: argparse.Namespace, settings: Settings, stores: Stores) -> int:
+    key, key_hash = _existing(stores.keys, args.key_id)
     if key.active:
         key = ApiKey(key.key_id, key.name, "revoked", key.created_at, now_iso(), key.allowed_models, key.limits)
-        store.replace_key(key, key_hash)
+        stores.keys.replace(key, key_hash)
     ttl = f"{settings.auth_cache_ttl_s:g}"
     if args.json:
         print(json.dumps({**_key_view(key, settings), "effective_within_s": settings.auth_cache_ttl_s}, indent=2))
@@ -222,14 +224,13 @@ def _keys_revoke(args: argparse.Namespace, settings: Settings, client: Any) -> i
     return 0
 
 
-def _keys_set_limits(args: argparse.Namespace, settings: Settings, client: Any) -> int:
+def _keys_set_limits(args: argparse.Namespace, settings: Settings, stores: Stores) -> int:
     given = _given_limits(args)
     if not given:
         raise CliError(
             "nothing to set: give at least one of " + ", ".join("--" + n.replace("_", "-") for n in LIMIT_NAMES)
         )
-    store = RelayStore(settings.table_name, client)
-    key, key_hash = _existing(store, args.key_id)
+    key, key_hash = _existing(stores.keys, args.key_id)
     limits = dict(key.limits)
     for name, value in given.items():
         if value is None:
@@ -237,7 +238,7 @@ def _keys_set_limits(args: argparse.Namespace, settings: Settings, client: Any) 
         else:
             limits[name] = value
     key = ApiKey(key.key_id, key.name, key.status, key.created_at, key.revoked_at, key.allowed_models, limits)
-    store.replace_key(key, key_hash)
+    stores.keys.replace(key, key_hash)
     if args.json:
         print(json.dumps(_key_view(key, settings), indent=2))
     else:
@@ -248,8 +249,8 @@ def _keys_set_limits(args: argparse.Namespace, settings: Settings, client: Any) 
     return 0
 
 
-def _existing(store: RelayStore, key_id: str) -> tuple[ApiKey, str]:
-    found = store.get_key(key_id.strip())
+def _existing(keys: KeyStore, key_id: str) -> tuple[ApiKey, str]:
+    found = keys.get_by_id(key_id.strip())
     if found is None:
         raise CliError(f"no key with id {key_id!r} (see `llm-relay keys list`)")
     return found
@@ -282,14 +283,14 @@ def _limits_text(key: ApiKey, settings: Settings) -> str:
 
 
 # --- usage ---------------------------------------------------------------------------------------------------
-def _usage(args: argparse.Namespace, settings: Settings, client: Any) -> int:
+def _usage(args: argparse.Namespace, settings: Settings, stores: Stores) -> int:
     until = args.until if args.until is not None else time.time()
     since = args.since if args.since is not None else until - 86400
     if since >= until:
         print("llm-relay: error: --since must be before --until", file=sys.stderr)
         return 2
-    store = UsageStore(settings.table_name, client)
-    records = store.for_key(args.key_id, since, until) if args.key_id else store.for_all(since, until)
+    usage = stores.usage
+    records = usage.for_key(args.key_id, since, until) if args.key_id else usage.for_all(since, until)
     totals = UsageTotals.of(records)
     if args.json:
         body: dict[str, Any] = {

@@ -1,9 +1,13 @@
 """The relay's exceptions. Every error a client can see is a `RelayError` carrying its HTTP status and
-an OpenAI-style body; the mapping to HTTP lives in one place (`app.py` exception handlers). A configuration
-the relay refuses to start with is a `ConfigurationError`: no client ever sees it, so it is not a RelayError
-(no handler can turn it into an HTTP answer).
+an OpenAI-style body; the mapping to HTTP lives in one place (`app.py` exception handlers). Every exception
+that crosses modules is in this tree (module-private ones, such as a cancelled transaction inside the store,
+are not). A configuration the relay refuses to start with is a `ConfigurationError`: no client ever sees it,
+so it is not a RelayError (no handler can turn it into an HTTP answer).
 
-ConfigurationError                                             (start-up refused: e.g. no RELAY_UPSTREAM_URL)
+LLMRelayError
+├── ConfigurationError                                        (start-up refused: e.g. no RELAY_UPSTREAM_URL)
+├── SSELineTooLong (also a ValueError)                        (an upstream line past the parser's cap)
+└── RelayError (every error a client can see)
 
 RelayError
 ├── InvalidRequest          400  invalid_request_error        (bad JSON, wrong types, bad values)
@@ -14,6 +18,7 @@ RelayError
 ├── RequestCancelled        409  invalid_request_error / client_cancelled (cancelled before it started)
 ├── RateLimited             429  rate_limit_exceeded | budget_exceeded
 ├── ServiceUnavailable      503  service_unavailable       (state store down, fail closed)
+│   └── StoreUnavailable    503  service_unavailable       (raised by the DynamoDB adapter, `llm_relay.dynamo`)
 └── UpstreamError           502  upstream_error            (after retries, before the first byte)
     └── UpstreamTimeout     504  upstream_timeout
 """
@@ -23,7 +28,15 @@ from __future__ import annotations
 from typing import Any
 
 
-class RelayError(Exception):
+class LLMRelayError(Exception):
+    """The root of every exception the relay raises across its modules."""
+
+
+class SSELineTooLong(LLMRelayError, ValueError):
+    """A line grew past the SSE parser's cap without ending: not an event stream the relay will buffer."""
+
+
+class RelayError(LLMRelayError):
     status_code = 500
     error_type = "server_error"
     code: str | None = "internal_error"
@@ -96,6 +109,16 @@ class ServiceUnavailable(RelayError):
     rejection = "unavailable"
 
 
+class StoreUnavailable(ServiceUnavailable):
+    """DynamoDB could not be reached, or kept failing after botocore's own retries (translated from
+    `ClientError`/`BotoCoreError` in one place, `llm_relay.dynamo.client`).
+
+    It sits under ServiceUnavailable because that is what it means at the HTTP edge: the state store being
+    down is the service being unavailable (503, try again), never a bug (500). Callers that can do better
+    catch it first: admission fails closed with its own message (or open when configured), finalization logs
+    the record for replay, the cancel poller tries again, the CLI exits 1."""
+
+
 class UpstreamError(RelayError):
     """The upstream failed before anything was sent to the client (after retries)."""
 
@@ -116,6 +139,6 @@ class UpstreamTimeout(UpstreamError):
     code = "upstream_timeout"
 
 
-class ConfigurationError(Exception):
+class ConfigurationError(LLMRelayError):
     """The settings would make the relay do the wrong thing silently (e.g. no upstream to send requests to), so
     it refuses to start. The message names the environment variable to set."""

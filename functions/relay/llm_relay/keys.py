@@ -1,16 +1,22 @@
 """API keys (pure): generation, hashing and the key record. Keys are stored only as SHA-256 hashes; the
-plain key is shown once, at creation. A short public key id (`rk_…`) names a key in logs and records."""
+plain key is shown once, at creation. A short public key id (`rk_…`) names a key in logs and records. The
+key's DynamoDB items are laid out in `llm_relay.dynamo.layout`."""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
 
 KEY_PREFIX = "lr-"
 KEY_ID_PREFIX = "rk_"
+
+
+def now_iso() -> str:
+    """The second-precision UTC timestamp of key records (`created_at`, `revoked_at`) and request marks."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def generate_key() -> str:
@@ -41,31 +47,3 @@ class ApiKey:
 
     def allows_model(self, model: str) -> bool:
         return self.allowed_models is None or model in self.allowed_models
-
-    def to_item(self) -> dict[str, Any]:
-        item: dict[str, Any] = {
-            "key_id": self.key_id,
-            "name": self.name,
-            "status": self.status,
-            "created_at": self.created_at,
-        }
-        if self.revoked_at:
-            item["revoked_at"] = self.revoked_at
-        if self.allowed_models is not None:
-            item["allowed_models"] = sorted(self.allowed_models)
-        if self.limits:
-            item["limits"] = dict(self.limits)
-        return item
-
-    @classmethod
-    def from_item(cls, item: dict[str, Any]) -> ApiKey:
-        models = item.get("allowed_models")
-        return cls(
-            key_id=str(item["key_id"]),
-            name=str(item.get("name", "")),
-            status=str(item.get("status", "active")),
-            created_at=str(item.get("created_at", "")),
-            revoked_at=item.get("revoked_at"),
-            allowed_models=frozenset(models) if models is not None else None,
-            limits={k: Decimal(v) for k, v in (item.get("limits") or {}).items()},
-        )

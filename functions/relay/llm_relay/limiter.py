@@ -2,7 +2,7 @@
 one of its `Finalizer`s.
 
 Admission: one DynamoDB TransactWriteItems before the upstream call (see limits.py for the algorithm and
-limits_store.py for the items). A refusal answers 429 with `Retry-After` and the `x-ratelimit-*` headers,
+dynamo/limits_store.py for the writes). A refusal answers 429 with `Retry-After` and the `x-ratelimit-*` headers,
 and is recorded as a usage record. A refused write is retried only when its ALL_OLD items show it could
 succeed (a stale cached previous minute, expired leases to take over) or on transaction contention.
 If DynamoDB is unreachable or keeps throttling: 503 (fail closed) unless `RELAY_ADMISSION_FAIL_OPEN`.
@@ -26,7 +26,8 @@ import anyio.to_thread
 
 from . import metrics
 from .admission import Ticket
-from .errors import RateLimited, ServiceUnavailable
+from .dynamo import Settlement, Stores, request_item
+from .errors import RateLimited, ServiceUnavailable, StoreUnavailable
 from .limits import (
     RATE,
     AdmissionPlan,
@@ -41,11 +42,9 @@ from .limits import (
     reserve_tokens,
     retry_after_s,
 )
-from .limits_store import LimitsStore, Settlement
 from .metering import estimate_prompt_tokens
 from .outcome import RequestContext, StreamOutcome
 from .settings import Settings
-from .store import StoreUnavailable, request_item
 from .usage import record_for, refused_record
 
 logger = logging.getLogger(__name__)
@@ -92,13 +91,13 @@ class _Seen:
 class Limiter:
     def __init__(
         self,
-        store: LimitsStore,
+        stores: Stores,
         settings: Settings,
         *,
         clock: Callable[[], float] = time.time,
         metrics: MetricHook | None = None,
     ) -> None:
-        self._store = store
+        self._stores = stores
         self._settings = settings
         self._defaults = default_limits(settings)
         self._clock = clock
@@ -115,7 +114,7 @@ class Limiter:
         item = request_item(ctx.request_id, ctx.key.key_id, ctx.chat.model, self._settings.request_ttl_s)
         if limits.unlimited:
             try:
-                await anyio.to_thread.run_sync(self._store.put_request, item)
+                await anyio.to_thread.run_sync(self._stores.requests.put, item)
             except StoreUnavailable as exc:
                 return self._store_down(ctx, exc)
             return Ticket()
@@ -126,7 +125,7 @@ class Limiter:
             await self._refuse(ctx, plan, refusal(plan, blocked, seen.low_requests, seen.low_tokens))
         for attempt in range(MAX_ATTEMPTS):
             try:
-                result = await anyio.to_thread.run_sync(self._store.admit, plan, item, attempt)
+                result = await anyio.to_thread.run_sync(self._stores.limits.admit, plan, item, attempt)
             except StoreUnavailable as exc:
                 return self._store_down(ctx, exc)
             if result.admitted:
@@ -200,7 +199,7 @@ class Limiter:
         logger.info("request %s of key %s refused by %s", ctx.request_id, ctx.key.key_id, ",".join(refused.limits))
         record = refused_record(ctx, refused.code, time.monotonic() - ctx.started_at)
         try:
-            await anyio.to_thread.run_sync(self._store.put_usage, record, self._settings.usage_retention_days)
+            await anyio.to_thread.run_sync(self._stores.usage.put_refused, record, self._settings.usage_retention_days)
         except StoreUnavailable as exc:
             self._lost(record.as_json(), exc)
         raise error
@@ -236,7 +235,7 @@ class Limiter:
         if ticket is not None:
             settlement = self._settlement(ticket, outcome, settlement)
         try:
-            await anyio.to_thread.run_sync(self._store.settle, settlement)
+            await anyio.to_thread.run_sync(self._stores.limits.settle, settlement)
         except StoreUnavailable as exc:
             self._lost(record.as_json(), exc)
             return

@@ -23,6 +23,7 @@ from .admission import Admission
 from .auth import Authenticator
 from .cancellation import CancelRegistry, CancelSignal
 from .chat_request import parse_chat_request
+from .dynamo import RequestStore
 from .encoding import NDJSONFraming, SSEFraming
 from .errors import (
     ModelNotAllowed,
@@ -31,6 +32,7 @@ from .errors import (
     RelayError,
     RequestCancelled,
     ServiceUnavailable,
+    StoreUnavailable,
     UpstreamError,
     UpstreamTimeout,
 )
@@ -40,7 +42,6 @@ from .metering import StreamMeter
 from .outcome import Ending, Finalizer, RequestContext, StreamOutcome, outcome_of
 from .pricing import Pricer
 from .settings import Settings
-from .store import RelayStore, StoreUnavailable
 from .stream import RelayStream
 from .termination import reason_for
 from .upstream import OpenedStream, Upstream
@@ -55,7 +56,7 @@ class Pipeline:
         self,
         settings: Settings,
         *,
-        store: RelayStore,
+        requests: RequestStore,
         auth: Authenticator,
         admission: Admission,
         cancels: CancelRegistry,
@@ -63,7 +64,7 @@ class Pipeline:
         pricer: Pricer,
     ) -> None:
         self.settings = settings
-        self._store = store
+        self._requests = requests
         self._auth = auth
         self._admission = admission
         self.cancels = cancels
@@ -98,7 +99,7 @@ class Pipeline:
         if it runs in this process."""
         key = await self._auth.authenticate(request.headers)
         try:
-            item = await anyio.to_thread.run_sync(self._store.request_cancel, request_id, key.key_id)
+            item = await anyio.to_thread.run_sync(self._requests.request_cancel, request_id, key.key_id)
         except StoreUnavailable as exc:
             raise ServiceUnavailable("The request store is unavailable; try again shortly.") from exc
         if item is None:

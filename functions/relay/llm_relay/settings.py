@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     # State.
     table_name: str = "llm-relay"
     dynamodb_endpoint: str | None = None
-    aws_region: str = Field(default="us-east-1", alias="AWS_REGION")
+    aws_region: str | None = Field(default=None, alias="AWS_REGION")  # unset: the boto3 session's region
     auth_cache_ttl_s: float = Field(default=30.0, ge=0)
     dev_key: str | None = Field(default=None, repr=False)
 

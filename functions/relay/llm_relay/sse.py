@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import SSELineTooLong
+
+__all__ = ["MAX_LINE_BYTES", "SSEEvent", "SSELineTooLong", "SSEParser"]
+
 MAX_LINE_BYTES = 1024 * 1024
-
-
-class SSELineTooLong(ValueError):
-    """A line grew past MAX_LINE_BYTES without ending: not an event stream the relay will buffer."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,15 +1,10 @@
-"""Usage records (pure): one per request (streamed, cancelled, failed, or refused by a limit after
-authentication), their DynamoDB item shape, and the totals `llm-relay usage` prints.
-
-Item layout (single table, see store.py):
-    KEY#<key_id>  USAGE#<iso ts>#<request_id>   gsi1pk USAGE#<yyyy-mm-dd>  gsi1sk <iso ts>#<request_id>
-so a key's records come back in time order from one Query, and all keys' records of a day from one GSI
-Query. `cost_usd` is absent when the model has no price (cost unknown).
+"""Usage records (pure values): one per request (streamed, cancelled, failed, or refused by a limit after
+authentication), and the totals `llm-relay usage` prints. Their DynamoDB item is laid out in
+`llm_relay.dynamo.layout`; `cost_usd` None means the model has no price (cost unknown).
 """
 
 from __future__ import annotations
 
-import calendar
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -55,60 +50,6 @@ class UsageRecord:
     @property
     def day(self) -> str:
         return self.timestamp[:10]
-
-    @property
-    def sort_key(self) -> str:
-        return f"USAGE#{self.timestamp}#{self.request_id}"
-
-    def item(self, retention_days: int) -> dict[str, Any]:
-        """The DynamoDB item, with its TTL (`expires_at`, epoch seconds)."""
-        item: dict[str, Any] = {
-            "pk": f"KEY#{self.key_id}",
-            "sk": self.sort_key,
-            "gsi1pk": f"USAGE#{self.day}",
-            "gsi1sk": f"{self.timestamp}#{self.request_id}",
-            "key_id": self.key_id,
-            "request_id": self.request_id,
-            "model": self.model,
-            "timestamp": self.timestamp,
-            "termination_reason": self.termination_reason,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "cached_tokens": self.cached_tokens,
-            "usage_source": self.usage_source,
-            "mode": self.mode,
-            "expires_at": int(self.started_epoch) + retention_days * SECONDS_PER_DAY,
-        }
-        optional = {
-            "cost_usd": self.cost_usd,
-            "ttft_ms": self.ttft_ms,
-            "duration_ms": self.duration_ms,
-            "cancel_source": self.cancel_source,
-        }
-        item.update({name: value for name, value in optional.items() if value is not None})
-        return item
-
-    @classmethod
-    def from_item(cls, item: dict[str, Any]) -> UsageRecord:
-        ts = str(item["timestamp"])
-        epoch = calendar.timegm(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) + int(ts[20:23]) / 1000
-        cost = item.get("cost_usd")
-        return cls(
-            key_id=str(item["key_id"]),
-            request_id=str(item["request_id"]),
-            model=str(item.get("model", "")),
-            started_epoch=epoch,
-            termination_reason=str(item.get("termination_reason", "")),
-            prompt_tokens=int(item.get("prompt_tokens", 0)),
-            completion_tokens=int(item.get("completion_tokens", 0)),
-            cached_tokens=int(item.get("cached_tokens", 0)),
-            usage_source=str(item.get("usage_source", "")),
-            cost_usd=Decimal(cost) if cost is not None else None,
-            ttft_ms=item.get("ttft_ms"),
-            duration_ms=item.get("duration_ms"),
-            mode=str(item.get("mode", "")),
-            cancel_source=item.get("cancel_source"),
-        )
 
     def as_json(self) -> dict[str, Any]:
         return {

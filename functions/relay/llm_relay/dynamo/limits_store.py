@@ -1,17 +1,11 @@
-"""DynamoDB adapter for limits and usage writes: the admission write (one TransactWriteItems) and the
-settlement after the stream (one TransactWriteItems), plus the record of a refused request.
-
-Items (single table, see store.py), all under the key's partition `KEY#<key_id>`:
-    RATE#<epoch minute>   requests, tokens (sliding-window counters; TTL a few minutes)
-    CONC                  active (count), l_<request_id> = lease expiry (epoch s), one attribute a stream
-    SPEND#D#<yyyy-mm-dd>  cost_usd, requests, prompt/completion tokens (gsi1pk SPEND#D#<day>, gsi1sk key id)
-    SPEND#M#<yyyy-mm>     the same per month
-    USAGE#<ts>#<req id>   one usage record a request (usage.py)
+"""Limit state in DynamoDB: the admission write before the upstream call and the settlement after the stream,
+one TransactWriteItems each, and the counters' read for tests and the CLI. Items (rate windows, leases, spend,
+usage records, the in-flight request): see layout.py.
 
 Conditions are built from named parts, each with `ReturnValuesOnConditionCheckFailure=ALL_OLD`, so a refusal
-names the parts that refused and carries their items: no second read. `ClientError` becomes
-`StoreUnavailable` here; a transaction cancelled by conflicting writes (`TransactionConflict`, throttling)
-is reported as contention for the caller to retry.
+names the parts that refused and carries their items: no second read. A transaction cancelled by conflicting
+writes (`TransactionConflict`, throttling) is reported as contention for the caller to retry; any other
+failure is `StoreUnavailable` (client.py).
 """
 
 from __future__ import annotations
@@ -23,11 +17,14 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
-from .limits import CONCURRENCY, DAILY, MONTHLY, PREV, RATE, AdmissionPlan, Window, day_of, lease_attr, month_of
-from .store import StoreUnavailable, deserialize, make_client, serialize
-from .usage import SECONDS_PER_DAY, UsageRecord, iso_ms
+from ..errors import StoreUnavailable
+from ..limits import CONCURRENCY, DAILY, MONTHLY, PREV, RATE, AdmissionPlan, Window, day_of, lease_attr, month_of
+from ..usage import UsageRecord, iso_ms
+from . import layout
+from .client import TRANSACTION_CANCELLED, error_code, make_client, store_call, unavailable
+from .layout import deserialize, serialize
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -38,7 +35,6 @@ REQUEST = "request"
 USAGE, SPEND_DAY, SPEND_MONTH, RELEASE, SETTLE_TOKENS = "usage", "spend_day", "spend_month", "release", "settle"
 FINISH = "finish"
 _CONTENTION = frozenset({"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"})
-RATE_TTL_S = 300
 
 
 @dataclass(slots=True)
@@ -63,7 +59,7 @@ class Settlement:
 class LimitsStore:
     def __init__(self, table_name: str, client: DynamoDBClient | None = None) -> None:
         self.table_name = table_name
-        self.client = client or make_client(None, "us-east-1")
+        self.client = client or make_client()
 
     # --- admission -----------------------------------------------------------------------------------------
     def admit(self, plan: AdmissionPlan, request_item: dict[str, Any], attempt: int = 0) -> AdmitResult:
@@ -80,7 +76,7 @@ class LimitsStore:
         parts: list[tuple[str, dict[str, Any]]] = [
             (REQUEST, {"Put": {"TableName": self.table_name, "Item": serialize(request_item)}})
         ]
-        key = f"KEY#{plan.key_id}"
+        key = layout.partition(plan.key_id)
         limits = plan.limits
         if limits.rated:
             parts.append((RATE, self._rate_update(plan, key)))
@@ -88,8 +84,8 @@ class LimitsStore:
         if limits.max_concurrent is not None:
             parts.append((CONCURRENCY, self._lease_update(plan, key)))
         for name, budget, sk in (
-            (DAILY, limits.daily_budget_usd, f"SPEND#D#{day_of(plan.now_s)}"),
-            (MONTHLY, limits.monthly_budget_usd, f"SPEND#M#{month_of(plan.now_s)}"),
+            (DAILY, limits.daily_budget_usd, layout.spend_sk(f"D#{day_of(plan.now_s)}")),
+            (MONTHLY, limits.monthly_budget_usd, layout.spend_sk(f"M#{month_of(plan.now_s)}")),
         ):
             if budget is not None:
                 parts.append(
@@ -110,11 +106,11 @@ class LimitsStore:
     def _rate_update(self, plan: AdmissionPlan, key: str) -> dict[str, Any]:
         window = plan.window
         conditions, values = _counter_conditions(plan.requests_threshold, plan.tokens_threshold)
-        values.update({":one": 1, ":reserve": plan.reserve, ":ttl": (window.minute + 1) * 60 + RATE_TTL_S})
+        values.update({":one": 1, ":reserve": plan.reserve, ":ttl": layout.rate_ttl(window.minute)})
         return self._op(
             "Update",
             key,
-            f"RATE#{window.minute}",
+            layout.rate_sk(window.minute),
             "ADD requests :one, tokens :reserve SET expires_at = :ttl",
             conditions,
             values,
@@ -125,7 +121,7 @@ class LimitsStore:
         conditions, values = _counter_conditions(
             None if limits.rpm is None else plan.prev_requests, None if limits.tpm is None else plan.prev_tokens
         )
-        return self._op("ConditionCheck", key, f"RATE#{plan.window.minute - 1}", None, conditions, values)
+        return self._op("ConditionCheck", key, layout.rate_sk(plan.window.minute - 1), None, conditions, values)
 
     def _lease_update(self, plan: AdmissionPlan, key: str) -> dict[str, Any]:
         names = {"#lease": lease_attr(plan.request_id)}
@@ -137,7 +133,7 @@ class LimitsStore:
             return self._op(
                 "Update",
                 key,
-                "CONC",
+                layout.CONC_SK,
                 "SET #lease = :exp ADD active :one",
                 ["attribute_not_exists(active) OR active < :max"],
                 values,
@@ -151,7 +147,13 @@ class LimitsStore:
         values.update({":max": maximum + len(reclaim), ":delta": 1 - len(reclaim)})
         removed = ", ".join(f"#e{i}" for i in range(len(reclaim)))
         return self._op(
-            "Update", key, "CONC", f"REMOVE {removed} SET #lease = :exp ADD active :delta", conditions, values, names
+            "Update",
+            key,
+            layout.CONC_SK,
+            f"REMOVE {removed} SET #lease = :exp ADD active :delta",
+            conditions,
+            values,
+            names,
         )
 
     # --- settlement ----------------------------------------------------------------------------------------
@@ -176,7 +178,7 @@ class LimitsStore:
                 if RELEASE in failed:
                     lease = None  # the lease expired and was taken over: nothing to release
                     continue
-                error: Exception = StoreUnavailable(f"settlement cancelled: {cancelled.codes}")
+                error: Exception = unavailable("TransactWriteItems", f"settlement cancelled: {cancelled.codes}")
             except StoreUnavailable as exc:
                 error = exc
             if attempt + 1 == attempts:
@@ -185,52 +187,28 @@ class LimitsStore:
 
     def settlement_parts(self, settlement: Settlement, lease: str | None) -> list[tuple[str, dict[str, Any]]]:
         record = settlement.record
-        key = f"KEY#{record.key_id}"
+        key = layout.partition(record.key_id)
+        usage = {
+            "TableName": self.table_name,
+            "Item": serialize(layout.usage_item(record, settlement.retention_days)),
+            "ConditionExpression": "attribute_not_exists(pk)",
+        }
         parts: list[tuple[str, dict[str, Any]]] = [
-            (
-                USAGE,
-                {
-                    "Put": {
-                        "TableName": self.table_name,
-                        "Item": serialize(record.item(settlement.retention_days)),
-                        "ConditionExpression": "attribute_not_exists(pk)",
-                    }
-                },
-            ),
-            (SPEND_DAY, self._spend_update(record, key, f"SPEND#D#{record.day}", settlement.retention_days, True)),
-            (
-                SPEND_MONTH,
-                self._spend_update(record, key, f"SPEND#M#{record.day[:7]}", settlement.retention_days + 31, False),
-            ),
-            # The in-flight item is marked finished in the same round trip (a late cancel then answers
-            # "finished"); it exists unless admission failed open, and then this creates it, with a TTL.
-            (
-                FINISH,
-                self._op(
-                    "Update",
-                    f"REQ#{record.request_id}",
-                    "REQ",
-                    "SET finished_at = :now, termination_reason = :reason, key_id = if_not_exists(key_id, :kid),"
-                    " expires_at = if_not_exists(expires_at, :ttl)",
-                    [],
-                    {
-                        ":now": iso_ms(record.started_epoch + float(record.duration_ms or 0) / 1000),
-                        ":reason": record.termination_reason,
-                        ":kid": record.key_id,
-                        ":ttl": int(record.started_epoch) + SECONDS_PER_DAY,
-                    },
-                ),
-            ),
+            (USAGE, {"Put": usage}),
+            (SPEND_DAY, self._spend_update(record, key, settlement.retention_days, daily=True)),
+            (SPEND_MONTH, self._spend_update(record, key, settlement.retention_days, daily=False)),
+            (FINISH, self._finish_update(record)),
         ]
         if lease is not None:
+            release = "REMOVE #lease ADD active :minus"
             parts.append(
                 (
                     RELEASE,
                     self._op(
                         "Update",
                         key,
-                        "CONC",
-                        "REMOVE #lease ADD active :minus",
+                        layout.CONC_SK,
+                        release,
                         ["attribute_exists(#lease)"],
                         {":minus": -1},
                         {"#lease": lease},
@@ -239,30 +217,37 @@ class LimitsStore:
             )
         if settlement.tokens_delta and settlement.tokens_minute is not None:
             minute = settlement.tokens_minute
-            parts.append(
-                (
-                    SETTLE_TOKENS,
-                    self._op(
-                        "Update",
-                        key,
-                        f"RATE#{minute}",
-                        "ADD tokens :delta SET expires_at = if_not_exists(expires_at, :ttl)",
-                        [],
-                        {":delta": settlement.tokens_delta, ":ttl": (minute + 1) * 60 + RATE_TTL_S},
-                    ),
-                )
-            )
+            settle = "ADD tokens :delta SET expires_at = if_not_exists(expires_at, :ttl)"
+            values = {":delta": settlement.tokens_delta, ":ttl": layout.rate_ttl(minute)}
+            parts.append((SETTLE_TOKENS, self._op("Update", key, layout.rate_sk(minute), settle, [], values)))
         return parts
 
-    def _spend_update(self, record: UsageRecord, key: str, sk: str, retention_days: int, daily: bool) -> dict[str, Any]:
+    def _finish_update(self, record: UsageRecord) -> dict[str, Any]:
+        """The in-flight item is marked finished in the settlement's round trip (a late cancel then answers
+        "finished"); it exists unless admission failed open, and then this creates it, with a TTL."""
+        request = layout.request_key(record.request_id)
+        values = {
+            ":now": iso_ms(record.started_epoch + float(record.duration_ms or 0) / 1000),
+            ":reason": record.termination_reason,
+            ":kid": record.key_id,
+            ":ttl": layout.finished_request_ttl(record),
+        }
+        update = (
+            "SET finished_at = :now, termination_reason = :reason, key_id = if_not_exists(key_id, :kid),"
+            " expires_at = if_not_exists(expires_at, :ttl)"
+        )
+        return self._op("Update", request["pk"], request["sk"], update, [], values)
+
+    def _spend_update(self, record: UsageRecord, key: str, retention_days: int, *, daily: bool) -> dict[str, Any]:
+        period = f"D#{record.day}" if daily else f"M#{record.day[:7]}"
         adds = ["requests :one", "prompt_tokens :prompt", "completion_tokens :completion"]
         values: dict[str, Any] = {
             ":one": 1,
             ":prompt": record.prompt_tokens,
             ":completion": record.completion_tokens,
             ":kid": record.key_id,
-            ":period": sk.rsplit("#", 1)[1],
-            ":ttl": int(record.started_epoch) + (retention_days + 1) * SECONDS_PER_DAY,
+            ":period": period[2:],
+            ":ttl": layout.spend_ttl(record, retention_days, daily=daily),
         }
         if record.cost_usd is None:
             adds.append("unpriced_requests :one")
@@ -274,40 +259,22 @@ class LimitsStore:
         sets = ["key_id = :kid", "period = :period", "expires_at = :ttl"]
         if daily:
             sets += ["gsi1pk = :gpk", "gsi1sk = :kid"]
-            values[":gpk"] = f"SPEND#D#{record.day}"
-        return self._op("Update", key, sk, "ADD " + ", ".join(adds) + " SET " + ", ".join(sets), [], values)
-
-    # --- refused requests ----------------------------------------------------------------------------------
-    def put_usage(self, record: UsageRecord, retention_days: int) -> None:
-        """The record of a refused request (nothing to settle)."""
-        try:
-            self.client.put_item(
-                TableName=self.table_name,
-                Item=serialize(record.item(retention_days)),
-                ConditionExpression="attribute_not_exists(pk)",
-            )
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                raise StoreUnavailable(f"DynamoDB {exc.response['Error']['Code']}") from exc
-        except BotoCoreError as exc:
-            raise StoreUnavailable(type(exc).__name__) from exc
-
-    def put_request(self, request_item: dict[str, Any]) -> None:
-        """The in-flight request item alone, for a key without limits."""
-        try:
-            self.client.put_item(TableName=self.table_name, Item=serialize(request_item))
-        except ClientError as exc:
-            raise StoreUnavailable(f"DynamoDB {exc.response['Error']['Code']}") from exc
-        except BotoCoreError as exc:
-            raise StoreUnavailable(type(exc).__name__) from exc
+            values[":gpk"] = layout.spend_sk(period)
+        return self._op(
+            "Update", key, layout.spend_sk(period), "ADD " + ", ".join(adds) + " SET " + ", ".join(sets), [], values
+        )
 
     def read_counters(self, key_id: str, epoch_s: float) -> dict[str, Any]:
         """The key's current counters (consistent reads), for tests and the CLI: rate windows, leases."""
         minute = Window.at(epoch_s).minute
         out: dict[str, Any] = {}
-        for name, sk in (("rate", f"RATE#{minute}"), ("prev", f"RATE#{minute - 1}"), ("concurrency", "CONC")):
-            got = self._call_get(key_id, sk)
-            out[name] = got or {}
+        parts = (
+            ("rate", layout.rate_sk(minute)),
+            ("prev", layout.rate_sk(minute - 1)),
+            ("concurrency", layout.CONC_SK),
+        )
+        for name, sk in parts:
+            out[name] = self._get(key_id, sk) or {}
         return out
 
     # --- plumbing ------------------------------------------------------------------------------------------
@@ -335,22 +302,20 @@ class LimitsStore:
 
     def _transact(self, items: list[dict[str, Any]], token: str) -> None:
         try:
-            self.client.transact_write_items(TransactItems=items, ClientRequestToken=token)  # type: ignore[arg-type]
+            with store_call("TransactWriteItems"):
+                self.client.transact_write_items(TransactItems=items, ClientRequestToken=token)  # type: ignore[arg-type]
         except ClientError as exc:
-            code = exc.response["Error"]["Code"]
-            if code == "TransactionCanceledException":
-                raise _Cancelled(exc.response.get("CancellationReasons", [])) from exc  # type: ignore[arg-type]
-            raise StoreUnavailable(f"DynamoDB {code}") from exc
-        except BotoCoreError as exc:
-            raise StoreUnavailable(type(exc).__name__) from exc
+            if error_code(exc) != TRANSACTION_CANCELLED:
+                raise
+            raise _Cancelled(exc.response.get("CancellationReasons", [])) from exc  # type: ignore[arg-type]
 
-    def _call_get(self, key_id: str, sk: str) -> dict[str, Any] | None:
-        try:
+    def _get(self, key_id: str, sk: str) -> dict[str, Any] | None:
+        with store_call("GetItem"):
             out = self.client.get_item(
-                TableName=self.table_name, ConsistentRead=True, Key=serialize({"pk": f"KEY#{key_id}", "sk": sk})
+                TableName=self.table_name,
+                ConsistentRead=True,
+                Key=serialize({"pk": layout.partition(key_id), "sk": sk}),
             )
-        except (ClientError, BotoCoreError) as exc:
-            raise StoreUnavailable(type(exc).__name__) from exc
         raw = out.get("Item")
         return deserialize(raw) if raw else None
 
@@ -374,7 +339,7 @@ class _Cancelled(Exception):
                 item = reason.get("Item")
                 failed[name] = deserialize(item) if item else None
             elif code not in ("None", *_CONTENTION):
-                raise StoreUnavailable(f"transaction cancelled: {code} on {name}")
+                raise unavailable("TransactWriteItems", f"transaction cancelled: {code} on {name}")
         return failed
 
 

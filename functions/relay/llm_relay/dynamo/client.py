@@ -1,0 +1,67 @@
+"""The DynamoDB client, and the one place where botocore's errors become the relay's.
+
+The client is built once by whoever wires the process (the app factory, the CLI, a test) and shared by every
+store: one connection pool, one retry policy. The region is the configured one (`AWS_REGION`) or else the boto3
+session's own (environment, config file); never a guess, so a missing region fails loudly instead of writing to
+another region's table.
+
+Every store call runs under `store_call`: a `ClientError` or `BotoCoreError` becomes `StoreUnavailable`, with one
+message format, except the two codes that are answers rather than failures (a refused condition, a cancelled
+transaction), which the store that asked for them turns into a domain result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ..errors import StoreUnavailable
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+CONDITION_FAILED = "ConditionalCheckFailedException"
+TRANSACTION_CANCELLED = "TransactionCanceledException"
+_ANSWERS = frozenset({CONDITION_FAILED, TRANSACTION_CANCELLED})
+
+# botocore retries throttling and transient errors itself (standard mode); the timeouts bound each attempt.
+_CONFIG = Config(
+    retries={"max_attempts": 4, "mode": "standard"}, connect_timeout=2, read_timeout=5, max_pool_connections=64
+)
+
+
+def make_client(
+    endpoint_url: str | None = None, region: str | None = None, *, session: boto3.session.Session | None = None
+) -> DynamoDBClient:
+    """One client per process. `region` None: the session's region; `endpoint_url` None: AWS itself."""
+    session = session or boto3.session.Session()
+    return session.client("dynamodb", endpoint_url=endpoint_url, region_name=region, config=_CONFIG)
+
+
+def error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", "Unknown"))
+
+
+def unavailable(operation: str, detail: str) -> StoreUnavailable:
+    """The store error, in its one message format: `DynamoDB <operation>: <what went wrong>`."""
+    return StoreUnavailable(f"DynamoDB {operation}: {detail}")
+
+
+@contextmanager
+def store_call(operation: str) -> Iterator[None]:
+    """Run one DynamoDB call: failures raise `StoreUnavailable`; a refused condition or a cancelled
+    transaction passes through as the `ClientError` it is, for the calling store to interpret."""
+    try:
+        yield
+    except ClientError as exc:
+        code = error_code(exc)
+        if code in _ANSWERS:
+            raise
+        raise unavailable(operation, code) from exc
+    except BotoCoreError as exc:
+        raise unavailable(operation, type(exc).__name__) from exc

@@ -1,0 +1,68 @@
+"""API keys in DynamoDB: each key is two items (by hash, by id; see layout.py), written together."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..keys import ApiKey
+from . import layout
+from .client import make_client, store_call
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+
+class KeyStore:
+    def __init__(self, table_name: str, client: DynamoDBClient | None = None) -> None:
+        self.table_name = table_name
+        self.client = client or make_client()
+
+    def get_by_hash(self, key_hash: str) -> ApiKey | None:
+        """The authentication read: eventually consistent (a revocation already waits for the auth cache)."""
+        item = self._get(layout.key_by_hash(key_hash), consistent=False)
+        return layout.key_from_item(item) if item else None
+
+    def get_by_id(self, key_id: str) -> tuple[ApiKey, str] | None:
+        """The key record and its hash, by public id."""
+        item = self._get(layout.key_by_id(key_id), consistent=True)
+        return (layout.key_from_item(item), str(item["key_hash"])) if item else None
+
+    def put(self, key: ApiKey, key_hash: str) -> None:
+        """Create a key: both items in one transaction, refusing to overwrite an existing one."""
+        self._write(key, key_hash, "attribute_not_exists(pk)")
+
+    def replace(self, key: ApiKey, key_hash: str) -> None:
+        """Rewrite both items of an existing key (revoke, new limits)."""
+        self._write(key, key_hash, "attribute_exists(pk)")
+
+    def list_all(self) -> list[tuple[ApiKey, str]]:
+        """Every key with its hash: a Scan for the by-id items (the CLI only; never on a request's path)."""
+        keys: list[tuple[ApiKey, str]] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "FilterExpression": "sk = :meta",
+            "ExpressionAttributeValues": layout.serialize({":meta": layout.META_SK}),
+        }
+        while True:
+            with store_call("Scan"):
+                page = self.client.scan(**kwargs)
+            for raw in page.get("Items", []):
+                item = layout.deserialize(raw)
+                keys.append((layout.key_from_item(item), str(item["key_hash"])))
+            if "LastEvaluatedKey" not in page:
+                return keys
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def _write(self, key: ApiKey, key_hash: str, condition: str) -> None:
+        puts: list[Any] = [
+            {"Put": {"TableName": self.table_name, "Item": layout.serialize(item), "ConditionExpression": condition}}
+            for item in layout.key_items(key, key_hash)
+        ]
+        with store_call("TransactWriteItems"):
+            self.client.transact_write_items(TransactItems=puts)
+
+    def _get(self, key: dict[str, str], *, consistent: bool) -> dict[str, Any] | None:
+        with store_call("GetItem"):
+            out = self.client.get_item(TableName=self.table_name, Key=layout.serialize(key), ConsistentRead=consistent)
+        raw = out.get("Item")
+        return layout.deserialize(raw) if raw else None

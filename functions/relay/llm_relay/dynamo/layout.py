@@ -1,0 +1,218 @@
+"""The relay's one DynamoDB table: every item's keys, attributes and TTL, and the mapping between items and
+the relay's values (`ApiKey`, `UsageRecord`, the in-flight request). The stores build their expressions on
+these; nothing else knows a `pk`.
+
+One table (`template.yaml`, `RelayTable`): `pk` (S) / `sk` (S); TTL on `expires_at` (epoch s); one global
+secondary index `gsi1` (`gsi1pk` / `gsi1sk`, all attributes).
+
+    pk                sk                           attributes                                        TTL (expires_at)
+    KEYHASH#<sha256>  KEY                          the key record: key_id, name, status, created_at, none
+                                                   revoked_at, allowed_models, limits (read on every
+                                                   authentication, cached in-process)
+    KEY#<key_id>      META                         the same record by public id, plus key_hash       none
+                                                   (CLI: get, list, revoke, set limits)
+    REQ#<request_id>  REQ                          in-flight request: key_id, model, started_at;     request TTL (1)
+                                                   cancel_requested_at (the cancel mark);
+                                                   finished_at, termination_reason (settlement)
+    KEY#<key_id>      RATE#<epoch minute>          requests, tokens (sliding-window counters)        minute end + 5 min
+    KEY#<key_id>      CONC                         active (count); l_<request_id> = one stream's     none
+                                                   lease expiry (epoch s)
+    KEY#<key_id>      SPEND#D#<yyyy-mm-dd>         cost_usd, requests, prompt_tokens,                retention + 1 day
+                                                   completion_tokens, unpriced_requests,
+                                                   estimated_requests, key_id, period;
+                                                   gsi1pk SPEND#D#<day>, gsi1sk <key_id>
+    KEY#<key_id>      SPEND#M#<yyyy-mm>            the same per month (not indexed)                  retention + 32 days
+    KEY#<key_id>      USAGE#<iso ms>#<request_id>  one usage record a request (UsageRecord's         retention (2)
+                                                   fields; cost_usd absent when unpriced);
+                                                   gsi1pk USAGE#<yyyy-mm-dd>, gsi1sk <iso ms>#<request_id>
+
+(1) RELAY_REQUEST_TTL_S after admission; one day after the start when settlement creates the item (admission
+failed open and wrote none). (2) RELAY_USAGE_RETENTION_DAYS after the request started; the spend items count
+from the same start.
+
+So a key is found by its hash in one GetItem; a key's limit state, spend and usage share its partition
+(admission and settlement are one transaction each over it); a key's usage comes back in time order from one
+Query, and every key's usage of a day from one Query on `gsi1`.
+"""
+
+from __future__ import annotations
+
+import calendar
+import time
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+from ..keys import ApiKey, now_iso
+from ..usage import SECONDS_PER_DAY, UsageRecord, iso_ms
+
+INDEX = "gsi1"
+RATE_TTL_S = 300  # a minute's counters outlive it by 5 minutes: the next window still reads them
+CONC_SK = "CONC"
+META_SK = "META"  # the sort key of a key's by-id item, the one `keys list` scans for
+
+_ser = TypeSerializer()
+_de = TypeDeserializer()
+
+
+def serialize(item: dict[str, Any]) -> dict[str, Any]:
+    """Python values to DynamoDB attribute values (Decimal for numbers)."""
+    return {k: _ser.serialize(v) for k, v in item.items()}
+
+
+def deserialize(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: _de.deserialize(v) for k, v in item.items()}
+
+
+# --- keys ------------------------------------------------------------------------------------------------------
+def key_by_hash(key_hash: str) -> dict[str, str]:
+    return {"pk": f"KEYHASH#{key_hash}", "sk": "KEY"}
+
+
+def key_by_id(key_id: str) -> dict[str, str]:
+    return {"pk": partition(key_id), "sk": META_SK}
+
+
+def partition(key_id: str) -> str:
+    """The partition of everything one key owns: its record by id, limit state, spend and usage."""
+    return f"KEY#{key_id}"
+
+
+def key_items(key: ApiKey, key_hash: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The key's two items, by hash (authentication) and by id (the CLI)."""
+    attributes = key_attributes(key)
+    return {**key_by_hash(key_hash), **attributes}, {**key_by_id(key.key_id), "key_hash": key_hash, **attributes}
+
+
+def key_attributes(key: ApiKey) -> dict[str, Any]:
+    item: dict[str, Any] = {"key_id": key.key_id, "name": key.name, "status": key.status, "created_at": key.created_at}
+    if key.revoked_at:
+        item["revoked_at"] = key.revoked_at
+    if key.allowed_models is not None:
+        item["allowed_models"] = sorted(key.allowed_models)
+    if key.limits:
+        item["limits"] = dict(key.limits)
+    return item
+
+
+def key_from_item(item: dict[str, Any]) -> ApiKey:
+    models = item.get("allowed_models")
+    return ApiKey(
+        key_id=str(item["key_id"]),
+        name=str(item.get("name", "")),
+        status=str(item.get("status", "active")),
+        created_at=str(item.get("created_at", "")),
+        revoked_at=item.get("revoked_at"),
+        allowed_models=frozenset(models) if models is not None else None,
+        limits={k: Decimal(v) for k, v in (item.get("limits") or {}).items()},
+    )
+
+
+# --- in-flight requests ----------------------------------------------------------------------------------------
+def request_key(request_id: str) -> dict[str, str]:
+    return {"pk": f"REQ#{request_id}", "sk": "REQ"}
+
+
+def request_id_of(pk: str) -> str:
+    return pk.removeprefix("REQ#")
+
+
+def request_item(request_id: str, key_id: str, model: str, ttl_s: int) -> dict[str, Any]:
+    """The in-flight request item, written by admission (alone, or inside the limits transaction)."""
+    return {
+        **request_key(request_id),
+        "key_id": key_id,
+        "model": model,
+        "started_at": now_iso(),
+        "expires_at": int(time.time()) + ttl_s,
+    }
+
+
+def finished_request_ttl(record: UsageRecord) -> int:
+    """The TTL settlement gives a request item it has to create (admission failed open and wrote none)."""
+    return int(record.started_epoch) + SECONDS_PER_DAY
+
+
+# --- limit state -----------------------------------------------------------------------------------------------
+def rate_sk(minute: int) -> str:
+    return f"RATE#{minute}"
+
+
+def rate_ttl(minute: int) -> int:
+    return (minute + 1) * 60 + RATE_TTL_S
+
+
+def spend_sk(period: str) -> str:
+    """`period` is `D#<yyyy-mm-dd>` or `M#<yyyy-mm>`."""
+    return f"SPEND#{period}"
+
+
+def spend_ttl(record: UsageRecord, retention_days: int, *, daily: bool) -> int:
+    days = retention_days if daily else retention_days + 31
+    return int(record.started_epoch) + (days + 1) * SECONDS_PER_DAY
+
+
+# --- usage records ---------------------------------------------------------------------------------------------
+def usage_sk(epoch_s: float, request_id: str = "") -> str:
+    """A usage record's sort key; without a request id, the bound of a time range."""
+    return f"USAGE#{iso_ms(epoch_s)}" + (f"#{request_id}" if request_id else "")
+
+
+def usage_day(day: str) -> str:
+    """The `gsi1pk` of every key's usage records of one UTC day."""
+    return f"USAGE#{day}"
+
+
+def usage_item(record: UsageRecord, retention_days: int) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "pk": partition(record.key_id),
+        "sk": usage_sk(record.started_epoch, record.request_id),
+        "gsi1pk": usage_day(record.day),
+        "gsi1sk": f"{record.timestamp}#{record.request_id}",
+        "key_id": record.key_id,
+        "request_id": record.request_id,
+        "model": record.model,
+        "timestamp": record.timestamp,
+        "termination_reason": record.termination_reason,
+        "prompt_tokens": record.prompt_tokens,
+        "completion_tokens": record.completion_tokens,
+        "cached_tokens": record.cached_tokens,
+        "usage_source": record.usage_source,
+        "mode": record.mode,
+        "expires_at": int(record.started_epoch) + retention_days * SECONDS_PER_DAY,
+    }
+    optional = {
+        "cost_usd": record.cost_usd,
+        "ttft_ms": record.ttft_ms,
+        "duration_ms": record.duration_ms,
+        "cancel_source": record.cancel_source,
+    }
+    item.update({name: value for name, value in optional.items() if value is not None})
+    return item
+
+
+def is_usage_item(item: dict[str, Any]) -> bool:
+    return "request_id" in item and "timestamp" in item
+
+
+def usage_record(item: dict[str, Any]) -> UsageRecord:
+    ts = str(item["timestamp"])
+    epoch = calendar.timegm(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) + int(ts[20:23]) / 1000
+    cost = item.get("cost_usd")
+    return UsageRecord(
+        key_id=str(item["key_id"]),
+        request_id=str(item["request_id"]),
+        model=str(item.get("model", "")),
+        started_epoch=epoch,
+        termination_reason=str(item.get("termination_reason", "")),
+        prompt_tokens=int(item.get("prompt_tokens", 0)),
+        completion_tokens=int(item.get("completion_tokens", 0)),
+        cached_tokens=int(item.get("cached_tokens", 0)),
+        usage_source=str(item.get("usage_source", "")),
+        cost_usd=Decimal(cost) if cost is not None else None,
+        ttft_ms=item.get("ttft_ms"),
+        duration_ms=item.get("duration_ms"),
+        mode=str(item.get("mode", "")),
+        cancel_source=item.get("cancel_source"),
+    )

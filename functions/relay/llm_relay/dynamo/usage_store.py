@@ -1,0 +1,87 @@
+"""Usage in DynamoDB: the record of a refused request, and the reads of `llm-relay usage` (a key's records by
+time range, every key's by day on `gsi1`, the spend aggregates). The record of an admitted request is written
+by the settlement transaction (limits_store.py), with the spend it adds. Items: see layout.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+
+from ..limits import day_of
+from ..usage import SECONDS_PER_DAY, UsageRecord, iso_ms
+from . import layout
+from .client import CONDITION_FAILED, error_code, make_client, store_call
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+
+class UsageStore:
+    def __init__(self, table_name: str, client: DynamoDBClient | None = None) -> None:
+        self.table_name = table_name
+        self.client = client or make_client()
+
+    def put_refused(self, record: UsageRecord, retention_days: int) -> None:
+        """The record of a request refused by a limit (nothing to settle). Written once: a retry that finds it
+        already there is done."""
+        try:
+            with store_call("PutItem"):
+                self.client.put_item(
+                    TableName=self.table_name,
+                    Item=layout.serialize(layout.usage_item(record, retention_days)),
+                    ConditionExpression="attribute_not_exists(pk)",
+                )
+        except ClientError as exc:
+            if error_code(exc) != CONDITION_FAILED:
+                raise
+
+    def for_key(self, key_id: str, since_s: float, until_s: float) -> list[UsageRecord]:
+        """One key's records with `since_s <= started < until_s`, oldest first."""
+        bounds = {":pk": layout.partition(key_id), ":lo": layout.usage_sk(since_s), ":hi": layout.usage_sk(until_s)}
+        return list(
+            self._query(
+                KeyConditionExpression="pk = :pk AND sk BETWEEN :lo AND :hi",
+                ExpressionAttributeValues=layout.serialize(bounds),
+                ConsistentRead=True,
+            )
+        )
+
+    def for_all(self, since_s: float, until_s: float) -> list[UsageRecord]:
+        """Every key's records in the range, oldest first: one GSI Query (paginated) per UTC day."""
+        records: list[UsageRecord] = []
+        day_start = since_s - since_s % SECONDS_PER_DAY
+        while day_start < until_s:
+            bounds = {":day": layout.usage_day(day_of(day_start)), ":lo": iso_ms(since_s), ":hi": iso_ms(until_s)}
+            records += self._query(
+                IndexName=layout.INDEX,
+                KeyConditionExpression="gsi1pk = :day AND gsi1sk BETWEEN :lo AND :hi",
+                ExpressionAttributeValues=layout.serialize(bounds),
+            )
+            day_start += SECONDS_PER_DAY
+        return records
+
+    def spend(self, key_id: str, period: str) -> dict[str, Any]:
+        """A spend aggregate: `period` is `D#<yyyy-mm-dd>` or `M#<yyyy-mm>`; {} when nothing was spent."""
+        with store_call("GetItem"):
+            out = self.client.get_item(
+                TableName=self.table_name,
+                ConsistentRead=True,
+                Key=layout.serialize({"pk": layout.partition(key_id), "sk": layout.spend_sk(period)}),
+            )
+        raw = out.get("Item")
+        return layout.deserialize(raw) if raw else {}
+
+    def _query(self, **kwargs: Any) -> Iterator[UsageRecord]:
+        kwargs["TableName"] = self.table_name
+        while True:
+            with store_call("Query"):
+                page = self.client.query(**kwargs)
+            for raw in page.get("Items", []):
+                item = layout.deserialize(raw)
+                if layout.is_usage_item(item):
+                    yield layout.usage_record(item)
+            if "LastEvaluatedKey" not in page:
+                return
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]

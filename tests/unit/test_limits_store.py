@@ -1,0 +1,226 @@
+"""The exact DynamoDB requests of admission and settlement, pinned with botocore's Stubber (no network): the
+conditions, ALL_OLD on failure and the client request tokens are what makes the ledger exact, so a change to
+any of them must be deliberate."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from llm_relay.dynamo import LimitsStore, Settlement
+from llm_relay.limits import AdmissionPlan, Limits
+from llm_relay.usage import UsageRecord
+
+TABLE = "relay"
+NOW = 1_700_000_030.0  # 2023-11-14T22:13:50Z, epoch minute 28333333
+ALL_OLD = {"ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
+RATE_CONDITION = (
+    "(attribute_not_exists(requests) OR requests <= :rmax) AND (attribute_not_exists(tokens) OR tokens <= :tmax)"
+)
+BUDGET_CONDITION = "(attribute_not_exists(cost_usd) OR cost_usd < :budget)"
+
+
+def s(value: str) -> dict[str, str]:
+    return {"S": value}
+
+
+def n(value: int | str) -> dict[str, str]:
+    return {"N": str(value)}
+
+
+def key(pk: str, sk: str) -> dict[str, Any]:
+    return {"TableName": TABLE, "Key": {"pk": s(pk), "sk": s(sk)}}
+
+
+@pytest.fixture
+def stubbed() -> Any:
+    client = boto3.client("dynamodb", region_name="eu-west-1", aws_access_key_id="x", aws_secret_access_key="y")
+    with Stubber(client) as stubber:
+        yield client, stubber
+        stubber.assert_no_pending_responses()
+
+
+REQUEST_ITEM: dict[str, Any] = {
+    "pk": "REQ#req_1",
+    "sk": "REQ",
+    "key_id": "rk_a",
+    "model": "gpt-4o-mini",
+    "started_at": "2023-11-14T22:13:50Z",
+    "expires_at": 1700086430,
+}
+
+ADMISSION = [
+    {"Put": {"TableName": TABLE, "Item": {k: s(v) if isinstance(v, str) else n(v) for k, v in REQUEST_ITEM.items()}}},
+    {
+        "Update": {
+            **key("KEY#rk_a", "RATE#28333333"),
+            "UpdateExpression": "ADD requests :one, tokens :reserve SET expires_at = :ttl",
+            "ConditionExpression": RATE_CONDITION,
+            **ALL_OLD,
+            "ExpressionAttributeValues": {
+                ":rmax": n(9),
+                ":tmax": n(874),
+                ":one": n(1),
+                ":reserve": n(120),
+                ":ttl": n(1700000340),
+            },
+        }
+    },
+    {
+        "ConditionCheck": {
+            **key("KEY#rk_a", "RATE#28333332"),
+            "ConditionExpression": RATE_CONDITION,
+            **ALL_OLD,
+            "ExpressionAttributeValues": {":rmax": n(3), ":tmax": n(40)},
+        }
+    },
+    {
+        "Update": {
+            **key("KEY#rk_a", "CONC"),
+            "UpdateExpression": "SET #lease = :exp ADD active :one",
+            "ConditionExpression": "(attribute_not_exists(active) OR active < :max)",
+            **ALL_OLD,
+            "ExpressionAttributeValues": {":exp": n(1700000930), ":one": n(1), ":max": n(2)},
+            "ExpressionAttributeNames": {"#lease": "l_req_1"},
+        }
+    },
+    {
+        "ConditionCheck": {
+            **key("KEY#rk_a", "SPEND#D#2023-11-14"),
+            "ConditionExpression": BUDGET_CONDITION,
+            **ALL_OLD,
+            "ExpressionAttributeValues": {":budget": n("1.5")},
+        }
+    },
+    {
+        "ConditionCheck": {
+            **key("KEY#rk_a", "SPEND#M#2023-11"),
+            "ConditionExpression": BUDGET_CONDITION,
+            **ALL_OLD,
+            "ExpressionAttributeValues": {":budget": n(20)},
+        }
+    },
+]
+
+
+def test_admission_is_one_transaction_of_every_limit_part(stubbed: Any) -> None:
+    client, stubber = stubbed
+    # GIVEN a key with every limit, 3 requests and 40 tokens seen in the previous minute
+    limits = Limits(rpm=10, tpm=1000, max_concurrent=2, daily_budget_usd=Decimal("1.5"), monthly_budget_usd=Decimal(20))
+    plan = AdmissionPlan("req_1", "rk_a", limits, NOW, 120, 900.0, 3, 40)
+    expected = {"TransactItems": ADMISSION, "ClientRequestToken": "0203bf5300bd3abfd778a65effbd2c60f1c2"}
+    stubber.add_response("transact_write_items", {}, expected)
+    # WHEN it is admitted
+    result = LimitsStore(TABLE, client).admit(plan, REQUEST_ITEM)
+    # THEN exactly this request went out, and the request is admitted
+    assert result.admitted
+
+
+USAGE_ITEM = {
+    "pk": s("KEY#rk_a"),
+    "sk": s("USAGE#2023-11-14T22:13:50.250Z#req_1"),
+    "gsi1pk": s("USAGE#2023-11-14"),
+    "gsi1sk": s("2023-11-14T22:13:50.250Z#req_1"),
+    "key_id": s("rk_a"),
+    "request_id": s("req_1"),
+    "model": s("gpt-4o-mini"),
+    "timestamp": s("2023-11-14T22:13:50.250Z"),
+    "termination_reason": s("stop"),
+    "prompt_tokens": n(10),
+    "completion_tokens": n(20),
+    "cached_tokens": n(0),
+    "usage_source": s("upstream"),
+    "mode": s("sse"),
+    "expires_at": n(1702592030),
+    "cost_usd": n("0.0012"),
+    "ttft_ms": n("150.5"),
+    "duration_ms": n(900),
+}
+SPEND_ADD = "ADD requests :one, prompt_tokens :prompt, completion_tokens :completion, cost_usd :cost"
+SPEND_VALUES = {":one": n(1), ":prompt": n(10), ":completion": n(20), ":kid": s("rk_a")}
+
+SETTLEMENT = [
+    {"Put": {"TableName": TABLE, "Item": USAGE_ITEM, "ConditionExpression": "attribute_not_exists(pk)"}},
+    {
+        "Update": {
+            **key("KEY#rk_a", "SPEND#D#2023-11-14"),
+            "UpdateExpression": SPEND_ADD
+            + " SET key_id = :kid, period = :period, expires_at = :ttl, gsi1pk = :gpk, gsi1sk = :kid",
+            "ExpressionAttributeValues": {
+                **SPEND_VALUES,
+                ":period": s("2023-11-14"),
+                ":ttl": n(1702678430),
+                ":cost": n("0.0012"),
+                ":gpk": s("SPEND#D#2023-11-14"),
+            },
+        }
+    },
+    {
+        "Update": {
+            **key("KEY#rk_a", "SPEND#M#2023-11"),
+            "UpdateExpression": SPEND_ADD + " SET key_id = :kid, period = :period, expires_at = :ttl",
+            "ExpressionAttributeValues": {
+                **SPEND_VALUES,
+                ":period": s("2023-11"),
+                ":ttl": n(1705356830),
+                ":cost": n("0.0012"),
+            },
+        }
+    },
+    {
+        "Update": {
+            **key("REQ#req_1", "REQ"),
+            "UpdateExpression": "SET finished_at = :now, termination_reason = :reason,"
+            " key_id = if_not_exists(key_id, :kid), expires_at = if_not_exists(expires_at, :ttl)",
+            "ExpressionAttributeValues": {
+                ":now": s("2023-11-14T22:13:51.150Z"),
+                ":reason": s("stop"),
+                ":kid": s("rk_a"),
+                ":ttl": n(1700086430),
+            },
+        }
+    },
+    {
+        "Update": {
+            **key("KEY#rk_a", "CONC"),
+            "UpdateExpression": "REMOVE #lease ADD active :minus",
+            "ConditionExpression": "(attribute_exists(#lease))",
+            **ALL_OLD,
+            "ExpressionAttributeValues": {":minus": n(-1)},
+            "ExpressionAttributeNames": {"#lease": "l_req_1"},
+        }
+    },
+    {
+        "Update": {
+            **key("KEY#rk_a", "RATE#28333333"),
+            "UpdateExpression": "ADD tokens :delta SET expires_at = if_not_exists(expires_at, :ttl)",
+            "ExpressionAttributeValues": {":delta": n(-50), ":ttl": n(1700000340)},
+        }
+    },
+]
+
+
+def test_settlement_is_one_transaction_of_record_spend_finish_lease_and_tokens(stubbed: Any) -> None:
+    client, stubber = stubbed
+    # GIVEN a finished stream that held a lease and used 50 tokens fewer than it reserved
+    record = UsageRecord(
+        key_id="rk_a",
+        request_id="req_1",
+        model="gpt-4o-mini",
+        started_epoch=NOW + 0.25,
+        termination_reason="stop",
+        prompt_tokens=10,
+        completion_tokens=20,
+        cost_usd=Decimal("0.0012"),
+        ttft_ms=Decimal("150.5"),
+        duration_ms=Decimal(900),
+        mode="sse",
+    )
+    expected = {"TransactItems": SETTLEMENT, "ClientRequestToken": "f12ec7044b8caa170785ec8bbb58d39f5428"}
+    stubber.add_response("transact_write_items", {}, expected)
+    # WHEN it is settled THEN exactly this request goes out, once
+    LimitsStore(TABLE, client).settle(Settlement(record, 30, "l_req_1", -50, 28333333))
