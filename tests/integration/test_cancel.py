@@ -166,12 +166,14 @@ def test_cancel_calls_reach_the_upstream_promptly(make_relay: RelayFactory, upst
                 "POST", f"{streaming.url}/v1/chat/completions", json=body, headers=streaming.headers()
             ) as response:
                 request_id = response.headers["x-request-id"]
-                next(response.iter_lines())
+                lines = response.iter_lines()  # (kept: a dropped iterator closes the connection)
+                next(lines)
                 # WHEN the cancel call goes to the same instance (immediate) or the other (next poll)
                 cancelled_at = _cancel_with_curl(instance, request_id)
                 # THEN the upstream is closed within that, give or take a loaded machine
                 latency = _upstream_closed(upstream, request_id) - cancelled_at
                 assert latency < bound + LOADED_MACHINE_SLACK_S, (instance.url, latency)
+                assert "data: [DONE]" in list(lines)[-2:]
 
 
 def test_cancel_unknown_or_foreign_request_is_404(relay: Relay) -> None:
