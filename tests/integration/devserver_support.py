@@ -7,13 +7,13 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from tests.servers import free_port, wait_healthy
+from tests.waiting import PATIENCE_S, wait_until
 
 
 @dataclass
@@ -36,12 +36,21 @@ class DevServer:
                 out.append(json.loads(line))
         return out
 
-    def wait_for_output(self, needle: str, timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(needle in line for line in list(self.stdout)):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{needle!r} not printed within {timeout}s")
-            time.sleep(0.01)
+    def wait_for_output(self, needle: str, timeout: float = PATIENCE_S) -> str:
+        """The first stdout line containing `needle`, once the server printed it."""
+        return wait_until(
+            lambda: next((line for line in list(self.stdout) if needle in line), None), f"{needle!r} printed", timeout
+        )
+
+    def wait_finished(self, request_id: str) -> dict[str, Any]:
+        """The `request finished` log line of an admitted request, once every line of its finalization is out:
+        the dev echo (`[relay] <id> ...`) is the last finalizer, after the log line and the request's EMF."""
+        self.wait_for_output(f"[relay] {request_id} ")
+        return next(
+            log
+            for log in self.logs()
+            if log.get("request_id") == request_id and log.get("message") == "request finished"
+        )
 
 
 def _pump(stream: Any, sink: list[str]) -> None:

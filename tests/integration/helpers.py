@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from typing import Any
 
 from llm_relay.outcome import RequestContext, StreamOutcome
+from tests.waiting import PATIENCE_S, wait_until
 
 
 class RecordingFinalizer:
@@ -23,14 +23,14 @@ class RecordingFinalizer:
             self.done[ctx.request_id] = outcome
             self.contexts[ctx.request_id] = ctx
 
-    def wait(self, request_id: str, timeout: float = 5.0) -> StreamOutcome:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+    def wait(self, request_id: str, timeout: float = PATIENCE_S) -> StreamOutcome:
+        """The request's outcome, once it was finalized."""
+
+        def finalized() -> StreamOutcome | None:
             with self._lock:
-                if request_id in self.done:
-                    return self.done[request_id]
-            time.sleep(0.005)
-        raise AssertionError(f"request {request_id} was not finalized within {timeout}s")
+                return self.done.get(request_id)
+
+        return wait_until(finalized, f"request {request_id} finalized", timeout)
 
 
 def chat_body(**extra: Any) -> dict[str, Any]:

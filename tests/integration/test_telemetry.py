@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.integration.devserver_support import DevServer, dev_server
+from tests.waiting import wait_until
 
 UPSTREAM_KEY = "sk-upstream-TOPSECRET-4242"
 WRONG_KEY = "lr-not-a-real-key-SECRETISH-777"
@@ -41,11 +42,11 @@ def _streams(dev: DevServer) -> list[dict[str, Any]]:
 
 
 def _reason_of(dev: DevServer, request_id: str) -> str:
-    dev.wait_for_output(request_id)
-    line = next(
-        log for log in dev.logs() if log.get("request_id") == request_id and log.get("message") == "request finished"
-    )
-    return str(line["reason"])
+    return str(dev.wait_finished(request_id)["reason"])
+
+
+def _rejections(dev: DevServer) -> list[str]:
+    return [doc["reason"] for doc in dev.emf() if "RequestsRejected" in doc]
 
 
 def _cancel_mid_stream(dev: DevServer) -> str:
@@ -84,7 +85,7 @@ def test_each_ending_emits_its_reason(dev: DevServer) -> None:
     assert _reason_of(dev, failed.headers["x-request-id"]) == "upstream_error"
     assert _reason_of(dev, status_failed.headers["x-request-id"]) == "upstream_error"
     assert _reason_of(dev, cancelled) == "client_cancelled"
-    streams = _streams(dev)[before:]
+    streams = _streams(dev)[before:]  # complete: each request's EMF is out before its [relay] line
     reasons = sorted(doc["reason"] for doc in streams)
     assert reasons == sorted(["stop", "length", "upstream_error", "upstream_error", "client_cancelled"])
     for doc in streams:
@@ -94,26 +95,26 @@ def test_each_ending_emits_its_reason(dev: DevServer) -> None:
         assert doc["service"] == "llm-relay"
     # AND the rejections are counted by reason
     assert rejected.status_code == 401 and invalid.status_code == 403
-    rejections = [doc["reason"] for doc in dev.emf() if "RequestsRejected" in doc]
-    assert "unauthorized" in rejections and "model_not_allowed" in rejections
+    wait_until(
+        lambda: {"unauthorized", "model_not_allowed"} <= set(_rejections(dev)), "both rejections in the EMF output"
+    )
     # AND upstream errors by status class, TTFT per model, cancel latency by channel
     emf = dev.emf()
     assert any(doc.get("status_class") == "5xx" for doc in emf if "UpstreamErrors" in doc)
     assert any(doc.get("model") == "gpt-4o-mini" for doc in emf if "TimeToFirstToken" in doc)
     cancel_docs = [doc for doc in emf if "ClientCancelLatency" in doc]
     assert cancel_docs and cancel_docs[-1]["channel"] == "disconnect"
-    assert cancel_docs[-1]["ClientCancelLatency"][0] < 50
+    # (the metric is in milliseconds, the same figure as the log line's; how small it is, is the benchmark's)
+    logged_ms = dev.wait_finished(cancelled)["cancel_latency_ms"]
+    assert cancel_docs[-1]["ClientCancelLatency"][0] == pytest.approx(logged_ms, abs=0.01)
     # AND a human line per finished stream
-    dev.wait_for_output(f"[relay] {cancelled}")
-    human = next(line for line in dev.stdout if line.startswith(f"[relay] {cancelled}"))
+    human = dev.wait_for_output(f"[relay] {cancelled} ")
     assert "client_cancelled" in human and "(est)" in human
 
 
 def test_summary_log_line_has_the_request_figures(dev: DevServer) -> None:
     response = _chat(dev, stream=True, mock={"tokens": 4, "chunk_delay_ms": 0})
-    request_id = response.headers["x-request-id"]
-    dev.wait_for_output(request_id)
-    line = next(log for log in dev.logs() if log.get("request_id") == request_id)
+    line = dev.wait_finished(response.headers["x-request-id"])
     assert line["level"] == "INFO" and line["service"] == "llm-relay"
     assert line["key_id"].startswith("rk_")
     assert line["model"] == "gpt-4o-mini" and line["completion_tokens"] == 4
@@ -129,24 +130,29 @@ def test_lambda_request_id_is_logged_for_correlation(dev: DevServer) -> None:
         headers={"authorization": f"Bearer {dev.key}", "x-amzn-lambda-context": context},
         json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}], "mock": {"tokens": 1}},
     )
-    request_id = response.headers["x-request-id"]
-    dev.wait_for_output(request_id)
-    line = next(log for log in dev.logs() if log.get("request_id") == request_id)
+    line = dev.wait_finished(response.headers["x-request-id"])
     assert line["lambda_request_id"] == "lambda-req-123"
 
 
 def test_no_secret_in_any_output(dev: DevServer) -> None:
     # GIVEN every path: success, cancel, failures, bad input, bad keys, explicit cancel, CLI use
-    _chat(dev, stream=True, mock={"tokens": 2})
-    _chat(dev, path="/api/v1/chat/stream", mock={"tokens": 2, "malformed_after": 1})
-    _chat(dev, mock={"status": 401})
-    _chat(dev, mock={"status": 500})
-    _cancel_mid_stream(dev)
-    httpx.post(f"{dev.url}/v1/chat/completions", content=b"{bad json", headers={"authorization": f"Bearer {dev.key}"})
-    httpx.post(f"{dev.url}/v1/chat/completions", json={}, headers={"authorization": f"Bearer {WRONG_KEY}"})
-    httpx.post(f"{dev.url}/v1/chat/completions", json={}, headers={"x-api-key": WRONG_KEY})
-    httpx.post(f"{dev.url}/v1/chat/completions", json={}, headers={"authorization": f"Basic {WRONG_KEY}"})
-    httpx.post(f"{dev.url}/v1/requests/req_x/cancel", headers={"authorization": f"Bearer {WRONG_KEY}"})
+    rejected_before = len(_rejections(dev))
+    admitted = [
+        _chat(dev, stream=True, mock={"tokens": 2}).headers["x-request-id"],
+        _chat(dev, path="/api/v1/chat/stream", mock={"tokens": 2, "malformed_after": 1}).headers["x-request-id"],
+        _chat(dev, mock={"status": 401}).headers["x-request-id"],
+        _chat(dev, mock={"status": 500}).headers["x-request-id"],
+        _cancel_mid_stream(dev),
+    ]
+    rejected = [
+        httpx.post(
+            f"{dev.url}/v1/chat/completions", content=b"{bad json", headers={"authorization": f"Bearer {dev.key}"}
+        ),
+        httpx.post(f"{dev.url}/v1/chat/completions", json={}, headers={"authorization": f"Bearer {WRONG_KEY}"}),
+        httpx.post(f"{dev.url}/v1/chat/completions", json={}, headers={"x-api-key": WRONG_KEY}),
+        httpx.post(f"{dev.url}/v1/chat/completions", json={}, headers={"authorization": f"Basic {WRONG_KEY}"}),
+        httpx.post(f"{dev.url}/v1/requests/req_x/cancel", headers={"authorization": f"Bearer {WRONG_KEY}"}),
+    ]
     cli = subprocess.run(
         [sys.executable, "-m", "llm_relay.cli", "usage", "--json"],
         capture_output=True,
@@ -155,7 +161,10 @@ def test_no_secret_in_any_output(dev: DevServer) -> None:
         timeout=60,
     )
     assert cli.returncode == 0, cli.stderr
-    time.sleep(0.3)
+    # (every request's output is out: each admitted one's finalization, each rejection's log line and metric)
+    for request_id in admitted:
+        dev.wait_finished(request_id)
+    wait_until(lambda: len(_rejections(dev)) >= rejected_before + len(rejected), "every rejection's metric")
     # THEN no key, upstream key or Authorization value appears in any log line, metric or error output
     banner = {i for i, line in enumerate(dev.stdout) if "dev key" in line or "Authorization: Bearer" in line}
     output = [line for i, line in enumerate(dev.stdout) if i not in banner] + dev.stderr + [cli.stdout, cli.stderr]
