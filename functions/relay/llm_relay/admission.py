@@ -8,23 +8,11 @@ back or settles what the ticket says was taken.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .outcome import RequestContext
+from .outcome import RequestContext, Ticket
 
-
-@dataclass(frozen=True, slots=True)
-class Ticket:
-    """What admission granted one request."""
-
-    headers: Mapping[str, str] = field(default_factory=dict)  # x-ratelimit-* for the response
-    minute: int | None = None  # the rate window the request was counted in
-    reserve: int = 0  # tokens reserved against the tokens-per-minute limit
-    lease: str | None = None  # the concurrency lease to release (None: no concurrency limit)
-    settle_tokens: bool = False  # whether the token reservation is settled against actual usage
+__all__ = ["Admission", "Ticket"]
 
 
 class Admission(Protocol):

@@ -3,16 +3,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Protocol
 
-from .admission import Ticket
 from .chat_request import ChatRequest
 from .keys import ApiKey
 from .metering import StreamMeter, Usage
 from .pricing import Pricer
 from .termination import TerminationReason
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """What admission granted one request (`admission.Admission.admit`); the request carries it to finalization,
+    which gives back or settles what it says was taken."""
+
+    headers: Mapping[str, str] = field(default_factory=dict)  # x-ratelimit-* for the response
+    minute: int | None = None  # the rate window the request was counted in
+    reserve: int = 0  # tokens reserved against the tokens-per-minute limit
+    lease: str | None = None  # the concurrency lease to release (None: no concurrency limit)
+    settle_tokens: bool = False  # whether the token reservation is settled against actual usage
 
 
 @dataclass(frozen=True, slots=True)
