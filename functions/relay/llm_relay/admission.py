@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from .budgets import Reservation
     from .outcome import RequestContext
 
 
@@ -25,6 +26,7 @@ class Ticket:
     reserve: int = 0  # tokens reserved against the tokens-per-minute limit
     lease: str | None = None  # the concurrency lease to release (None: no concurrency limit)
     settle_tokens: bool = False  # whether the token reservation is settled against actual usage
+    budget: Reservation | None = None  # the budget reservation (None: no budget, or an unpriced model allowed)
 
 
 class Admission(Protocol):
