@@ -94,8 +94,8 @@ ADMISSION = [
             **key("KEY#rk_a", "SPEND#D#2023-11-14"),
             "UpdateExpression": RESERVE,
             "ConditionExpression": BUDGET_CONDITION,
-            "ExpressionAttributeValues": {":amount": n("0.01"), ":room": n("1.49")},
             **ALL_OLD,
+            "ExpressionAttributeValues": {":amount": n("0.01"), ":room": n("1.49")},
         }
     },
     {
@@ -103,8 +103,8 @@ ADMISSION = [
             **key("KEY#rk_a", "SPEND#M#2023-11"),
             "UpdateExpression": RESERVE,
             "ConditionExpression": BUDGET_CONDITION,
-            "ExpressionAttributeValues": {":amount": n("0.01"), ":room": n("19.99")},
             **ALL_OLD,
+            "ExpressionAttributeValues": {":amount": n("0.01"), ":room": n("19.99")},
         }
     },
 ]

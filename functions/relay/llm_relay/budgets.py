@@ -28,21 +28,23 @@ PROMPT_TOKENS_PER_MESSAGE = 4  # the chat template's framing per message
 
 @dataclass(frozen=True, slots=True)
 class BudgetPeriod:
-    """One budget a reservation counts against: the spend item's period (`D#<day>`, `M#<month>`) and its limit."""
+    """One spend item a reservation is held on: its period (`D#<day>`, `M#<month>`) and its budget (None: the key
+    has no budget for this period; the reservation is held there all the same, unconditionally, so that
+    `committed_usd` always means spend + reservations on both items and settlement and release treat both alike)."""
 
     limit: str  # "daily_budget_usd" or "monthly_budget_usd"
     period: str
-    budget: Decimal
+    budget: Decimal | None
 
 
 def periods_of(limits: Limits, now_s: float) -> tuple[BudgetPeriod, ...]:
-    """The budgets a request admitted at `now_s` counts against (its day and month, where the key has a budget)."""
-    out: list[BudgetPeriod] = []
-    if limits.daily_budget_usd is not None:
-        out.append(BudgetPeriod("daily_budget_usd", f"D#{day_of(now_s)}", limits.daily_budget_usd))
-    if limits.monthly_budget_usd is not None:
-        out.append(BudgetPeriod("monthly_budget_usd", f"M#{month_of(now_s)}", limits.monthly_budget_usd))
-    return tuple(out)
+    """The day and month of a request admitted at `now_s`, if the key has a budget at all (else none)."""
+    if limits.daily_budget_usd is None and limits.monthly_budget_usd is None:
+        return ()
+    return (
+        BudgetPeriod("daily_budget_usd", f"D#{day_of(now_s)}", limits.daily_budget_usd),
+        BudgetPeriod("monthly_budget_usd", f"M#{month_of(now_s)}", limits.monthly_budget_usd),
+    )
 
 
 def conservative_prompt_tokens(messages: list[dict[str, Any]]) -> int:
@@ -127,7 +129,7 @@ class Reservation:
 def refused_budgets(periods: tuple[BudgetPeriod, ...], amount: Decimal) -> tuple[str, ...]:
     """Budgets `amount` alone exceeds, whatever has been spent: refused without a round trip, and waiting for
     the next window will not help."""
-    return tuple(p.limit for p in periods if room(p.budget, amount) < 0 or p.budget <= 0)
+    return tuple(p.limit for p in periods if p.budget is not None and (room(p.budget, amount) < 0 or p.budget <= 0))
 
 
 def committed(item: Mapping[str, Any] | None) -> Decimal:

@@ -35,18 +35,20 @@ EXTEND_ATTEMPTS = 4
 
 
 def reserve_op(table: str, key_id: str, period: BudgetPeriod, amount: Decimal) -> dict[str, Any]:
-    """Reserve `amount` against one budget if it fits: the admission part (and each extension's)."""
-    values = {":amount": amount, ":room": room(period.budget, amount)}
-    return {
-        "Update": {
-            "TableName": table,
-            "Key": serialize({"pk": layout.partition(key_id), "sk": layout.spend_sk(period.period)}),
-            "UpdateExpression": "ADD committed_usd :amount, reserved_usd :amount",
-            "ConditionExpression": "attribute_not_exists(committed_usd) OR committed_usd <= :room",
-            "ExpressionAttributeValues": serialize(values),
-            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-        }
+    """Reserve `amount` on one spend item, if it fits the period's budget (unconditionally where there is none):
+    the admission part, and each extension's."""
+    update: dict[str, Any] = {
+        "TableName": table,
+        "Key": serialize({"pk": layout.partition(key_id), "sk": layout.spend_sk(period.period)}),
+        "UpdateExpression": "ADD committed_usd :amount, reserved_usd :amount",
     }
+    values: dict[str, Any] = {":amount": amount}
+    if period.budget is not None:
+        update["ConditionExpression"] = "attribute_not_exists(committed_usd) OR committed_usd <= :room"
+        update["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+        values[":room"] = room(period.budget, amount)
+    update["ExpressionAttributeValues"] = serialize(values)
+    return {"Update": update}
 
 
 def settle_adds(cost_usd: Decimal | None, reserved_usd: Decimal) -> tuple[list[str], dict[str, Any]]:
