@@ -250,3 +250,34 @@ def test_unpriced_models_allow_admits_a_budgeted_key_and_records_it(make_relay: 
     day, _ = ledger(relay.stores, key.key_id)
     assert day["unpriced_requests"] == 1
     assert day.get("reserved_usd", 0) == 0
+
+
+def test_an_extension_is_one_write_per_increment_and_the_request_item_holds_the_reservation(
+    make_relay: RelayFactory, stores: Stores, upstream: Upstream
+) -> None:
+    # GIVEN increments of 50 tokens, a key with an ample budget, and every DynamoDB call recorded
+    relay = make_relay(budget_increment_tokens=50)
+    plain, key = new_key(stores, daily_budget_usd="1")
+    calls: list[str] = []
+    stores.client.meta.events.register("before-call.dynamodb.*", lambda model, **kw: calls.append(model.name))
+    # WHEN a 200-token answer streams without max_tokens
+    with httpx.Client(timeout=30) as client:
+        response = client.post(
+            f"{relay.url}/v1/chat/completions",
+            json=chat_body(stream=True, mock={"tokens": 200, "chunk_delay_ms": 1, "ttft_ms": 0}),
+            headers=relay.headers(plain),
+        )
+    assert sse_events(response.text)[-1] == "[DONE]"
+    records_of(stores, key.key_id, 1)
+    # THEN the writes were: admission, one extension per increment past the first (at 38, 88, 138, 188 tokens:
+    # 50 -> 250 reserved), and settlement; besides them only reads (the key, the cancel poller, the test's own)
+    writes = [name for name in calls if name not in ("GetItem", "BatchGetItem", "Query")]
+    assert writes == ["TransactWriteItems"] * 6
+    # AND the in-flight item holds the whole reservation (what a reconciler would release): admission's
+    # 8 prompt tokens at $0.15/M and 50 completion tokens at $0.60/M, then 4 x 50 tokens
+    item = stores.client.get_item(
+        TableName=stores.table_name, Key={"pk": {"S": f"REQ#{response.headers['x-request-id']}"}, "sk": {"S": "REQ"}}
+    )["Item"]
+    assert Decimal(item["reserved_usd"]["N"]) == Decimal("0.0000012") + 5 * Decimal("0.00003")
+    # AND settlement left nothing reserved
+    assert_settled(stores, key.key_id, records_of(stores, key.key_id, 1))
