@@ -13,11 +13,10 @@ from llm_relay.budgets import (
     conservative_prompt_tokens,
     first_completion_reservation,
     periods_of,
-    refused_budgets,
     tokens_cost,
 )
 from llm_relay.dynamo.budget_store import release_ops, reserve_op, settle_adds
-from llm_relay.limits import AdmissionPlan, Limits
+from llm_relay.limits import AdmissionPlan, Limits, refusal
 from llm_relay.metering import estimate_prompt_tokens
 from llm_relay.pricing import ModelPrice
 
@@ -86,12 +85,15 @@ def test_periods_are_the_day_and_month_whenever_the_key_has_a_budget() -> None:
 
 def test_a_reservation_larger_than_a_budget_is_refused_without_a_round_trip() -> None:
     # GIVEN a $0.0001 daily budget
-    assert refused_budgets((DAY, MONTH), Decimal("0.0001")) == ()
-    assert refused_budgets((DAY, MONTH), Decimal("0.00011")) == ("daily_budget_usd",)
-    # AND through the admission plan: no Retry-After, since no window will ever fit it
     limits = Limits(daily_budget_usd=Decimal("0.0001"))
-    plan = AdmissionPlan("r", "k", limits, NOW, 0, 900.0, reserve_usd=Decimal("0.00011"))
-    assert plan.blocked() == ("daily_budget_usd",)
+    fits = AdmissionPlan("r", "k", limits, NOW, 0, 900.0, reserve_usd=Decimal("0.0001"))
+    too_big = AdmissionPlan("r", "k", limits, NOW, 0, 900.0, reserve_usd=Decimal("0.00011"))
+    # THEN a reservation of the whole budget goes to DynamoDB, a larger one is refused at once
+    assert fits.blocked() == ()
+    assert too_big.blocked() == ("daily_budget_usd",)
+    # AND with no Retry-After, since no window will ever fit it
+    assert refusal(too_big, ("daily_budget_usd",), 0, 0).retry_after_ms is None
+    assert refusal(fits, ("daily_budget_usd",), 0, 0).retry_after_ms is not None
 
 
 def test_the_reserve_part_is_conditional_only_where_there_is_a_budget() -> None:

@@ -13,7 +13,6 @@ DynamoDB conditions cannot add, so "committed + amount <= budget" is written `co
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -124,15 +123,3 @@ class Reservation:
         self.tokens += tokens
         self.usd += usd
         self.extensions += 1
-
-
-def refused_budgets(periods: tuple[BudgetPeriod, ...], amount: Decimal) -> tuple[str, ...]:
-    """Budgets `amount` alone exceeds, whatever has been spent: refused without a round trip, and waiting for
-    the next window will not help."""
-    return tuple(p.limit for p in periods if p.budget is not None and (room(p.budget, amount) < 0 or p.budget <= 0))
-
-
-def committed(item: Mapping[str, Any] | None) -> Decimal:
-    """Spend plus outstanding reservations of one spend item (absent: nothing)."""
-    value = (item or {}).get("committed_usd")
-    return Decimal(value) if value is not None else Decimal(0)
