@@ -5,7 +5,10 @@ stream: false), unpriced models under both policies, and no reservation left beh
 from __future__ import annotations
 
 import asyncio
+import calendar
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -15,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from llm_relay.dynamo import Stores
+from llm_relay.dynamo import Stores, release_ops
 from llm_relay.limits import day_of, month_of
 from llm_relay.usage import UsageRecord
 from tests.conftest import RelayFactory, Upstream
@@ -281,3 +284,45 @@ def test_an_extension_is_one_write_per_increment_and_the_request_item_holds_the_
     assert Decimal(item["reserved_usd"]["N"]) == Decimal("0.0000012") + 5 * Decimal("0.00003")
     # AND settlement left nothing reserved
     assert_settled(stores, key.key_id, records_of(stores, key.key_id, 1))
+
+
+def test_a_killed_relay_keeps_its_reservation_until_the_reconciler_releases_it(
+    stores: Stores, upstream: Upstream, moto_endpoint: str
+) -> None:
+    # GIVEN a budgeted key streaming through a relay process, at increments of 50 tokens
+    plain, key = new_key(stores, daily_budget_usd="1")
+    with (
+        relay_processes(1, stores, upstream, moto_endpoint, RELAY_BUDGET_INCREMENT_TOKENS="50") as (relay,),
+        httpx.Client(timeout=30) as client,
+        client.stream(
+            "POST",
+            f"{relay.url}/v1/chat/completions",
+            json=chat_body(stream=True, mock={"tokens": 1000, "chunk_delay_ms": 20, "ttft_ms": 0}),
+            headers={"authorization": f"Bearer {plain}"},
+        ) as stream,
+    ):
+        request_id = stream.headers["x-request-id"]
+        tokens = 0
+        for line in stream.iter_lines():
+            tokens += '"content":"' in line
+            if tokens == 100:  # past the extensions at 38 and 88 tokens: 150 reserved
+                break
+        # WHEN the process is killed mid-stream: no finalization
+        os.kill(relay.pid, signal.SIGKILL)
+    # THEN the day's spend still holds the request's reservation, exactly what its in-flight item records
+    item = stores.client.get_item(
+        TableName=stores.table_name, Key={"pk": {"S": f"REQ#{request_id}"}, "sk": {"S": "REQ"}}
+    )["Item"]
+    reserved = Decimal(item["reserved_usd"]["N"])
+    day, month = ledger(stores, key.key_id)
+    assert reserved > Decimal("0.00003") and day["reserved_usd"] == month["reserved_usd"] == reserved
+    assert day["committed_usd"] == reserved and "cost_usd" not in day
+    # WHEN a reconciler releases it, settling an estimated cost, with the ops the relay exposes
+    started = calendar.timegm(time.strptime(item["started_at"]["S"][:19], "%Y-%m-%dT%H:%M:%S"))
+    cost = Decimal("0.00002")
+    stores.client.transact_write_items(
+        TransactItems=release_ops(stores.table_name, key.key_id, started, reserved, cost)  # type: ignore[arg-type]
+    )
+    # THEN nothing stays reserved and the budget counts the settled cost
+    for spend in ledger(stores, key.key_id):
+        assert (spend["reserved_usd"], spend["committed_usd"]) == (0, cost)
