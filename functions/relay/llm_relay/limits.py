@@ -374,7 +374,7 @@ def refusal_message(refused: Refusal, limits: Limits, reserve: int, reserve_usd:
         return text + f" Please try again in {format_duration(refused.retry_after_ms)}."
     if "tpm" in refused.limits and limits.tpm is not None and reserve > limits.tpm:
         return text + " The request is larger than the limit: lower max_tokens or the prompt."
-    if refused.code == "budget_exceeded" and reserve_usd and refused.retry_after_ms is None:
+    if refused.code == "budget_exceeded" and reserve_usd:
         return text + " The request alone is larger than the budget: lower max_tokens or the prompt."
     return text + " Waiting will not help; ask for a higher limit."
 
