@@ -33,14 +33,31 @@ def test_every_price_is_the_one_the_library_charges() -> None:
     raw = json.loads(resources.files("llm_relay").joinpath("prices.json").read_text(encoding="utf-8"))["models"]
     assert len(raw) >= 500
     for name in ("gpt-4o-mini", "claude-3-5-haiku", "gemini-2.0-flash", "mistral-large-latest"):
-        # WHEN the library prices a million input and a million output tokens of the model
-        calc = genai_prices.calc_price(genai_prices.Usage(input_tokens=10**6, output_tokens=10**6), name)
+        # WHEN the library prices a million input and a million output tokens of the model, on the table's date
+        usage = genai_prices.Usage(input_tokens=10**6, output_tokens=10**6)
+        calc = genai_prices.calc_price(usage, name, genai_request_timestamp=price_table.AS_OF)
         price = table.price_of(name)
         # THEN the relay charges the same
         assert price is not None, name
         assert (price.input, price.output) == (calc.input_price, calc.output_price), name
         assert table.source_of(name) == f"genai-prices {genai_prices.__version__} ({calc.provider.id})"
     assert table.price_of("gpt-4o-mini") == ModelPrice(Decimal("0.15"), Decimal("0.075"), Decimal("0.6"))
+
+
+def test_a_price_that_varies_by_the_time_of_day_keeps_its_highest_rate() -> None:
+    # GIVEN DeepSeek's off-peak discount (the library prices it by the hour of the request)
+    table = PriceTable.load()
+    usage = genai_prices.Usage(input_tokens=10**6, output_tokens=10**6)
+    hourly = [
+        genai_prices.calc_price(usage, "deepseek-v4-flash", genai_request_timestamp=at)
+        for at in price_table._HALF_HOURS
+    ]
+    assert len({calc.output_price for calc in hourly}) > 1
+    # THEN the relay charges (and reserves) the peak rate at every hour
+    price = table.price_of("deepseek-v4-flash")
+    assert price is not None
+    assert price.output == max(calc.output_price for calc in hourly)
+    assert price.input == max(calc.input_price for calc in hourly)
 
 
 def test_the_function_never_imports_genai_prices() -> None:
