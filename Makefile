@@ -13,7 +13,7 @@ SAM := SAM_CLI_TELEMETRY=0 $(SAM_VENV)/bin/sam
 EVENT ?= events/chat-streamed.json
 INVOKE_DEV_KEY ?= lr-dev-local-key
 
-.PHONY: dev dynamodb test lint typecheck unit bench clean sam build invoke
+.PHONY: dev dynamodb test lint typecheck unit bench clean sam build invoke prices
 
 # constraints.txt pins every package (`pip freeze` of a working .venv), so CI installs what was tested.
 $(BIN)/.installed: pyproject.toml constraints.txt
@@ -27,6 +27,9 @@ dev: $(BIN)/.installed ## run the relay locally: moto DynamoDB (or RELAY_DYNAMOD
 
 dynamodb: $(BIN)/.installed ## the local DynamoDB of `make dev` in the foreground on 127.0.0.1:$(DYNAMODB_PORT), to share
 	$(BIN)/python -m llm_relay_dev.local_dynamodb --port $(DYNAMODB_PORT)
+
+prices: $(BIN)/.installed ## regenerate functions/relay/llm_relay/prices.json from the pinned genai-prices
+	$(BIN)/python -m llm_relay_dev.price_table
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

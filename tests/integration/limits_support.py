@@ -14,6 +14,7 @@ from llm_relay.dynamo.layout import key_from_item
 from llm_relay.keys import ApiKey, generate_key_id
 from llm_relay.limiter import Limiter
 from llm_relay.outcome import RequestContext
+from llm_relay.pricing import PriceTable
 from llm_relay.settings import Settings
 
 #: The middle of a minute, so a race never straddles a window boundary.
@@ -44,7 +45,8 @@ def limiter(
     """A limiter on the table; `client` replaces the DynamoDB client (a failing or conflicting one)."""
     settings = Settings(table_name=table, dynamodb_endpoint=endpoint, **overrides)
     stores = Stores.create(table, client or make_client(endpoint))
-    return Limiter(stores, settings, clock=clock or (lambda: MID_MINUTE), metrics=metrics)
+    prices = PriceTable.load(settings.prices_json)
+    return Limiter(stores, settings, clock=clock or (lambda: MID_MINUTE), metrics=metrics, price_of=prices.price_of)
 
 
 def admit_all(limits: Limiter, key: ApiKey, n: int, prefix: str = "req", **kwargs: Any) -> list[str]:

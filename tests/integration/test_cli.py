@@ -142,3 +142,28 @@ def test_a_revoked_key_is_refused_within_the_auth_cache_ttl(make_relay: RelayFac
         assert time.monotonic() - revoked_at < relay.settings.auth_cache_ttl_s + 5.0
         response = client.post(url, json=body, headers=relay.headers(created["key"]))
     assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_prices_shows_what_the_relay_charges_and_where_it_comes_from(stores: Stores, moto_endpoint: str) -> None:
+    # GIVEN an override for one model
+    override = '{"my-llama": {"input": "0.20", "output": "0.40"}}'
+    # WHEN the prices of a packaged model, a dated name, the overridden one and an unknown one are asked for
+    packaged = cli(stores, moto_endpoint, "prices", "gpt-4o-mini", "--json")
+    dated = cli(stores, moto_endpoint, "prices", "claude-3-5-haiku-20241022")
+    overridden = cli(stores, moto_endpoint, "prices", "my-llama", "--json", RELAY_PRICES_JSON=override)
+    unknown = cli(stores, moto_endpoint, "prices", "no-such-model")
+    # THEN per-million prices with their source: the pinned package (and provider), or the override
+    assert json.loads(packaged.stdout) == [
+        {
+            "model": "gpt-4o-mini",
+            "input": "0.15",
+            "cached_input": "0.075",
+            "output": "0.6",
+            "source": json.loads(packaged.stdout)[0]["source"],
+        }
+    ]
+    assert json.loads(packaged.stdout)[0]["source"].startswith("genai-prices 0.2.3 (openai)")
+    assert "claude-3-5-haiku" in dated.stdout and "(anthropic)" in dated.stdout
+    assert json.loads(overridden.stdout)[0]["source"] == "RELAY_PRICES_JSON"
+    # AND an unknown model says so, and how to add a price
+    assert unknown.returncode == 1 and "RELAY_PRICES_JSON" in unknown.stderr

@@ -142,14 +142,15 @@ def test_third_concurrent_stream_is_refused_until_one_ends(relay: Relay) -> None
 
 
 def test_budget_stops_the_key_once_spent_and_costs_agree(relay: Relay) -> None:
-    # GIVEN a daily budget smaller than one request's cost (20 tokens of gpt-4o-mini at $0.60/M = $0.000012)
-    plain, key = new_key(relay.stores, daily_budget_usd="0.00001")
+    # GIVEN a daily budget that covers one request of max_tokens 20 (its worst case: 8 prompt tokens at $0.15/M
+    # plus 20 completion tokens of gpt-4o-mini at $0.60/M = $0.0000132) but not two
+    plain, key = new_key(relay.stores, daily_budget_usd="0.00002")
     with httpx.Client(timeout=10) as client:
         # WHEN the first request runs: admitted (nothing spent yet)
         first = client.post(
             f"{relay.url}/api/v1/chat/stream",
             headers=relay.headers(plain),
-            json=chat_body(mock={"tokens": 20, "chunk_delay_ms": 0, "ttft_ms": 0}),
+            json=chat_body(max_tokens=20, mock={"tokens": 20, "chunk_delay_ms": 0, "ttft_ms": 0}),
         )
         assert first.status_code == 200
         summary = ndjson_lines(first.text)[-1]
@@ -166,7 +167,9 @@ def test_budget_stops_the_key_once_spent_and_costs_agree(relay: Relay) -> None:
         assert spend["cost_usd"] == record.cost_usd
         # WHEN the next request comes: refused with budget_exceeded until the day ends
         to_midnight_before = 86400 - time.time() % 86400
-        second = client.post(f"{relay.url}/v1/chat/completions", json=chat_body(), headers=relay.headers(plain))
+        second = client.post(
+            f"{relay.url}/v1/chat/completions", json=chat_body(max_tokens=20), headers=relay.headers(plain)
+        )
         to_midnight_after = 86400 - time.time() % 86400
     assert second.status_code == 429
     assert second.json()["error"]["code"] == "budget_exceeded"

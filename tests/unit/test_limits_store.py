@@ -21,7 +21,8 @@ ALL_OLD = {"ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
 RATE_CONDITION = (
     "(attribute_not_exists(requests) OR requests <= :rmax) AND (attribute_not_exists(tokens) OR tokens <= :tmax)"
 )
-BUDGET_CONDITION = "(attribute_not_exists(cost_usd) OR cost_usd < :budget)"
+BUDGET_CONDITION = "attribute_not_exists(committed_usd) OR committed_usd <= :room"
+RESERVE = "ADD committed_usd :amount, reserved_usd :amount"
 
 
 def s(value: str) -> dict[str, str]:
@@ -89,19 +90,21 @@ ADMISSION = [
         }
     },
     {
-        "ConditionCheck": {
+        "Update": {
             **key("KEY#rk_a", "SPEND#D#2023-11-14"),
+            "UpdateExpression": RESERVE,
             "ConditionExpression": BUDGET_CONDITION,
             **ALL_OLD,
-            "ExpressionAttributeValues": {":budget": n("1.5")},
+            "ExpressionAttributeValues": {":amount": n("0.01"), ":room": n("1.49")},
         }
     },
     {
-        "ConditionCheck": {
+        "Update": {
             **key("KEY#rk_a", "SPEND#M#2023-11"),
+            "UpdateExpression": RESERVE,
             "ConditionExpression": BUDGET_CONDITION,
             **ALL_OLD,
-            "ExpressionAttributeValues": {":budget": n(20)},
+            "ExpressionAttributeValues": {":amount": n("0.01"), ":room": n("19.99")},
         }
     },
 ]
@@ -111,7 +114,7 @@ def test_admission_is_one_transaction_of_every_limit_part(stubbed: Any) -> None:
     client, stubber = stubbed
     # GIVEN a key with every limit, 3 requests and 40 tokens seen in the previous minute
     limits = Limits(rpm=10, tpm=1000, max_concurrent=2, daily_budget_usd=Decimal("1.5"), monthly_budget_usd=Decimal(20))
-    plan = AdmissionPlan("req_1", "rk_a", limits, NOW, 120, 900.0, 3, 40)
+    plan = AdmissionPlan("req_1", "rk_a", limits, NOW, 120, 900.0, 3, 40, reserve_usd=Decimal("0.01"))
     expected = {"TransactItems": ADMISSION, "ClientRequestToken": "0203bf5300bd3abfd778a65effbd2c60f1c2"}
     stubber.add_response("transact_write_items", {}, expected)
     # WHEN it is admitted
@@ -140,8 +143,18 @@ USAGE_ITEM = {
     "ttft_ms": n("150.5"),
     "duration_ms": n(900),
 }
-SPEND_ADD = "ADD requests :one, prompt_tokens :prompt, completion_tokens :completion, cost_usd :cost"
-SPEND_VALUES = {":one": n(1), ":prompt": n(10), ":completion": n(20), ":kid": s("rk_a")}
+SPEND_ADD = (
+    "ADD requests :one, prompt_tokens :prompt, completion_tokens :completion, cost_usd :cost,"
+    " committed_usd :committed, reserved_usd :unreserve"
+)
+SPEND_VALUES = {
+    ":one": n(1),
+    ":prompt": n(10),
+    ":completion": n(20),
+    ":kid": s("rk_a"),
+    ":committed": n("-0.0038"),
+    ":unreserve": n("-0.005"),
+}
 
 SETTLEMENT = [
     {"Put": {"TableName": TABLE, "Item": USAGE_ITEM, "ConditionExpression": "attribute_not_exists(pk)"}},
@@ -206,7 +219,8 @@ SETTLEMENT = [
 
 def test_settlement_is_one_transaction_of_record_spend_finish_lease_and_tokens(stubbed: Any) -> None:
     client, stubber = stubbed
-    # GIVEN a finished stream that held a lease and used 50 tokens fewer than it reserved
+    # GIVEN a finished stream that held a lease, used 50 tokens fewer than it reserved, and reserved $0.005 of
+    # budget for a cost of $0.0012
     record = UsageRecord(
         key_id="rk_a",
         request_id="req_1",
@@ -223,4 +237,4 @@ def test_settlement_is_one_transaction_of_record_spend_finish_lease_and_tokens(s
     expected = {"TransactItems": SETTLEMENT, "ClientRequestToken": "f12ec7044b8caa170785ec8bbb58d39f5428"}
     stubber.add_response("transact_write_items", {}, expected)
     # WHEN it is settled THEN exactly this request goes out, once
-    LimitsStore(TABLE, client).settle(Settlement(record, 30, "l_req_1", -50, 28333333))
+    LimitsStore(TABLE, client).settle(Settlement(record, 30, "l_req_1", -50, 28333333, Decimal("0.005")))

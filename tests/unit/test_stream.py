@@ -16,6 +16,7 @@ import pytest
 from starlette.types import Message
 
 from llm_relay.admission import Ticket
+from llm_relay.budget_extension import BudgetGuard
 from llm_relay.cancellation import CancelSignal
 from llm_relay.chat_request import ChatRequest
 from llm_relay.encoding import Framing, NDJSONFraming, SSEFraming
@@ -159,6 +160,7 @@ def relay(
     deadline: float | None = None,
     settings: Settings = SETTINGS,
     include_usage: bool = False,
+    budget: BudgetGuard | None = None,
 ) -> Run:
     """Run one stream to its end while `test` drives it; returns what happened."""
     body = UpstreamBody()
@@ -194,6 +196,7 @@ def relay(
                 pricer=PriceTable.load(),
                 settings=settings,
                 clock=clock,
+                budget=budget,
             )
             run = Run(response_stream, body, client, clock, cancel, ended)
             with anyio.fail_after(10):  # a safety net only: every wait below is for an event

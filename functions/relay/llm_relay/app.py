@@ -116,7 +116,7 @@ def create_app(
         MetricsEmitter(settings.metrics_namespace, settings.service_name, _known_models(settings, prices)),
         Logger(service=settings.service_name, level=settings.log_level),
     )
-    limiter = Limiter(stores, settings, metrics=telemetry.metrics.hook)
+    limiter = Limiter(stores, settings, metrics=telemetry.metrics.hook, price_of=prices.price_of)
     pipeline = Pipeline(
         settings,
         requests=stores.requests,
@@ -125,6 +125,7 @@ def create_app(
         cancels=CancelRegistry(stores.requests, settings.cancel_poll_interval_s),
         finalizer=Finalizers([limiter, telemetry, *(finalizers or [])]),
         pricer=pricer or prices,
+        budgets=limiter if admission is None else None,
     )
 
     @asynccontextmanager

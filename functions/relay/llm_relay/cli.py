@@ -6,6 +6,7 @@
     llm-relay keys revoke KEY_ID
     llm-relay keys set-limits KEY_ID [--rpm N|unlimited|default] ...
     llm-relay usage [--key KEY_ID] [--since WHEN] [--until WHEN] [--totals-only]
+    llm-relay prices [MODEL]
 
 Every command takes `--json`. The table and endpoint come from `RELAY_TABLE_NAME` and
 `RELAY_DYNAMODB_ENDPOINT` (unset: AWS), the region from `AWS_REGION`. Input is checked before anything is
@@ -32,6 +33,7 @@ from .dynamo import KeyStore, Stores
 from .errors import StoreUnavailable
 from .keys import ApiKey, generate_key, generate_key_id, hash_key, now_iso
 from .limits import LIMIT_NAMES, Limits, parse_limit
+from .pricing import PriceTable
 from .settings import Settings
 from .usage import UsageRecord, UsageTotals, iso_ms
 
@@ -54,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"llm-relay: error: invalid configuration in the environment:\n{exc}", file=sys.stderr)
         return 2
+    if args.command == "prices":  # no DynamoDB, no AWS region needed
+        return _prices(args, settings)
     try:
         stores = Stores.from_settings(settings)
     except NoRegionError:
@@ -104,7 +108,12 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("--totals-only", action="store_true", help="print the totals, not every request")
     usage.set_defaults(run=_usage)
 
-    for sub in (create, listing, revoke, set_limits, usage):
+    prices = commands.add_parser(
+        "prices", help="the prices the relay charges (USD per million tokens) and their source"
+    )
+    prices.add_argument("model", nargs="?", help="one model, as a request names it (default: every priced model)")
+
+    for sub in (create, listing, revoke, set_limits, usage, prices):
         sub.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
@@ -322,6 +331,45 @@ def _usage(args: argparse.Namespace, settings: Settings, stores: Stores) -> int:
             [_usage_row(record) for record in records],
         )
     _print_totals(totals)
+    return 0
+
+
+def _prices(args: argparse.Namespace, settings: Settings) -> int:
+    """Per-million prices as the relay will charge them (packaged table + RELAY_PRICES_JSON), with their source."""
+    try:
+        table = PriceTable.load(settings.prices_json)
+    except ValueError as exc:
+        print(f"llm-relay: error: {exc}", file=sys.stderr)
+        return 2
+    if args.model is None:
+        entries = table.models
+    else:
+        entry = table.entry_for(args.model)
+        if entry is None:
+            print(
+                f"llm-relay: error: no price for {args.model!r}: a key with a budget is refused it "
+                "(RELAY_UNPRICED_MODELS=refuse); add one with RELAY_PRICES_JSON",
+                file=sys.stderr,
+            )
+            return 1
+        entries = [entry]
+    rows = []
+    for entry in entries:
+        price = table.price_of(entry)
+        assert price is not None
+        rows.append(
+            {
+                "model": entry,
+                "input": format(price.input, "f"),
+                "cached_input": format(price.cached_input, "f"),
+                "output": format(price.output, "f"),
+                "source": table.source_of(entry),
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _table(["model", "input $/M", "cached $/M", "output $/M", "source"], [list(r.values()) for r in rows])
     return 0
 
 

@@ -83,6 +83,8 @@ def error_body(request_id: str, outcome: StreamOutcome) -> dict[str, Any]:
     error_type = "upstream_error"
     if outcome.reason is TerminationReason.CLIENT_CANCELLED:
         error_type, message = "invalid_request_error", "The request was cancelled."
+    elif outcome.reason is TerminationReason.BUDGET_EXCEEDED:
+        error_type = "rate_limit_error"
     return {
         "error": {
             "message": message,

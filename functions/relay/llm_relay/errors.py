@@ -13,6 +13,7 @@ RelayError
 ├── InvalidRequest          400  invalid_request_error        (bad JSON, wrong types, bad values)
 │   └── PayloadTooLarge     413  invalid_request_error
 ├── Unauthorized            401  invalid_request_error / invalid_api_key
+│   └── ModelNotPriced      400  invalid_request_error / model_not_priced (budgeted key, RELAY_UNPRICED_MODELS=refuse)
 ├── ModelNotAllowed         403  invalid_request_error / model_not_allowed
 ├── NotFound                404  invalid_request_error / not_found
 ├── RequestCancelled        409  invalid_request_error / client_cancelled (cancelled before it started)
@@ -60,6 +61,13 @@ class InvalidRequest(RelayError):
     error_type = "invalid_request_error"
     code = "invalid_request"
     rejection = "invalid_request"
+
+
+class ModelNotPriced(InvalidRequest):
+    """The model has no price, so a budget could not be enforced on it (RELAY_UNPRICED_MODELS=refuse)."""
+
+    code = "model_not_priced"
+    rejection = "model_not_priced"
 
 
 class PayloadTooLarge(InvalidRequest):

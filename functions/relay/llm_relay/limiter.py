@@ -19,6 +19,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from typing import Any, NoReturn
 
 import anyio
@@ -26,8 +27,9 @@ import anyio.to_thread
 
 from . import metrics
 from .admission import Ticket
+from .budgets import Reservation, conservative_prompt_tokens, periods_of
 from .dynamo import Settlement, Stores, request_item
-from .errors import RateLimited, ServiceUnavailable, StoreUnavailable
+from .errors import ModelNotPriced, RateLimited, ServiceUnavailable, StoreUnavailable
 from .limits import (
     RATE,
     AdmissionPlan,
@@ -44,18 +46,21 @@ from .limits import (
 )
 from .metering import estimate_prompt_tokens
 from .outcome import RequestContext, StreamOutcome
+from .pricing import ModelPrice
 from .settings import Settings
 from .usage import record_for, refused_record
 
 logger = logging.getLogger(__name__)
 
 MetricHook = Callable[[str, float, Mapping[str, str]], None]
+PriceOf = Callable[[str], ModelPrice | None]
 
 # Metric names this module reports through its hook (names and dimensions are declared in metrics.py).
 METRIC_REJECTED = metrics.ADMISSION_REJECTED  # dimension: limit (rpm, tpm, max_concurrent, daily/monthly budget)
 METRIC_STORE_ERROR = metrics.ADMISSION_STORE_ERROR  # dimension: policy (fail_closed, fail_open)
 METRIC_USAGE_WRITE_FAILED = metrics.USAGE_WRITE_FAILED
 METRIC_ADMISSION_ATTEMPTS = metrics.ADMISSION_ATTEMPTS
+METRIC_BUDGET_EXTENSIONS = metrics.BUDGET_EXTENSIONS  # dimension: result (granted, refused, store_error)
 
 MAX_ATTEMPTS = 6
 
@@ -96,8 +101,10 @@ class Limiter:
         *,
         clock: Callable[[], float] = time.time,
         metrics: MetricHook | None = None,
+        price_of: PriceOf | None = None,
     ) -> None:
         self._stores = stores
+        self._price_of = price_of
         self._settings = settings
         self._defaults = default_limits(settings)
         self._clock = clock
@@ -112,13 +119,16 @@ class Limiter:
     async def admit(self, ctx: RequestContext) -> Ticket:
         limits = self.limits_for(ctx.key.limits)
         item = request_item(ctx.request_id, ctx.key.key_id, ctx.chat.model, self._settings.request_ttl_s)
+        reservation = self._reservation(ctx, limits)
+        if reservation is not None:
+            item["reserved_usd"] = reservation.usd
         if limits.unlimited:
             try:
                 await anyio.to_thread.run_sync(self._stores.requests.put, item)
             except StoreUnavailable as exc:
                 return self._store_down(ctx, exc)
             return Ticket()
-        plan = self._plan(ctx, limits)
+        plan = self._plan(ctx, limits, reservation)
         blocked = plan.blocked()
         if blocked:
             seen = self._seen_at(ctx.key.key_id, plan.window.minute)
@@ -130,7 +140,7 @@ class Limiter:
                 return self._store_down(ctx, exc)
             if result.admitted:
                 self._metric(METRIC_ADMISSION_ATTEMPTS, attempt + 1, {})
-                return self._admitted(ctx, plan)
+                return self._admitted(ctx, plan, reservation)
             if result.failures:
                 self._learn(plan, result.failures)
                 verdict = judge(plan, result.failures)
@@ -141,7 +151,40 @@ class Limiter:
                 await anyio.sleep(random.uniform(0, min(1.0, 0.02 * 2**attempt)))
         return self._store_down(ctx, StoreUnavailable("admission kept conflicting with other writes"))
 
-    def _plan(self, ctx: RequestContext, limits: Limits) -> AdmissionPlan:
+    def _reservation(self, ctx: RequestContext, limits: Limits) -> Reservation | None:
+        """The request's first budget reservation (None: the key has no budget). A budgeted key asking for a
+        model without a price is refused (400), or with RELAY_UNPRICED_MODELS=allow admitted unbudgeted."""
+        periods = periods_of(limits, self._clock())
+        if not periods:
+            return None
+        chat = ctx.chat
+        price = self._price_of(chat.model) if self._price_of is not None else None
+        if price is None:
+            if self._settings.unpriced_models == "refuse":
+                raise ModelNotPriced(
+                    f"The model '{chat.model}' has no price, so this key's budget cannot be enforced on it. "
+                    "An operator can add its price (USD per million tokens) with RELAY_PRICES_JSON, e.g. "
+                    f'{{"{chat.model}": {{"input": "0.50", "output": "1.50"}}}}; '
+                    "`llm-relay prices` lists the known ones.",
+                    param="model",
+                )
+            logger.warning(
+                "request %s of key %s: model %r has no price; admitted WITHOUT budget (RELAY_UNPRICED_MODELS=allow)",
+                ctx.request_id,
+                ctx.key.key_id,
+                chat.model,
+            )
+            return None
+        return Reservation.open(
+            price,
+            periods,
+            prompt_tokens=conservative_prompt_tokens(chat.messages_as_dicts()),
+            max_tokens=chat.max_completion_tokens or chat.max_tokens,
+            increment=self._settings.budget_increment_tokens,
+            choices=chat.n,
+        )
+
+    def _plan(self, ctx: RequestContext, limits: Limits, reservation: Reservation | None = None) -> AdmissionPlan:
         now = self._clock()
         prev = self._seen_at(ctx.key.key_id, Window.at(now).minute - 1)
         chat = ctx.chat
@@ -157,9 +200,10 @@ class Limiter:
             self._settings.function_timeout_s,
             prev.low_requests,
             prev.low_tokens,
+            reserve_usd=reservation.usd if reservation is not None else Decimal(0),
         )
 
-    def _admitted(self, ctx: RequestContext, plan: AdmissionPlan) -> Ticket:
+    def _admitted(self, ctx: RequestContext, plan: AdmissionPlan, reservation: Reservation | None) -> Ticket:
         window = plan.window
         seen = self._seen_at(plan.key_id, window.minute)
         seen.own_requests += 1
@@ -171,6 +215,7 @@ class Limiter:
             reserve=plan.reserve,
             lease=lease_attr(ctx.request_id) if limits.max_concurrent is not None else None,
             settle_tokens=limits.tpm is not None,
+            budget=reservation,
         )
 
     def _headers(self, plan: AdmissionPlan, cur_requests: int, cur_tokens: int) -> dict[str, str]:
@@ -188,7 +233,7 @@ class Limiter:
         cur_r = refused.cur_requests if refused.cur_requests is not None else seen.low_requests
         cur_t = refused.cur_tokens if refused.cur_tokens is not None else seen.low_tokens
         fixed = replace(plan, prev_requests=refused.prev_requests, prev_tokens=refused.prev_tokens)
-        error = RateLimited(refusal_message(refused, plan.limits, plan.reserve), code=refused.code)
+        error = RateLimited(refusal_message(refused, plan.limits, plan.reserve, plan.reserve_usd), code=refused.code)
         error.rejection = "budget_exceeded" if refused.code == "budget_exceeded" else "rate_limited"
         error.headers.update(self._headers(fixed, max(cur_r, seen.low_requests), max(cur_t, seen.low_tokens)))
         if refused.retry_after_ms is not None:
@@ -253,7 +298,34 @@ class Limiter:
                 delta = max(0, delta)
             else:
                 minute = ticket.minute
-        return Settlement(base.record, base.retention_days, ticket.lease, delta, minute)
+        reserved = ticket.budget.usd if ticket.budget is not None else Decimal(0)
+        return Settlement(base.record, base.retention_days, ticket.lease, delta, minute, reserved)
+
+    # --- budget extensions ---------------------------------------------------------------------------------
+    async def extend_budget(self, ctx: RequestContext, reservation: Reservation, tokens: int) -> bool:
+        """Reserve `tokens` more completion tokens for a running stream: one conditional write. True when granted
+        (the reservation grows); False when a budget refused it or, failing closed, DynamoDB did not answer."""
+        usd = reservation.cost_of(tokens)
+        try:
+            granted = await anyio.to_thread.run_sync(
+                self._stores.budgets.extend,
+                ctx.key.key_id,
+                ctx.request_id,
+                reservation.periods,
+                usd,
+                reservation.extensions + 1,
+            )
+        except StoreUnavailable as exc:
+            granted = self._settings.admission_fail_open
+            logger.error("budget extension of %s: store unavailable (%s); granted=%s", ctx.request_id, exc, granted)
+            self._metric(METRIC_BUDGET_EXTENSIONS, 1, {"result": "store_error"})
+            if granted:
+                reservation.grant(tokens, Decimal(0))  # fail open: the tokens run unreserved, as admission did
+            return granted
+        self._metric(METRIC_BUDGET_EXTENSIONS, 1, {"result": "granted" if granted else "refused"})
+        if granted:
+            reservation.grant(tokens, usd)
+        return granted
 
     def _lost(self, record: dict[str, Any], exc: Exception) -> None:
         """A usage record DynamoDB would not take: logged whole, to be replayed from the logs."""

@@ -21,7 +21,7 @@ import calendar
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -243,6 +243,7 @@ class AdmissionPlan:
     prev_requests: int = 0
     prev_tokens: int = 0
     reclaim: Mapping[str, int] | None = None
+    reserve_usd: Decimal = Decimal(0)  # the budget reservation: the request's worst case before its next extension
 
     @property
     def window(self) -> Window:
@@ -272,8 +273,8 @@ class AdmissionPlan:
             ("rpm", (self.requests_threshold or 0) < 0),
             ("tpm", (self.tokens_threshold or 0) < 0),
             ("max_concurrent", limits.max_concurrent == 0),
-            ("daily_budget_usd", limits.daily_budget_usd is not None and limits.daily_budget_usd <= 0),
-            ("monthly_budget_usd", limits.monthly_budget_usd is not None and limits.monthly_budget_usd <= 0),
+            ("daily_budget_usd", _over_budget(limits.daily_budget_usd, self.reserve_usd)),
+            ("monthly_budget_usd", _over_budget(limits.monthly_budget_usd, self.reserve_usd)),
         )
         return tuple(name for name, refused in checks if refused)
 
@@ -302,9 +303,7 @@ def judge(plan: AdmissionPlan, failures: Mapping[str, Mapping[str, Any] | None])
     if PREV in failures:
         old = failures[PREV] or {}
         prev_r, prev_t = max(prev_r, _int(old, "requests")), max(prev_t, _int(old, "tokens"))
-    fixed = AdmissionPlan(
-        plan.request_id, plan.key_id, plan.limits, plan.now_s, plan.reserve, plan.lease_s, prev_r, prev_t, None
-    )
+    fixed = replace(plan, prev_requests=prev_r, prev_tokens=prev_t, reclaim=None)
     refused: list[str] = []
     cur_r = cur_t = None
     if RATE in failures:
@@ -326,17 +325,7 @@ def judge(plan: AdmissionPlan, failures: Mapping[str, Mapping[str, Any] | None])
         name for part, name in ((DAILY, "daily_budget_usd"), (MONTHLY, "monthly_budget_usd")) if part in failures
     ]
     if not refused:
-        return AdmissionPlan(
-            fixed.request_id,
-            fixed.key_id,
-            fixed.limits,
-            fixed.now_s,
-            fixed.reserve,
-            fixed.lease_s,
-            prev_r,
-            prev_t,
-            reclaim,
-        )
+        return replace(fixed, reclaim=reclaim)
     return refusal(fixed, tuple(refused), cur_r or 0, cur_t or 0)
 
 
@@ -354,13 +343,13 @@ def refusal(plan: AdmissionPlan, refused: tuple[str, ...], cur_requests: int, cu
         elif name == "daily_budget_usd":
             waits.append(
                 None
-                if plan.limits.daily_budget_usd == 0
+                if _over_budget(plan.limits.daily_budget_usd, plan.reserve_usd)
                 else math.ceil((next_day_epoch(plan.now_s) - plan.now_s) * 1000)
             )
         elif name == "monthly_budget_usd":
             waits.append(
                 None
-                if plan.limits.monthly_budget_usd == 0
+                if _over_budget(plan.limits.monthly_budget_usd, plan.reserve_usd)
                 else math.ceil((next_month_epoch(plan.now_s) - plan.now_s) * 1000)
             )
     known = [w for w in waits if w is not None]
@@ -368,7 +357,7 @@ def refusal(plan: AdmissionPlan, refused: tuple[str, ...], cur_requests: int, cu
     return Refusal(refused, wait, cur_requests, cur_tokens, plan.prev_requests, plan.prev_tokens)
 
 
-def refusal_message(refused: Refusal, limits: Limits, reserve: int) -> str:
+def refusal_message(refused: Refusal, limits: Limits, reserve: int, reserve_usd: Decimal = Decimal(0)) -> str:
     """What the client reads in the 429 body (OpenAI-style wording, no secrets)."""
     parts = {
         "rpm": f"requests per minute (RPM): limit {limits.rpm}",
@@ -379,11 +368,20 @@ def refusal_message(refused: Refusal, limits: Limits, reserve: int) -> str:
     }
     kind = "Budget exhausted" if refused.code == "budget_exceeded" else "Rate limit reached"
     text = f"{kind} for this key on " + "; ".join(parts[name] for name in refused.limits) + "."
+    if refused.code == "budget_exceeded" and reserve_usd:
+        text += f" This request reserves ${reserve_usd:.8f} (its prompt and the completion tokens it may use)."
     if refused.retry_after_ms is not None:
         return text + f" Please try again in {format_duration(refused.retry_after_ms)}."
     if "tpm" in refused.limits and limits.tpm is not None and reserve > limits.tpm:
         return text + " The request is larger than the limit: lower max_tokens or the prompt."
+    if refused.code == "budget_exceeded" and reserve_usd:
+        return text + " The request alone is larger than the budget: lower max_tokens or the prompt."
     return text + " Waiting will not help; ask for a higher limit."
+
+
+def _over_budget(budget: Decimal | None, reserve_usd: Decimal) -> bool:
+    """A budget that refuses this request whatever has been spent: zero, or smaller than its reservation."""
+    return budget is not None and (budget <= 0 or reserve_usd > budget)
 
 
 def _int(item: Mapping[str, Any], name: str) -> int:

@@ -35,6 +35,7 @@ ADMISSION_REJECTED = "AdmissionRejected"
 ADMISSION_STORE_ERROR = "AdmissionStoreError"
 ADMISSION_ATTEMPTS = "AdmissionAttempts"
 USAGE_WRITE_FAILED = "UsageWriteFailed"
+BUDGET_EXTENSIONS = "BudgetExtensions"
 
 # Dimension names.
 REASON = "reason"
@@ -43,6 +44,7 @@ STATUS_CLASS = "status_class"
 CHANNEL = "channel"
 LIMIT = "limit"
 POLICY = "policy"
+RESULT = "result"
 
 OTHER_MODEL = "other"
 
@@ -52,6 +54,7 @@ REJECTION_REASONS = (
     "model_not_allowed",
     "rate_limited",
     "budget_exceeded",
+    "model_not_priced",
     "unavailable",
 )
 
@@ -88,6 +91,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec(ADMISSION_STORE_ERROR, MetricUnit.Count, ((POLICY, SERVICE),)),
     MetricSpec(ADMISSION_ATTEMPTS, MetricUnit.Count, (BY_SERVICE,)),
     MetricSpec(USAGE_WRITE_FAILED, MetricUnit.Count, (BY_SERVICE,)),
+    MetricSpec(BUDGET_EXTENSIONS, MetricUnit.Count, ((RESULT, SERVICE),)),
 )
 SPECS = {spec.name: spec for spec in CATALOGUE}
 

@@ -6,13 +6,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .chat_request import ChatRequest
 from .keys import ApiKey
 from .metering import StreamMeter, Usage
 from .pricing import Pricer
 from .termination import TerminationReason
+
+if TYPE_CHECKING:
+    from .budgets import Reservation
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +28,7 @@ class Ticket:
     reserve: int = 0  # tokens reserved against the tokens-per-minute limit
     lease: str | None = None  # the concurrency lease to release (None: no concurrency limit)
     settle_tokens: bool = False  # whether the token reservation is settled against actual usage
+    budget: Reservation | None = None  # the budget reservation (None: no budget, or an unpriced model allowed)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from starlette.responses import Response
 
 from .admission import Admission
 from .auth import Authenticator
+from .budget_extension import BudgetExtender, BudgetGuard
 from .cancellation import CancelRegistry, CancelSignal
 from .chat_request import parse_chat_request
 from .dynamo import RequestStore
@@ -62,8 +63,10 @@ class Pipeline:
         cancels: CancelRegistry,
         finalizer: Finalizer,
         pricer: Pricer,
+        budgets: BudgetExtender | None = None,
     ) -> None:
         self.settings = settings
+        self._budgets = budgets
         self._requests = requests
         self._auth = auth
         self._admission = admission
@@ -92,6 +95,7 @@ class Pipeline:
             on_end=functools.partial(self._finalize, ctx),
             pricer=self._pricer,
             settings=self.settings,
+            budget=self._budget_guard(ctx),
         )
 
     async def cancel(self, request: Request, request_id: str) -> dict[str, str]:
@@ -192,6 +196,13 @@ class Pipeline:
         if cancel.is_set:
             raise RequestCancelled("The request was cancelled before the upstream answered.")
         raise UpstreamTimeout("The relay's time limit was reached before the upstream answered.", code="deadline")
+
+    def _budget_guard(self, ctx: RequestContext) -> BudgetGuard | None:
+        """The stream's guard over the admission's budget reservation, extended through `budgets`."""
+        reservation = ctx.ticket.budget if ctx.ticket is not None else None
+        if reservation is None or self._budgets is None:
+            return None
+        return BudgetGuard(reservation, functools.partial(self._budgets.extend_budget, ctx))
 
     async def _finalize(self, ctx: RequestContext, outcome: StreamOutcome) -> None:
         """The one end of every admitted request: usage and limits, telemetry; then it can no longer be

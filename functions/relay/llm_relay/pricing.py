@@ -1,9 +1,10 @@
 """Pricing (pure): the cost in USD of one request from its token usage, as a Decimal (never a float).
 
-Prices per million input, cached-input and output tokens ship as package data (`prices.json`, with its
-source and date); `RELAY_PRICES_JSON` (a JSON object, or the path of a file holding one) replaces them
-model by model. A model without a price costs None ("unknown"): it is logged once per process and
-reported to an optional hook (a metric), never an error.
+Prices per million input, cached-input and output tokens ship as package data (`prices.json`, generated from
+the pinned `genai-prices` package at build time by `llm_relay_dev.price_table`; the function never imports the
+library, whose import and first lookup would cost cold start); `RELAY_PRICES_JSON` (a JSON object, or the path
+of a file holding one) replaces them model by model. A model without a price costs None ("unknown"): it is
+logged once per process and reported to an optional hook (a metric), never an error.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ PER_TOKENS = Decimal(1_000_000)
 
 Pricer = Callable[[str, Usage], Decimal | None]
 """The cost of a model's usage in USD; None when the model has no price."""
-_DATE_SUFFIX = re.compile(r"-\d{4}-\d{2}-\d{2}$")
+_DATE_SUFFIX = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8})$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,32 +51,54 @@ class ModelPrice:
 class PriceTable:
     """Callable as the relay's `Pricer`: `table(model, usage) -> Decimal | None`."""
 
-    def __init__(self, prices: Mapping[str, ModelPrice], on_unknown: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        prices: Mapping[str, ModelPrice],
+        on_unknown: Callable[[str], None] | None = None,
+        overridden: frozenset[str] = frozenset(),
+    ) -> None:
         self._prices = dict(prices)
         self._on_unknown = on_unknown
         self._warned: set[str] = set()
+        self._overridden = overridden  # the models RELAY_PRICES_JSON priced
+        self._packaged: dict[str, Any] | None = None  # the packaged file, read again only for `source_of`
 
     @classmethod
     def load(cls, override: str | None = None, on_unknown: Callable[[str], None] | None = None) -> PriceTable:
         """The packaged prices, with `override` (JSON text or a file path; see module doc) on top.
         Raises ValueError for an override that cannot be read, so a bad configuration fails at start-up."""
-        packaged = resources.files(__package__).joinpath("prices.json").read_text(encoding="utf-8")
-        prices = parse_prices(packaged)
+        prices = parse_prices(_packaged_text())
+        overridden: frozenset[str] = frozenset()
         if override is not None and override.strip():
-            prices.update(parse_prices(_override_text(override.strip())))
-        return cls(prices, on_unknown)
+            overrides = parse_prices(_override_text(override.strip()))
+            prices.update(overrides)
+            overridden = frozenset(overrides)
+        return cls(prices, on_unknown, overridden)
 
     @property
     def models(self) -> list[str]:
         return sorted(self._prices)
 
     def price_of(self, model: str) -> ModelPrice | None:
-        """Exact name first, then without a provider prefix (`openai/`) and a date suffix (`-2024-08-06`)."""
-        for candidate in _candidates(model):
-            price = self._prices.get(candidate)
-            if price is not None:
-                return price
-        return None
+        """Exact name first, then without a provider prefix (`openai/`) and a date suffix (`-2024-08-06`,
+        `-20241022`)."""
+        entry = self.entry_for(model)
+        return None if entry is None else self._prices[entry]
+
+    def entry_for(self, model: str) -> str | None:
+        """The name of the table entry that prices `model` (None: no price)."""
+        return next((c for c in _candidates(model) if c in self._prices), None)
+
+    def source_of(self, entry: str) -> str:
+        """Where an entry's price comes from: the override, or the packaged table's source (and provider). Reads
+        the packaged file again: for the CLI, never on a request's path."""
+        if entry in self._overridden:
+            return "RELAY_PRICES_JSON"
+        if self._packaged is None:
+            self._packaged = json.loads(_packaged_text())
+        provider = (self._packaged.get("models", {}).get(entry) or {}).get("provider")
+        source = str(self._packaged.get("_source", "packaged prices.json"))
+        return f"{source} ({provider})" if provider else source
 
     def __call__(self, model: str, usage: Usage) -> Decimal | None:
         price = self.price_of(model)
@@ -127,6 +150,10 @@ def _usd(name: str, field: str, raw: Any) -> Decimal:
     if value is None or not value.is_finite() or value < 0:
         raise ValueError(f"prices: model {name!r} has an invalid {field} price {raw!r}")
     return value
+
+
+def _packaged_text() -> str:
+    return resources.files(__package__).joinpath("prices.json").read_text(encoding="utf-8")
 
 
 def _override_text(override: str) -> str:

@@ -7,6 +7,7 @@ two in agreement.
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -66,6 +67,10 @@ class Settings(BaseSettings):
     admission_fail_open: bool = False  # DynamoDB down at admission: admit anyway (logged loudly) instead of 503
     usage_retention_days: int = Field(default=90, gt=0)
     prices_json: str | None = None  # JSON object or file path; replaces packaged prices model by model
+    # Budgets: completion tokens reserved per step (admission, then each extension ahead of need), and what a
+    # budgeted key gets for a model without a price: refused (400 model_not_priced) or admitted unbudgeted.
+    budget_increment_tokens: int = Field(default=1024, ge=1)
+    unpriced_models: Literal["refuse", "allow"] = "refuse"
 
     @field_validator(
         "default_rpm",

@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from .aggregate import CompletionAggregator
+from .budget_extension import BudgetGuard, tokens_in
 from .cancellation import CancelSignal
 from .clock import MONOTONIC, Clock
 from .encoding import Framing, dumps, error_body, summary_body
@@ -54,6 +55,7 @@ class RelayStream(Response):
         pricer: Pricer,
         settings: Settings,
         clock: Clock = MONOTONIC,
+        budget: BudgetGuard | None = None,
     ) -> None:
         super().__init__()
         self.ctx = ctx
@@ -73,6 +75,7 @@ class RelayStream(Response):
         self._pump_scope: anyio.CancelScope | None = None
         self._ending: Ending | None = None
         self._client_gone = False
+        self._budget = budget  # None: no budget reservation to keep within
 
     # --- ASGI ---------------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -99,6 +102,8 @@ class RelayStream(Response):
             tg.start_soon(self._watch_timers)
             if self._framing is not None:
                 tg.start_soon(self._heartbeat)
+            if self._budget is not None:
+                self._budget.start(tg)
             with anyio.CancelScope() as pump_scope:
                 self._pump_scope = pump_scope
                 await self._pump()
@@ -185,6 +190,8 @@ class RelayStream(Response):
             message = error.get("message") if isinstance(error, dict) else None
             self._conclude(TerminationReason.UPSTREAM_ERROR, f"Upstream error: {message or 'unknown'}")
             return False
+        if self._budget is not None and not await self._within_budget(chunk):
+            return False
         if not self.meter.observe(chunk, now):
             return True
         if self._aggregator is not None:
@@ -194,6 +201,19 @@ class RelayStream(Response):
         if out is not None and self._framing is not None:
             await self._write(self._framing.chunk(out), nudge=self._settings.flush_nudge)
         return True
+
+    async def _within_budget(self, chunk: dict[str, Any]) -> bool:
+        """Whether the chunk's tokens are reserved; if not (an extension was refused), the stream ends here and
+        the chunk is neither passed on nor counted."""
+        assert self._budget is not None
+        tokens = tokens_in(chunk)
+        if not tokens or await self._budget.allow(self.meter.content_chunks + tokens):
+            return True
+        self._conclude(
+            TerminationReason.BUDGET_EXCEEDED,
+            "The key's budget cannot cover more of this answer; the stream was ended at the reserved tokens.",
+        )
+        return False
 
     async def _drain(self) -> None:
         """After a normal end, read the (normally empty) rest of the body so the keep-alive connection goes

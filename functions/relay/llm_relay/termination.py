@@ -19,6 +19,7 @@ class TerminationReason(StrEnum):
     UPSTREAM_TIMEOUT = "upstream_timeout"
     DEADLINE = "deadline"
     INCOMPLETE = "incomplete"
+    BUDGET_EXCEEDED = "budget_exceeded"
 
     @property
     def is_failure(self) -> bool:
@@ -32,6 +33,7 @@ _FAILURES = frozenset(
         TerminationReason.UPSTREAM_TIMEOUT,
         TerminationReason.DEADLINE,
         TerminationReason.INCOMPLETE,
+        TerminationReason.BUDGET_EXCEEDED,
     }
 )
 
@@ -80,4 +82,5 @@ HTTP_STATUS = {
     TerminationReason.UPSTREAM_TIMEOUT: 504,
     TerminationReason.DEADLINE: 504,
     TerminationReason.CLIENT_CANCELLED: 409,
+    TerminationReason.BUDGET_EXCEEDED: 429,
 }

@@ -12,13 +12,16 @@ secondary index `gsi1` (`gsi1pk` / `gsi1sk`, all attributes).
     KEY#<key_id>      META                         the same record by public id, plus key_hash       none
                                                    (CLI: get, list, revoke, set limits)
     REQ#<request_id>  REQ                          in-flight request: key_id, model, started_at;     request TTL (1)
+                                                   reserved_usd (its budget reservation, in all);
                                                    cancel_requested_at (the cancel mark);
                                                    finished_at, termination_reason (settlement)
     KEY#<key_id>      RATE#<epoch minute>          requests, tokens (sliding-window counters)        minute end + 5 min
     KEY#<key_id>      CONC                         active (count); l_<request_id> = one stream's     none
                                                    lease expiry (epoch s)
     KEY#<key_id>      SPEND#D#<yyyy-mm-dd>         cost_usd, requests, prompt_tokens,                retention + 1 day
-                                                   completion_tokens, unpriced_requests,
+                                                   reserved_usd (running requests' reservations),
+                                                   committed_usd (cost + reserved: what budgets
+                                                   check), completion_tokens, unpriced_requests,
                                                    estimated_requests, key_id, period;
                                                    gsi1pk SPEND#D#<day>, gsi1sk <key_id>
     KEY#<key_id>      SPEND#M#<yyyy-mm>            the same per month (not indexed)                  retention + 32 days

@@ -15,14 +15,17 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
+from ..budgets import periods_of
 from ..errors import StoreUnavailable
-from ..limits import CONCURRENCY, DAILY, MONTHLY, PREV, RATE, AdmissionPlan, Window, day_of, lease_attr, month_of
+from ..limits import CONCURRENCY, DAILY, MONTHLY, PREV, RATE, AdmissionPlan, Window, lease_attr
 from ..usage import UsageRecord, iso_ms
 from . import layout
+from .budget_store import reserve_op, settle_adds
 from .client import TRANSACTION_CANCELLED, error_code, make_client, store_call, unavailable
 from .layout import deserialize, serialize
 
@@ -54,6 +57,7 @@ class Settlement:
     lease: str | None = None
     tokens_delta: int = 0
     tokens_minute: int | None = None
+    reserved_usd: Decimal = Decimal(0)  # the budget reservation to swap for the record's cost
 
 
 class LimitsStore:
@@ -83,24 +87,9 @@ class LimitsStore:
             parts.append((PREV, self._prev_check(plan, key)))
         if limits.max_concurrent is not None:
             parts.append((CONCURRENCY, self._lease_update(plan, key)))
-        for name, budget, sk in (
-            (DAILY, limits.daily_budget_usd, layout.spend_sk(f"D#{day_of(plan.now_s)}")),
-            (MONTHLY, limits.monthly_budget_usd, layout.spend_sk(f"M#{month_of(plan.now_s)}")),
-        ):
-            if budget is not None:
-                parts.append(
-                    (
-                        name,
-                        self._op(
-                            "ConditionCheck",
-                            key,
-                            sk,
-                            None,
-                            ["attribute_not_exists(cost_usd) OR cost_usd < :budget"],
-                            {":budget": budget},
-                        ),
-                    )
-                )
+        for period in periods_of(limits, plan.now_s):
+            part = DAILY if period.limit == "daily_budget_usd" else MONTHLY
+            parts.append((part, reserve_op(self.table_name, plan.key_id, period, plan.reserve_usd)))
         return parts
 
     def _rate_update(self, plan: AdmissionPlan, key: str) -> dict[str, Any]:
@@ -195,8 +184,8 @@ class LimitsStore:
         }
         parts: list[tuple[str, dict[str, Any]]] = [
             (USAGE, {"Put": usage}),
-            (SPEND_DAY, self._spend_update(record, key, settlement.retention_days, daily=True)),
-            (SPEND_MONTH, self._spend_update(record, key, settlement.retention_days, daily=False)),
+            (SPEND_DAY, self._spend_update(settlement, key, daily=True)),
+            (SPEND_MONTH, self._spend_update(settlement, key, daily=False)),
             (FINISH, self._finish_update(record)),
         ]
         if lease is not None:
@@ -238,7 +227,8 @@ class LimitsStore:
         )
         return self._op("Update", request["pk"], request["sk"], update, [], values)
 
-    def _spend_update(self, record: UsageRecord, key: str, retention_days: int, *, daily: bool) -> dict[str, Any]:
+    def _spend_update(self, settlement: Settlement, key: str, *, daily: bool) -> dict[str, Any]:
+        record, retention_days = settlement.record, settlement.retention_days
         period = f"D#{record.day}" if daily else f"M#{record.day[:7]}"
         adds = ["requests :one", "prompt_tokens :prompt", "completion_tokens :completion"]
         values: dict[str, Any] = {
@@ -256,6 +246,9 @@ class LimitsStore:
             values[":cost"] = record.cost_usd
         if record.usage_source == "estimated":
             adds.append("estimated_requests :one")
+        budget_adds, budget_values = settle_adds(record.cost_usd, settlement.reserved_usd)
+        adds += budget_adds
+        values.update(budget_values)
         sets = ["key_id = :kid", "period = :period", "expires_at = :ttl"]
         if daily:
             sets += ["gsi1pk = :gpk", "gsi1sk = :kid"]

@@ -1,10 +1,11 @@
-"""The four stores over one table and one client, as the app and the CLI wire them."""
+"""The stores over one table and one client, as the app and the CLI wire them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .budget_store import BudgetStore
 from .client import make_client
 from .key_store import KeyStore
 from .limits_store import LimitsStore
@@ -25,6 +26,7 @@ class Stores:
     requests: RequestStore
     limits: LimitsStore
     usage: UsageStore
+    budgets: BudgetStore
 
     @classmethod
     def create(cls, table_name: str, client: DynamoDBClient | None = None) -> Stores:
@@ -37,6 +39,7 @@ class Stores:
             RequestStore(table_name, client),
             LimitsStore(table_name, client),
             UsageStore(table_name, client),
+            BudgetStore(table_name, client),
         )
 
     @classmethod

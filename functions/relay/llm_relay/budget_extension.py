@@ -1,0 +1,94 @@
+"""The stream's side of a budget reservation (DESIGN §4): let a completion token through only if it was
+reserved, and reserve the next increment ahead of need, off the token path.
+
+The pump asks `allow(n)` before it passes on the n-th completion token (one content chunk ≈ one token, as the
+meter counts them). At `Reservation.extend_at` the guard starts the extension write in the stream's task group
+and returns at once; the pump waits only if it reaches the end of what is reserved before the write answered
+(a very fast upstream, or a slow store). A refused extension ends the stream when the reserved tokens are used
+up: `allow` answers False, and that token never reaches the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .budgets import Reservation
+
+if TYPE_CHECKING:
+    from .outcome import RequestContext
+
+logger = logging.getLogger(__name__)
+
+Extend = Callable[[Reservation, int], Awaitable[bool]]
+"""Reserve so many more completion tokens (granting them on the reservation); False when refused."""
+
+
+class BudgetExtender(Protocol):
+    """What grants extensions (the limiter): one conditional write per call."""
+
+    async def extend_budget(self, ctx: RequestContext, reservation: Reservation, tokens: int) -> bool: ...
+
+
+_TOKEN_FIELDS = ("content", "tool_calls", "refusal", "function_call", "reasoning_content")
+
+
+def tokens_in(chunk: dict[str, Any]) -> int:
+    """Completion tokens a chunk carries, counted as the meter counts them (`StreamMeter.observe`): one per
+    choice whose delta has content, a tool call, a refusal or reasoning."""
+    count = 0
+    for choice in chunk.get("choices") or ():
+        if isinstance(choice, dict):
+            delta = choice.get("delta") or choice.get("message") or {}
+            if isinstance(delta, dict) and any(delta.get(name) for name in _TOKEN_FIELDS):
+                count += 1
+    return count
+
+
+class BudgetGuard:
+    def __init__(self, reservation: Reservation, extend: Extend) -> None:
+        self.reservation = reservation
+        self._extend = extend
+        self._tg: TaskGroup | None = None
+        self._pending: anyio.Event | None = None
+        self.refused = False
+
+    def start(self, tg: TaskGroup) -> None:
+        """Extensions run in the stream's task group (so they end with it, never after finalization)."""
+        self._tg = tg
+
+    async def allow(self, produced: int) -> bool:
+        """Whether the `produced`-th completion token is covered by the reservation; asks for the next
+        increment ahead of need, and waits for an answer only when the reserved tokens are used up."""
+        reservation = self.reservation
+        if produced >= reservation.extend_at and self._pending is None and not self.refused:
+            self._begin()
+        if produced <= reservation.tokens:
+            return True
+        if self._pending is not None:
+            await self._pending.wait()
+        return produced <= reservation.tokens
+
+    def _begin(self) -> None:
+        done = self._pending = anyio.Event()
+        if self._tg is None:
+            raise RuntimeError("BudgetGuard.start was not called")
+        self._tg.start_soon(self._run, done)
+
+    async def _run(self, done: anyio.Event) -> None:
+        """One extension, shielded: once the write is sent its answer must be recorded on the reservation, or
+        settlement would release less than was reserved."""
+        with anyio.CancelScope(shield=True):
+            try:
+                granted = await self._extend(self.reservation, self.reservation.next_tokens())
+            except Exception:
+                logger.exception("budget extension failed")
+                granted = False
+            if not granted:
+                self.refused = True
+            self._pending = None
+            done.set()

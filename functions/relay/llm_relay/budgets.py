@@ -1,0 +1,125 @@
+"""Budget reservations (pure): what a request may cost at worst, reserved before its tokens are produced.
+
+A budget is checked against `committed_usd` = spend + outstanding reservations (DESIGN §4). Admission reserves
+the request's worst case: its prompt (a conservative estimate) at the input price, plus the completion tokens
+it may produce before its next reservation at the output price. Those are `max_tokens` (times `n`) when the request
+sets a cap below one increment, else one increment (`RELAY_BUDGET_INCREMENT_TOKENS`). While it streams, the next
+increment is reserved ahead of need (`extend_at`, a quarter of an increment before the reserved tokens run out),
+so the stream never waits for it; settlement swaps the whole reservation for the actual cost.
+
+DynamoDB conditions cannot add, so "committed + amount <= budget" is written `committed <= budget - amount`
+(`room`). No I/O, no clocks: the caller passes the day and month in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from .limits import Limits, day_of, month_of
+from .pricing import PER_TOKENS, ModelPrice
+
+DEFAULT_INCREMENT_TOKENS = 1024
+PROMPT_BYTES_PER_TOKEN = 3  # conservative: English runs ~4 characters a token, CJK about 1 (3 UTF-8 bytes)
+PROMPT_TOKENS_PER_MESSAGE = 4  # the chat template's framing per message
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetPeriod:
+    """One spend item a reservation is held on: its period (`D#<day>`, `M#<month>`) and its budget (None: the key
+    has no budget for this period; the reservation is held there all the same, unconditionally, so that
+    `committed_usd` always means spend + reservations on both items and settlement and release treat both alike)."""
+
+    limit: str  # "daily_budget_usd" or "monthly_budget_usd"
+    period: str
+    budget: Decimal | None
+
+
+def periods_of(limits: Limits, now_s: float) -> tuple[BudgetPeriod, ...]:
+    """The day and month of a request admitted at `now_s`, if the key has a budget at all (else none)."""
+    if limits.daily_budget_usd is None and limits.monthly_budget_usd is None:
+        return ()
+    return (
+        BudgetPeriod("daily_budget_usd", f"D#{day_of(now_s)}", limits.daily_budget_usd),
+        BudgetPeriod("monthly_budget_usd", f"M#{month_of(now_s)}", limits.monthly_budget_usd),
+    )
+
+
+def conservative_prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    """An upper estimate of the prompt's tokens from its text: UTF-8 bytes / 3 plus framing per message. It
+    over-reserves English by about a third (released at settlement) and covers scripts that tokenize densely."""
+    size = 0
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            size += len(content.encode())
+        elif isinstance(content, list):
+            size += sum(len(str(part.get("text", "")).encode()) for part in content if isinstance(part, dict))
+    return max(1, -(-size // PROMPT_BYTES_PER_TOKEN) + PROMPT_TOKENS_PER_MESSAGE * len(messages))
+
+
+def first_completion_reservation(max_tokens: int | None, increment: int, choices: int = 1) -> int:
+    """Completion tokens reserved at admission: the request's own cap when it is below one increment, else one
+    increment (`choices`: the request's `n`; every choice may run to the cap)."""
+    cap = None if max_tokens is None else max_tokens * choices
+    return cap if cap is not None and cap < increment else increment
+
+
+def tokens_cost(price: ModelPrice, prompt_tokens: int, completion_tokens: int) -> Decimal:
+    """The worst-case cost of so many tokens: prompt at the (uncached) input price, completion at the output price."""
+    return (prompt_tokens * price.input + completion_tokens * price.output) / PER_TOKENS
+
+
+def room(budget: Decimal, amount: Decimal) -> Decimal:
+    """The largest committed amount that still admits `amount` more (negative: it never fits)."""
+    return budget - amount
+
+
+@dataclass(slots=True)
+class Reservation:
+    """What one request holds against its budgets: reserved completion tokens and the USD reserved in all
+    (admission plus extensions). Mutable: the stream extends it; finalization settles `usd`."""
+
+    price: ModelPrice
+    periods: tuple[BudgetPeriod, ...]
+    increment: int
+    tokens: int
+    usd: Decimal
+    cap: int | None = None  # max_tokens * n: never reserve past it in one step
+    extensions: int = field(default=0)
+
+    @classmethod
+    def open(
+        cls,
+        price: ModelPrice,
+        periods: tuple[BudgetPeriod, ...],
+        *,
+        prompt_tokens: int,
+        max_tokens: int | None,
+        increment: int,
+        choices: int = 1,
+    ) -> Reservation:
+        tokens = first_completion_reservation(max_tokens, increment, choices)
+        cap = None if max_tokens is None else max_tokens * choices
+        return cls(price, periods, increment, tokens, tokens_cost(price, prompt_tokens, tokens), cap)
+
+    @property
+    def extend_at(self) -> int:
+        """Tokens produced at which the next increment is asked for: a quarter increment before the end."""
+        return max(0, self.tokens - max(1, self.increment // 4))
+
+    def next_tokens(self) -> int:
+        """The size of the next extension: one increment, or what is left of the request's cap when that is
+        smaller (an upstream that overruns its cap gets whole increments, still reserved first)."""
+        if self.cap is not None and 0 < self.cap - self.tokens < self.increment:
+            return self.cap - self.tokens
+        return self.increment
+
+    def cost_of(self, tokens: int) -> Decimal:
+        return tokens_cost(self.price, 0, tokens)
+
+    def grant(self, tokens: int, usd: Decimal) -> None:
+        self.tokens += tokens
+        self.usd += usd
+        self.extensions += 1

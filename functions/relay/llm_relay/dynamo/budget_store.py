@@ -1,0 +1,128 @@
+"""Budget reservations in DynamoDB: the parts the admission and settlement transactions include, the extension
+write a stream makes ahead of need, and the release a reconciler applies to a request that never finalized.
+
+Each spend item (`SPEND#D#<day>`, `SPEND#M#<month>`, layout.py) carries `cost_usd` (actual spend),
+`reserved_usd` (outstanding reservations) and `committed_usd` (both together). Budgets are conditions on
+`committed_usd` only, since a condition cannot add two attributes: `committed_usd <= budget - amount`.
+The in-flight request item carries `reserved_usd`, the total its request holds, so whoever settles it (the
+relay's finalization, or the ledger's reconciler) knows what to release.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+
+from ..budgets import BudgetPeriod, room
+from ..limits import day_of, month_of
+from . import layout
+from .client import TRANSACTION_CANCELLED, error_code, make_client, store_call, unavailable
+from .layout import serialize
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+logger = logging.getLogger(__name__)
+
+_CONTENTION = frozenset({"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"})
+EXTEND_ATTEMPTS = 4
+
+
+def reserve_op(table: str, key_id: str, period: BudgetPeriod, amount: Decimal) -> dict[str, Any]:
+    """Reserve `amount` on one spend item, if it fits the period's budget (unconditionally where there is none):
+    the admission part, and each extension's."""
+    update: dict[str, Any] = {
+        "TableName": table,
+        "Key": serialize({"pk": layout.partition(key_id), "sk": layout.spend_sk(period.period)}),
+        "UpdateExpression": "ADD committed_usd :amount, reserved_usd :amount",
+    }
+    values: dict[str, Any] = {":amount": amount}
+    if period.budget is not None:
+        update["ConditionExpression"] = "attribute_not_exists(committed_usd) OR committed_usd <= :room"
+        update["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+        values[":room"] = room(period.budget, amount)
+    update["ExpressionAttributeValues"] = serialize(values)
+    return {"Update": update}
+
+
+def settle_adds(cost_usd: Decimal | None, reserved_usd: Decimal) -> tuple[list[str], dict[str, Any]]:
+    """The ADD clauses that swap a reservation for the actual cost on a spend item (part of settlement's spend
+    update): committed moves by cost - reserved, the reservation goes. Unknown cost (unpriced, admitted under
+    `allow`) commits nothing; such a request reserved nothing."""
+    cost = cost_usd if cost_usd is not None else Decimal(0)
+    adds, values = ["committed_usd :committed"], {":committed": cost - reserved_usd}
+    if reserved_usd:
+        adds.append("reserved_usd :unreserve")
+        values[":unreserve"] = -reserved_usd
+    return adds, values
+
+
+def release_ops(
+    table: str, key_id: str, started_epoch: float, reserved_usd: Decimal, cost_usd: Decimal = Decimal(0)
+) -> list[dict[str, Any]]:
+    """For the reconciler of a request that never finalized (its in-flight item holds `reserved_usd` and
+    `started_at`): the updates of its day's and month's spend items that release its reservation and commit
+    `cost_usd` (its estimated cost) instead. Put them in the same transaction as its usage record; the spend
+    items' `cost_usd` and counters are the usage record's business, as in settlement."""
+    adds, values = settle_adds(cost_usd, reserved_usd)
+    ops = []
+    for period in (f"D#{day_of(started_epoch)}", f"M#{month_of(started_epoch)}"):
+        ops.append(
+            {
+                "Update": {
+                    "TableName": table,
+                    "Key": serialize({"pk": layout.partition(key_id), "sk": layout.spend_sk(period)}),
+                    "UpdateExpression": "ADD " + ", ".join(adds),
+                    "ExpressionAttributeValues": serialize(values),
+                }
+            }
+        )
+    return ops
+
+
+class BudgetStore:
+    """The one write a stream makes to extend its reservation."""
+
+    def __init__(self, table_name: str, client: DynamoDBClient | None = None) -> None:
+        self.table_name = table_name
+        self.client = client or make_client()
+
+    def extend(
+        self, key_id: str, request_id: str, periods: tuple[BudgetPeriod, ...], amount: Decimal, sequence: int
+    ) -> bool:
+        """Reserve `amount` more against every budget and note it on the request item, in one transaction:
+        True if it fit, False if a budget refused. Retried on contention; raises StoreUnavailable otherwise."""
+        items = [reserve_op(self.table_name, key_id, period, amount) for period in periods]
+        items.append(self._note_on_request(request_id, amount))
+        token = hashlib.sha256(f"{request_id}:extend{sequence}".encode()).hexdigest()[:36]
+        for attempt in range(EXTEND_ATTEMPTS):
+            try:
+                with store_call("TransactWriteItems"):
+                    self.client.transact_write_items(TransactItems=items, ClientRequestToken=token)  # type: ignore[arg-type]
+                return True
+            except ClientError as exc:
+                if error_code(exc) != TRANSACTION_CANCELLED:
+                    raise unavailable("TransactWriteItems", error_code(exc)) from exc
+                codes = [str(r.get("Code", "None")) for r in exc.response.get("CancellationReasons", [])]
+            if "ConditionalCheckFailed" in codes:
+                return False
+            if not any(code in _CONTENTION for code in codes):
+                raise unavailable("TransactWriteItems", f"budget extension cancelled: {codes}")
+            time.sleep(random.uniform(0, min(1.0, 0.02 * 2**attempt)))
+        raise unavailable("TransactWriteItems", "budget extension kept conflicting with other writes")
+
+    def _note_on_request(self, request_id: str, amount: Decimal) -> dict[str, Any]:
+        return {
+            "Update": {
+                "TableName": self.table_name,
+                "Key": serialize(layout.request_key(request_id)),
+                "UpdateExpression": "ADD reserved_usd :amount",
+                "ExpressionAttributeValues": serialize({":amount": amount}),
+            }
+        }

@@ -1,0 +1,139 @@
+"""The stream's budget guard, driven through the real `RelayStream` with the fakes of test_stream.py: the next
+increment is asked for ahead of need while tokens keep flowing; a refused extension ends the stream at the
+reserved tokens (SSE terminal error, stream: false 429), none beyond them reaching the client."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+import anyio
+
+from llm_relay.budget_extension import BudgetGuard, tokens_in
+from llm_relay.budgets import BudgetPeriod, Reservation
+from llm_relay.metering import StreamMeter
+from llm_relay.pricing import ModelPrice
+from llm_relay.termination import TerminationReason
+from tests.unit.test_stream import SSE, Run, chunk, relay
+
+PRICE = ModelPrice(input=Decimal("0.15"), cached_input=Decimal("0.15"), output=Decimal("0.60"))
+DAY = BudgetPeriod("daily_budget_usd", "D#2023-11-14", Decimal(1))
+
+
+class FakeExtender:
+    """Grants or refuses each extension; `gate` (when set) holds the answer back until the test opens it."""
+
+    def __init__(self, grant: bool = True, gate: anyio.Event | None = None) -> None:
+        self.grant = grant
+        self.gate = gate
+        self.asked: list[int] = []  # tokens reserved when each extension was asked for
+        self.asked_event = anyio.Event()
+
+    async def __call__(self, reservation: Reservation, tokens: int) -> bool:
+        self.asked.append(reservation.tokens)
+        self.asked_event.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.grant:
+            reservation.grant(tokens, reservation.cost_of(tokens))
+        return self.grant
+
+
+def guard(extender: FakeExtender, tokens: int = 8) -> BudgetGuard:
+    reservation = Reservation.open(PRICE, (DAY,), prompt_tokens=1, max_tokens=None, increment=tokens)
+    return BudgetGuard(reservation, extender)
+
+
+def client_tokens(run: Run) -> list[str]:
+    out = []
+    for event in run.client.body.split("\n\n"):
+        data = event.removeprefix("data: ")
+        if event.startswith("data: {") and "choices" in data:
+            out += [c["delta"].get("content") for c in json.loads(data)["choices"] if c["delta"].get("content")]
+    return out
+
+
+def test_the_next_increment_is_reserved_ahead_of_need_while_tokens_flow() -> None:
+    # GIVEN 8 reserved tokens, increments of 8, and a store that grants
+    extender = FakeExtender()
+    budget = guard(extender)
+
+    async def drive(run: Run) -> None:
+        run.body.feed(*[chunk(f"t{i}") for i in range(12)], chunk(finish="stop"), "[DONE]")
+        run.body.end()
+
+    run = relay(drive, framing=SSE, budget=budget)
+    # THEN every token reached the client and the stream ended normally
+    assert client_tokens(run) == [f"t{i}" for i in range(12)]
+    assert run.outcome.reason is TerminationReason.STOP
+    # AND one extension was asked for, at the 6th token, while 8 were still reserved
+    assert extender.asked == [8]
+    assert (budget.reservation.tokens, budget.reservation.usd) == (16, Decimal("0.00000975"))
+
+
+def test_a_refused_extension_ends_the_stream_at_the_reserved_tokens() -> None:
+    # GIVEN 8 reserved tokens and a store that refuses the next increment
+    budget = guard(FakeExtender(grant=False))
+
+    async def drive(run: Run) -> None:
+        run.body.feed(*[chunk(f"t{i}") for i in range(20)])
+
+    run = relay(drive, framing=SSE, budget=budget)
+    # THEN exactly the 8 reserved tokens reached the client, then the budget_exceeded terminal event
+    assert client_tokens(run) == [f"t{i}" for i in range(8)]
+    last = json.loads(run.client.body.split("\n\n")[-2].removeprefix("data: "))
+    assert last["error"]["code"] == "budget_exceeded" and "[DONE]" not in run.client.body
+    # AND the upstream was closed, and the outcome counts what the client got
+    assert run.body.closed.is_set()
+    assert run.outcome.reason is TerminationReason.BUDGET_EXCEEDED and run.outcome.usage.completion_tokens == 8
+
+
+def test_stream_false_gets_429_budget_exceeded_when_an_extension_is_refused() -> None:
+    budget = guard(FakeExtender(grant=False))
+
+    async def drive(run: Run) -> None:
+        run.body.feed(*[chunk(f"t{i}") for i in range(20)])
+
+    run = relay(drive, framing=None, stream=False, budget=budget)
+    assert run.client.status == 429
+    assert json.loads(run.client.body)["error"]["code"] == "budget_exceeded"
+    assert run.outcome.usage.completion_tokens == 8
+
+
+def test_the_pump_waits_for_an_extension_only_at_the_end_of_the_reservation() -> None:
+    # GIVEN a store that answers the extension only when the test lets it
+    extender = FakeExtender(gate=anyio.Event())
+    budget = guard(extender)
+
+    async def drive(run: Run) -> None:
+        run.body.feed(*[chunk(f"t{i}") for i in range(12)], chunk(finish="stop"), "[DONE]")
+        run.body.end()
+        # WHEN the reserved 8 tokens are out and the answer is still pending
+        await run.client.wait_for('"t7"')
+        await extender.asked_event.wait()
+        assert client_tokens(run) == [f"t{i}" for i in range(8)]
+        # THEN the 9th waits for it, and follows once it is granted
+        assert extender.gate is not None
+        extender.gate.set()
+
+    run = relay(drive, framing=SSE, budget=budget)
+    assert client_tokens(run) == [f"t{i}" for i in range(12)]
+    assert run.outcome.reason is TerminationReason.STOP
+
+
+def test_tokens_are_counted_as_the_meter_counts_them() -> None:
+    chunks: list[dict[str, Any]] = [
+        chunk("a"),
+        chunk(),  # role-only / empty delta
+        chunk(finish="stop"),
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"id": "x"}]}}]},
+        {"choices": [{"index": 0, "delta": {"reasoning_content": "hm"}}, {"index": 1, "delta": {"content": "b"}}]},
+        {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 4}},
+    ]
+    meter = StreamMeter(started_at=0.0)
+    counted = 0
+    for item in chunks:
+        counted += tokens_in(item)
+        meter.observe(item, 1.0)
+    assert counted == meter.content_chunks == 4
