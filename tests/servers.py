@@ -31,8 +31,10 @@ def wait_healthy(base: str, *, alive: Any = None, timeout: float = 30.0) -> None
                 return
         except httpx.HTTPError:
             pass
-        if (alive is not None and not alive()) or time.monotonic() > deadline:
-            raise AssertionError(f"{base} did not become healthy")
+        if alive is not None and not alive():
+            raise AssertionError(f"{base} exited before it became healthy")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{base} did not become healthy within {timeout:g}s")
         time.sleep(0.05)
 
 
