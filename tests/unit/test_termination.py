@@ -46,6 +46,7 @@ def test_unknown_finish_reason_is_stop_not_a_failure() -> None:
         (TerminationReason.UPSTREAM_TIMEOUT, True),
         (TerminationReason.DEADLINE, True),
         (TerminationReason.INCOMPLETE, True),
+        (TerminationReason.LOST, False),  # never streamed: the reconciler writes it after the relay died
     ],
 )
 def test_is_failure(reason: TerminationReason, failure: bool) -> None:
@@ -64,6 +65,7 @@ def test_every_reason_is_classified() -> None:
         "upstream_timeout",
         "deadline",
         "incomplete",
+        "lost",
     }
 
 

@@ -116,7 +116,7 @@ def create_app(
         MetricsEmitter(settings.metrics_namespace, settings.service_name, _known_models(settings, prices)),
         Logger(service=settings.service_name, level=settings.log_level),
     )
-    limiter = Limiter(stores, settings, metrics=telemetry.metrics.hook)
+    limiter = Limiter(stores, settings, metrics=telemetry.metrics.hook, pricer=pricer or prices, log=telemetry.logger)
     pipeline = Pipeline(
         settings,
         requests=stores.requests,
@@ -137,6 +137,7 @@ def create_app(
             stack.push_async_callback(pipeline.upstream.aclose)
             tg = await stack.enter_async_context(anyio.create_task_group())
             tg.start_soon(pipeline.cancels.run_poller)
+            tg.start_soon(pipeline.leases.run)
             try:
                 yield
             finally:

@@ -35,6 +35,7 @@ ADMISSION_REJECTED = "AdmissionRejected"
 ADMISSION_STORE_ERROR = "AdmissionStoreError"
 ADMISSION_ATTEMPTS = "AdmissionAttempts"
 USAGE_WRITE_FAILED = "UsageWriteFailed"
+RECONCILED_LOST = "RequestsReconciledLost"  # requests the reconciler settled as `lost` (alarm: above zero)
 
 # Dimension names.
 REASON = "reason"
@@ -88,6 +89,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec(ADMISSION_STORE_ERROR, MetricUnit.Count, ((POLICY, SERVICE),)),
     MetricSpec(ADMISSION_ATTEMPTS, MetricUnit.Count, (BY_SERVICE,)),
     MetricSpec(USAGE_WRITE_FAILED, MetricUnit.Count, (BY_SERVICE,)),
+    MetricSpec(RECONCILED_LOST, MetricUnit.Count, (BY_SERVICE,)),
 )
 SPECS = {spec.name: spec for spec in CATALOGUE}
 

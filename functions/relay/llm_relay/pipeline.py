@@ -38,6 +38,8 @@ from .errors import (
 )
 from .keys import ApiKey
 from .lambda_context import LambdaInvocation
+from .leases import LeaseKeeper
+from .ledger import checkpoint
 from .metering import StreamMeter
 from .outcome import Ending, Finalizer, RequestContext, StreamOutcome, outcome_of
 from .pricing import Pricer
@@ -62,6 +64,7 @@ class Pipeline:
         cancels: CancelRegistry,
         finalizer: Finalizer,
         pricer: Pricer,
+        leases: LeaseKeeper | None = None,
     ) -> None:
         self.settings = settings
         self._requests = requests
@@ -70,6 +73,7 @@ class Pipeline:
         self.cancels = cancels
         self._finalizer = finalizer
         self._pricer = pricer
+        self.leases = leases or LeaseKeeper(requests, settings.lease_s)
         self.upstream: Upstream | None = None  # opened by the app's lifespan
 
     async def chat(self, request: Request, *, ndjson: bool) -> Response:
@@ -82,9 +86,10 @@ class Pipeline:
         except BaseException:
             self.cancels.unregister(ctx.request_id)
             raise
+        self.leases.track(ctx.request_id, dict)  # renewed from admission on; no progress before the stream
         opened = await self._open_upstream(ctx, cancel)
         framing = NDJSONFraming() if ndjson else (SSEFraming() if ctx.chat.stream else None)
-        return RelayStream(
+        stream = RelayStream(
             ctx,
             opened,
             framing=framing,
@@ -93,6 +98,9 @@ class Pipeline:
             pricer=self._pricer,
             settings=self.settings,
         )
+        messages = ctx.chat.messages_as_dicts()
+        self.leases.track(ctx.request_id, lambda: checkpoint(stream.meter, messages, time.time()))
+        return stream
 
     async def cancel(self, request: Request, request_id: str) -> dict[str, str]:
         """The explicit cancel: mark the request in DynamoDB (any instance may run it), stop it here at once
@@ -195,7 +203,9 @@ class Pipeline:
 
     async def _finalize(self, ctx: RequestContext, outcome: StreamOutcome) -> None:
         """The one end of every admitted request: usage and limits, telemetry; then it can no longer be
-        cancelled here."""
+        cancelled here. Its lease is no longer renewed: if finalization cannot reach DynamoDB, the reconciler
+        settles the request once the lease expires."""
+        self.leases.untrack(ctx.request_id)
         try:
             with anyio.CancelScope(shield=True):
                 await self._finalizer.finalize(ctx, outcome)

@@ -19,6 +19,7 @@ class TerminationReason(StrEnum):
     UPSTREAM_TIMEOUT = "upstream_timeout"
     DEADLINE = "deadline"
     INCOMPLETE = "incomplete"
+    LOST = "lost"  # written by the reconciler: the relay stopped without finalizing (killed, out of memory)
 
     @property
     def is_failure(self) -> bool:
