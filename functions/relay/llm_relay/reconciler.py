@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -40,6 +41,9 @@ class Reconciler:
         self._pricer = pricer
         self._retention_days = retention_days
         self._clock = clock
+        # This reconciler's own token purpose: two reconcilers build the same transaction for a request, and with
+        # one token DynamoDB would answer the second "success" without applying it (both would report it settled)
+        self._purpose = f"reconcile:{uuid.uuid4().hex}"
 
     def run(self, max_requests: int = 10_000) -> Reconciliation:
         """Settle every request whose lease expired before now, up to `max_requests`."""
@@ -72,7 +76,7 @@ class Reconciler:
             return None  # settled, or renewed since the index was read (indexes are eventually consistent)
         record = lost_record(item, self._pricer)
         settlement = settlement_of(record, ticket_of(item), self._retention_days, now)
-        if not self._stores.limits.settle(settlement, purpose="reconcile"):
+        if not self._stores.limits.settle(settlement, purpose=self._purpose):
             return None
         logger.warning("request %s of key %s settled as lost (its relay stopped)", request_id, record.key_id)
         return record
