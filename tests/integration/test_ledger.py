@@ -169,7 +169,7 @@ def test_dynamodb_frozen_at_finalization_closes_the_body_in_5s_and_is_settled_on
                 # GIVEN DynamoDB frozen while the stream runs, so its finalization finds it frozen
                 dynamo.freeze()
                 try:
-                    terminal_at = None
+                    terminal_at: float | None = None
                     for line in lines:
                         if line == "data: [DONE]":
                             terminal_at = time.monotonic()
@@ -177,7 +177,8 @@ def test_dynamodb_frozen_at_finalization_closes_the_body_in_5s_and_is_settled_on
                 finally:
                     dynamo.thaw()
             # THEN the body closed within 5 s of the terminal frame
-            assert terminal_at is not None and closed_at - terminal_at < 5.0, closed_at - terminal_at
+            assert terminal_at is not None
+            assert closed_at - terminal_at < 5.0, closed_at - terminal_at
 
             # AND after DynamoDB thaws and the lease expired, a reconcile leaves exactly one record of it
             def finished() -> bool:
