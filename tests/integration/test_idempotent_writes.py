@@ -27,7 +27,7 @@ from llm_relay.outcome import StreamOutcome
 from llm_relay.pricing import PriceTable
 from llm_relay.termination import TerminationReason
 from llm_relay_dev.request_tokens import faults_fired, inject_fault
-from tests.integration.limits_support import context, key_with, limiter
+from tests.integration.limits_support import MID_MINUTE, context, key_with, limiter
 
 PRICES = PriceTable.load(None)
 ITEM = {"pk": {"S": "T#1"}, "sk": {"S": "T"}}
@@ -86,7 +86,7 @@ def test_a_settlement_applied_whose_answer_was_lost_is_counted_once(
     assert [r.request_id for r in records] == [rid]
     day = stores.usage.spend(key.key_id, "D#" + day_of(ctx.started_epoch))
     assert day["requests"] == 1 and day["completion_tokens"] == 20 and day["cost_usd"] == records[0].cost_usd
-    counters = stores.limits.read_counters(key.key_id, time.time())
+    counters = stores.limits.read_counters(key.key_id, MID_MINUTE)  # the limiter's clock
     assert counters["concurrency"]["active"] == 0
     assert counters["rate"]["tokens"] == records[0].prompt_tokens + records[0].completion_tokens
 

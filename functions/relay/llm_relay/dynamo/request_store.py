@@ -128,8 +128,9 @@ class RequestStore:
                 raise
             reasons = exc.response.get("CancellationReasons", [])
             refused = {rid for rid, r in zip(ids, reasons, strict=False) if r.get("Code") == "ConditionalCheckFailed"}
-            if not refused:
-                raise
+            if not refused:  # a conflicting write (a cancel mark, a settlement): the next round renews
+                codes = [str(r.get("Code", "None")) for r in reasons]
+                raise unavailable("TransactWriteItems", f"renewal cancelled: {codes}") from exc
             return refused
         return set()
 
