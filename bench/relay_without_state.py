@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llm_relay import app
+from llm_relay import app, pipeline
 from llm_relay.admission import Ticket
 from llm_relay_dev import devserver
 
@@ -23,6 +23,23 @@ class _NoState:
         return None
 
 
+class _NoLeases:
+    """No lease renewals either (the ledger's writes while a stream runs)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def track(self, *args: Any) -> None:
+        return None
+
+    def untrack(self, *args: Any) -> None:
+        return None
+
+    async def run(self) -> None:
+        return None
+
+
 if __name__ == "__main__":
     setattr(app, "Limiter", _NoState)  # noqa: B010 - patched for this process only
+    setattr(pipeline, "LeaseKeeper", _NoLeases)  # noqa: B010
     devserver.main()

@@ -8,6 +8,9 @@ other requests made meanwhile. DynamoDB makes single-item and transactional writ
 rely on that; so this server keeps moto's threaded HTTP handling (keep-alive connections) but lets one
 request at a time into moto.
 
+In front of moto, `request_tokens.LedgerFront` honours TransactWriteItems' `ClientRequestToken` as DynamoDB does,
+and lets tests inject "applied, then the response was lost".
+
 With requests serialized, a transaction no longer needs the whole-table copy (which makes every transaction
 cost time proportional to the table: ~80 ms at 1000 items, so a long `make dev` session slowed down): this
 module swaps in a TransactWriteItems that checks every condition first, then applies the items, restoring
@@ -31,6 +34,7 @@ from typing import Any
 
 import boto3
 
+from .request_tokens import LedgerFront
 from .table import create_table
 
 
@@ -55,7 +59,7 @@ class MotoServer:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         _install_check_then_apply_transactions()
         _install_exponent_numbers()
-        app = _serialized(DomainDispatcherApplication(create_backend_app))
+        app = _serialized(LedgerFront(DomainDispatcherApplication(create_backend_app)))
         self._server = make_server(self._host, self._port, app, threaded=True, request_handler=MotoRequestHandler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="moto", daemon=True)
         self._thread.start()

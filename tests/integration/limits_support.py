@@ -40,13 +40,28 @@ def context(key: ApiKey, request_id: str, *, max_tokens: int | None = None) -> R
 
 
 def limiter(
-    endpoint: str, table: str, *, clock: Any = None, metrics: Any = None, client: Any = None, **overrides: Any
+    endpoint: str,
+    table: str,
+    *,
+    clock: Any = None,
+    metrics: Any = None,
+    client: Any = None,
+    log: Any = None,
+    **overrides: Any,
 ) -> Limiter:
     """A limiter on the table; `client` replaces the DynamoDB client (a failing or conflicting one)."""
     settings = Settings(table_name=table, dynamodb_endpoint=endpoint, **overrides)
     stores = Stores.create(table, client or make_client(endpoint))
     prices = PriceTable.load(settings.prices_json)
-    return Limiter(stores, settings, clock=clock or (lambda: MID_MINUTE), metrics=metrics, price_of=prices.price_of)
+    return Limiter(
+        stores,
+        settings,
+        clock=clock or (lambda: MID_MINUTE),
+        metrics=metrics,
+        price_of=prices.price_of,
+        pricer=prices,
+        log=log,
+    )
 
 
 def admit_all(limits: Limiter, key: ApiKey, n: int, prefix: str = "req", **kwargs: Any) -> list[str]:

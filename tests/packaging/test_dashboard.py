@@ -131,7 +131,7 @@ def test_upstream_error_rate_alarm_counts_every_reason(template: dict[str, Any])
 
 def test_alarms_notify_the_optional_topic_and_dashboard_url_is_output(template: dict[str, Any]) -> None:
     alarms = [r for r in template["Resources"].values() if r["Type"] == "AWS::CloudWatch::Alarm"]
-    assert len(alarms) == 3
+    assert len(alarms) == 4
     for alarm in alarms:
         assert alarm["Properties"]["AlarmActions"]["Fn::If"][0] == "HasAlarmTopic"
     assert "dashboards:name=${RelayDashboard}" in template["Outputs"]["DashboardUrl"]["Value"]["Fn::Sub"]

@@ -117,12 +117,12 @@ def test_dynamodb_access_is_the_relay_item_operations_on_its_own_table(template)
     # GIVEN the function's DynamoDB statements
     statements = [s for s in _statements(template) if any(a.startswith("dynamodb:") for a in _actions(s))]
     # THEN they allow item operations only (no Scan, no DeleteItem, no table management) on the relay table
-    # and, for Query, its gsi1 index; nothing else
+    # and, for Query, its gsi1 and leases indexes; nothing else
     granted = {(action, json.dumps(s["Resource"], sort_keys=True)) for s in statements for action in _actions(s)}
     table = json.dumps(TABLE_ARN, sort_keys=True)
-    index = json.dumps({"Fn::Sub": "${RelayTable.Arn}/index/gsi1"}, sort_keys=True)
+    indexes = {json.dumps({"Fn::Sub": f"${{RelayTable.Arn}}/index/{i}"}, sort_keys=True) for i in ("gsi1", "leases")}
     item_actions = {"GetItem", "BatchGetItem", "PutItem", "UpdateItem", "ConditionCheckItem", "Query"}
-    assert granted == {(f"dynamodb:{a}", table) for a in item_actions} | {("dynamodb:Query", index)}
+    assert granted == {(f"dynamodb:{a}", table) for a in item_actions} | {("dynamodb:Query", i) for i in indexes}
     assert all(s["Effect"] == "Allow" and "Condition" not in s for s in statements)
 
 

@@ -4,6 +4,7 @@ any of them must be deliberate."""
 
 from __future__ import annotations
 
+import hashlib
 from decimal import Decimal
 from typing import Any
 
@@ -55,7 +56,14 @@ REQUEST_ITEM: dict[str, Any] = {
 }
 
 ADMISSION = [
-    {"Put": {"TableName": TABLE, "Item": {k: s(v) if isinstance(v, str) else n(v) for k, v in REQUEST_ITEM.items()}}},
+    {
+        "Put": {
+            "TableName": TABLE,
+            "Item": {k: s(v) if isinstance(v, str) else n(v) for k, v in REQUEST_ITEM.items()},
+            "ConditionExpression": "attribute_not_exists(pk)",  # a released request cannot be admitted late
+            **ALL_OLD,
+        }
+    },
     {
         "Update": {
             **key("KEY#rk_a", "RATE#28333333"),
@@ -82,11 +90,10 @@ ADMISSION = [
     {
         "Update": {
             **key("KEY#rk_a", "CONC"),
-            "UpdateExpression": "SET #lease = :exp ADD active :one",
+            "UpdateExpression": "ADD active :one",  # a bare count: the lease is on the request item
             "ConditionExpression": "(attribute_not_exists(active) OR active < :max)",
             **ALL_OLD,
-            "ExpressionAttributeValues": {":exp": n(1700000930), ":one": n(1), ":max": n(2)},
-            "ExpressionAttributeNames": {"#lease": "l_req_1"},
+            "ExpressionAttributeValues": {":one": n(1), ":max": n(2)},
         }
     },
     {
@@ -115,7 +122,8 @@ def test_admission_is_one_transaction_of_every_limit_part(stubbed: Any) -> None:
     # GIVEN a key with every limit, 3 requests and 40 tokens seen in the previous minute
     limits = Limits(rpm=10, tpm=1000, max_concurrent=2, daily_budget_usd=Decimal("1.5"), monthly_budget_usd=Decimal(20))
     plan = AdmissionPlan("req_1", "rk_a", limits, NOW, 120, 900.0, 3, 40, reserve_usd=Decimal("0.01"))
-    expected = {"TransactItems": ADMISSION, "ClientRequestToken": "0203bf5300bd3abfd778a65effbd2c60f1c2"}
+    token = hashlib.sha256(b"relay:req_1:admit0").hexdigest()[:36]
+    expected = {"TransactItems": ADMISSION, "ClientRequestToken": token}
     stubber.add_response("transact_write_items", {}, expected)
     # WHEN it is admitted
     result = LimitsStore(TABLE, client).admit(plan, REQUEST_ITEM)
@@ -188,7 +196,10 @@ SETTLEMENT = [
         "Update": {
             **key("REQ#req_1", "REQ"),
             "UpdateExpression": "SET finished_at = :now, termination_reason = :reason,"
-            " key_id = if_not_exists(key_id, :kid), expires_at = if_not_exists(expires_at, :ttl)",
+            " key_id = if_not_exists(key_id, :kid), expires_at = if_not_exists(expires_at, :ttl)"
+            " REMOVE open_shard, lease_key, lease_until",
+            "ConditionExpression": "(attribute_not_exists(finished_at))",  # settled once, by whoever is first
+            **ALL_OLD,
             "ExpressionAttributeValues": {
                 ":now": s("2023-11-14T22:13:51.150Z"),
                 ":reason": s("stop"),
@@ -200,11 +211,8 @@ SETTLEMENT = [
     {
         "Update": {
             **key("KEY#rk_a", "CONC"),
-            "UpdateExpression": "REMOVE #lease ADD active :minus",
-            "ConditionExpression": "(attribute_exists(#lease))",
-            **ALL_OLD,
+            "UpdateExpression": "ADD active :minus",
             "ExpressionAttributeValues": {":minus": n(-1)},
-            "ExpressionAttributeNames": {"#lease": "l_req_1"},
         }
     },
     {
@@ -234,7 +242,22 @@ def test_settlement_is_one_transaction_of_record_spend_finish_lease_and_tokens(s
         duration_ms=Decimal(900),
         mode="sse",
     )
-    expected = {"TransactItems": SETTLEMENT, "ClientRequestToken": "f12ec7044b8caa170785ec8bbb58d39f5428"}
+    expected = {"TransactItems": SETTLEMENT, "ClientRequestToken": TOKEN}
     stubber.add_response("transact_write_items", {}, expected)
-    # WHEN it is settled THEN exactly this request goes out, once
-    LimitsStore(TABLE, client).settle(Settlement(record, 30, "l_req_1", -50, 28333333, Decimal("0.005")))
+    # WHEN it is settled THEN exactly this request goes out, once, and it settled the request
+    assert LimitsStore(TABLE, client).settle(Settlement(record, 30, "l_req_1", -50, 28333333, Decimal("0.005")))
+
+
+TOKEN = hashlib.sha256(b"relay:req_1:settle").hexdigest()[:36]
+
+
+def test_a_settlement_that_finds_the_request_finished_counts_nothing(stubbed: Any) -> None:
+    client, stubber = stubbed
+    # GIVEN a request the reconciler settled already: the finish condition fails
+    record = UsageRecord("rk_a", "req_1", "gpt-4o-mini", NOW, "stop", mode="sse")
+    reasons = [{"Code": "None"}] * 3 + [{"Code": "ConditionalCheckFailed"}]
+    stubber.add_client_error(
+        "transact_write_items", "TransactionCanceledException", modeled_fields={"CancellationReasons": reasons}
+    )
+    # WHEN the finalization's settlement arrives THEN it reports "settled already" and is not retried
+    assert LimitsStore(TABLE, client).settle(Settlement(record, 30)) is False

@@ -47,6 +47,7 @@ def test_unknown_finish_reason_is_stop_not_a_failure() -> None:
         (TerminationReason.DEADLINE, True),
         (TerminationReason.INCOMPLETE, True),
         (TerminationReason.BUDGET_EXCEEDED, True),
+        (TerminationReason.LOST, False),  # never streamed: the reconciler writes it after the relay died
     ],
 )
 def test_is_failure(reason: TerminationReason, failure: bool) -> None:
@@ -66,6 +67,7 @@ def test_every_reason_is_classified() -> None:
         "deadline",
         "incomplete",
         "budget_exceeded",
+        "lost",
     }
 
 

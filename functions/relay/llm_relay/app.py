@@ -116,7 +116,14 @@ def create_app(
         MetricsEmitter(settings.metrics_namespace, settings.service_name, _known_models(settings, prices)),
         Logger(service=settings.service_name, level=settings.log_level),
     )
-    limiter = Limiter(stores, settings, metrics=telemetry.metrics.hook, price_of=prices.price_of)
+    limiter = Limiter(
+        stores,
+        settings,
+        metrics=telemetry.metrics.hook,
+        pricer=pricer or prices,
+        price_of=prices.price_of,
+        log=telemetry.logger,
+    )
     pipeline = Pipeline(
         settings,
         requests=stores.requests,
@@ -138,6 +145,7 @@ def create_app(
             stack.push_async_callback(pipeline.upstream.aclose)
             tg = await stack.enter_async_context(anyio.create_task_group())
             tg.start_soon(pipeline.cancels.run_poller)
+            tg.start_soon(pipeline.leases.run)
             try:
                 yield
             finally:

@@ -7,6 +7,7 @@
     llm-relay keys set-limits KEY_ID [--rpm N|unlimited|default] ...
     llm-relay usage [--key KEY_ID] [--since WHEN] [--until WHEN] [--totals-only]
     llm-relay prices [MODEL]
+    llm-relay reconcile        settle requests whose relay stopped (expired leases) as `lost`
 
 Every command takes `--json`. The table and endpoint come from `RELAY_TABLE_NAME` and
 `RELAY_DYNAMODB_ENDPOINT` (unset: AWS), the region from `AWS_REGION`. Input is checked before anything is
@@ -113,7 +114,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     prices.add_argument("model", nargs="?", help="one model, as a request names it (default: every priced model)")
 
-    for sub in (create, listing, revoke, set_limits, usage, prices):
+    reconcile = commands.add_parser("reconcile", help="settle requests whose relay stopped as lost; print them")
+    reconcile.set_defaults(run=_reconcile)
+
+    for sub in (create, listing, revoke, set_limits, usage, prices, reconcile):
         sub.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
@@ -370,6 +374,25 @@ def _prices(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(rows, indent=2))
     else:
         _table(["model", "input $/M", "cached $/M", "output $/M", "source"], [list(r.values()) for r in rows])
+    return 0
+
+
+def _reconcile(args: argparse.Namespace, settings: Settings, stores: Stores) -> int:
+    """Settle every request whose lease expired without a finish (exactly once, whoever else runs it)."""
+    from .pricing import PriceTable
+    from .reconciler import Reconciler
+
+    done = Reconciler(stores, PriceTable.load(settings.prices_json), settings.usage_retention_days).run()
+    if args.json:
+        body = {"settled": [record.as_json() for record in done.settled], "skipped": done.skipped}
+        print(json.dumps(body, indent=2))
+        return 0
+    print(f"settled {len(done.settled)} request(s) as lost; {done.skipped} already settled by someone else")
+    if done.settled:
+        _table(
+            ["TIME", "KEY ID", "REQUEST ID", "MODEL", "PROMPT", "COMPLETION", "COST USD"],
+            [_usage_row(record)[:4] + _usage_row(record)[5:8] for record in done.settled],
+        )
     return 0
 
 

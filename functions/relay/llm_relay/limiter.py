@@ -7,30 +7,45 @@ and is recorded as a usage record. A refused write is retried only when its ALL_
 succeed (a stale cached previous minute, expired leases to take over) or on transaction contention.
 If DynamoDB is unreachable or keeps throttling: 503 (fail closed) unless `RELAY_ADMISSION_FAIL_OPEN`.
 
+Every DynamoDB wait is bounded (DESIGN §4, the ledger): admission gives up after `RELAY_ADMISSION_TIMEOUT_S`,
+gives back what the admission may have taken (idempotent, by request id; in the background if DynamoDB still
+does not answer) and answers 503. A concurrency refusal reads the key's earliest lease (one small Query on the
+sparse `leases` index): expired leases are reconciled on the spot and the admission retried; otherwise
+Retry-After is the time to that lease's expiry.
+
 Finalization: one TransactWriteItems before the response body closes: the usage record, the day's and
-month's spend, the lease release and the token settlement. Retried; if it still fails, the record is logged
-in full (structured, no secrets) so it is never lost silently; the stream is never broken by it.
+month's spend, the lease release and the token settlement (`ledger.settlement_of`, shared with the reconciler),
+conditional on the request not being finished. Bounded by `RELAY_FINALIZE_TIMEOUT_S`; if it fails, the record is
+logged in full as one structured line (Powertools Logger, no secrets) and the request is left to the reconciler;
+the stream is never broken by it.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import anyio
 import anyio.to_thread
+from aws_lambda_powertools import Logger
 
 from . import metrics
 from .admission import Ticket
 from .budgets import Reservation, conservative_prompt_tokens, periods_of
-from .dynamo import Settlement, Stores, request_item
+from .dynamo import Stores, request_item
+from .dynamo.limits_store import REQUEST
 from .errors import ModelNotPriced, RateLimited, ServiceUnavailable, StoreUnavailable
+from .ledger import admitted_item, settlement_of
 from .limits import (
+    CONCURRENCY,
     RATE,
     AdmissionPlan,
     Limits,
@@ -46,14 +61,17 @@ from .limits import (
 )
 from .metering import estimate_prompt_tokens
 from .outcome import RequestContext, StreamOutcome
-from .pricing import ModelPrice
+from .pricing import ModelPrice, Pricer, PriceTable
+from .reconciler import Reconciler
 from .settings import Settings
 from .usage import record_for, refused_record
+
+T = TypeVar("T")
+PriceOf = Callable[[str], ModelPrice | None]
 
 logger = logging.getLogger(__name__)
 
 MetricHook = Callable[[str, float, Mapping[str, str]], None]
-PriceOf = Callable[[str], ModelPrice | None]
 
 # Metric names this module reports through its hook (names and dimensions are declared in metrics.py).
 METRIC_REJECTED = metrics.ADMISSION_REJECTED  # dimension: limit (rpm, tpm, max_concurrent, daily/monthly budget)
@@ -63,6 +81,8 @@ METRIC_ADMISSION_ATTEMPTS = metrics.ADMISSION_ATTEMPTS
 METRIC_BUDGET_EXTENSIONS = metrics.BUDGET_EXTENSIONS  # dimension: result (granted, refused, store_error)
 
 MAX_ATTEMPTS = 6
+RELEASE_BUDGET_S = 0.5  # of the admission timeout, kept for giving back what a timed-out admission took
+RELEASE_LATER_S = 600.0  # a release DynamoDB would not take in time is retried in the background this long
 
 
 def default_limits(settings: Settings) -> Limits:
@@ -101,7 +121,9 @@ class Limiter:
         *,
         clock: Callable[[], float] = time.time,
         metrics: MetricHook | None = None,
+        pricer: Pricer | None = None,
         price_of: PriceOf | None = None,
+        log: Logger | None = None,
     ) -> None:
         self._stores = stores
         self._price_of = price_of
@@ -109,6 +131,9 @@ class Limiter:
         self._defaults = default_limits(settings)
         self._clock = clock
         self._metrics = metrics
+        self._log = log or Logger(service=settings.service_name, level=settings.log_level)
+        pricer = pricer or PriceTable.load(settings.prices_json)
+        self._reconciler = Reconciler(stores, pricer, settings.usage_retention_days, clock=clock)
         self._seen: dict[tuple[str, int], _Seen] = {}
         self._pruned_at = 0
 
@@ -118,38 +143,114 @@ class Limiter:
     # --- admission -----------------------------------------------------------------------------------------
     async def admit(self, ctx: RequestContext) -> Ticket:
         limits = self.limits_for(ctx.key.limits)
-        item = request_item(ctx.request_id, ctx.key.key_id, ctx.chat.model, self._settings.request_ttl_s)
         reservation = self._reservation(ctx, limits)
-        if reservation is not None:
-            item["reserved_usd"] = reservation.usd
+        plan = self._plan(ctx, limits, reservation)
+        deadline = time.monotonic() + self._settings.admission_timeout_s
         if limits.unlimited:
+            item = self._item(ctx, plan, Ticket(), None)
             try:
-                await anyio.to_thread.run_sync(self._stores.requests.put, item)
+                await self._bounded(self._stores.requests.put, item, until=deadline - RELEASE_BUDGET_S)
             except StoreUnavailable as exc:
+                await self._release(plan, item, deadline)
                 return self._store_down(ctx, exc)
             return Ticket()
-        plan = self._plan(ctx, limits, reservation)
         blocked = plan.blocked()
         if blocked:
             seen = self._seen_at(ctx.key.key_id, plan.window.minute)
             await self._refuse(ctx, plan, refusal(plan, blocked, seen.low_requests, seen.low_tokens))
+        reclaimed = False
         for attempt in range(MAX_ATTEMPTS):
+            item = self._item(ctx, plan, self._grant(plan), reservation)
             try:
-                result = await anyio.to_thread.run_sync(self._stores.limits.admit, plan, item, attempt)
+                admit = functools.partial(self._stores.limits.admit, plan, item, attempt)
+                result = await self._bounded(admit, until=deadline - RELEASE_BUDGET_S)
             except StoreUnavailable as exc:
+                await self._release(plan, item, deadline)
                 return self._store_down(ctx, exc)
             if result.admitted:
                 self._metric(METRIC_ADMISSION_ATTEMPTS, attempt + 1, {})
                 return self._admitted(ctx, plan, reservation)
+            if REQUEST in result.failures:  # released meanwhile (an earlier attempt's outcome was unknown)
+                return self._store_down(ctx, StoreUnavailable("the request was released during its admission"))
             if result.failures:
                 self._learn(plan, result.failures)
                 verdict = judge(plan, result.failures)
+                if isinstance(verdict, Refusal) and CONCURRENCY in result.failures and not reclaimed:
+                    reclaimed = True
+                    waited = await self._expired_or_wait(plan, verdict, deadline)
+                    if waited is None:
+                        continue  # expired leases were settled: their slots are free again
+                    verdict = waited
                 if isinstance(verdict, Refusal):
                     await self._refuse(ctx, plan, verdict)
                 plan = verdict
             else:
                 await anyio.sleep(random.uniform(0, min(1.0, 0.02 * 2**attempt)))
         return self._store_down(ctx, StoreUnavailable("admission kept conflicting with other writes"))
+
+    async def _bounded(self, call: Callable[..., T], *args: Any, until: float) -> T:
+        """Run a blocking store call in a thread, waiting for it until the monotonic `until` at most (the thread
+        is abandoned then; its botocore timeouts end it)."""
+        with anyio.move_on_after(max(0.0, until - time.monotonic())):
+            return await anyio.to_thread.run_sync(call, *args, abandon_on_cancel=True)
+        raise StoreUnavailable("DynamoDB did not answer in time")
+
+    def _item(
+        self, ctx: RequestContext, plan: AdmissionPlan, ticket: Ticket, reservation: Reservation | None
+    ) -> dict[str, Any]:
+        base = request_item(ctx.request_id, ctx.key.key_id, ctx.chat.model, self._settings.request_ttl_s)
+        if reservation is not None:
+            base["reserved_usd"] = reservation.usd  # what a reconciler releases if this request never finalizes
+        return admitted_item(
+            base,
+            lease_until=plan.lease_expiry,
+            started_epoch=ctx.started_epoch,
+            mode=ctx.mode,
+            prompt_tokens=estimate_prompt_tokens(ctx.chat.messages_as_dicts()),
+            ticket=ticket,
+        )
+
+    async def _release(self, plan: AdmissionPlan, item: dict[str, Any], deadline: float) -> None:
+        """Give back what an admission of unknown outcome may have taken, before the 503 if DynamoDB answers in
+        time, else from a background thread (idempotent either way)."""
+        expires = int(item["expires_at"])
+        try:
+            outcome = await self._bounded(self._stores.limits.release_unknown, plan, expires, until=deadline)
+            logger.info("admission of %s of unknown outcome released: %s", plan.request_id, outcome)
+        except StoreUnavailable:
+            threading.Thread(target=self._release_later, args=(plan, expires), daemon=True).start()
+
+    def _release_later(self, plan: AdmissionPlan, expires_at: int) -> None:
+        give_up = time.monotonic() + RELEASE_LATER_S
+        for attempt in range(1000):
+            try:
+                outcome = self._stores.limits.release_unknown(plan, expires_at)
+                logger.info("admission of %s of unknown outcome released later: %s", plan.request_id, outcome)
+                return
+            except StoreUnavailable as exc:
+                if time.monotonic() > give_up:
+                    logger.error("could not release %s (%s); the reconciler settles it", plan.request_id, exc)
+                    return
+                time.sleep(min(5.0, 0.2 * 2**attempt))
+
+    async def _expired_or_wait(self, plan: AdmissionPlan, refused: Refusal, deadline: float) -> Refusal | None:
+        """A concurrency refusal: the key's earliest leases (one small Query). Expired ones are settled as `lost`
+        (their relay stopped) and None returned, to try again; else the refusal, with Retry-After the time to
+        the earliest expiry (at least 1 s)."""
+        try:
+            leases = await self._bounded(self._stores.requests.earliest_leases, plan.key_id, until=deadline)
+            now = self._clock()
+            expired = [rid for rid, until in leases if until < now]
+            if expired and any(await self._bounded(self._reconciler.settle, expired, until=deadline)):
+                return None
+        except StoreUnavailable as exc:
+            logger.warning("earliest lease of key %s unknown: %s", plan.key_id, exc)
+            return refused
+        live = [until for _, until in leases if until >= now]
+        if not live or refused.retry_after_ms is None:
+            return refused
+        wait = max(1000, math.ceil((min(live) - now) * 1000))
+        return replace(refused, retry_after_ms=max(refused.retry_after_ms, wait))
 
     def _reservation(self, ctx: RequestContext, limits: Limits) -> Reservation | None:
         """The request's first budget reservation (None: the key has no budget). A budgeted key asking for a
@@ -197,26 +298,28 @@ class Limiter:
             limits,
             now,
             reserve,
-            self._settings.function_timeout_s,
+            self._settings.lease_s,
             prev.low_requests,
             prev.low_tokens,
             reserve_usd=reservation.usd if reservation is not None else Decimal(0),
         )
 
-    def _admitted(self, ctx: RequestContext, plan: AdmissionPlan, reservation: Reservation | None) -> Ticket:
-        window = plan.window
-        seen = self._seen_at(plan.key_id, window.minute)
-        seen.own_requests += 1
-        seen.own_tokens += plan.reserve
+    def _grant(self, plan: AdmissionPlan) -> Ticket:
+        """What admitting `plan` takes (recorded on the request item, so the reconciler can give it back)."""
         limits = plan.limits
         return Ticket(
-            headers=self._headers(plan, seen.low_requests, seen.low_tokens),
-            minute=window.minute,
+            minute=plan.window.minute,
             reserve=plan.reserve,
-            lease=lease_attr(ctx.request_id) if limits.max_concurrent is not None else None,
+            lease=lease_attr(plan.request_id) if limits.max_concurrent is not None else None,
             settle_tokens=limits.tpm is not None,
-            budget=reservation,
         )
+
+    def _admitted(self, ctx: RequestContext, plan: AdmissionPlan, reservation: Reservation | None) -> Ticket:
+        seen = self._seen_at(plan.key_id, plan.window.minute)
+        seen.own_requests += 1
+        seen.own_tokens += plan.reserve
+        headers = self._headers(plan, seen.low_requests, seen.low_tokens)
+        return replace(self._grant(plan), headers=headers, budget=reservation)
 
     def _headers(self, plan: AdmissionPlan, cur_requests: int, cur_tokens: int) -> dict[str, str]:
         headers: dict[str, str] = {}
@@ -274,32 +377,24 @@ class Limiter:
 
     # --- finalization --------------------------------------------------------------------------------------
     async def finalize(self, ctx: RequestContext, outcome: StreamOutcome) -> None:
-        ticket = ctx.ticket
+        """Settle the request, within `RELAY_FINALIZE_TIMEOUT_S`; past it the record is logged and the request
+        left to the reconciler (it settles it as `lost` once the lease, no longer renewed, expires)."""
         record = record_for(ctx, outcome)
-        settlement = Settlement(record, self._settings.usage_retention_days)
-        if ticket is not None:
-            settlement = self._settlement(ticket, outcome, settlement)
+        ticket = ctx.ticket
+        reserved = ticket.budget.usd if ticket is not None and ticket.budget is not None else Decimal(0)
+        settlement = settlement_of(record, ticket, self._settings.usage_retention_days, self._clock(), reserved)
+        until = time.monotonic() + self._settings.finalize_timeout_s
         try:
-            await anyio.to_thread.run_sync(self._stores.limits.settle, settlement)
+            settle = functools.partial(self._stores.limits.settle, settlement, deadline=until)
+            settled = await self._bounded(settle, until=until)
         except StoreUnavailable as exc:
             self._lost(record.as_json(), exc)
             return
+        if not settled:
+            logger.warning("request %s was settled before its finalization (by the reconciler)", ctx.request_id)
+            return
         if settlement.tokens_minute is not None and settlement.tokens_delta:
             self._seen_at(ctx.key.key_id, settlement.tokens_minute).own_tokens += settlement.tokens_delta
-
-    def _settlement(self, ticket: Ticket, outcome: StreamOutcome, base: Settlement) -> Settlement:
-        """Give the lease back; book the difference between reserved and used tokens to the minute the
-        request was admitted in, or (a refund is dropped then) to the current minute once that one is over."""
-        delta, minute = 0, None
-        if ticket.settle_tokens and ticket.minute is not None:
-            delta = outcome.usage.total_tokens - ticket.reserve
-            minute = Window.at(self._clock()).minute
-            if minute != ticket.minute:
-                delta = max(0, delta)
-            else:
-                minute = ticket.minute
-        reserved = ticket.budget.usd if ticket.budget is not None else Decimal(0)
-        return Settlement(base.record, base.retention_days, ticket.lease, delta, minute, reserved)
 
     # --- budget extensions ---------------------------------------------------------------------------------
     async def extend_budget(self, ctx: RequestContext, reservation: Reservation, tokens: int) -> bool:
@@ -328,9 +423,10 @@ class Limiter:
         return granted
 
     def _lost(self, record: dict[str, Any], exc: Exception) -> None:
-        """A usage record DynamoDB would not take: logged whole, to be replayed from the logs."""
+        """A usage record DynamoDB would not take: one structured log line with the whole record, to replay from
+        the logs (README, "What is guaranteed"); the reconciler settles the request from its last checkpoint."""
         self._metric(METRIC_USAGE_WRITE_FAILED, 1, {})
-        logger.error("USAGE RECORD NOT WRITTEN (%s); record follows for replay", exc, extra={"usage_record": record})
+        self._log.error("usage record not written", extra={"usage_record": record, "store_error": str(exc)})
 
     # --- in-process knowledge of the counters --------------------------------------------------------------
     def _seen_at(self, key_id: str, minute: int) -> _Seen:

@@ -36,6 +36,7 @@ ADMISSION_STORE_ERROR = "AdmissionStoreError"
 ADMISSION_ATTEMPTS = "AdmissionAttempts"
 USAGE_WRITE_FAILED = "UsageWriteFailed"
 BUDGET_EXTENSIONS = "BudgetExtensions"
+RECONCILED_LOST = "RequestsReconciledLost"  # requests the reconciler settled as `lost` (alarm: above zero)
 
 # Dimension names.
 REASON = "reason"
@@ -92,6 +93,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec(ADMISSION_ATTEMPTS, MetricUnit.Count, (BY_SERVICE,)),
     MetricSpec(USAGE_WRITE_FAILED, MetricUnit.Count, (BY_SERVICE,)),
     MetricSpec(BUDGET_EXTENSIONS, MetricUnit.Count, ((RESULT, SERVICE),)),
+    MetricSpec(RECONCILED_LOST, MetricUnit.Count, (BY_SERVICE,)),
 )
 SPECS = {spec.name: spec for spec in CATALOGUE}
 

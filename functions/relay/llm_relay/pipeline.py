@@ -39,6 +39,8 @@ from .errors import (
 )
 from .keys import ApiKey
 from .lambda_context import LambdaInvocation
+from .leases import LeaseKeeper
+from .ledger import checkpoint
 from .metering import StreamMeter
 from .outcome import Ending, Finalizer, RequestContext, StreamOutcome, outcome_of
 from .pricing import Pricer
@@ -64,6 +66,7 @@ class Pipeline:
         finalizer: Finalizer,
         pricer: Pricer,
         budgets: BudgetExtender | None = None,
+        leases: LeaseKeeper | None = None,
     ) -> None:
         self.settings = settings
         self._budgets = budgets
@@ -73,6 +76,7 @@ class Pipeline:
         self.cancels = cancels
         self._finalizer = finalizer
         self._pricer = pricer
+        self.leases = leases or LeaseKeeper(requests, settings.lease_s)
         self.upstream: Upstream | None = None  # opened by the app's lifespan
 
     async def chat(self, request: Request, *, ndjson: bool) -> Response:
@@ -85,9 +89,10 @@ class Pipeline:
         except BaseException:
             self.cancels.unregister(ctx.request_id)
             raise
+        self.leases.track(ctx.request_id, dict)  # renewed from admission on; no progress before the stream
         opened = await self._open_upstream(ctx, cancel)
         framing = NDJSONFraming() if ndjson else (SSEFraming() if ctx.chat.stream else None)
-        return RelayStream(
+        stream = RelayStream(
             ctx,
             opened,
             framing=framing,
@@ -97,6 +102,9 @@ class Pipeline:
             settings=self.settings,
             budget=self._budget_guard(ctx),
         )
+        messages = ctx.chat.messages_as_dicts()
+        self.leases.track(ctx.request_id, lambda: checkpoint(stream.meter, messages, time.time()))
+        return stream
 
     async def cancel(self, request: Request, request_id: str) -> dict[str, str]:
         """The explicit cancel: mark the request in DynamoDB (any instance may run it), stop it here at once
@@ -206,7 +214,9 @@ class Pipeline:
 
     async def _finalize(self, ctx: RequestContext, outcome: StreamOutcome) -> None:
         """The one end of every admitted request: usage and limits, telemetry; then it can no longer be
-        cancelled here."""
+        cancelled here. Its lease is no longer renewed: if finalization cannot reach DynamoDB, the reconciler
+        settles the request once the lease expires."""
+        self.leases.untrack(ctx.request_id)
         try:
             with anyio.CancelScope(shield=True):
                 await self._finalizer.finalize(ctx, outcome)

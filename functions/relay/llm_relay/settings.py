@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     default_max_concurrent: int | None = Field(default=None, ge=0)
     default_daily_budget_usd: Decimal | None = Field(default=None, ge=0)
     default_monthly_budget_usd: Decimal | None = Field(default=None, ge=0)
+    # The ledger (ledger.py): concurrency leases renewed every third of `lease_s`, so a killed relay's slots come
+    # back within one lease; bounded DynamoDB waits at admission (then 503) and at finalization (then the
+    # request is left to the reconciler).
+    lease_s: float = Field(default=60.0, ge=3)
+    admission_timeout_s: float = Field(default=2.0, gt=0)
+    finalize_timeout_s: float = Field(default=4.0, gt=0)  # under 5 s with telemetry and the close
     admission_fail_open: bool = False  # DynamoDB down at admission: admit anyway (logged loudly) instead of 503
     usage_retention_days: int = Field(default=90, gt=0)
     prices_json: str | None = None  # JSON object or file path; replaces packaged prices model by model

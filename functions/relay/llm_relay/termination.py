@@ -20,6 +20,7 @@ class TerminationReason(StrEnum):
     DEADLINE = "deadline"
     INCOMPLETE = "incomplete"
     BUDGET_EXCEEDED = "budget_exceeded"
+    LOST = "lost"  # written by the reconciler: the relay stopped without finalizing (killed, out of memory)
 
     @property
     def is_failure(self) -> bool:

@@ -123,6 +123,9 @@ class BudgetStore:
                 "TableName": self.table_name,
                 "Key": serialize(layout.request_key(request_id)),
                 "UpdateExpression": "ADD reserved_usd :amount",
+                # a request already settled (by the reconciler, its lease lapsed) must not reserve anew:
+                # nobody would release it
+                "ConditionExpression": "attribute_exists(pk) AND attribute_not_exists(finished_at)",
                 "ExpressionAttributeValues": serialize({":amount": amount}),
             }
         }

@@ -29,9 +29,17 @@ CONDITION_FAILED = "ConditionalCheckFailedException"
 TRANSACTION_CANCELLED = "TransactionCanceledException"
 _ANSWERS = frozenset({CONDITION_FAILED, TRANSACTION_CANCELLED})
 
-# botocore retries throttling and transient errors itself (standard mode); the timeouts bound each attempt.
+# botocore retries throttling and transient errors itself (standard mode); the timeouts bound each attempt. Sized
+# for the ledger's bounds (DESIGN §4): DynamoDB answers single-digit milliseconds, so 1 s per attempt and two
+# attempts (~2 s plus one jittered backoff) bound a key lookup or a cancel poll; admission and finalization add
+# their own overall limits (RELAY_ADMISSION_TIMEOUT_S, RELAY_FINALIZE_TIMEOUT_S) on top.
+CONNECT_TIMEOUT_S = 0.5
+READ_TIMEOUT_S = 1.0
 _CONFIG = Config(
-    retries={"max_attempts": 4, "mode": "standard"}, connect_timeout=2, read_timeout=5, max_pool_connections=64
+    retries={"total_max_attempts": 2, "mode": "standard"},
+    connect_timeout=CONNECT_TIMEOUT_S,
+    read_timeout=READ_TIMEOUT_S,
+    max_pool_connections=64,
 )
 
 

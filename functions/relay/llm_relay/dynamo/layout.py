@@ -2,8 +2,11 @@
 the relay's values (`ApiKey`, `UsageRecord`, the in-flight request). The stores build their expressions on
 these; nothing else knows a `pk`.
 
-One table (`template.yaml`, `RelayTable`): `pk` (S) / `sk` (S); TTL on `expires_at` (epoch s); one global
-secondary index `gsi1` (`gsi1pk` / `gsi1sk`, all attributes).
+One table (`template.yaml`, `RelayTable`): `pk` (S) / `sk` (S); TTL on `expires_at` (epoch s); global secondary
+indexes `gsi1` (`gsi1pk` / `gsi1sk`, all attributes), and two sparse ones over unfinished requests only (their key
+attributes exist on a request item from admission until it is finished): `open` (`open_shard` / `lease_until`, keys
+only: the reconciler's expired leases across all keys) and `leases` (`lease_key` / `lease_until`, keys only: one
+key's earliest lease, for a concurrency refusal's Retry-After).
 
     pk                sk                           attributes                                        TTL (expires_at)
     KEYHASH#<sha256>  KEY                          the key record: key_id, name, status, created_at, none
@@ -14,10 +17,14 @@ secondary index `gsi1` (`gsi1pk` / `gsi1sk`, all attributes).
     REQ#<request_id>  REQ                          in-flight request: key_id, model, started_at;     request TTL (1)
                                                    reserved_usd (its budget reservation, in all);
                                                    cancel_requested_at (the cancel mark);
-                                                   finished_at, termination_reason (settlement)
+                                                   finished_at, termination_reason (settlement);
+                                                   the ledger (ledger.py): lease_until, open_shard,
+                                                   lease_key (while unfinished), started_epoch, mode,
+                                                   slot, rate_minute, reserve, settle_tokens (what
+                                                   admission took), cp_* (the last checkpoint)
     KEY#<key_id>      RATE#<epoch minute>          requests, tokens (sliding-window counters)        minute end + 5 min
-    KEY#<key_id>      CONC                         active (count); l_<request_id> = one stream's     none
-                                                   lease expiry (epoch s)
+    KEY#<key_id>      CONC                         active (a bare count: the leases live on the      none
+                                                   request items, so its size never grows)
     KEY#<key_id>      SPEND#D#<yyyy-mm-dd>         cost_usd, requests, prompt_tokens,                retention + 1 day
                                                    reserved_usd (running requests' reservations),
                                                    committed_usd (cost + reserved: what budgets
@@ -41,6 +48,7 @@ Query, and every key's usage of a day from one Query on `gsi1`.
 from __future__ import annotations
 
 import calendar
+import hashlib
 import time
 from decimal import Decimal
 from typing import Any
@@ -51,6 +59,10 @@ from ..keys import ApiKey, now_iso
 from ..usage import SECONDS_PER_DAY, UsageRecord, iso_ms
 
 INDEX = "gsi1"
+OPEN_INDEX = "open"  # sparse: unfinished requests by shard, lease expiry (the reconciler)
+LEASE_INDEX = "leases"  # sparse: unfinished requests by key, lease expiry (earliest lease of a key)
+OPEN_SHARDS = 4  # the open index's partitions: the reconciler queries each; a partition takes 1,000 WCU/s
+LEDGER_ATTRS = ("open_shard", "lease_key", "lease_until")  # removed at settlement: the item leaves both indexes
 RATE_TTL_S = 300  # a minute's counters outlive it by 5 minutes: the next window still reads them
 CONC_SK = "CONC"
 META_SK = "META"  # the sort key of a key's by-id item, the one `keys list` scans for
@@ -122,7 +134,8 @@ def request_id_of(pk: str) -> str:
 
 
 def request_item(request_id: str, key_id: str, model: str, ttl_s: int) -> dict[str, Any]:
-    """The in-flight request item, written by admission (alone, or inside the limits transaction)."""
+    """The in-flight request item, written by admission (alone, or inside the limits transaction). The ledger
+    adds its lease and what admission took (`ledger.admitted_item`)."""
     return {
         **request_key(request_id),
         "key_id": key_id,
@@ -130,6 +143,15 @@ def request_item(request_id: str, key_id: str, model: str, ttl_s: int) -> dict[s
         "started_at": now_iso(),
         "expires_at": int(time.time()) + ttl_s,
     }
+
+
+def open_shard(request_id: str) -> str:
+    """The open index partition of a request: spread over `OPEN_SHARDS` so no one index partition is hot."""
+    return f"OPEN#{int(hashlib.sha256(request_id.encode()).hexdigest()[:8], 16) % OPEN_SHARDS}"
+
+
+def open_shards() -> list[str]:
+    return [f"OPEN#{n}" for n in range(OPEN_SHARDS)]
 
 
 def finished_request_ttl(record: UsageRecord) -> int:

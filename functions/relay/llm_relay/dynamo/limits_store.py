@@ -22,11 +22,11 @@ from botocore.exceptions import ClientError
 
 from ..budgets import periods_of
 from ..errors import StoreUnavailable
-from ..limits import CONCURRENCY, DAILY, MONTHLY, PREV, RATE, AdmissionPlan, Window, lease_attr
+from ..limits import CONCURRENCY, DAILY, MONTHLY, PREV, RATE, AdmissionPlan, Window
 from ..usage import UsageRecord, iso_ms
 from . import layout
-from .budget_store import reserve_op, settle_adds
-from .client import TRANSACTION_CANCELLED, error_code, make_client, store_call, unavailable
+from .budget_store import release_ops, reserve_op, settle_adds
+from .client import CONDITION_FAILED, TRANSACTION_CANCELLED, error_code, make_client, store_call, unavailable
 from .layout import deserialize, serialize
 
 if TYPE_CHECKING:
@@ -71,15 +71,21 @@ class LimitsStore:
         parts = self.admission_parts(plan, request_item)
         names = [name for name, _ in parts]
         try:
-            self._transact([op for _, op in parts], _token(plan.request_id, f"admit{attempt}"))
+            self._transact([op for _, op in parts], self._token(plan.request_id, f"admit{attempt}"))
         except _Cancelled as cancelled:
             return AdmitResult(False, cancelled.failures(names), cancelled.contention)
         return AdmitResult(True)
 
     def admission_parts(self, plan: AdmissionPlan, request_item: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-        parts: list[tuple[str, dict[str, Any]]] = [
-            (REQUEST, {"Put": {"TableName": self.table_name, "Item": serialize(request_item)}})
-        ]
+        request = {
+            "TableName": self.table_name,
+            "Item": serialize(request_item),
+            # a request released after an admission of unknown outcome leaves a finished item: a late copy of
+            # this admission then takes nothing
+            "ConditionExpression": "attribute_not_exists(pk)",
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+        parts: list[tuple[str, dict[str, Any]]] = [(REQUEST, {"Put": request})]
         key = layout.partition(plan.key_id)
         limits = plan.limits
         if limits.rated:
@@ -113,66 +119,93 @@ class LimitsStore:
         return self._op("ConditionCheck", key, layout.rate_sk(plan.window.minute - 1), None, conditions, values)
 
     def _lease_update(self, plan: AdmissionPlan, key: str) -> dict[str, Any]:
-        names = {"#lease": lease_attr(plan.request_id)}
-        values: dict[str, Any] = {":exp": plan.lease_expiry}
-        maximum = plan.limits.max_concurrent or 0
-        reclaim = dict(plan.reclaim or {})
-        if not reclaim:
-            values.update({":one": 1, ":max": maximum})
-            return self._op(
-                "Update",
-                key,
-                layout.CONC_SK,
-                "SET #lease = :exp ADD active :one",
-                ["attribute_not_exists(active) OR active < :max"],
-                values,
-                names,
-            )
-        conditions = ["active < :max"]
-        for i, (attr, expiry) in enumerate(sorted(reclaim.items())):
-            names[f"#e{i}"] = attr
-            values[f":e{i}"] = expiry
-            conditions.append(f"#e{i} = :e{i}")
-        values.update({":max": maximum + len(reclaim), ":delta": 1 - len(reclaim)})
-        removed = ", ".join(f"#e{i}" for i in range(len(reclaim)))
+        """Take one slot of the key's bare count. The lease itself lives on the request item (ledger.py), so this
+        item stays a few bytes however many streams are in flight: admission's write cost does not grow with them.
+        Expired leases are given back by reconciling their requests, never by rewriting this count."""
+        values: dict[str, Any] = {":one": 1, ":max": plan.limits.max_concurrent or 0}
         return self._op(
-            "Update",
-            key,
-            layout.CONC_SK,
-            f"REMOVE {removed} SET #lease = :exp ADD active :delta",
-            conditions,
-            values,
-            names,
+            "Update", key, layout.CONC_SK, "ADD active :one", ["attribute_not_exists(active) OR active < :max"], values
         )
 
-    # --- settlement ----------------------------------------------------------------------------------------
-    def settle(self, settlement: Settlement, *, attempts: int = 6) -> None:
-        """Write the usage record, add to the day's and month's spend, release the lease and settle the
-        token reservation: one transaction, idempotent (the record's Put refuses a second copy; a client
-        request token covers botocore's own retries). Retried on contention and store errors; raises
-        StoreUnavailable when every attempt failed."""
-        lease = settlement.lease
-        for attempt in range(attempts):
-            parts = self.settlement_parts(settlement, lease)
-            names = [name for name, _ in parts]
-            try:
-                self._transact(
-                    [op for _, op in parts], _token(settlement.record.request_id, f"settle{int(lease is None)}")
+    def release_unknown(self, plan: AdmissionPlan, expires_at: int) -> str:
+        """Give back what an admission whose outcome is unknown (a timeout) may have taken, idempotently, by
+        request id. First a finished tombstone of the request item, if there is none: a late copy of the
+        admission then fails its condition and takes nothing ("blocked"). Else the admission applied: one
+        transaction finishes the item and returns its slot, request and token reservation ("released"), unless
+        it is finished already ("none")."""
+        rid = plan.request_id
+        tombstone = {
+            **layout.request_key(rid),
+            "key_id": plan.key_id,
+            "finished_at": iso_ms(time.time()),
+            "termination_reason": "released",
+            "expires_at": expires_at,
+        }
+        try:
+            with store_call("PutItem"):
+                self.client.put_item(
+                    TableName=self.table_name, Item=serialize(tombstone), ConditionExpression="attribute_not_exists(pk)"
                 )
-                return
+            return "blocked"
+        except ClientError as exc:
+            if error_code(exc) != CONDITION_FAILED:
+                raise
+        parts = self._release_parts(plan)
+        try:
+            self._transact([op for _, op in parts], self._token(rid, "release"))
+        except _Cancelled as cancelled:
+            if FINISH in cancelled.failures([name for name, _ in parts]):
+                return "none"
+            raise unavailable("TransactWriteItems", f"release cancelled: {cancelled.codes}") from cancelled
+        return "released"
+
+    def _release_parts(self, plan: AdmissionPlan) -> list[tuple[str, dict[str, Any]]]:
+        request = layout.request_key(plan.request_id)
+        finish = "SET finished_at = :now, termination_reason = :reason REMOVE " + ", ".join(layout.LEDGER_ATTRS)
+        values = {":now": iso_ms(time.time()), ":reason": "released"}
+        unfinished = ["attribute_not_exists(finished_at)"]
+        parts = [(FINISH, self._op("Update", request["pk"], request["sk"], finish, unfinished, values))]
+        key = layout.partition(plan.key_id)
+        if plan.limits.max_concurrent is not None:
+            parts.append((RELEASE, self._op("Update", key, layout.CONC_SK, "ADD active :minus", [], {":minus": -1})))
+        if plan.limits.rated:
+            undo = {":minus": -1, ":unreserve": -plan.reserve}
+            update = "ADD requests :minus, tokens :unreserve"
+            parts.append((SETTLE_TOKENS, self._op("Update", key, layout.rate_sk(plan.window.minute), update, [], undo)))
+        if plan.reserve_usd:
+            releases = release_ops(self.table_name, plan.key_id, plan.now_s, plan.reserve_usd)
+            parts += [(name, op) for name, op in zip((SPEND_DAY, SPEND_MONTH), releases, strict=True)]
+        return parts
+
+    # --- settlement ----------------------------------------------------------------------------------------
+    def settle(
+        self, settlement: Settlement, *, attempts: int = 6, purpose: str = "settle", deadline: float | None = None
+    ) -> bool:
+        """Write the usage record, add to the day's and month's spend, give the slot back, settle the token
+        reservation and finish the request item: one transaction, conditional on the request not being finished
+        yet, so a finalization and a reconciliation (or two reconcilers) never both count. Its client request
+        token names the request and `purpose`: a retry of a transaction DynamoDB applied but whose answer was lost
+        is applied once. True: this call settled it; False: it was settled already. Retried on contention and
+        store errors until `attempts` or the monotonic `deadline`; then raises StoreUnavailable."""
+        parts = self.settlement_parts(settlement, settlement.lease)
+        names = [name for name, _ in parts]
+        token = self._token(settlement.record.request_id, purpose)
+        for attempt in range(attempts):
+            try:
+                self._transact([op for _, op in parts], token)
+                return True
             except _Cancelled as cancelled:
                 failed = cancelled.failures(names)
-                if USAGE in failed:
-                    return  # recorded by an earlier attempt that looked failed
-                if RELEASE in failed:
-                    lease = None  # the lease expired and was taken over: nothing to release
-                    continue
+                if FINISH in failed or USAGE in failed:
+                    return False  # finished by an earlier attempt, the finalization, or another reconciler
                 error: Exception = unavailable("TransactWriteItems", f"settlement cancelled: {cancelled.codes}")
             except StoreUnavailable as exc:
                 error = exc
-            if attempt + 1 == attempts:
+            pause = _backoff(attempt)
+            if attempt + 1 == attempts or (deadline is not None and time.monotonic() + pause >= deadline):
                 raise error
-            time.sleep(_backoff(attempt))
+            time.sleep(pause)
+        raise AssertionError("unreachable")
 
     def settlement_parts(self, settlement: Settlement, lease: str | None) -> list[tuple[str, dict[str, Any]]]:
         record = settlement.record
@@ -188,22 +221,8 @@ class LimitsStore:
             (SPEND_MONTH, self._spend_update(settlement, key, daily=False)),
             (FINISH, self._finish_update(record)),
         ]
-        if lease is not None:
-            release = "REMOVE #lease ADD active :minus"
-            parts.append(
-                (
-                    RELEASE,
-                    self._op(
-                        "Update",
-                        key,
-                        layout.CONC_SK,
-                        release,
-                        ["attribute_exists(#lease)"],
-                        {":minus": -1},
-                        {"#lease": lease},
-                    ),
-                )
-            )
+        if lease is not None:  # the FINISH condition makes this happen once per request: no condition of its own
+            parts.append((RELEASE, self._op("Update", key, layout.CONC_SK, "ADD active :minus", [], {":minus": -1})))
         if settlement.tokens_delta and settlement.tokens_minute is not None:
             minute = settlement.tokens_minute
             settle = "ADD tokens :delta SET expires_at = if_not_exists(expires_at, :ttl)"
@@ -223,9 +242,10 @@ class LimitsStore:
         }
         update = (
             "SET finished_at = :now, termination_reason = :reason, key_id = if_not_exists(key_id, :kid),"
-            " expires_at = if_not_exists(expires_at, :ttl)"
+            " expires_at = if_not_exists(expires_at, :ttl) REMOVE " + ", ".join(layout.LEDGER_ATTRS)
         )
-        return self._op("Update", request["pk"], request["sk"], update, [], values)
+        finished = ["attribute_not_exists(finished_at)"]
+        return self._op("Update", request["pk"], request["sk"], update, finished, values)
 
     def _spend_update(self, settlement: Settlement, key: str, *, daily: bool) -> dict[str, Any]:
         record, retention_days = settlement.record, settlement.retention_days
@@ -293,6 +313,11 @@ class LimitsStore:
             op["ExpressionAttributeNames"] = names
         return {kind: op}
 
+    def _token(self, request_id: str, purpose: str) -> str:
+        """A client request token (at most 36 characters) naming one write of one request in this table: a
+        retry is applied once; another write, or the same request id in another table, never collides."""
+        return hashlib.sha256(f"{self.table_name}:{request_id}:{purpose}".encode()).hexdigest()[:36]
+
     def _transact(self, items: list[dict[str, Any]], token: str) -> None:
         try:
             with store_call("TransactWriteItems"):
@@ -346,11 +371,6 @@ def _counter_conditions(requests: int | None, tokens: int | None) -> tuple[list[
         conditions.append("attribute_not_exists(tokens) OR tokens <= :tmax")
         values[":tmax"] = tokens
     return conditions, values
-
-
-def _token(request_id: str, purpose: str) -> str:
-    """A client request token (at most 36 characters) naming one write of one request."""
-    return hashlib.sha256(f"{request_id}:{purpose}".encode()).hexdigest()[:36]
 
 
 def _backoff(attempt: int) -> float:

@@ -1,21 +1,24 @@
 """In-flight requests in DynamoDB: the request item (`REQ#<id>`, see layout.py) admission writes, the cancel
-mark a client sets on it from any instance, and the batched poll of the marks."""
+mark a client sets on it from any instance, and the batched poll of the marks; the ledger's lease renewals
+with their checkpoints, and the two sparse indexes' reads (expired leases for the reconciler, a key's earliest
+lease for a refusal's Retry-After)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
 from ..keys import now_iso
 from . import layout
-from .client import CONDITION_FAILED, error_code, make_client, store_call
+from .client import CONDITION_FAILED, TRANSACTION_CANCELLED, error_code, make_client, store_call, unavailable
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-_BATCH = 100  # BatchGetItem's limit
+_BATCH = 100  # BatchGetItem's and TransactWriteItems' limit
+_UNFINISHED = "attribute_exists(lease_until) AND attribute_not_exists(finished_at)"
 
 
 class RequestStore:
@@ -24,9 +27,17 @@ class RequestStore:
         self.client = client or make_client()
 
     def put(self, request_item: dict[str, Any]) -> None:
-        """The in-flight request item alone: the admission of a key without limits."""
-        with store_call("PutItem"):
-            self.client.put_item(TableName=self.table_name, Item=layout.serialize(request_item))
+        """The in-flight request item alone: the admission of a key without limits. Conditional, so a late copy
+        cannot overwrite the finished item a release left (limits_store.release_unknown)."""
+        try:
+            with store_call("PutItem"):
+                self.client.put_item(
+                    TableName=self.table_name,
+                    Item=layout.serialize(request_item),
+                    ConditionExpression="attribute_not_exists(pk)",
+                )
+        except ClientError as exc:
+            raise unavailable("PutItem", "the request was released during its admission") from exc
 
     def request_cancel(self, request_id: str, key_id: str) -> dict[str, Any] | None:
         """Set the cancel mark if the request exists and belongs to `key_id`; the item as it now is. None:
@@ -69,3 +80,83 @@ class RequestStore:
                         cancelled.add(layout.request_id_of(str(item["pk"])))
                 request = dict(out.get("UnprocessedKeys") or {})
         return cancelled
+
+    # --- the ledger ------------------------------------------------------------------------------------------
+    def get(self, request_id: str) -> dict[str, Any] | None:
+        """The request item, read consistently (the indexes are eventually consistent: confirm before acting)."""
+        with store_call("GetItem"):
+            out = self.client.get_item(
+                TableName=self.table_name, Key=layout.serialize(layout.request_key(request_id)), ConsistentRead=True
+            )
+        raw = out.get("Item")
+        return layout.deserialize(raw) if raw else None
+
+    def renew(self, lease_until: int, checkpoints: Mapping[str, Mapping[str, Any]]) -> set[str]:
+        """Extend the leases of these unfinished requests to `lease_until` and store each one's checkpoint
+        (`cp_*` attributes): one TransactWriteItems per 100 requests, however many streams the process runs
+        (BatchWriteItem cannot update, and a Put would drop a cancel mark). Each update is conditional on the
+        request being unfinished; the requests that are not (a reconciler settled them) are returned, and the
+        rest renewed without them."""
+        gone: set[str] = set()
+        ids = list(checkpoints)
+        for start in range(0, len(ids), _BATCH):
+            batch = ids[start : start + _BATCH]
+            while batch:
+                refused = self._renew_batch(lease_until, batch, checkpoints)
+                gone |= refused
+                batch = [rid for rid in batch if rid not in refused] if refused else []
+        return gone
+
+    def _renew_batch(self, lease_until: int, ids: list[str], checkpoints: Mapping[str, Mapping[str, Any]]) -> set[str]:
+        items: list[dict[str, Any]] = []
+        for rid in ids:
+            values = {":lease": lease_until, **{f":{name}": value for name, value in checkpoints[rid].items()}}
+            sets = ["lease_until = :lease", *(f"{name} = :{name}" for name in checkpoints[rid])]
+            update = {
+                "TableName": self.table_name,
+                "Key": layout.serialize(layout.request_key(rid)),
+                "UpdateExpression": "SET " + ", ".join(sets),
+                "ConditionExpression": _UNFINISHED,
+                "ExpressionAttributeValues": layout.serialize(values),
+            }
+            items.append({"Update": update})
+        try:
+            with store_call("TransactWriteItems"):
+                self.client.transact_write_items(TransactItems=items)  # type: ignore[arg-type]
+        except ClientError as exc:
+            if error_code(exc) != TRANSACTION_CANCELLED:
+                raise
+            reasons = exc.response.get("CancellationReasons", [])
+            refused = {rid for rid, r in zip(ids, reasons, strict=False) if r.get("Code") == "ConditionalCheckFailed"}
+            if not refused:  # a conflicting write (a cancel mark, a settlement): the next round renews
+                codes = [str(r.get("Code", "None")) for r in reasons]
+                raise unavailable("TransactWriteItems", f"renewal cancelled: {codes}") from exc
+            return refused
+        return set()
+
+    def expired(self, shard: str, now_s: float, limit: int = 100) -> list[str]:
+        """Unfinished requests of one open-index shard whose lease ended before `now_s`, earliest first: one
+        Query on the sparse index, which holds only unfinished requests (no table scan)."""
+        with store_call("Query"):
+            out = self.client.query(
+                TableName=self.table_name,
+                IndexName=layout.OPEN_INDEX,
+                KeyConditionExpression="open_shard = :s AND lease_until < :now",
+                ExpressionAttributeValues=layout.serialize({":s": shard, ":now": int(now_s)}),
+                Limit=limit,
+            )
+        return [layout.request_id_of(str(layout.deserialize(raw)["pk"])) for raw in out.get("Items", [])]
+
+    def earliest_leases(self, key_id: str, limit: int = 5) -> list[tuple[str, int]]:
+        """A key's unfinished requests with the earliest lease expiries (request id, epoch s): one Query with a
+        small limit on the sparse `leases` index, however many streams the key has in flight."""
+        with store_call("Query"):
+            out = self.client.query(
+                TableName=self.table_name,
+                IndexName=layout.LEASE_INDEX,
+                KeyConditionExpression="lease_key = :k",
+                ExpressionAttributeValues=layout.serialize({":k": key_id}),
+                Limit=limit,
+            )
+        found = [layout.deserialize(raw) for raw in out.get("Items", [])]
+        return [(layout.request_id_of(str(item["pk"])), int(item["lease_until"])) for item in found]

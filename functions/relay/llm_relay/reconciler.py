@@ -1,0 +1,84 @@
+"""The reconciler (DESIGN §4): settles requests whose relay stopped without finalizing (killed, out of memory, a
+timeout past the deadline margin). It finds unfinished requests whose lease ran out on the sparse `open` index
+(one Query per shard, no table scan), confirms each with a consistent read, and settles it as `lost` from its last
+checkpoint through the same settlement as finalization: usage record, spend, token counters, the slot, the item
+finished. The settlement is conditional on "not finished" and carries a client request token, so two reconcilers,
+or a reconciler and a late finalization, settle a request exactly once.
+
+Runs as `llm-relay reconcile`, on a schedule (reconcile_handler.py), and from admission for one key's expired
+leases when they are what refuses a request (limiter.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+
+from .dynamo import Stores, layout
+from .ledger import lost_record, settlement_of, ticket_of
+from .pricing import Pricer
+from .usage import UsageRecord
+
+logger = logging.getLogger(__name__)
+
+PAGE = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciliation:
+    settled: list[UsageRecord]  # settled as `lost` by this run
+    skipped: int  # found expired, but finished or renewed meanwhile (another party settled it)
+
+
+class Reconciler:
+    def __init__(
+        self, stores: Stores, pricer: Pricer, retention_days: int, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._stores = stores
+        self._pricer = pricer
+        self._retention_days = retention_days
+        self._clock = clock
+        # This reconciler's own token purpose: two reconcilers build the same transaction for a request, and with
+        # one token DynamoDB would answer the second "success" without applying it (both would report it settled)
+        self._purpose = f"reconcile:{uuid.uuid4().hex}"
+
+    def run(self, max_requests: int = 10_000) -> Reconciliation:
+        """Settle every request whose lease expired before now, up to `max_requests`."""
+        now = self._clock()
+        settled: list[UsageRecord] = []
+        skipped = 0
+        for shard in layout.open_shards():
+            seen: set[str] = set()
+            while len(settled) + skipped < max_requests:
+                fresh = [rid for rid in self._stores.requests.expired(shard, now, PAGE) if rid not in seen]
+                if not fresh:
+                    break
+                seen.update(fresh)
+                for record in self.settle(fresh, now):
+                    if record is None:
+                        skipped += 1
+                    else:
+                        settled.append(record)
+        return Reconciliation(settled, skipped)
+
+    def settle(self, request_ids: Iterable[str], now: float | None = None) -> list[UsageRecord | None]:
+        """Settle these requests as `lost` if they are still unfinished with an expired lease (None for each one
+        that is not, or that another party settled first)."""
+        at = self._clock() if now is None else now
+        return [self._settle_one(rid, at) for rid in request_ids]
+
+    def _settle_one(self, request_id: str, now: float) -> UsageRecord | None:
+        item = self._stores.requests.get(request_id)
+        if item is None or "finished_at" in item or int(item.get("lease_until", now + 1)) >= now:
+            return None  # settled, or renewed since the index was read (indexes are eventually consistent)
+        record = lost_record(item, self._pricer)
+        reserved = Decimal(str(item.get("reserved_usd", 0)))  # the budget reservation it still holds
+        settlement = settlement_of(record, ticket_of(item), self._retention_days, now, reserved)
+        if not self._stores.limits.settle(settlement, purpose=self._purpose):
+            return None
+        logger.warning("request %s of key %s settled as lost (its relay stopped)", request_id, record.key_id)
+        return record
