@@ -111,7 +111,9 @@ class Limiter:
     # --- admission -----------------------------------------------------------------------------------------
     async def admit(self, ctx: RequestContext) -> Ticket:
         limits = self.limits_for(ctx.key.limits)
-        item = request_item(ctx.request_id, ctx.key.key_id, ctx.chat.model, self._settings.request_ttl_s)
+        item = request_item(
+            ctx.request_id, ctx.key.key_id, ctx.chat.model, self._settings.request_ttl_s, ctx.client_request_id
+        )
         if limits.unlimited:
             try:
                 await anyio.to_thread.run_sync(self._stores.requests.put, item)

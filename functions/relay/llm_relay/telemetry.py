@@ -29,6 +29,7 @@ class Telemetry:
         fields: dict[str, Any] = {
             "request_id": ctx.request_id,
             "lambda_request_id": ctx.lambda_request_id,
+            "client_request_id": ctx.client_request_id,
             "key_id": ctx.key.key_id,
             "model": ctx.chat.model,
             "mode": ctx.mode,
