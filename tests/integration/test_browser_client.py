@@ -3,6 +3,7 @@ streaming, cancel (abort plus the cancel call) and errors."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -44,7 +45,7 @@ def test_browser_client_streams_cancels_and_reports_errors() -> None:
         # ended as client_cancelled too
         for marker in ("CANCELLED_EARLY", "CANCELLED_NOSTREAM"):
             client_id = next(line.split()[-1] for line in run.stdout.splitlines() if f"{marker} " in line)
-            log = wait_until(lambda cid=client_id: _finished_with_client_id(dev, cid), f"{marker} finalized")
+            log = wait_until(functools.partial(_finished_with_client_id, dev, client_id), f"{marker} finalized")
             assert log["reason"] == "client_cancelled", (marker, log)
 
 
