@@ -22,6 +22,7 @@ readiness check and error answers are not reproduced), the sandbox freeze betwee
 from __future__ import annotations
 
 import json
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from starlette.types import Message, Receive, Scope, Send
 MB = 1024 * 1024
 HOP_BY_HOP = {b"host", b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"x-amzn-lambda-context"}
 
+RELAY_RECEIVE_BUFFER = 64 * 1024
 StartEnvironment = Callable[[], AbstractContextManager[str]]  # starts one relay, yields its base URL
 
 
@@ -118,9 +120,7 @@ class FunctionUrlFront:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                self._client = httpx.AsyncClient(
-                    timeout=httpx.Timeout(None), limits=httpx.Limits(max_keepalive_connections=0)
-                )
+                self._client = _relay_client()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self._client is not None:
@@ -128,6 +128,14 @@ class FunctionUrlFront:
                 await anyio.to_thread.run_sync(self._stack.close)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _relay_client() -> httpx.AsyncClient:
+    """The front's connections to its environments: no time limit of their own (the function timeout is), and a
+    small receive buffer, so the front passes a slow client's backpressure on instead of hoarding megabytes the
+    relay wrote (Linux autotuning would let ~6 MB queue here; what Lambda's front buffers is not known)."""
+    transport = httpx.AsyncHTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, RELAY_RECEIVE_BUFFER)])
+    return httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(None))
 
 
 class _Downstream:

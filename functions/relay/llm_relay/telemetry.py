@@ -36,7 +36,7 @@ class Telemetry:
             "reason": outcome.reason.value,
             "prompt_tokens": outcome.usage.prompt_tokens,
             "completion_tokens": outcome.usage.completion_tokens,
-            "usage_source": "estimated" if outcome.usage.estimated else "upstream",
+            "usage_source": outcome.usage.source,
             "cost_usd": None if outcome.cost_usd is None else format(outcome.cost_usd, "f"),
             "ttft_ms": _ms(outcome.ttft_s),
             "tpot_ms": _ms(outcome.tpot_s),
