@@ -180,3 +180,17 @@ def test_cancel_while_headers_are_held_closes_the_upstream_promptly_through_the_
     # give or take a loaded machine (the strict p99 budget is measured by `python -m bench.cancel_lambda`)
     print("held headers, cancel to upstream close (ms):", [round(x * 1000) for x in latencies])
     assert statistics.median(latencies) < 0.4 and max(latencies) < 0.2 + LOADED_MACHINE_SLACK_S, latencies
+
+
+def test_a_refused_admission_with_a_client_id_is_still_a_429(make_relay: RelayFactory) -> None:
+    # GIVEN one request a minute, already used
+    relay = make_relay(default_rpm=1)
+    headers = {**relay.headers(), "x-client-request-id": "first"}
+    assert httpx.post(f"{relay.url}/v1/chat/completions", json=chat_body(), headers=headers).status_code == 200
+    # WHEN a second request names itself (the early-cancel read runs beside admission)
+    refused = httpx.post(
+        f"{relay.url}/v1/chat/completions", json=chat_body(), headers={**relay.headers(), "x-client-request-id": "2nd"}
+    )
+    # THEN admission's refusal is answered as such, with the client's id echoed
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert refused.headers["x-client-request-id"] == "2nd"

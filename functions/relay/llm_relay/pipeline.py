@@ -22,7 +22,7 @@ from starlette.responses import Response
 from starlette.types import Receive
 
 from . import client_request_id
-from .admission import Admission
+from .admission import Admission, Ticket
 from .auth import Authenticator
 from .cancellation import CancelRegistry, CancelSignal
 from .chat_request import parse_chat_request
@@ -156,11 +156,19 @@ class Pipeline:
     async def _admit(self, ctx: RequestContext, cancel: CancelSignal) -> RequestContext:
         """Admission, and beside it (same time, no added latency) the one read of a cancel that may have come
         for the client's id before the request did; only requests with an X-Client-Request-Id pay for it."""
-        ticket = None
+        if ctx.client_request_id is None:
+            return replace(ctx, ticket=await self._admission.admit(ctx))
+        ticket: Ticket | None = None
+        refusal: Exception | None = None  # raised after the task group, which would wrap it in an ExceptionGroup
         async with anyio.create_task_group() as tg:
-            if ctx.client_request_id is not None:
-                tg.start_soon(self._check_early_cancel, ctx.key.key_id, ctx.client_request_id, cancel)
-            ticket = await self._admission.admit(ctx)
+            tg.start_soon(self._check_early_cancel, ctx.key.key_id, ctx.client_request_id, cancel)
+            try:
+                ticket = await self._admission.admit(ctx)
+            except Exception as exc:
+                refusal = exc
+                tg.cancel_scope.cancel()
+        if refusal is not None:
+            raise refusal
         return replace(ctx, ticket=ticket)
 
     async def _check_early_cancel(self, key_id: str, client_id: str, cancel: CancelSignal) -> None:
