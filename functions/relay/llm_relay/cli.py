@@ -326,7 +326,7 @@ def _usage(args: argparse.Namespace, settings: Settings, stores: Stores) -> int:
 
 
 def _usage_row(record: UsageRecord) -> list[str]:
-    est = " (est)" if record.usage_source == "estimated" else ""
+    est = {"estimated": " (est)", "lower_bound": " (at least)"}.get(record.usage_source, "")
     return [
         record.timestamp,
         record.key_id,
