@@ -70,7 +70,10 @@ class FunctionUrlFront:
 
     # --- one invocation ------------------------------------------------------------------------------
     async def _invoke(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = await _read_body(receive, self.limits.max_request_bytes)
+        try:
+            body = await _read_body(receive, self.limits.max_request_bytes)
+        except _ClientLeft:
+            return  # left before its request was whole: nothing is invoked
         if body is None:
             await _answer(send, 413, "Request must be smaller than 6291456 bytes for the InvokeFunction operation")
             return
@@ -174,13 +177,17 @@ class _Downstream:
             self.gone = True
 
 
+class _ClientLeft(Exception):
+    pass
+
+
 async def _read_body(receive: Receive, cap: int) -> bytes | None:
     """The whole request body (Lambda's front buffers it), or None past `cap`."""
     body = bytearray()
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return bytes(body)
+            raise _ClientLeft
         body += message.get("body", b"")
         if len(body) > cap:
             return None

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from llm_relay.dynamo import Stores, layout
 from llm_relay_dev.function_url import FrontLimits
 from tests.conftest import Relay, RelayFactory, Upstream
 from tests.integration.function_url_support import LambdaRelay, LambdaRelayFactory, make_lambda_relay
@@ -194,3 +195,22 @@ def test_a_refused_admission_with_a_client_id_is_still_a_429(make_relay: RelayFa
     # THEN admission's refusal is answered as such, with the client's id echoed
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
     assert refused.headers["x-client-request-id"] == "2nd"
+
+
+def test_client_cancel_marks_are_scoped_per_key_and_expire(stores: Stores) -> None:
+    # GIVEN a cancel for client id "c1" of key A, and one for "old" whose 5 minutes are over (TTL deletion lags)
+    requests = stores.requests
+    requests.cancel_client_request("rk_a", "c1")
+    requests.cancel_client_request("rk_a", "old")
+    stores.client.update_item(
+        TableName=stores.table_name,
+        Key=layout.serialize(layout.client_cancel_key("rk_a", "old")),
+        UpdateExpression="SET expires_at = :past",
+        ExpressionAttributeValues=layout.serialize({":past": int(time.time()) - 1}),
+    )
+    # WHEN admission reads them, and the poller reads them among running requests
+    # THEN only key A's live mark counts
+    assert requests.client_cancel_requested("rk_a", "c1")
+    assert not requests.client_cancel_requested("rk_b", "c1") and not requests.client_cancel_requested("rk_a", "old")
+    clients = {"req_1": ("rk_a", "c1"), "req_2": ("rk_b", "c1"), "req_3": ("rk_a", "old")}
+    assert requests.cancelled_among(["req_1", "req_2", "req_3"], clients) == {"req_1"}
