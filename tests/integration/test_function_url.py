@@ -18,7 +18,7 @@ from tests.integration.function_url_support import LambdaRelay, LambdaRelayFacto
 from tests.integration.helpers import chat_body, sse_events
 from tests.waiting import wait_until
 
-LOADED_MACHINE_SLACK_S = 1.0
+HEAVILY_LOADED_BOUND_S = 5.0
 __all__ = ["make_lambda_relay"]  # the fixture, imported for pytest
 
 
@@ -90,8 +90,8 @@ def test_cancel_with_the_clients_id_stops_the_upstream(
     relay = make_lambda_relay()
     # WHEN a client leaves mid-stream and calls cancel with its own id
     request_id, latency = _leave_then_cancel(relay, upstream)
-    # THEN the upstream is closed (within a poll interval, give or take a loaded machine), as client_cancelled
-    assert latency < 0.2 + LOADED_MACHINE_SLACK_S
+    # THEN the upstream is closed long before its 20 s answer would have ended, as client_cancelled
+    assert latency < HEAVILY_LOADED_BOUND_S
     outcome = relay.recorder.wait(request_id)
     assert outcome.reason.value == "client_cancelled" and outcome.cancel_source == "cancel_call"
     assert not upstream.state.requests[request_id].completed
@@ -103,10 +103,11 @@ def test_cancel_latency_through_the_front(make_lambda_relay: LambdaRelayFactory,
     relay = make_lambda_relay(limits=FrontLimits(max_environments=2))
     # WHEN 20 clients in turn leave mid-stream and call cancel with their own id
     latencies = sorted(_leave_then_cancel(relay, upstream)[1] for _ in range(20))
-    # THEN the upstream sees the close within 400 ms of the cancel call, typically; every time within a poll
-    # interval give or take a loaded machine (the strict budget, p99 < 400 ms, is `python -m bench.cancel_lambda`'s)
+    # THEN the upstream sees the close within 400 ms of the cancel call, typically, and every time long before the
+    # 20 s answer would have ended: the strict budget (p99 < 400 ms) is `python -m bench.cancel_lambda`'s, since a
+    # shared machine under load (a load average of 8 on 2 cores was seen) stalls the in-process servers for seconds
     print(f"cancel latency via the front: p50 {latencies[10] * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms")
-    assert latencies[10] < 0.4 and latencies[-1] < 0.2 + LOADED_MACHINE_SLACK_S, latencies
+    assert latencies[10] < 0.4 and latencies[-1] < HEAVILY_LOADED_BOUND_S, latencies
 
 
 def test_the_front_passes_the_deadline_and_heartbeats(make_lambda_relay: LambdaRelayFactory) -> None:
