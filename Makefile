@@ -22,8 +22,8 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
-dev: $(BIN)/.installed ## run the relay locally: moto DynamoDB (or RELAY_DYNAMODB_ENDPOINT) + mock upstream, prints a key and curl lines
-	$(BIN)/python -m llm_relay_dev.devserver
+dev: $(BIN)/.installed ## run the relay locally: moto DynamoDB (or RELAY_DYNAMODB_ENDPOINT) + mock upstream, prints a key and curl lines; LAMBDA=1: behind a local function-URL front
+	RELAY_DEV_LAMBDA=$(LAMBDA) $(BIN)/python -m llm_relay_dev.devserver
 
 dynamodb: $(BIN)/.installed ## the local DynamoDB of `make dev` in the foreground on 127.0.0.1:$(DYNAMODB_PORT), to share
 	$(BIN)/python -m llm_relay_dev.local_dynamodb --port $(DYNAMODB_PORT)

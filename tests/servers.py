@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 import uvicorn
 
+from llm_relay.serve import listening_socket
+
 
 def free_port() -> int:
     """A loopback port nothing listens on now (for a server started in another process)."""
@@ -41,9 +43,7 @@ def wait_healthy(base: str, *, alive: Any = None, timeout: float = 30.0) -> None
 @contextmanager
 def serve(app: Any, *, timeout_keep_alive: int = 5) -> Iterator[str]:
     """Serve an ASGI app on 127.0.0.1:<free port> until the block exits; yields the base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock = listening_socket("127.0.0.1", 0)  # production's: a bounded send buffer
     port = sock.getsockname()[1]
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, lifespan="on", timeout_keep_alive=timeout_keep_alive

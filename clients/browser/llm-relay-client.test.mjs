@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { RelayStreamError, streamChat } from "./llm-relay-client.js";
+import { completeChat, RelayStreamError, streamChat } from "./llm-relay-client.js";
 
 const baseUrl = process.env.RELAY_URL;
 const apiKey = process.env.RELAY_KEY;
@@ -17,6 +17,7 @@ test("streams tokens and ends with the summary", async () => {
   assert.equal(summary.termination_reason, "stop");
   assert.equal(summary.usage.completion_tokens, 5);
   assert.match(run.requestId, /^req_/);
+  assert.match(run.clientRequestId, /^[0-9a-f-]{36}$/);
 });
 
 test("cancel aborts the fetch and calls the relay's cancel", async () => {
@@ -40,4 +41,34 @@ test("errors are RelayStreamError with the relay's code", async () => {
   const failing = streamChat({ baseUrl, apiKey,
     body: { model: "gpt-4o-mini", messages: message, mock: { tokens: 5, drop_after: 2 } } });
   await assert.rejects(failing.done, (error) => error instanceof RelayStreamError && error.code === "upstream_error");
+});
+
+// The relay side of the next two (their log lines say client_cancelled) is checked by the Python test that runs
+// this file; a cancel that reaches the relay before its request does is kept and honoured at admission.
+test("cancel before the headers: the upstream holds them 3 s", async () => {
+  const run = streamChat({ baseUrl, apiKey,
+    body: { model: "gpt-4o-mini", messages: message, mock: { headers_delay_ms: 3000, tokens: 5 } } });
+  await new Promise((resolve) => setTimeout(resolve, 200)); // typically mid-flight; either way it is cancelled
+  assert.equal(run.requestId, null); // no header yet
+  assert.equal(await run.cancel(), true);
+  const summary = await run.done;
+  assert.equal(summary.termination_reason, "client_cancelled");
+  console.log(`CANCELLED_EARLY ${run.clientRequestId}`);
+});
+
+test("stream: false is cancelled the same way", async () => {
+  const run = completeChat({ baseUrl, apiKey,
+    body: { model: "gpt-4o-mini", messages: message, mock: { tokens: 1000, chunk_delay_ms: 10 } } });
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  assert.equal(await run.cancel(), true);
+  const summary = await run.done;
+  assert.equal(summary.termination_reason, "client_cancelled");
+  console.log(`CANCELLED_NOSTREAM ${run.clientRequestId}`);
+});
+
+test("stream: false answers one chat.completion", async () => {
+  const answer = await completeChat({ baseUrl, apiKey,
+    body: { model: "gpt-4o-mini", messages: message, mock: { tokens: 3 } } }).done;
+  assert.equal(answer.object, "chat.completion");
+  assert.equal(answer.choices[0].message.content, "The quick brown");
 });

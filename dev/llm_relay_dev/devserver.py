@@ -6,6 +6,10 @@ table is created there if missing), else a serialized moto server started in thi
 `RELAY_UPSTREAM_URL` when set, else the mock upstream served from a background thread of this process. The
 production app has no such fallback: it refuses to start without an upstream URL.
 
+`RELAY_DEV_LAMBDA=1` (`make dev LAMBDA=1`): the relay behind a local function-URL front (function_url.py): no
+disconnect passed on, the invocation deadline from `RELAY_FUNCTION_TIMEOUT_S`, 6 MB request cap, 2 MB/s after
+6 MB, one request per environment, up to `RELAY_DEV_LAMBDA_ENVIRONMENTS` (4) environments started on demand.
+
 Prints one human line per finished request, the figures the CloudWatch dashboard would show.
 """
 
@@ -15,6 +19,7 @@ import os
 from contextlib import ExitStack
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from llm_relay.app import create_app
 from llm_relay.dynamo import Stores
@@ -22,8 +27,10 @@ from llm_relay.outcome import RequestContext, StreamOutcome
 from llm_relay.settings import Settings
 
 from .dev_key import ensure_dev_key
+from .function_url import FrontLimits, FunctionUrlFront
 from .local_dynamodb import MotoServer
 from .mock_upstream import mock_upstream_in_thread
+from .serving import serve_in_thread
 from .table import create_table
 
 LOCAL_AWS = (("AWS_ACCESS_KEY_ID", "dev"), ("AWS_SECRET_ACCESS_KEY", "dev"), ("AWS_REGION", "us-east-1"))
@@ -91,8 +98,26 @@ def main() -> None:
         create_table(stores.client, settings.table_name)
         plain, key = ensure_dev_key(stores.keys, settings.dev_key)
         print(banner(settings, plain, key.key_id, upstream, dynamodb), flush=True)
-        app = create_app(settings, stores=stores, finalizers=[DevEcho()])
+        app: ASGIApp = create_app(settings, stores=stores, finalizers=[DevEcho()])
+        if os.environ.get("RELAY_DEV_LAMBDA", "") not in ("", "0"):
+            app = lambda_front(settings, stores)
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+
+
+def lambda_front(settings: Settings, stores: Stores) -> FunctionUrlFront:
+    """The function-URL front, each of its execution environments a relay of its own (own poller, own state)."""
+    limits = FrontLimits(
+        function_timeout_s=settings.function_timeout_s,
+        max_environments=int(os.environ.get("RELAY_DEV_LAMBDA_ENVIRONMENTS", "4")),
+    )
+    print(
+        f"  function URL front: one request per environment, up to {limits.max_environments} environments, "
+        f"function timeout {limits.function_timeout_s:g} s (RELAY_FUNCTION_TIMEOUT_S)",
+        flush=True,
+    )
+    return FunctionUrlFront(
+        lambda: serve_in_thread(create_app(settings, stores=stores, finalizers=[DevEcho()]), lifespan="on"), limits
+    )
 
 
 if __name__ == "__main__":

@@ -187,8 +187,9 @@ def create_mock_app(config: MockConfig | None = None) -> Starlette:
                     status_code=503,
                     headers={"retry-after": "0"},
                 )
-        if opts.get("headers_delay_ms"):  # a provider that holds its headers back (until the first token)
-            await anyio.sleep(float(opts["headers_delay_ms"]) / 1000)
+        held_s = float(opts.get("headers_delay_ms") or 0) / 1000  # a provider that holds its headers back
+        if held_s and not await _hold_headers(request, record, held_s):
+            return Response(status_code=499)  # the relay closed the request while we held the headers
         if "status" in opts:
             status = int(opts["status"])
             extra = {"retry-after": str(opts["retry_after"])} if "retry_after" in opts else None
@@ -220,6 +221,16 @@ def create_mock_app(config: MockConfig | None = None) -> Starlette:
     )
     app.state.mock = state
     return app
+
+
+async def _hold_headers(request: Request, record: RequestRecord, delay_s: float) -> bool:
+    """Hold the response headers back for `delay_s`, noting a disconnect meanwhile; False if the client left."""
+    with anyio.move_on_after(delay_s):
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        record.disconnected_at = time.monotonic()
+        return False
+    return True
 
 
 async def _non_streaming(stream: _MockStream) -> Response:

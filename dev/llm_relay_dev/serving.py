@@ -8,21 +8,25 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Literal
 
 import uvicorn
 from starlette.types import ASGIApp
 
 
 @contextmanager
-def serve_in_thread(app: ASGIApp, host: str = "127.0.0.1", start_timeout_s: float = 10.0) -> Iterator[str]:
+def serve_in_thread(
+    app: ASGIApp, host: str = "127.0.0.1", start_timeout_s: float = 10.0, lifespan: Literal["on", "off"] = "off"
+) -> Iterator[str]:
     """Serve `app` on `host`:<ephemeral port> until the block exits; yields the base URL. The thread has its
     own event loop and installs no signal handlers (uvicorn only does so in the main thread), so the relay
-    in the main thread keeps its loop and its Ctrl-C handling to itself."""
+    in the main thread keeps its loop and its Ctrl-C handling to itself. `lifespan="on"` for an app that needs
+    its start-up (a relay behind the function-URL front)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan=lifespan, access_log=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="dev-server", daemon=True)
     thread.start()
     try:

@@ -69,9 +69,24 @@ def test_uvicorn_gets_the_options_run_sh_always_passed(no_relay_env: None, monke
     monkeypatch.setenv("PORT", "9123")
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append({"app": app, **options}))
+    bound: list[tuple[str, int]] = []
+
+    def listening_socket(host: str, port: int) -> _FakeSocket:
+        bound.append((host, port))
+        return _FakeSocket()
+
+    monkeypatch.setattr(serve, "listening_socket", listening_socket)
     # WHEN the entry point runs
     serve.main()
     # THEN uvicorn serves the app on loopback, that port, no access log, one-minute keep-alive
     (call,) = calls
     assert call["host"] == "127.0.0.1" and call["port"] == 9123
+    assert bound == [("127.0.0.1", 9123)] and call["fd"] == _FakeSocket.FD  # the socket with the bounded send buffer
     assert call["access_log"] is False and call["timeout_keep_alive"] == 60
+
+
+class _FakeSocket:
+    FD = 99
+
+    def fileno(self) -> int:
+        return self.FD

@@ -93,6 +93,7 @@ class Client:
     gone: anyio.Event = field(default_factory=anyio.Event)
     wrote: anyio.Event = field(default_factory=anyio.Event)
     fails_on: bytes | None = None  # a body holding these bytes fails to send, as on a reset socket
+    stalls_on: bytes | None = None  # a body holding these bytes is never taken: a reader that stopped reading
 
     async def receive(self) -> Message:
         await self.gone.wait()
@@ -101,6 +102,8 @@ class Client:
     async def send(self, message: Message) -> None:
         if self.fails_on is not None and self.fails_on in message.get("body", b""):
             raise OSError("connection reset by peer")
+        if self.stalls_on is not None and self.stalls_on in message.get("body", b""):
+            await anyio.Event().wait()
         self.messages.append(message)
         self.wrote.set()
         self.wrote = anyio.Event()
@@ -337,6 +340,42 @@ def test_the_deadline_ends_the_stream_cleanly_first() -> None:
     run = relay(drive, framing=SSE, deadline=T0 + 10)
     error = json.loads(run.client.body.split("\n\n")[-2].removeprefix("data: "))["error"]
     assert error["code"] == "deadline" and run.outcome.reason is TerminationReason.DEADLINE and run.client.closed
+
+
+def test_at_the_deadline_a_stalled_reader_gets_the_frame_and_the_unread_remainder_is_counted() -> None:
+    # GIVEN a reader that stops taking the stream at "b", while the upstream has sent all of its answer
+    async def drive(run: Run) -> None:
+        run.client.stalls_on = b'"b"'
+        run.body.feed(chunk("a"), chunk("b"), chunk("c"), chunk(finish="stop"))
+        run.body.feed(chunk(usage={"prompt_tokens": 3, "completion_tokens": 3}), "[DONE]")
+        run.body.end()
+        await run.client.wait_for('"a"')
+        # WHEN the deadline comes
+        run.clock.advance(10)
+        await run.body.closed.wait()
+
+    run = relay(drive, framing=SSE, deadline=T0 + 10)
+    # THEN the reader still gets the deadline frame (nothing after "a" was relayed)
+    error = json.loads(run.client.body.split("\n\n")[-2].removeprefix("data: "))["error"]
+    assert error["code"] == "deadline" and '"c"' not in run.client.body and run.client.closed
+    # AND the record counts what the upstream reported for the whole answer, not just what was relayed
+    usage = run.outcome.usage
+    assert run.outcome.reason is TerminationReason.DEADLINE
+    assert (usage.completion_tokens, usage.estimated, usage.lower_bound) == (3, False, False)
+
+
+def test_at_the_deadline_an_upstream_still_generating_is_counted_as_a_lower_bound() -> None:
+    async def drive(run: Run) -> None:
+        run.client.stalls_on = b'"b"'
+        run.body.feed(chunk("a"), chunk("b"), chunk("c"))  # and then nothing: it is still generating
+        await run.client.wait_for('"a"')
+        run.clock.advance(10)
+        await run.body.closed.wait()
+
+    run = relay(drive, framing=NDJSON, deadline=T0 + 10)
+    assert json.loads(run.client.body.splitlines()[-1])["error"]["code"] == "deadline"
+    usage = run.outcome.usage
+    assert (usage.completion_tokens, usage.estimated, usage.lower_bound, usage.source) == (3, True, True, "lower_bound")
 
 
 @pytest.mark.parametrize(("framing", "beat"), [(SSE, ": ping\n\n"), (NDJSON, "\n")])

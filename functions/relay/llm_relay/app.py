@@ -19,6 +19,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from . import client_request_id
 from .admission import Admission
 from .auth import Authenticator
 from .cancellation import CancelRegistry
@@ -59,7 +60,9 @@ class RequestScopeMiddleware:
         request_id = new_request_id()
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
-        state["lambda_invocation"] = LambdaInvocation.from_headers(Headers(scope=scope))
+        request_headers = Headers(scope=scope)
+        state["lambda_invocation"] = LambdaInvocation.from_headers(request_headers)
+        echo = _client_id_echo(request_headers)
 
         started = False
 
@@ -69,6 +72,7 @@ class RequestScopeMiddleware:
                 started = True
                 headers = [h for h in message.get("headers", []) if h[0].lower() != b"x-request-id"]
                 headers.append((b"x-request-id", request_id.encode()))
+                headers.extend(echo)
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -81,6 +85,17 @@ class RequestScopeMiddleware:
                 raise
             response = JSONResponse(RelayError("Internal error.").body(), status_code=500)
             await response(scope, receive, send_with_id)
+
+
+def _client_id_echo(headers: Headers) -> list[tuple[bytes, bytes]]:
+    """The X-Client-Request-Id header to echo on the response, if the request sent a valid one."""
+    value = headers.get(client_request_id.HEADER)
+    try:
+        return (
+            [] if value is None else [(client_request_id.HEADER.encode(), client_request_id.validate(value).encode())]
+        )
+    except InvalidRequest:
+        return []
 
 
 def _known_models(settings: Settings, prices: PriceTable) -> set[str]:

@@ -4,6 +4,10 @@ A Lambda function URL never tells the function that its client left, so a client
 `POST /v1/requests/{id}/cancel`, on any instance: that writes a cancel mark in DynamoDB. Each process
 polls the marks of all of its running streams in one BatchGetItem per interval (not one read per stream),
 and sets the stream's event; a cancel taken by the same process sets it at once.
+
+A request registers before admission, so the poller watches it from then on, through the upstream open and its
+retries. One sent with a client-chosen id (`X-Client-Request-Id`) is also watched under that id: its cancel mark
+may be written before the request exists (the cancel call cannot know), and the same poll reads it.
 """
 
 from __future__ import annotations
@@ -43,13 +47,23 @@ class CancelRegistry:
         self._store = store
         self._interval = interval_s
         self._signals: dict[str, CancelSignal] = {}
+        self._client_ids: dict[str, tuple[str, str]] = {}  # request id -> (key id, client id)
 
-    def register(self, request_id: str) -> CancelSignal:
+    def register(self, request_id: str, client: tuple[str, str] | None = None) -> CancelSignal:
+        """Watch a request from now on; `client` (key id, client id) also watches its client id's mark."""
         signal = self._signals[request_id] = CancelSignal()
+        if client is not None:
+            self._client_ids[request_id] = client
         return signal
 
     def unregister(self, request_id: str) -> None:
         self._signals.pop(request_id, None)
+        self._client_ids.pop(request_id, None)
+
+    def cancel_local_client(self, key_id: str, client_request_id: str) -> bool:
+        """Set the signal of the stream this process runs under a key's client id; False if none."""
+        found = [rid for rid, client in self._client_ids.items() if client == (key_id, client_request_id)]
+        return any([self.cancel_local(rid) for rid in found])
 
     def cancel_local(self, request_id: str) -> bool:
         """Set the signal of a stream running in this process; False if it runs elsewhere."""
@@ -67,7 +81,8 @@ class CancelRegistry:
             if not ids:
                 continue
             try:
-                marked = await anyio.to_thread.run_sync(self._store.cancelled_among, ids)
+                clients = {rid: self._client_ids[rid] for rid in ids if rid in self._client_ids}
+                marked = await anyio.to_thread.run_sync(self._store.cancelled_among, ids, clients)
             except StoreUnavailable as exc:
                 logger.warning("cancel poll failed: %s", exc)
                 continue

@@ -397,7 +397,7 @@ def _reconcile(args: argparse.Namespace, settings: Settings, stores: Stores) -> 
 
 
 def _usage_row(record: UsageRecord) -> list[str]:
-    est = " (est)" if record.usage_source == "estimated" else ""
+    est = {"estimated": " (est)", "lower_bound": " (at least)"}.get(record.usage_source, "")
     return [
         record.timestamp,
         record.key_id,

@@ -198,7 +198,10 @@ class Limiter:
     def _item(
         self, ctx: RequestContext, plan: AdmissionPlan, ticket: Ticket, reservation: Reservation | None
     ) -> dict[str, Any]:
-        base = request_item(ctx.request_id, ctx.key.key_id, ctx.chat.model, self._settings.request_ttl_s)
+        settings = self._settings
+        base = request_item(
+            ctx.request_id, ctx.key.key_id, ctx.chat.model, settings.request_ttl_s, ctx.client_request_id
+        )
         if reservation is not None:
             base["reserved_usd"] = reservation.usd  # what a reconciler releases if this request never finalizes
         return admitted_item(

@@ -15,6 +15,12 @@ class Usage:
     completion_tokens: int
     cached_tokens: int = 0
     estimated: bool = False
+    lower_bound: bool = False  # the upstream may have generated more than was counted (stopped at the deadline)
+
+    @property
+    def source(self) -> str:
+        """How the record counts its tokens: "upstream" (reported), "estimated", or "lower_bound"."""
+        return "lower_bound" if self.lower_bound else ("estimated" if self.estimated else "upstream")
 
     @property
     def total_tokens(self) -> int:

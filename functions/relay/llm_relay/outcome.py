@@ -42,6 +42,7 @@ class RequestContext:
     deadline: float | None = None  # monotonic time by which the response must have ended
     lambda_request_id: str | None = None  # from the web adapter's x-amzn-lambda-context, for log correlation
     ticket: Ticket | None = None  # what admission granted; None before admission (or for a test's own context)
+    client_request_id: str | None = None  # X-Client-Request-Id: the client's own name for the request
 
 
 @dataclass(frozen=True, slots=True)

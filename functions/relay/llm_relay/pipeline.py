@@ -15,11 +15,14 @@ import time
 from dataclasses import replace
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 from fastapi import Request
 from starlette.responses import Response
+from starlette.types import Receive
 
-from .admission import Admission
+from . import client_request_id
+from .admission import Admission, Ticket
 from .auth import Authenticator
 from .budget_extension import BudgetExtender, BudgetGuard
 from .cancellation import CancelRegistry, CancelSignal
@@ -83,14 +86,15 @@ class Pipeline:
         """A chat completion, answered as SSE, NDJSON or one JSON body."""
         key = await self._auth.authenticate(request.headers)
         ctx = await self._parse(request, key, ndjson=ndjson)
-        cancel = self.cancels.register(ctx.request_id)
+        client = (key.key_id, ctx.client_request_id) if ctx.client_request_id else None
+        cancel = self.cancels.register(ctx.request_id, client)
         try:
-            ctx = replace(ctx, ticket=await self._admission.admit(ctx))
+            ctx = await self._admit(ctx, cancel)
         except BaseException:
             self.cancels.unregister(ctx.request_id)
             raise
         self.leases.track(ctx.request_id, dict)  # renewed from admission on; no progress before the stream
-        opened = await self._open_upstream(ctx, cancel)
+        opened = await self._open_upstream(ctx, cancel, request.receive)
         framing = NDJSONFraming() if ndjson else (SSEFraming() if ctx.chat.stream else None)
         stream = RelayStream(
             ctx,
@@ -108,8 +112,10 @@ class Pipeline:
 
     async def cancel(self, request: Request, request_id: str) -> dict[str, str]:
         """The explicit cancel: mark the request in DynamoDB (any instance may run it), stop it here at once
-        if it runs in this process."""
+        if it runs in this process. `request_id` is the relay's id or the caller's own X-Client-Request-Id."""
         key = await self._auth.authenticate(request.headers)
+        if not client_request_id.is_relay_id(request_id):
+            return await self._cancel_client_id(key, client_request_id.validate(request_id))
         try:
             item = await anyio.to_thread.run_sync(self._requests.request_cancel, request_id, key.key_id)
         except StoreUnavailable as exc:
@@ -119,6 +125,16 @@ class Pipeline:
         self.cancels.cancel_local(request_id)
         status = "finished" if "finished_at" in item else "cancelling"
         return {"id": request_id, "object": "relay.cancel", "status": status}
+
+    async def _cancel_client_id(self, key: ApiKey, client_id: str) -> dict[str, str]:
+        """A cancel by client id: its request may be running anywhere, or not have arrived yet, so the mark is
+        written either way (and kept a few minutes); "pending" unless this process runs the request."""
+        try:
+            await anyio.to_thread.run_sync(self._requests.cancel_client_request, key.key_id, client_id)
+        except StoreUnavailable as exc:
+            raise ServiceUnavailable("The request store is unavailable; try again shortly.") from exc
+        running_here = self.cancels.cancel_local_client(key.key_id, client_id)
+        return {"id": client_id, "object": "relay.cancel", "status": "cancelling" if running_here else "pending"}
 
     # --- the steps ---------------------------------------------------------------------------------------
     async def _parse(self, request: Request, key: ApiKey, *, ndjson: bool) -> RequestContext:
@@ -146,17 +162,44 @@ class Pipeline:
                 margin_s=settings.deadline_margin_s,
             ),
             lambda_request_id=invocation.request_id,
+            client_request_id=client_request_id.from_headers(request.headers),
         )
 
-    async def _open_upstream(self, ctx: RequestContext, cancel: CancelSignal) -> OpenedStream:
+    async def _admit(self, ctx: RequestContext, cancel: CancelSignal) -> RequestContext:
+        """Admission, and beside it (same time, no added latency) the one read of a cancel that may have come
+        for the client's id before the request did; only requests with an X-Client-Request-Id pay for it."""
+        if ctx.client_request_id is None:
+            return replace(ctx, ticket=await self._admission.admit(ctx))
+        ticket: Ticket | None = None
+        refusal: Exception | None = None  # raised after the task group, which would wrap it in an ExceptionGroup
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._check_early_cancel, ctx.key.key_id, ctx.client_request_id, cancel)
+            try:
+                ticket = await self._admission.admit(ctx)
+            except Exception as exc:
+                refusal = exc
+                tg.cancel_scope.cancel()
+        if refusal is not None:
+            raise refusal
+        return replace(ctx, ticket=ticket)
+
+    async def _check_early_cancel(self, key_id: str, client_id: str, cancel: CancelSignal) -> None:
+        try:
+            if await anyio.to_thread.run_sync(self._requests.client_cancel_requested, key_id, client_id):
+                cancel.set(time.monotonic())
+        except StoreUnavailable as exc:  # the poller reads the mark again while the upstream opens
+            logger.warning("reading the early cancel of a request failed: %s", exc)
+
+    async def _open_upstream(self, ctx: RequestContext, cancel: CancelSignal, receive: Receive) -> OpenedStream:
         """Open the upstream stream (with its retries); an open that fails, is cancelled or runs out of time
         is finalized here and answered as an error (with the admission's rate-limit headers)."""
+        gone = anyio.Event()
         try:
-            return await self._bounded_open(ctx, cancel)
+            return await self._bounded_open(ctx, cancel, receive, gone)
         except BaseException as exc:
             failure = _as_relay_error(exc, ctx.request_id)
             retries, errors = (failure.retries, failure.failures) if isinstance(failure, UpstreamError) else (0, {})
-            ending = Ending(reason_for(failure), failure.message)
+            ending = Ending(reason_for(failure), failure.message, *_cancel_source(failure, cancel, gone))
             meter = StreamMeter(started_at=ctx.started_at)
             await self._finalize(
                 ctx,
@@ -178,9 +221,12 @@ class Pipeline:
                 raise
             raise failure from exc
 
-    async def _bounded_open(self, ctx: RequestContext, cancel: CancelSignal) -> OpenedStream:
-        """The open itself, unless the client cancels or the deadline comes first: the stream's watchers do not
-        run yet, so this wait is bounded here."""
+    async def _bounded_open(
+        self, ctx: RequestContext, cancel: CancelSignal, receive: Receive, gone: anyio.Event
+    ) -> OpenedStream:
+        """The open itself (every retry), unless the client cancels or leaves, or the deadline comes first: the
+        stream's watchers do not run yet, so this wait is bounded here. A cancel that came before (at admission)
+        stops it before the first attempt."""
         assert self.upstream is not None
         opened: OpenedStream | None = None
         failure: Exception | None = None  # raised after the task group, which would wrap it in an ExceptionGroup
@@ -190,8 +236,17 @@ class Pipeline:
                 await cancel.event.wait()
                 tg.cancel_scope.cancel()
 
+            async def stop_on_disconnect() -> None:
+                # The body was read in `_parse`, so the next message is the disconnect, whenever it comes.
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                gone.set()
+                tg.cancel_scope.cancel()
+
             tg.start_soon(stop_on_cancel)
+            tg.start_soon(stop_on_disconnect)
             with anyio.move_on_after(max(0.0, (ctx.deadline or math.inf) - time.monotonic())):
+                await anyio.lowlevel.checkpoint()  # a cancel already set ends the open before any attempt
                 try:
                     opened = await self.upstream.open_chat_stream(ctx.chat.upstream_body(), ctx.request_id)
                 except Exception as exc:
@@ -201,7 +256,7 @@ class Pipeline:
             raise failure
         if opened is not None:
             return opened
-        if cancel.is_set:
+        if cancel.is_set or gone.is_set():
             raise RequestCancelled("The request was cancelled before the upstream answered.")
         raise UpstreamTimeout("The relay's time limit was reached before the upstream answered.", code="deadline")
 
@@ -222,6 +277,15 @@ class Pipeline:
                 await self._finalizer.finalize(ctx, outcome)
         finally:
             self.cancels.unregister(ctx.request_id)
+
+
+def _cancel_source(failure: RelayError, cancel: CancelSignal, gone: anyio.Event) -> tuple[str | None, float | None]:
+    """Which channel cancelled an open (the Ending's cancel source and start), if one did."""
+    if not isinstance(failure, RequestCancelled):
+        return None, None
+    if cancel.is_set:
+        return "cancel_call", cancel.requested_at
+    return ("disconnect", time.monotonic()) if gone.is_set() else (None, None)
 
 
 def _as_relay_error(exc: BaseException, request_id: str) -> RelayError:

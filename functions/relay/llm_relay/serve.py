@@ -8,6 +8,7 @@ readiness check never passes.
 
 from __future__ import annotations
 
+import socket
 import sys
 from typing import NoReturn
 
@@ -22,6 +23,10 @@ from .settings import Settings
 HOST = "127.0.0.1"  # the adapter forwards over loopback; nothing else may reach the server
 KEEP_ALIVE_S = 60  # as run.sh passed to uvicorn before: idle connections from the adapter stay open a minute
 EXIT_CONFIGURATION = 2
+# What the kernel may queue for a reader that has not taken it yet (Linux doubles the value it is given). Without a
+# bound, loopback autotuning lets ~4 MiB queue behind a slow reader, and a blocked writer is woken only once a third
+# of that is free: at the deadline the terminal frame could not get into the pipe within the margin (issue 11).
+SEND_BUFFER_BYTES = 64 * 1024
 
 
 def build_app() -> tuple[FastAPI, Settings]:
@@ -42,10 +47,27 @@ def refuse(reason: str) -> NoReturn:
     raise SystemExit(EXIT_CONFIGURATION)
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound, with the bounded send buffer every accepted connection inherits."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+    sock.bind((host, port))
+    return sock
+
+
 def main() -> None:
     """`python -m llm_relay.serve`: what run.sh execs."""
     app, settings = build_app()
-    uvicorn.run(app, host=HOST, port=settings.port, access_log=False, timeout_keep_alive=KEEP_ALIVE_S)
+    sock = listening_socket(HOST, settings.port)
+    uvicorn.run(
+        app,
+        fd=sock.fileno(),
+        host=HOST,
+        port=settings.port,
+        access_log=False,
+        timeout_keep_alive=KEEP_ALIVE_S,
+    )
 
 
 if __name__ == "__main__":

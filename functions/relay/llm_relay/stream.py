@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -33,6 +34,9 @@ from .upstream import OpenedStream
 logger = logging.getLogger(__name__)
 
 CLIENT_WRITE_TIMEOUT_S = 2.0  # longest wait for a client to take the terminal frame before finalizing anyway
+HARD_DEADLINE_SLACK_S = 0.5  # at the deadline, what is left of the margin minus this goes to the terminal frame
+REMAINDER_MAX_BYTES = 8 * 1024 * 1024  # at the deadline, upstream bytes read (not relayed) to count what it billed
+REMAINDER_IDLE_S = 0.25  # ... until it sends nothing for this long (it is still generating: we stop it)
 OnEnd = Callable[[StreamOutcome], Awaitable[None]]
 
 
@@ -73,6 +77,7 @@ class RelayStream(Response):
         self._last_write = ctx.started_at
         self._reading_since: float | None = None  # when the pump began waiting for upstream bytes
         self._pump_scope: anyio.CancelScope | None = None
+        self._parser = SSEParser()  # the pump's, kept: the count of the remainder at the deadline goes on from it
         self._ending: Ending | None = None
         self._client_gone = False
         self._budget = budget  # None: no budget reservation to keep within
@@ -111,6 +116,9 @@ class RelayStream(Response):
 
     async def _finish(self) -> None:
         ending = self._ending or Ending(TerminationReason.INCOMPLETE)
+        if ending.reason is TerminationReason.DEADLINE and self.ctx.deadline is not None:
+            await self._finish_at_deadline(ending, self.ctx.deadline + self._settings.deadline_margin_s)
+            return
         ended_well = not ending.reason.is_failure and ending.reason is not TerminationReason.CLIENT_CANCELLED
         if not ended_well:
             await self._close_upstream()  # at once: cancellation latency is measured to here
@@ -141,6 +149,74 @@ class RelayStream(Response):
                 with contextlib.suppress(_ClientGone):
                     await self._raw_send({"type": "http.response.body", "body": b"", "more_body": False})
 
+    async def _finish_at_deadline(self, ending: Ending, hard_deadline: float) -> None:
+        """The deadline ending, with what is left of the margin: the terminal frame may wait for a slow reader's
+        backlog to drain until just before Lambda's own deadline, while the upstream's unread remainder is read
+        (not relayed) and counted, the upstream closed and the request finalized."""
+        write_by = hard_deadline - HARD_DEADLINE_SLACK_S
+        outcome = self._outcome(ending)
+        async with anyio.create_task_group() as tg:
+            if self._framing is not None:
+                tg.start_soon(self._write_terminal_by, self._framing, outcome, write_by)
+            complete = await self._count_remainder(write_by)
+            await self._close_upstream()
+            outcome = self._outcome(ending)
+            if not complete:
+                outcome = replace(outcome, usage=replace(outcome.usage, lower_bound=True))
+            try:
+                await self._on_end(outcome)
+            except Exception:
+                logger.exception("finalize failed for request %s", self.ctx.request_id)
+        with anyio.move_on_after(max(0.0, write_by - self._clock.now())):
+            await self._close_body(outcome)
+
+    async def _write_terminal_by(self, framing: Framing, outcome: StreamOutcome, write_by: float) -> None:
+        with anyio.move_on_after(max(0.0, write_by - self._clock.now())):
+            await self._write_terminal(framing, outcome)
+
+    async def _count_remainder(self, read_by: float) -> bool:
+        """Read what the upstream sent past the last relayed event, without relaying it, so the record counts what
+        the provider bills; bounded in bytes and time. True when nothing the upstream sent went uncounted."""
+        if self._reading_since is not None:
+            return True  # stopped while waiting for upstream bytes: everything sent was read (and the read is gone)
+        read = 0
+        with anyio.move_on_after(max(0.0, read_by - self._clock.now())), contextlib.suppress(httpx.HTTPError):
+            while read < REMAINDER_MAX_BYTES:
+                with anyio.move_on_after(REMAINDER_IDLE_S):
+                    raw = await anext(self._raw_chunks, None)
+                    if raw is None:
+                        return True
+                    read += len(raw)
+                    for event in self._parser.feed(raw):
+                        if event.data == "[DONE]":
+                            return True
+                        chunk = _parse_chunk(event.data)
+                        if chunk is not None:
+                            self.meter.observe(chunk, self._clock.now())
+                    continue
+                return False  # idle: still generating, and stopped now
+        return False
+
+    def _outcome(self, ending: Ending) -> StreamOutcome:
+        return outcome_of(
+            self.ctx,
+            ending,
+            self.meter,
+            ended_at=self._clock.now(),
+            answered=True,
+            pricer=self._pricer,
+            retries=self._opened.retries,
+            upstream_errors=self._opened.status_errors,
+        )
+
+    async def _close_body(self, outcome: StreamOutcome) -> None:
+        """The last message: the one JSON body (`stream: false`), or the end of the streamed body."""
+        if self._framing is None:
+            await self._send_json(outcome)
+        elif not self._client_gone:
+            with contextlib.suppress(_ClientGone):
+                await self._raw_send({"type": "http.response.body", "body": b"", "more_body": False})
+
     async def _close_upstream(self) -> None:
         """Close the upstream response (the connection too, unless it was read to its end); a failure to
         close must not keep finalization from running."""
@@ -151,7 +227,7 @@ class RelayStream(Response):
 
     # --- the pump -----------------------------------------------------------------------------------
     async def _pump(self) -> None:
-        parser = SSEParser()
+        parser = self._parser
         try:
             while True:
                 self._reading_since = self._clock.now()  # the idle timeout runs only while we wait for bytes

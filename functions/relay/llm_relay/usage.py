@@ -36,7 +36,7 @@ class UsageRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
-    usage_source: str = "upstream"  # "upstream", "estimated", or "none" (refused: nothing went upstream)
+    usage_source: str = "upstream"  # "upstream", "estimated", "lower_bound", or "none" (refused: nothing went upstream)
     cost_usd: Decimal | None = None
     ttft_ms: Decimal | None = None
     duration_ms: Decimal | None = None
@@ -82,7 +82,7 @@ def record_for(ctx: RequestContext, outcome: StreamOutcome) -> UsageRecord:
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         cached_tokens=usage.cached_tokens,
-        usage_source="estimated" if usage.estimated else "upstream",
+        usage_source=usage.source,
         cost_usd=outcome.cost_usd,
         ttft_ms=_ms(outcome.ttft_s),
         duration_ms=_ms(outcome.duration_s),
@@ -122,7 +122,7 @@ class UsageTotals:
         self.requests += 1
         self.prompt_tokens += record.prompt_tokens
         self.completion_tokens += record.completion_tokens
-        self.estimated_requests += record.usage_source == "estimated"
+        self.estimated_requests += record.usage_source in ("estimated", "lower_bound")
         if record.cost_usd is None:
             self.unpriced_requests += 1
         else:

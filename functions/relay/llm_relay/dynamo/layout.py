@@ -22,6 +22,10 @@ key's earliest lease, for a concurrency refusal's Retry-After).
                                                    lease_key (while unfinished), started_epoch, mode,
                                                    slot, rate_minute, reserve, settle_tokens (what
                                                    admission took), cp_* (the last checkpoint)
+                                                   client_request_id (X-Client-Request-Id, if sent)
+    CCANCEL#<key_id>#<client id>  CANCEL           a cancel for a client-chosen id (pending: the         now + 5 min (3)
+                                                   request may not exist yet): key_id,
+                                                   client_request_id, cancel_requested_at
     KEY#<key_id>      RATE#<epoch minute>          requests, tokens (sliding-window counters)        minute end + 5 min
     KEY#<key_id>      CONC                         active (a bare count: the leases live on the      none
                                                    request items, so its size never grows)
@@ -38,7 +42,7 @@ key's earliest lease, for a concurrency refusal's Retry-After).
 
 (1) RELAY_REQUEST_TTL_S after admission; one day after the start when settlement creates the item (admission
 failed open and wrote none). (2) RELAY_USAGE_RETENTION_DAYS after the request started; the spend items count
-from the same start.
+from the same start. (3) PENDING_CANCEL_TTL_S: a cancel sent before the request reached the relay waits that long.
 
 So a key is found by its hash in one GetItem; a key's limit state, spend and usage share its partition
 (admission and settlement are one transaction each over it); a key's usage comes back in time order from one
@@ -66,6 +70,8 @@ LEDGER_ATTRS = ("open_shard", "lease_key", "lease_until")  # removed at settleme
 RATE_TTL_S = 300  # a minute's counters outlive it by 5 minutes: the next window still reads them
 CONC_SK = "CONC"
 META_SK = "META"  # the sort key of a key's by-id item, the one `keys list` scans for
+_CLIENT_CANCEL = "CCANCEL#"
+PENDING_CANCEL_TTL_S = 300  # how long a cancel for a client id not seen yet is kept
 
 _ser = TypeSerializer()
 _de = TypeDeserializer()
@@ -133,16 +139,35 @@ def request_id_of(pk: str) -> str:
     return pk.removeprefix("REQ#")
 
 
-def request_item(request_id: str, key_id: str, model: str, ttl_s: int) -> dict[str, Any]:
+def request_item(
+    request_id: str, key_id: str, model: str, ttl_s: int, client_request_id: str | None = None
+) -> dict[str, Any]:
     """The in-flight request item, written by admission (alone, or inside the limits transaction). The ledger
     adds its lease and what admission took (`ledger.admitted_item`)."""
-    return {
+    item: dict[str, Any] = {
         **request_key(request_id),
         "key_id": key_id,
         "model": model,
         "started_at": now_iso(),
         "expires_at": int(time.time()) + ttl_s,
     }
+    if client_request_id is not None:
+        item["client_request_id"] = client_request_id
+    return item
+
+
+def client_cancel_key(key_id: str, client_request_id: str) -> dict[str, str]:
+    """The cancel mark of a client-chosen id, scoped to the key (two keys may choose the same id)."""
+    return {"pk": f"{_CLIENT_CANCEL}{key_id}#{client_request_id}", "sk": "CANCEL"}
+
+
+def is_client_cancel(pk: str) -> bool:
+    return pk.startswith(_CLIENT_CANCEL)
+
+
+def marked_item_key(pk: str) -> dict[str, str]:
+    """The key of an item that can carry a cancel mark (a request item, a client cancel item), from its pk."""
+    return {"pk": pk, "sk": "CANCEL" if is_client_cancel(pk) else "REQ"}
 
 
 def open_shard(request_id: str) -> str:

@@ -1,10 +1,12 @@
 """In-flight requests in DynamoDB: the request item (`REQ#<id>`, see layout.py) admission writes, the cancel
-mark a client sets on it from any instance, and the batched poll of the marks; the ledger's lease renewals
-with their checkpoints, and the two sparse indexes' reads (expired leases for the reconciler, a key's earliest
-lease for a refusal's Retry-After)."""
+mark a client sets on it from any instance, the cancel mark of a client-chosen id (`CCANCEL#…`, kept a few
+minutes: its request may not have arrived yet), and the batched poll of both kinds of mark; the ledger's lease
+renewals with their checkpoints, and the two sparse indexes' reads (expired leases for the reconciler, a key's
+earliest lease for a refusal's Retry-After)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -58,17 +60,60 @@ class RequestStore:
             raise
         return layout.deserialize(out["Attributes"])
 
-    def cancelled_among(self, request_ids: Iterable[str]) -> set[str]:
-        """Which of these requests carry a cancel mark: one BatchGetItem per 100 ids, however many streams."""
-        ids = list(request_ids)
+    def cancel_client_request(self, key_id: str, client_request_id: str) -> None:
+        """Mark a client-chosen id of `key_id` cancelled, whether or not its request exists yet (kept for
+        `PENDING_CANCEL_TTL_S`); the request checks for it at admission and while it runs."""
+        with store_call("UpdateItem"):
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=layout.serialize(layout.client_cancel_key(key_id, client_request_id)),
+                UpdateExpression=(
+                    "SET cancel_requested_at = if_not_exists(cancel_requested_at, :now), "
+                    "key_id = :key, client_request_id = :cid, expires_at = :ttl"
+                ),
+                ExpressionAttributeValues=layout.serialize(
+                    {
+                        ":now": now_iso(),
+                        ":key": key_id,
+                        ":cid": client_request_id,
+                        ":ttl": int(time.time()) + layout.PENDING_CANCEL_TTL_S,
+                    }
+                ),
+            )
+
+    def client_cancel_requested(self, key_id: str, client_request_id: str) -> bool:
+        """Whether a cancel for this client id is waiting (strongly consistent: it may have been written an
+        instant ago, by another instance)."""
+        with store_call("GetItem"):
+            out = self.client.get_item(
+                TableName=self.table_name,
+                Key=layout.serialize(layout.client_cancel_key(key_id, client_request_id)),
+                ConsistentRead=True,
+                ProjectionExpression="pk, expires_at",
+            )
+        item = out.get("Item")
+        return item is not None and not _expired(layout.deserialize(item))
+
+    def cancelled_among(
+        self, request_ids: Iterable[str], client_ids: Mapping[str, tuple[str, str]] | None = None
+    ) -> set[str]:
+        """Which of these requests carry a cancel mark, on their own item or (`client_ids`: request id →
+        (key id, client id)) on their client id's: one BatchGetItem per 100 items, however many streams."""
+        by_pk = {layout.request_key(rid)["pk"]: rid for rid in request_ids}
+        for rid, (key_id, client_id) in (client_ids or {}).items():
+            by_pk[layout.client_cancel_key(key_id, client_id)["pk"]] = rid
+        return {by_pk[pk] for pk in self._marked(list(by_pk))}
+
+    def _marked(self, pks: list[str]) -> set[str]:
+        """The partition keys among `pks` (request items and client cancel items) that carry a live cancel mark."""
         cancelled: set[str] = set()
-        for start in range(0, len(ids), _BATCH):
-            keys = [layout.serialize(layout.request_key(rid)) for rid in ids[start : start + _BATCH]]
+        for start in range(0, len(pks), _BATCH):
+            keys = [layout.serialize(layout.marked_item_key(pk)) for pk in pks[start : start + _BATCH]]
             request: dict[str, Any] = {
                 self.table_name: {
                     "Keys": keys,
                     "ConsistentRead": True,
-                    "ProjectionExpression": "pk, cancel_requested_at",
+                    "ProjectionExpression": "pk, cancel_requested_at, expires_at",
                 }
             }
             while request:
@@ -76,8 +121,8 @@ class RequestStore:
                     out = self.client.batch_get_item(RequestItems=request)
                 for raw in out.get("Responses", {}).get(self.table_name, []):
                     item = layout.deserialize(raw)
-                    if "cancel_requested_at" in item:
-                        cancelled.add(layout.request_id_of(str(item["pk"])))
+                    if _live_mark(item):
+                        cancelled.add(str(item["pk"]))
                 request = dict(out.get("UnprocessedKeys") or {})
         return cancelled
 
@@ -160,3 +205,13 @@ class RequestStore:
             )
         found = [layout.deserialize(raw) for raw in out.get("Items", [])]
         return [(layout.request_id_of(str(item["pk"])), int(item["lease_until"])) for item in found]
+
+
+def _live_mark(item: dict[str, Any]) -> bool:
+    return "cancel_requested_at" in item and not (layout.is_client_cancel(str(item["pk"])) and _expired(item))
+
+
+def _expired(item: dict[str, Any]) -> bool:
+    """TTL deletion lags by up to days: an expired pending cancel is ignored, not trusted to be gone."""
+    expires = item.get("expires_at")
+    return expires is not None and int(expires) < time.time()
