@@ -63,7 +63,10 @@ def create_table(client: DynamoDBClient, table_name: str, template: dict[str, An
     }
     if props.get("GlobalSecondaryIndexes"):
         kwargs["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
-    client.create_table(**kwargs)
+    try:
+        client.create_table(**kwargs)
+    except client.exceptions.ResourceInUseException:
+        pass  # created by a first attempt whose answer came too late for the client's read timeout
     ttl = props.get("TimeToLiveSpecification")
     if ttl:
         client.update_time_to_live(TableName=table_name, TimeToLiveSpecification=ttl)
