@@ -19,12 +19,14 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from . import snapstart
 from .admission import Admission
 from .auth import Authenticator
 from .cancellation import CancelRegistry
 from .dynamo import Stores
 from .errors import ConfigurationError, InvalidRequest, NotFound, RelayError
 from .finalize import Finalizers
+from .lambda_context import HEADER as LAMBDA_CONTEXT_HEADER
 from .lambda_context import LambdaInvocation
 from .limiter import Limiter
 from .metrics import REJECTION_REASONS, MetricsEmitter
@@ -142,7 +144,10 @@ def create_app(
             finally:
                 tg.cancel_scope.cancel()
 
-    app = FastAPI(title="llm-relay", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # No OpenAPI schema, no docs: nothing reads them, and generating the schema costs start-up time.
+    app = FastAPI(
+        title="llm-relay", version="0.1.0", lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None
+    )
     app.state.pipeline = pipeline
     _install_error_handlers(app, telemetry)
     _install_routes(app, pipeline)
@@ -151,9 +156,13 @@ def create_app(
 
 
 def _install_routes(app: FastAPI, pipeline: Pipeline) -> None:
+    """Routes answer with a Response and read the request themselves: FastAPI then builds no response model or
+    parameter validators at start-up (a `dict` return annotation alone costs a pydantic model and an import of
+    `pydantic.v1`, tens of milliseconds of a cold start)."""
+
     @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -163,9 +172,25 @@ def _install_routes(app: FastAPI, pipeline: Pipeline) -> None:
     async def chat_stream_ndjson(request: Request) -> Response:
         return await pipeline.chat(request, ndjson=True)
 
+    if pipeline.settings.snapstart_after_restore_path:
+        _install_after_restore_hook(app, pipeline, pipeline.settings.snapstart_after_restore_path)
+
     @app.post("/v1/requests/{request_id}/cancel", status_code=202)
-    async def cancel(request_id: str, request: Request) -> JSONResponse:
+    async def cancel(request: Request) -> JSONResponse:
+        request_id = str(request.path_params["request_id"])
         return JSONResponse(await pipeline.cancel(request, request_id), status_code=202)
+
+
+def _install_after_restore_hook(app: FastAPI, pipeline: Pipeline, path: str) -> None:
+    """The web adapter's SnapStart after-restore call (`snapstart`). The adapter makes it itself, with no
+    invocation: a request forwarded from the function URL carries the Lambda context header and is refused."""
+
+    @app.post(path)
+    async def after_restore_hook(request: Request) -> Response:
+        if LAMBDA_CONTEXT_HEADER in request.headers:
+            raise NotFound("Unknown route.")
+        await snapstart.after_restore(pipeline.upstream)
+        return Response(status_code=204)
 
 
 def _install_error_handlers(app: FastAPI, telemetry: Telemetry) -> None:
