@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import anyio
 import anyio.to_thread
-from fastapi import Request
+from starlette.requests import Request
 from starlette.responses import Response
 
 from .admission import Admission

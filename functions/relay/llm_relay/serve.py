@@ -12,8 +12,8 @@ import sys
 from typing import NoReturn
 
 import uvicorn
-from fastapi import FastAPI
 from pydantic import ValidationError
+from starlette.applications import Starlette
 
 from .app import create_app
 from .errors import ConfigurationError
@@ -24,7 +24,7 @@ KEEP_ALIVE_S = 60  # as run.sh passed to uvicorn before: idle connections from t
 EXIT_CONFIGURATION = 2
 
 
-def build_app() -> tuple[FastAPI, Settings]:
+def build_app() -> tuple[Starlette, Settings]:
     """The app and its settings, or SystemExit with one line on stderr for a configuration the relay refuses."""
     try:
         settings = Settings()

@@ -41,7 +41,7 @@ class _ClientGone(Exception):
 
 class RelayStream(Response):
     """ASGI response for an admitted request whose upstream stream is already open (status 2xx). A Starlette
-    `Response` only so that FastAPI passes it through; it writes its own messages."""
+    `Response` only so that Starlette passes it through; it writes its own messages."""
 
     def __init__(
         self,
