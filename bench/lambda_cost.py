@@ -58,10 +58,13 @@ class SizeResult:
     ttft_overhead_ms: float  # single stream, relay minus direct, p50
     duration_ratio: float  # single stream, relay / direct, p50
     peak_rss_mb: float  # the relay process over one long stream (VmHWM)
+    ready_ratio: float  # median over trials of relay / bare, each pair measured back to back
 
-    @property
-    def ready_ratio(self) -> float:
-        return self.relay_ready_s / self.bare_ready_s
+
+def paired_ratio(relay: list[float], bare: list[float]) -> float:
+    """Median of the per-trial ratios: each pair ran back to back, so a load spike on a shared machine moves
+    both of a pair more than it moves one median against the other."""
+    return median([r / b for r, b in zip(relay, bare, strict=True)])
 
 
 def format_table(results: list[SizeResult]) -> str:

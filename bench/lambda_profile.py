@@ -206,7 +206,14 @@ def measure_size(launcher: Launcher, memory_mb: int, mock_url: str, trials: int)
             stop(process)
     med = lambda_cost.median
     return lambda_cost.SizeResult(
-        memory_mb, med(bare_ready), med(relay_ready), med(first_ttft), med(overhead), med(ratios), rss
+        memory_mb,
+        med(bare_ready),
+        med(relay_ready),
+        med(first_ttft),
+        med(overhead),
+        med(ratios),
+        rss,
+        lambda_cost.paired_ratio(relay_ready, bare_ready),
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from bench import lambda_cost
-from bench.lambda_cost import SizeResult, cfs_quota_us, cpu_share, format_table, stream_cost_usd
+from bench.lambda_cost import SizeResult, cfs_quota_us, cpu_share, format_table, paired_ratio, stream_cost_usd
 
 
 def test_one_vcpu_at_1769_mb_and_proportionally_less_below() -> None:
@@ -38,11 +38,19 @@ def test_the_table_has_one_row_per_size_with_the_ready_ratio_and_states_the_pric
             ttft_overhead_ms=3.25,
             duration_ratio=1.0412,
             peak_rss_mb=70.4,
+            ready_ratio=2.5,
         ),
-        SizeResult(1769, 0.2, 0.5, 20.0, -0.5, 1.01, 71.0),
+        SizeResult(1769, 0.2, 0.5, 20.0, -0.5, 1.01, 71.0, 2.5),
     ]
     table = format_table(results).splitlines()
     assert table[2].startswith("| 512 MB (29%) | 0.40 s | 1.00 s | 2.5x | 50 ms | +3.2 ms | 1.041x |")
     assert "70 + 20 = 90 MB" in table[2] and table[2].endswith("| $0.4002 |")
     assert table[3].startswith("| 1769 MB (100%) | 0.20 s | 0.50 s | 2.5x |")
     assert lambda_cost.PRICE_DATE in table[-1] and "per GB-second" in table[-1]
+
+
+def test_the_ready_ratio_is_the_median_of_back_to_back_pairs() -> None:
+    # GIVEN three pairs, the second hit by a load spike on both sides
+    relay, bare = [0.6, 3.0, 0.66], [0.2, 1.5, 0.2]
+    # THEN the ratio is the median of 3.0, 2.0 and 3.3
+    assert round(paired_ratio(relay, bare), 9) == 3.0
