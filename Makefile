@@ -13,7 +13,7 @@ SAM := SAM_CLI_TELEMETRY=0 $(SAM_VENV)/bin/sam
 EVENT ?= events/chat-streamed.json
 INVOKE_DEV_KEY ?= lr-dev-local-key
 
-.PHONY: dev dynamodb test lint typecheck unit bench clean sam build invoke prices
+.PHONY: dev dynamodb test lint typecheck unit bench clean sam build invoke prices bench-lambda
 
 # constraints.txt pins every package (`pip freeze` of a working .venv), so CI installs what was tested.
 $(BIN)/.installed: pyproject.toml constraints.txt
@@ -46,6 +46,10 @@ test: lint typecheck sam ## lint, types, then every test (tests/packaging runs s
 
 bench: $(BIN)/.installed ## relay vs direct, 1 and 50 concurrent streams (not part of `make test`)
 	$(BIN)/python -m bench.run
+
+bench-lambda: $(BIN)/.installed sam ## sam build, then the artifact at 256/512/1024/1769 MB CPU shares (root: cgroup quota; not part of `make test`)
+	$(SAM) build --build-dir .aws-sam/bench-lambda --cache-dir .aws-sam/bench-lambda-cache
+	$(BIN)/python -m bench.lambda_profile --build .aws-sam/bench-lambda
 
 clean:
 	rm -rf $(VENV) $(SAM_VENV) .mypy_cache .pytest_cache .ruff_cache build .aws-sam

@@ -2,11 +2,13 @@
 
     make bench            (or: .venv/bin/python -m bench.run --rounds 3)
 
-Starts a moto DynamoDB server, the mock upstream and two relays (flush nudge off / on) as separate
-processes on loopback, then per round: 10 single streams one after another and 50 concurrent streams of
-200 chunks, against the direct upstream and each relay; relay RSS before/after each round; then the
-cancel latency (client closes, upstream sees the close; checked against its budget, BUDGETS_MS) and a
-DynamoDB round trip for scale.
+Starts the local DynamoDB (`make dynamodb`), the mock upstream, two relays (flush nudge off / on), the relay
+without DynamoDB writes and a bare FastAPI + httpx pass-through (bench/passthrough.py) as separate processes on
+loopback, then per round: 10 single streams one after another and 50 concurrent streams of 200 chunks 5 ms
+apart, against the direct upstream and each of them; relay RSS before/after each round; the 50-stream targets
+(TTFT p50 within direct + 40 ms, duration p50 within 1.10x direct, medians over the rounds); then the cancel
+latency (client closes, upstream sees the close; checked against its budget, BUDGETS_MS), a DynamoDB round trip
+for scale, and an RSS soak (2,000 streams, 50 at a time: growth after warm-up at most 5 MB).
 Writes bench/results/latest.json and prints a table.
 """
 
@@ -32,11 +34,15 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "lr-bench-key"
 CHUNKS = 200
-CHUNK_DELAY_MS = 10.0
+CHUNK_DELAY_MS = 5.0
 TTFT_MS = 20.0
 # Latency budgets: measured here, on an idle machine, not asserted by `make test` (a loaded CI machine would
 # fail them by luck). The tests keep the correctness half (tests/integration/test_cancel.py).
 BUDGETS_MS = {"cancel_latency": 50.0}  # client closes -> upstream sees its request closed, every trial
+CONCURRENT_TTFT_OVER_DIRECT_MS = 40.0  # 50 streams: relay TTFT p50 at most direct's + this
+CONCURRENT_DURATION_RATIO = 1.10  # 50 streams: relay duration p50 at most direct's times this
+SOAK_WARM_UP = 200  # streams before the soak's RSS baseline
+SOAK_GROWTH_MB = 5.0
 
 
 def free_port() -> int:
@@ -195,10 +201,45 @@ def dynamodb_round_trip_ms(endpoint: str, samples: int = 50) -> float:
     return round(pct(timings, 50), 2)
 
 
+def concurrent_targets(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The 50-stream targets, on the medians over the rounds of each round's relay vs direct (paired)."""
+    over = [r["relay"]["concurrent"]["ttft_p50_ms"] - r["direct"]["concurrent"]["ttft_p50_ms"] for r in rounds]
+    ratio = [r["relay"]["concurrent"]["duration_p50_ms"] / r["direct"]["concurrent"]["duration_p50_ms"] for r in rounds]
+    ttft_over, duration_ratio = statistics.median(over), statistics.median(ratio)
+    return {
+        "ttft_p50_over_direct_ms": round(ttft_over, 1),
+        "duration_p50_ratio": round(duration_ratio, 3),
+        "met": ttft_over <= CONCURRENT_TTFT_OVER_DIRECT_MS and duration_ratio <= CONCURRENT_DURATION_RATIO,
+    }
+
+
+def rss_soak(url: str, proc: psutil.Process, headers: dict[str, str], streams: int, concurrency: int) -> dict[str, Any]:
+    """`streams` streams through one relay, `concurrency` at a time: its RSS after warm-up and at the end."""
+    target = f"{url}/v1/chat/completions"
+    done, errors, baseline = 0, 0, None
+    while done < streams:
+        batch = min(concurrency, streams - done)
+        errors += asyncio.run(run_batch(target, headers, batch, 1)).errors
+        done += batch
+        if baseline is None and done >= SOAK_WARM_UP:
+            baseline = proc.memory_info().rss / 2**20
+    end = proc.memory_info().rss / 2**20
+    growth = end - (baseline or end)
+    return {
+        "streams": streams,
+        "errors": errors,
+        "rss_after_warm_up_mb": round(baseline or end, 1),
+        "rss_end_mb": round(end, 1),
+        "growth_mb": round(growth, 1),
+        "met": growth <= SOAK_GROWTH_MB,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--soak", type=int, default=2000, help="streams in the RSS soak (0: none)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     args = parser.parse_args()
 
@@ -219,6 +260,7 @@ def main() -> None:
             ("relay", "false", "llm_relay_dev.devserver"),
             ("relay+nudge", "true", "llm_relay_dev.devserver"),
             ("relay, no DynamoDB", "false", "bench.relay_without_state"),
+            ("pass-through", "false", "bench.passthrough"),
         )
         for name, nudge, module in variants:
             port = free_port()
@@ -230,6 +272,7 @@ def main() -> None:
                     "RELAY_DEV_KEY": KEY,
                     "RELAY_UPSTREAM_URL": f"{mock_url}/v1",
                     "RELAY_FLUSH_NUDGE": nudge,
+                    "UPSTREAM_URL": f"{mock_url}/v1",
                 },
             )
             procs.append(proc)
@@ -289,6 +332,9 @@ def main() -> None:
             }
         }
         report["dynamodb_round_trip_p50_ms"] = dynamodb_round_trip_ms(moto_url)
+        report["targets"] = concurrent_targets(report["rounds"])
+        if args.soak:
+            report["soak"] = rss_soak(relays["relay"][0], relays["relay"][1], headers, args.soak, args.concurrency)
     finally:
         for proc in procs:
             proc.terminate()
@@ -306,15 +352,25 @@ def print_table(report: dict[str, Any]) -> None:
         "| 50 streams duration p50 (ms) | errors |"
     )
     print("|---|---|---|---|---|")
-    for name in ("direct", "relay", "relay+nudge", "relay, no DynamoDB"):
+    for name in ("direct", "relay", "relay+nudge", "relay, no DynamoDB", "pass-through"):
         s, c = last[name]["single"], last[name]["concurrent"]
         print(
             f"| {name} | {s['ttft_p50_ms']} / {s['ttft_p99_ms']} | {c['ttft_p50_ms']} / {c['ttft_p99_ms']} "
             f"| {c['duration_p50_ms']} | {s['errors'] + c['errors']} |"
         )
-    per_chunk = last["relay"]["cpu_s"]["relay"] / (report["workload"]["concurrency"] * CHUNKS) * 1e6
+    chunks = report["workload"]["concurrency"] * CHUNKS
     print("\nCPU seconds in the last 50-stream batch:", {n: last[n]["cpu_s"] for n in ("direct", "relay")})
-    print(f"relay CPU per relayed chunk: {per_chunk:.0f} us (request set-up and finalization included)")
+    for name in ("relay", "relay+nudge", "relay, no DynamoDB", "pass-through"):
+        per_chunk = statistics.median(r[name]["cpu_s"][name] for r in report["rounds"]) / chunks * 1e6
+        print(f"{name} CPU per relayed chunk: {per_chunk:.0f} us (median over rounds; set-up and finalization in)")
+    targets = report["targets"]
+    print(
+        f"50 streams, median over rounds: TTFT p50 direct + {targets['ttft_p50_over_direct_ms']} ms "
+        f"(target {CONCURRENT_TTFT_OVER_DIRECT_MS:g}), duration {targets['duration_p50_ratio']}x direct "
+        f"(target {CONCURRENT_DURATION_RATIO}): {'met' if targets['met'] else 'MISSED'}"
+    )
+    if "soak" in report:
+        print("RSS soak:", report["soak"])
     print(
         "time to body close p50 (ms, after finalization):",
         {n: last[n]["concurrent"]["close_p50_ms"] for n in ("direct", "relay", "relay+nudge")},

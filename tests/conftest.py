@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
+from starlette.applications import Starlette
 
 from llm_relay.app import create_app
 from llm_relay.dynamo import Stores, make_client
@@ -64,7 +64,7 @@ class Relay:
     url: str
     key: str
     api_key: ApiKey
-    app: FastAPI
+    app: Starlette
     stores: Stores
     settings: Settings
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,10 +64,9 @@ def create_table(client: DynamoDBClient, table_name: str, template: dict[str, An
     }
     if props.get("GlobalSecondaryIndexes"):
         kwargs["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
-    try:
+    # ResourceInUse: created by a first attempt whose answer came too late for the client's read timeout
+    with contextlib.suppress(client.exceptions.ResourceInUseException):
         client.create_table(**kwargs)
-    except client.exceptions.ResourceInUseException:
-        pass  # created by a first attempt whose answer came too late for the client's read timeout
     ttl = props.get("TimeToLiveSpecification")
     if ttl:
         client.update_time_to_live(TableName=table_name, TimeToLiveSpecification=ttl)

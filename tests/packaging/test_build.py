@@ -55,12 +55,13 @@ def _size(folder: Path) -> int:
 def test_function_zip_holds_only_the_entry_point_and_the_package(sam_build: Built) -> None:
     # GIVEN the built function
     function = sam_build.function
-    # THEN it is run.sh (executable) and the llm_relay package with its data, no caches, no dependencies
+    # THEN it is run.sh (executable) and the llm_relay package with its data and its bytecode (test_bytecode),
+    # no dependencies, no bytecode of another Python
     assert sorted(p.name for p in function.iterdir()) == ["llm_relay", "run.sh"]
     assert os.access(function / "run.sh", os.X_OK)
     assert (function / "llm_relay" / "lambda_handler.py").is_file()
     assert (function / "llm_relay" / "py.typed").is_file()
-    assert not list(function.rglob("__pycache__"))
+    assert {p.name.split(".")[1] for p in function.rglob("*.pyc")} == {"cpython-312"}
     assert _size(function) < 2 * 1024 * 1024
 
 

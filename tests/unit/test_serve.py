@@ -3,6 +3,7 @@ built without an upstream URL, and a refused configuration is one line on stderr
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import httpx
@@ -90,3 +91,28 @@ class _FakeSocket:
 
     def fileno(self) -> int:
         return self.FD
+
+
+def test_start_up_runs_without_the_garbage_collector_then_freezes_what_it_built(
+    no_relay_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN an entry point whose app build and server are observed
+    seen: dict[str, Any] = {}
+
+    def build_app() -> tuple[object, Settings]:
+        seen["collector_on_while_building"] = gc.isenabled()
+        return object(), Settings(upstream_url="http://upstream.invalid/v1")
+
+    monkeypatch.setattr(serve, "build_app", build_app)
+    monkeypatch.setattr(serve, "listening_socket", lambda host, port: _FakeSocket())
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: seen.update(collector_on_while_serving=gc.isenabled()))
+    frozen_before = gc.get_freeze_count()
+    try:
+        # WHEN it runs
+        serve.main()
+        # THEN the app was built with the collector off, what start-up built is frozen, and it serves with it on
+        assert seen == {"collector_on_while_building": False, "collector_on_while_serving": True}
+        assert gc.get_freeze_count() > frozen_before
+    finally:
+        gc.unfreeze()
+        gc.enable()

@@ -232,6 +232,21 @@ def test_a_finished_stream_is_relayed_with_its_ids_rewritten_and_done() -> None:
     assert run.body.closed.is_set()
 
 
+def test_the_flush_nudge_travels_in_each_chunk_s_own_message() -> None:
+    async def drive(run: Run) -> None:
+        run.body.feed(chunk("Hel"), chunk("lo"), chunk(finish="stop"), "[DONE]")
+        run.body.end()
+
+    # GIVEN the flush nudge on WHEN a stream is relayed
+    run = relay(drive, framing=SSE, settings=SETTINGS.model_copy(update={"flush_nudge": True}))
+    # THEN each chunk is one body message: its frame, then the nudge's blank line; the terminal frame has none
+    bodies = [m["body"] for m in run.client.messages if m["type"] == "http.response.body" and m["body"]]
+    assert len(bodies) == 4
+    assert all(b.startswith(b"data: {") and b.endswith(b"\n\n\n") for b in bodies[:3])
+    assert bodies[3] == b"data: [DONE]\n\n"
+    assert run.outcome.reason is TerminationReason.STOP
+
+
 def test_ndjson_ends_with_the_summary_line() -> None:
     async def drive(run: Run) -> None:
         run.body.feed(chunk("a"), chunk(finish="length"), chunk(usage={"prompt_tokens": 3, "completion_tokens": 1}))

@@ -12,20 +12,21 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import anyio
 import httpx
 from aws_lambda_powertools import Logger
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi import FastAPI
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import client_request_id
+from . import client_request_id, snapstart
 from .admission import Admission
 from .auth import Authenticator
 from .cancellation import CancelRegistry
 from .dynamo import Stores
 from .errors import ConfigurationError, InvalidRequest, NotFound, RelayError
 from .finalize import Finalizers
+from .lambda_context import HEADER as LAMBDA_CONTEXT_HEADER
 from .lambda_context import LambdaInvocation
 from .limiter import Limiter
 from .metrics import REJECTION_REASONS, MetricsEmitter
@@ -123,6 +124,8 @@ def create_app(
     pricer: Pricer | None = None,
     upstream_transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
+    """The relay's app. No OpenAPI schema, no docs: nothing reads them, and building the schema costs start-up
+    time. Routes take the raw `Request` (the pipeline parses and validates the body itself)."""
     settings = settings or Settings()
     require_upstream(settings, upstream_transport)
     stores = stores or Stores.from_settings(settings)
@@ -166,7 +169,7 @@ def create_app(
             finally:
                 tg.cancel_scope.cancel()
 
-    app = FastAPI(title="llm-relay", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
     app.state.pipeline = pipeline
     _install_error_handlers(app, telemetry)
     _install_routes(app, pipeline)
@@ -175,40 +178,56 @@ def create_app(
 
 
 def _install_routes(app: FastAPI, pipeline: Pipeline) -> None:
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
 
-    @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         return await pipeline.chat(request, ndjson=False)
 
-    @app.post("/api/v1/chat/stream")
     async def chat_stream_ndjson(request: Request) -> Response:
         return await pipeline.chat(request, ndjson=True)
 
-    @app.post("/v1/requests/{request_id}/cancel", status_code=202)
-    async def cancel(request_id: str, request: Request) -> JSONResponse:
+    async def cancel(request: Request) -> JSONResponse:
+        request_id = str(request.path_params["request_id"])
         return JSONResponse(await pipeline.cancel(request, request_id), status_code=202)
+
+    app.add_route("/healthz", healthz, methods=["GET"])
+    app.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
+    app.add_route("/api/v1/chat/stream", chat_stream_ndjson, methods=["POST"])
+    app.add_route("/v1/requests/{request_id}/cancel", cancel, methods=["POST"])
+    if pipeline.settings.snapstart_after_restore_path:
+        _install_after_restore_hook(app, pipeline, pipeline.settings.snapstart_after_restore_path)
+
+
+def _install_after_restore_hook(app: FastAPI, pipeline: Pipeline, path: str) -> None:
+    """The web adapter's SnapStart after-restore call (`snapstart`). The adapter makes it itself, with no
+    invocation: a request forwarded from the function URL carries the Lambda context header and is refused."""
+
+    async def after_restore_hook(request: Request) -> Response:
+        if LAMBDA_CONTEXT_HEADER in request.headers:
+            raise NotFound("Unknown route.")
+        await snapstart.after_restore(pipeline.upstream)
+        return Response(status_code=204)
+
+    app.add_route(path, after_restore_hook, methods=["POST"])
 
 
 def _install_error_handlers(app: FastAPI, telemetry: Telemetry) -> None:
-    @app.exception_handler(RelayError)
-    async def relay_error(request: Request, exc: RelayError) -> JSONResponse:
+    async def relay_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RelayError)
         if exc.rejection in REJECTION_REASONS:
             request_id = getattr(request.state, "request_id", None)
             invocation = getattr(request.state, "lambda_invocation", None) or LambdaInvocation()
             telemetry.rejected(exc.rejection, exc.status_code, exc.code, request_id, invocation.request_id)
         return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers or None)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
         error = NotFound("Unknown route.") if exc.status_code == 404 else InvalidRequest(str(exc.detail))
         error.status_code = exc.status_code
         if exc.status_code == 405:
             error.code = "method_not_allowed"
         return JSONResponse(error.body(), status_code=exc.status_code)
 
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(InvalidRequest("Invalid request.").body(), status_code=400)
+    app.add_exception_handler(RelayError, relay_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)

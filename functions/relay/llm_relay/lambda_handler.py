@@ -1,4 +1,4 @@
-"""Buffered entry point: the same FastAPI app behind Mangum, for invocations that are not streamed (API Gateway,
+"""Buffered entry point: the same app behind Mangum, for invocations that are not streamed (API Gateway,
 `sam local invoke`, `make invoke`). Handler: `llm_relay.lambda_handler.handler`.
 
 Mangum cannot stream: it collects the whole response body and returns one Lambda response object. Streaming is

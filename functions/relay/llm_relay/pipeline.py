@@ -17,7 +17,7 @@ from dataclasses import replace
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
-from fastapi import Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive
 

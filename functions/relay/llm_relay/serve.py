@@ -4,21 +4,24 @@ with uvicorn on 127.0.0.1:$PORT, the options `python -m uvicorn` was given befor
 A configuration the relay refuses (no `RELAY_UPSTREAM_URL`, invalid settings) ends the process before it listens:
 exit status 2 and one line on stderr, no traceback, so the function's log says what to fix and the adapter's
 readiness check never passes.
+
+Start-up runs with the garbage collector off: imports and the app's construction allocate hundreds of thousands
+of objects that live as long as the process, and collecting them on the way costs tens of milliseconds of every
+cold start (bench/lambda_profile.py). Once built they are frozen (`gc.freeze`), so later collections, during
+streams, do not walk them again. Hence the imports inside the functions: they run after `gc.disable()`.
 """
 
 from __future__ import annotations
 
+import gc
 import socket
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-import uvicorn
-from fastapi import FastAPI
-from pydantic import ValidationError
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
 
-from .app import create_app
-from .errors import ConfigurationError
-from .settings import Settings
+    from .settings import Settings
 
 HOST = "127.0.0.1"  # the adapter forwards over loopback; nothing else may reach the server
 KEEP_ALIVE_S = 60  # as run.sh passed to uvicorn before: idle connections from the adapter stay open a minute
@@ -29,8 +32,14 @@ EXIT_CONFIGURATION = 2
 SEND_BUFFER_BYTES = 64 * 1024
 
 
-def build_app() -> tuple[FastAPI, Settings]:
+def build_app() -> tuple[Starlette, Settings]:
     """The app and its settings, or SystemExit with one line on stderr for a configuration the relay refuses."""
+    from pydantic import ValidationError
+
+    from .app import create_app
+    from .errors import ConfigurationError
+    from .settings import Settings
+
     try:
         settings = Settings()
         return create_app(settings), settings
@@ -58,8 +67,13 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 def main() -> None:
     """`python -m llm_relay.serve`: what run.sh execs."""
+    gc.disable()
+    import uvicorn
+
     app, settings = build_app()
     sock = listening_socket(HOST, settings.port)
+    gc.freeze()
+    gc.enable()
     uvicorn.run(
         app,
         fd=sock.fileno(),

@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     function_timeout_s: float = Field(default=900.0, gt=0)
     deadline_margin_s: float = Field(default=5.0, ge=0)
     request_ttl_s: int = Field(default=86400, gt=0)
+    # SnapStart (template parameter): the web adapter's variable; set, the relay serves its after-restore hook.
+    snapstart_after_restore_path: str | None = Field(default=None, alias="AWS_LWA_SNAPSTART_AFTER_RESTORE_PATH")
 
     # Per-key limits: defaults for keys whose record does not set them (unset or empty: unlimited).
     default_rpm: int | None = Field(default=None, ge=0)

@@ -399,13 +399,15 @@ class RelayStream(Response):
 
     async def _write(self, data: bytes, *, nudge: bool = False) -> None:
         """Write one whole frame per ASGI message. The pump and the heartbeat both write, with no lock: each
-        frame is a single message, so a heartbeat can only ever fall between two frames, never inside one."""
+        frame is a single message, so a heartbeat can only ever fall between two frames, never inside one.
+        The flush nudge travels in the frame's own message: the same bytes, one send (and one socket write)
+        per chunk instead of two."""
         if self._client_gone:
             raise _ClientGone
         self._last_write = self._clock.now()
-        await self._raw_send({"type": "http.response.body", "body": data, "more_body": True})
         if nudge and self._framing is not None:
-            await self._raw_send({"type": "http.response.body", "body": self._framing.nudge, "more_body": True})
+            data += self._framing.nudge
+        await self._raw_send({"type": "http.response.body", "body": data, "more_body": True})
 
     async def _raw_send(self, message: Message) -> None:
         assert self._send is not None

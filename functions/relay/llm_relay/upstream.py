@@ -77,15 +77,28 @@ class Upstream:
         self._settings = settings
         self._key_provider = key_provider
         self._rng = rng or random.Random()
+        self._base_url = base_url
+        self._transport = transport
+        self.client = self._new_client()
+
+    def _new_client(self) -> httpx.AsyncClient:
         # The read timeout bounds the wait for the response headers (some providers send them with the first
         # token), so it is the longer of the two; the pump enforces the idle timeout between body reads itself.
+        settings = self._settings
         read = max(settings.upstream_idle_timeout_s, settings.upstream_first_token_timeout_s)
         timeout = httpx.Timeout(connect=settings.upstream_connect_timeout_s, read=read, write=10.0, pool=10.0)
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60.0)
-        self.client = httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits, transport=transport)
+        return httpx.AsyncClient(base_url=self._base_url, timeout=timeout, limits=limits, transport=self._transport)
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+    async def renew(self) -> None:
+        """After a SnapStart restore (`snapstart`): a fresh connection pool and fresh retry jitter. Runs before
+        any invocation, so no stream is using the old client."""
+        old, self.client = self.client, self._new_client()
+        self._rng.seed()
+        await old.aclose()
 
     async def open_chat_stream(self, body: dict[str, Any], request_id: str) -> OpenedStream:
         """POST the chat completion and return the streaming response once its status is 2xx."""

@@ -1,0 +1,285 @@
+"""`make bench-lambda`: the built artifact run the way Lambda runs it, at 256, 512, 1024 and 1769 MB.
+
+    make bench-lambda     (or: .venv/bin/python -m bench.lambda_profile --build .aws-sam/bench-lambda)
+
+Lambda conditions, imitated: CPython 3.12 (the runtime) without site-packages, the function and the layer as
+`sam build` made them, bytecode writing off (`/var/task` and `/opt` are read-only there), an AWS SDK compiled for
+3.12 standing in for the runtime's, and the memory size's CPU share imposed by a cgroup CPU quota (one vCPU at
+1,769 MB). Needs root for the quota; without it, says so and prints no figures.
+
+Per size, paired trials (bare app, then relay, alternating): process start to /healthz 200, and the relay's first
+request's TTFT right after its cold start; then, on a warm relay under the same quota, single streams against
+direct, and the peak RSS of one long stream. The mock upstream and the local DynamoDB run in their own processes
+outside the quota. Writes bench/results/lambda.json and prints the table (bench/lambda_cost.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+
+import httpx
+
+from bench import lambda_cost
+from bench.run import free_port, start, wait_http
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "lr-bench-lambda-key"
+RUNTIME_SDK = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "six.py", "urllib3")
+CGROUP_V1 = Path("/sys/fs/cgroup/cpu")
+CGROUP_V2 = Path("/sys/fs/cgroup")
+READY_TIMEOUT_S = 60.0
+
+
+def compile_312(python312: str, folder: Path) -> None:
+    subprocess.run(
+        [python312, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash", str(folder)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def prepare(python312: str, work: Path) -> tuple[Path, Path]:
+    """The runtime SDK stand-in and the bare app, both compiled by 3.12 like the artifact."""
+    sdk, bare = work / "runtime-sdk", work / "bare-app"
+    for folder in (sdk, bare):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    site = Path(httpx.__file__).resolve().parent.parent
+    for name in RUNTIME_SDK:
+        source = site / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, sdk / name)
+    shutil.copy(ROOT / "bench" / "bare_app.py", bare / "bare_app.py")
+    for folder in (sdk, bare):
+        for cache in folder.rglob("__pycache__"):
+            shutil.rmtree(cache, ignore_errors=True)
+        compile_312(python312, folder)
+    return sdk, bare
+
+
+@contextmanager
+def cpu_quota(memory_mb: int) -> Iterator[Callable[[], None]]:
+    """A cgroup holding the memory size's CPU share; yields the pre-exec hook that moves a child into it."""
+    name = f"llm-relay-bench-{memory_mb}-{os.getpid()}"
+    if (CGROUP_V2 / "cgroup.controllers").exists():
+        group = CGROUP_V2 / name
+        group.mkdir()
+        (group / "cpu.max").write_text(f"{lambda_cost.cfs_quota_us(memory_mb)} {lambda_cost.CFS_PERIOD_US}")
+    else:
+        group = CGROUP_V1 / name
+        group.mkdir()
+        (group / "cpu.cfs_period_us").write_text(str(lambda_cost.CFS_PERIOD_US))
+        (group / "cpu.cfs_quota_us").write_text(str(lambda_cost.cfs_quota_us(memory_mb)))
+    procs = str(group / "cgroup.procs")
+
+    def enter() -> None:
+        with open(procs, "w") as handle:
+            handle.write(str(os.getpid()))
+
+    try:
+        yield enter
+    finally:
+        group.rmdir()
+
+
+def quota_unavailable() -> str | None:
+    """Why the CPU share cannot be imposed here, or None."""
+    if os.geteuid() != 0:
+        return "not root: a cgroup CPU quota is needed to imitate a memory size's CPU share"
+    if not (CGROUP_V2 / "cgroup.controllers").exists() and not (CGROUP_V1 / "cpu.cfs_quota_us").exists():
+        return "no cgroup cpu controller mounted (v1 /sys/fs/cgroup/cpu or v2 cpu.max)"
+    return None
+
+
+class Launcher:
+    """Starts the bare app or the relay from the artifact, under a quota, and times it to /healthz 200."""
+
+    def __init__(self, python312: str, build: Path, sdk: Path, bare: Path, base_env: dict[str, str]) -> None:
+        layer = build / "DepsLayerX86" / "python"
+        if os.uname().machine in ("aarch64", "arm64"):
+            layer = build / "DepsLayerArm64" / "python"
+        self.python312 = python312
+        self.paths = {"relay": [build / "RelayFunction", layer, sdk], "bare": [bare, layer]}
+        self.base_env = base_env
+
+    def start(self, which: str, enter: Callable[[], None]) -> tuple[subprocess.Popen[bytes], str, float]:
+        """The process, its URL and its ready time in seconds (process start to the first /healthz 200)."""
+        port = free_port()
+        env = {**self.base_env, "PORT": str(port), "PYTHONDONTWRITEBYTECODE": "1"}
+        env["PYTHONPATH"] = os.pathsep.join(map(str, self.paths[which]))
+        module = "llm_relay.serve" if which == "relay" else "bare_app"
+        url = f"http://127.0.0.1:{port}"
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            [self.python312, "-S", "-m", module],
+            env=env,
+            preexec_fn=enter,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        with httpx.Client(timeout=1) as client:
+            while time.perf_counter() - started < READY_TIMEOUT_S:
+                try:
+                    if client.get(f"{url}/healthz").status_code == 200:
+                        return process, url, time.perf_counter() - started
+                except httpx.TransportError:
+                    if process.poll() is not None:
+                        raise RuntimeError(f"{module} exited with {process.returncode}") from None
+                time.sleep(0.002)
+        process.kill()
+        raise RuntimeError(f"{module} not ready in {READY_TIMEOUT_S} s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def stream_once(url: str, tokens: int, delay_ms: float) -> tuple[float, float]:
+    """TTFT and duration (ms) of one streamed chat, to the relay (`url` is its base) or the mock (direct)."""
+    body = {
+        "model": "gpt-4o-mini",
+        "stream": True,
+        "messages": [{"role": "user", "content": "bench"}],
+        "mock": {"tokens": tokens, "chunk_delay_ms": delay_ms, "ttft_ms": 0},
+    }
+    started = time.perf_counter()
+    ttft = None
+    with (
+        httpx.Client(timeout=120) as client,
+        client.stream(
+            "POST", f"{url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {KEY}"}
+        ) as response,
+    ):
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if ttft is None and line.startswith("data: {") and '"content":"' in line:
+                ttft = time.perf_counter() - started
+    assert ttft is not None, "no content chunk"
+    return ttft * 1000, (time.perf_counter() - started) * 1000
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's high-water resident set (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+def measure_size(launcher: Launcher, memory_mb: int, mock_url: str, trials: int) -> lambda_cost.SizeResult:
+    bare_ready, relay_ready, first_ttft = [], [], []
+    with cpu_quota(memory_mb) as enter:
+        for trial in range(trials):
+            for which in ("bare", "relay") if trial % 2 == 0 else ("relay", "bare"):
+                process, url, ready = launcher.start(which, enter)
+                try:
+                    if which == "relay":
+                        relay_ready.append(ready)
+                        first_ttft.append(stream_once(url, 20, 5)[0])
+                    else:
+                        bare_ready.append(ready)
+                finally:
+                    stop(process)
+        process, url, _ = launcher.start("relay", enter)
+        try:
+            stream_once(url, 20, 5)  # warm: the pools and caches a warm environment has
+            overhead, ratios = [], []
+            for _ in range(trials):
+                direct = stream_once(mock_url, 200, 5)
+                relayed = stream_once(url, 200, 5)
+                overhead.append(relayed[0] - direct[0])
+                ratios.append(relayed[1] / direct[1])
+            stream_once(url, 2000, 5)  # one long stream (10 s of chunks)
+            rss = peak_rss_mb(process.pid)
+        finally:
+            stop(process)
+    med = lambda_cost.median
+    return lambda_cost.SizeResult(
+        memory_mb,
+        med(bare_ready),
+        med(relay_ready),
+        med(first_ttft),
+        med(overhead),
+        med(ratios),
+        rss,
+        lambda_cost.paired_ratio(relay_ready, bare_ready),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--build", type=Path, default=ROOT / ".aws-sam" / "bench-lambda")
+    parser.add_argument("--python312", default=find_python312())
+    parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--sizes", type=int, nargs="*", default=list(lambda_cost.MEMORY_SIZES_MB))
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "lambda.json")
+    args = parser.parse_args()
+    reason = quota_unavailable()
+    if reason:
+        print(f"bench-lambda: no figures: {reason}. Run it as root on Linux.", file=sys.stderr)
+        raise SystemExit(2)
+    sdk, bare = prepare(args.python312, args.build.parent / "bench-lambda-work")
+    aws = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1"}
+    os.environ.update(aws)
+    dynamodb_port, mock_port = free_port(), free_port()
+    helpers = [
+        start([sys.executable, "-m", "llm_relay_dev.local_dynamodb", "-p", str(dynamodb_port)]),
+        start([sys.executable, "-m", "llm_relay_dev.mock_upstream", str(mock_port)]),
+    ]
+    dynamodb_url, mock_url = f"http://127.0.0.1:{dynamodb_port}", f"http://127.0.0.1:{mock_port}"
+    try:
+        wait_http(dynamodb_url)
+        wait_http(f"{mock_url}/healthz")
+        create_key(dynamodb_url)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "PYTHON"))}
+        env.update(aws)
+        env.update(
+            {
+                "RELAY_DYNAMODB_ENDPOINT": dynamodb_url,
+                "RELAY_UPSTREAM_URL": f"{mock_url}/v1",
+                "RELAY_FLUSH_NUDGE": "true",
+            }
+        )
+        launcher = Launcher(args.python312, args.build, sdk, bare, env)
+        results = []
+        for memory_mb in args.sizes:
+            results.append(measure_size(launcher, memory_mb, mock_url, args.trials))
+            print(json.dumps(asdict(results[-1])), flush=True)
+    finally:
+        for helper in helpers:
+            helper.terminate()
+            helper.wait(timeout=10)
+    report = {"load_average": os.getloadavg(), "cpus": os.cpu_count(), "trials": args.trials}
+    report["sizes"] = [asdict(r) for r in results]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nload average at the end: {report['load_average']}, {args.trials} paired trials per size (medians)\n")
+    print(lambda_cost.format_table(results))
+
+
+def find_python312() -> str | None:
+    """RELAY_TEST_PYTHON312, else pyenv's 3.12, else python3.12 on PATH (as tests/packaging finds it)."""
+    pyenv = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.12*/bin/python3.12")))
+    return os.environ.get("RELAY_TEST_PYTHON312") or (pyenv[-1] if pyenv else shutil.which("python3.12"))
+
+
+def create_key(endpoint: str) -> None:
+    from llm_relay.dynamo import Stores, make_client
+    from llm_relay_dev.dev_key import ensure_dev_key
+
+    ensure_dev_key(Stores.create("llm-relay", make_client(endpoint, "us-east-1")).keys, KEY)
+
+
+if __name__ == "__main__":
+    main()
