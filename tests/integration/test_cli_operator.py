@@ -19,7 +19,7 @@ from llm_relay import __version__
 from llm_relay.dynamo import Stores
 from llm_relay.keys import ApiKey, generate_key_id, hash_key
 from llm_relay.usage import UsageRecord
-from tests.conftest import RelayFactory
+from tests.conftest import Relay, RelayFactory
 from tests.integration.helpers import chat_body
 from tests.integration.test_cli import CLI, cli
 
@@ -207,17 +207,17 @@ def test_usage_by_model_key_and_day(stores: Stores, moto_endpoint: str) -> None:
 
 
 @pytest.fixture
-def instant_relay(make_relay: RelayFactory):
+def instant_relay(make_relay: RelayFactory) -> Relay:
     return make_relay(auth_cache_ttl_s=0.0)
 
 
-def _status(relay, key: str) -> tuple[int, str | None]:
+def _status(relay: Relay, key: str) -> tuple[int, str | None]:
     body = chat_body(mock={"tokens": 1, "chunk_delay_ms": 0, "ttft_ms": 0})
     response = httpx.post(f"{relay.url}/v1/chat/completions", json=body, headers=relay.headers(key), timeout=10)
     return response.status_code, response.json().get("error", {}).get("code") if response.status_code != 200 else None
 
 
-def test_an_expired_key_is_refused(instant_relay, moto_endpoint: str) -> None:
+def test_an_expired_key_is_refused(instant_relay: Relay, moto_endpoint: str) -> None:
     relay = instant_relay
     # GIVEN a key that expires in a day and one that expired in the past
     later = json.loads(
@@ -242,7 +242,7 @@ def test_an_expired_key_is_refused(instant_relay, moto_endpoint: str) -> None:
     assert _status(relay, later["key"]) == (200, None)
 
 
-def test_rotation_keeps_the_old_secret_for_the_grace_period(instant_relay, moto_endpoint: str) -> None:
+def test_rotation_keeps_the_old_secret_for_the_grace_period(instant_relay: Relay, moto_endpoint: str) -> None:
     relay = instant_relay
     created = json.loads(cli(relay.stores, moto_endpoint, "keys", "create", "--name", "r", "--json").stdout)
     # WHEN it is rotated with a grace period: both secrets work
@@ -257,7 +257,7 @@ def test_rotation_keeps_the_old_secret_for_the_grace_period(instant_relay, moto_
     assert _status(relay, rotated["key"]) == (401, "invalid_api_key")
 
 
-def test_rotation_without_grace_refuses_the_old_secret_at_once(instant_relay, moto_endpoint: str) -> None:
+def test_rotation_without_grace_refuses_the_old_secret_at_once(instant_relay: Relay, moto_endpoint: str) -> None:
     relay = instant_relay
     created = json.loads(cli(relay.stores, moto_endpoint, "keys", "create", "--name", "r", "--json").stdout)
     rotated = json.loads(
