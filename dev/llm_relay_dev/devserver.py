@@ -21,11 +21,14 @@ from llm_relay.dynamo import Stores
 from llm_relay.outcome import RequestContext, StreamOutcome
 from llm_relay.settings import Settings
 
+from .demo import install_demo
 from .dev_key import ensure_dev_key
 from .local_dynamodb import MotoServer
 from .mock_upstream import mock_upstream_in_thread
 from .table import create_table
 
+# The demo page's default extra body with the mock upstream: a slow, long answer, so Stop has time to matter.
+DEMO_MOCK_OPTIONS = {"mock": {"tokens": 400, "chunk_delay_ms": 40, "ttft_ms": 200}}
 LOCAL_AWS = (("AWS_ACCESS_KEY_ID", "dev"), ("AWS_SECRET_ACCESS_KEY", "dev"), ("AWS_REGION", "us-east-1"))
 
 
@@ -63,7 +66,7 @@ def banner(settings: Settings, plain: str, key_id: str, upstream: str, dynamodb:
     base = f"http://{settings.host}:{settings.port}"
     return f"""
 llm-relay dev server
-  relay     {base}
+  relay     {base}   (demo page: {base}/)
   upstream  {settings.upstream_url}   ({upstream})
   DynamoDB  {settings.dynamodb_endpoint}   ({dynamodb}; table {settings.table_name})
   dev key   {plain}   (key id {key_id})
@@ -92,6 +95,7 @@ def main() -> None:
         plain, key = ensure_dev_key(stores.keys, settings.dev_key)
         print(banner(settings, plain, key.key_id, upstream, dynamodb), flush=True)
         app = create_app(settings, stores=stores, finalizers=[DevEcho()])
+        install_demo(app, plain, DEMO_MOCK_OPTIONS if upstream.startswith("mock") else None)
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
 
 
