@@ -6,7 +6,8 @@ table is created there if missing), else a serialized moto server started in thi
 `RELAY_UPSTREAM_URL` when set, else the mock upstream served from a background thread of this process. The
 production app has no such fallback: it refuses to start without an upstream URL.
 
-Prints one human line per finished request, the figures the CloudWatch dashboard would show.
+Prints one human line per finished request, the figures the CloudWatch dashboard would show, and warnings;
+`RELAY_DEV_LOG=json` adds the JSON log lines and EMF documents Lambda would print (`human_log`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from llm_relay.dynamo import Stores
 from llm_relay.outcome import RequestContext, StreamOutcome
 from llm_relay.settings import Settings
 
+from . import human_log
 from .demo import install_demo
 from .dev_key import ensure_dev_key
+from .human_log import escape
 from .local_dynamodb import MotoServer
 from .mock_upstream import mock_upstream_in_thread
 from .table import create_table
@@ -38,12 +41,12 @@ class DevEcho:
     async def finalize(self, ctx: RequestContext, outcome: StreamOutcome) -> None:
         ttft = "-" if outcome.ttft_s is None else f"{outcome.ttft_s * 1000:.0f}ms"
         usage = outcome.usage
-        print(
-            f"[relay] {ctx.request_id} {ctx.key.key_id} {ctx.chat.model} {ctx.mode}: {outcome.reason.value}"
+        line = (
+            f"{ctx.request_id} {ctx.key.key_id} {ctx.chat.model} {ctx.mode}: {outcome.reason.value}"
             f" tokens={usage.prompt_tokens}+{usage.completion_tokens}{' (est)' if usage.estimated else ''}"
-            f" ttft={ttft} duration={outcome.duration_s * 1000:.0f}ms",
-            flush=True,
+            f" ttft={ttft} duration={outcome.duration_s * 1000:.0f}ms"
         )
+        print(f"[relay] {escape(line)}", flush=True)
 
 
 def dynamodb_endpoint(given: str | None, stack: ExitStack) -> tuple[str, str]:
@@ -85,6 +88,11 @@ def main() -> None:
     """Wire the local DynamoDB and the upstream into settings, then serve the production app with them."""
     for name, value in LOCAL_AWS:
         os.environ.setdefault(name, value)
+    log_mode = os.environ.get("RELAY_DEV_LOG", "human")
+    if log_mode not in human_log.MODES:
+        raise SystemExit(f"RELAY_DEV_LOG must be one of {', '.join(human_log.MODES)}, not {log_mode!r}")
+    if log_mode == "human":
+        os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"  # no EMF documents on the console
     settings = Settings()
     with ExitStack() as stack:
         endpoint, dynamodb = dynamodb_endpoint(settings.dynamodb_endpoint, stack)
@@ -96,7 +104,12 @@ def main() -> None:
         print(banner(settings, plain, key.key_id, upstream, dynamodb), flush=True)
         app = create_app(settings, stores=stores, finalizers=[DevEcho()])
         install_demo(app, plain, DEMO_MOCK_OPTIONS if upstream.startswith("mock") else None)
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+        if log_mode == "human":
+            human_log.install(settings.service_name)
+        log_config = None if log_mode == "human" else uvicorn.config.LOGGING_CONFIG
+        uvicorn.run(
+            app, host=settings.host, port=settings.port, log_level="warning", access_log=False, log_config=log_config
+        )
 
 
 if __name__ == "__main__":
