@@ -46,4 +46,6 @@ def print_csv(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 def printable(text: str) -> str:
     """Stored text (a key's name, a model) for a terminal: control characters escaped, so a value cannot
     move the cursor or forge a line."""
-    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
