@@ -265,3 +265,14 @@ def test_rotation_without_grace_refuses_the_old_secret_at_once(instant_relay: Re
     )
     assert _status(relay, created["key"]) == (401, "invalid_api_key")
     assert _status(relay, rotated["key"]) == (200, None)
+
+
+def test_a_second_rotation_ends_the_first_secrets_grace(instant_relay: Relay, moto_endpoint: str) -> None:
+    relay = instant_relay
+    created = json.loads(cli(relay.stores, moto_endpoint, "keys", "create", "--name", "r", "--json").stdout)
+    rotate = ("keys", "rotate", created["key_id"], "--grace", "10", "--json")
+    second = json.loads(cli(relay.stores, moto_endpoint, *rotate).stdout)
+    third = json.loads(cli(relay.stores, moto_endpoint, *rotate).stdout)
+    # THEN the first secret is refused, the second in its grace period, the third current
+    assert _status(relay, created["key"]) == (401, "invalid_api_key")
+    assert _status(relay, second["key"]) == (200, None) and _status(relay, third["key"]) == (200, None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..keys import ApiKey
+from ..keys import ApiKey, now_iso
 from . import layout
 from .client import make_client, store_call
 
@@ -39,8 +39,12 @@ class KeyStore:
 
     def rotate(self, key: ApiKey, old_hash: str, new_hash: str, grace_until: str) -> None:
         """A new secret for `key`; the old one keeps working until `grace_until` (or the key's own expiry if
-        sooner), after which its item is refused and deleted by the table's TTL."""
-        self._write(key, new_hash, "attribute_exists(pk)", previous=(old_hash, grace_until), new_hash=True)
+        sooner), after which its item is refused and deleted by the table's TTL. A secret still in the grace of an
+        earlier rotation ends now: only one previous secret is remembered (and reached by a revocation)."""
+        earlier = self._previous(key.key_id)
+        ended = earlier[0] if earlier and earlier[0] != old_hash else None
+        previous = (old_hash, grace_until)
+        self._write(key, new_hash, "attribute_exists(pk)", previous=previous, new_hash=True, ended=ended)
 
     def _previous(self, key_id: str) -> tuple[str, str] | None:
         item = self._get(layout.key_by_id(key_id), consistent=True) or {}
@@ -73,11 +77,14 @@ class KeyStore:
         *,
         previous: tuple[str, str] | None = None,
         new_hash: bool = False,
+        ended: str | None = None,
     ) -> None:
         by_hash, by_id = layout.key_items(key, key_hash, previous=previous)
         items = [(by_hash, "attribute_not_exists(pk)" if new_hash else condition), (by_id, condition)]
         if previous is not None:
             items.append((layout.previous_secret_item(key, *previous), "attribute_exists(pk)"))
+        if ended is not None:  # an older secret whose grace is cut short
+            items.append((layout.previous_secret_item(key, ended, now_iso()), "attribute_exists(pk)"))
         puts: list[Any] = [
             {"Put": {"TableName": self.table_name, "Item": layout.serialize(item), "ConditionExpression": cond}}
             for item, cond in items
