@@ -50,8 +50,11 @@ def load_template(path: Path | None = None) -> dict[str, Any]:
 def create_table(client: DynamoDBClient, table_name: str, template: dict[str, Any] | None = None) -> None:
     """Create the relay table exactly as template.yaml declares it (idempotent)."""
     props = (template or load_template())["Resources"][TABLE_RESOURCE]["Properties"]
-    if table_name in client.list_tables()["TableNames"]:
+    try:  # not list_tables: it answers one page (100 tables), and a shared local DynamoDB may hold more
+        client.describe_table(TableName=table_name)
         return
+    except client.exceptions.ResourceNotFoundException:
+        pass
     kwargs: dict[str, Any] = {
         "TableName": table_name,
         "AttributeDefinitions": props["AttributeDefinitions"],
