@@ -19,6 +19,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from botocore.exceptions import BotoCoreError, NoRegionError, ProfileNotFound
 from pydantic import ValidationError
@@ -74,8 +75,15 @@ def _main(argv: Sequence[str] | None) -> int:
         sys.stdout.flush()  # a closed pipe shows here, inside main's handler
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (no usage block above them), pointing at --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(
+    root: argparse.ArgumentParser = _Parser(
         prog="llm-relay",
         description="Manage llm-relay API keys and read usage.",
         epilog="Global options may also follow the command. Environment: "
