@@ -66,5 +66,8 @@ build: sam ## sam validate --lint, then sam build (function code + dependency la
 	$(SAM) validate --lint
 	$(SAM) build
 
-invoke: $(BIN)/.installed sam ## EVENT=events/<file>.json through the Lambda Runtime Interface Emulator + Mangum, offline
-	RELAY_DEV_KEY=$(INVOKE_DEV_KEY) $(BIN)/python scripts/invoke.py $(EVENT)
+# stdout is the Lambda response JSON and nothing else (`make invoke ... | jq .statusCode`): the set-up runs in a
+# silent sub-make with its output on stderr, and the recipe line is not echoed.
+invoke: ## EVENT=events/<file>.json through the Lambda Runtime Interface Emulator + Mangum, offline
+	@$(MAKE) -s --no-print-directory $(BIN)/.installed sam >&2
+	@RELAY_DEV_KEY=$(INVOKE_DEV_KEY) $(BIN)/python scripts/invoke.py $(EVENT)

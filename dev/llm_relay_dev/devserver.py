@@ -11,6 +11,9 @@ disconnect passed on, the invocation deadline from `RELAY_FUNCTION_TIMEOUT_S`, 6
 6 MB, one request per environment, up to `RELAY_DEV_LAMBDA_ENVIRONMENTS` (4) environments started on demand.
 
 Prints one human line per finished request, the figures the CloudWatch dashboard would show.
+
+Prints one human line per finished request, the figures the CloudWatch dashboard would show, and warnings;
+`RELAY_DEV_LOG=json` adds the JSON log lines and EMF documents Lambda would print (`human_log`).
 """
 
 from __future__ import annotations
@@ -26,13 +29,18 @@ from llm_relay.dynamo import Stores
 from llm_relay.outcome import RequestContext, StreamOutcome
 from llm_relay.settings import Settings
 
+from . import human_log
+from .demo import install_demo
 from .dev_key import ensure_dev_key
 from .function_url import FrontLimits, FunctionUrlFront
+from .human_log import escape
 from .local_dynamodb import MotoServer
 from .mock_upstream import mock_upstream_in_thread
 from .serving import serve_in_thread
 from .table import create_table
 
+# The demo page's default extra body with the mock upstream: a slow, long answer, so Stop has time to matter.
+DEMO_MOCK_OPTIONS = {"mock": {"tokens": 400, "chunk_delay_ms": 40, "ttft_ms": 200}}
 LOCAL_AWS = (("AWS_ACCESS_KEY_ID", "dev"), ("AWS_SECRET_ACCESS_KEY", "dev"), ("AWS_REGION", "us-east-1"))
 
 
@@ -42,12 +50,12 @@ class DevEcho:
     async def finalize(self, ctx: RequestContext, outcome: StreamOutcome) -> None:
         ttft = "-" if outcome.ttft_s is None else f"{outcome.ttft_s * 1000:.0f}ms"
         usage = outcome.usage
-        print(
-            f"[relay] {ctx.request_id} {ctx.key.key_id} {ctx.chat.model} {ctx.mode}: {outcome.reason.value}"
+        line = (
+            f"{ctx.request_id} {ctx.key.key_id} {ctx.chat.model} {ctx.mode}: {outcome.reason.value}"
             f" tokens={usage.prompt_tokens}+{usage.completion_tokens}{' (est)' if usage.estimated else ''}"
-            f" ttft={ttft} duration={outcome.duration_s * 1000:.0f}ms",
-            flush=True,
+            f" ttft={ttft} duration={outcome.duration_s * 1000:.0f}ms"
         )
+        print(f"[relay] {escape(line)}", flush=True)
 
 
 def dynamodb_endpoint(given: str | None, stack: ExitStack) -> tuple[str, str]:
@@ -70,7 +78,7 @@ def banner(settings: Settings, plain: str, key_id: str, upstream: str, dynamodb:
     base = f"http://{settings.host}:{settings.port}"
     return f"""
 llm-relay dev server
-  relay     {base}
+  relay     {base}   (demo page: {base}/)
   upstream  {settings.upstream_url}   ({upstream})
   DynamoDB  {settings.dynamodb_endpoint}   ({dynamodb}; table {settings.table_name})
   dev key   {plain}   (key id {key_id})
@@ -89,6 +97,11 @@ def main() -> None:
     """Wire the local DynamoDB and the upstream into settings, then serve the production app with them."""
     for name, value in LOCAL_AWS:
         os.environ.setdefault(name, value)
+    log_mode = os.environ.get("RELAY_DEV_LOG", "human")
+    if log_mode not in human_log.MODES:
+        raise SystemExit(f"RELAY_DEV_LOG must be one of {', '.join(human_log.MODES)}, not {log_mode!r}")
+    if log_mode == "human":
+        os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"  # no EMF documents on the console
     settings = Settings()
     with ExitStack() as stack:
         endpoint, dynamodb = dynamodb_endpoint(settings.dynamodb_endpoint, stack)
@@ -98,10 +111,17 @@ def main() -> None:
         create_table(stores.client, settings.table_name)
         plain, key = ensure_dev_key(stores.keys, settings.dev_key)
         print(banner(settings, plain, key.key_id, upstream, dynamodb), flush=True)
-        app: ASGIApp = create_app(settings, stores=stores, finalizers=[DevEcho()])
+        app = create_app(settings, stores=stores, finalizers=[DevEcho()])
+        install_demo(app, plain, DEMO_MOCK_OPTIONS if upstream.startswith("mock") else None)
+        if log_mode == "human":
+            human_log.install(settings.service_name)
+        log_config = None if log_mode == "human" else uvicorn.config.LOGGING_CONFIG
+        served: ASGIApp = app
         if os.environ.get("RELAY_DEV_LAMBDA", "") not in ("", "0"):
-            app = lambda_front(settings, stores)
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+            served = lambda_front(settings, stores)
+        uvicorn.run(
+            served, host=settings.host, port=settings.port, log_level="warning", access_log=False, log_config=log_config
+        )
 
 
 def lambda_front(settings: Settings, stores: Stores) -> FunctionUrlFront:

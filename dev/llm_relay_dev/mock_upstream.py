@@ -16,6 +16,7 @@ completed, and when (monotonic clock) the client disconnected; `GET /mock/reques
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,36 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 WORDS = ("The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", ".")
+
+
+class MockFault(Exception):
+    """A fault the mock was asked for (`drop_after`): raised so that uvicorn aborts the connection, and logged by
+    `FaultLogFilter` as the one line it is, not as a crash."""
+
+
+class FaultLogFilter(logging.Filter):
+    """On uvicorn's error logger: its "Exception in ASGI application" record for a `MockFault` becomes one
+    WARNING line naming the fault, without the traceback; every other record passes unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = _fault(record.exc_info[1] if record.exc_info else None)
+        if error is not None:
+            record.name, record.msg, record.args, record.exc_info = "mock_upstream", str(error), (), None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def _fault(error: BaseException | None) -> MockFault | None:
+    """The `MockFault` an error is, or that a task group wrapped it in alone."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error if isinstance(error, MockFault) else None
+
+
+def _install_fault_filter() -> None:
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, FaultLogFilter) for f in logger.filters):
+        logger.addFilter(FaultLogFilter())
 
 
 @dataclass
@@ -130,7 +161,7 @@ class _MockStream:
             if i and delay:
                 await anyio.sleep(delay)
             if i == opts.get("drop_after"):
-                raise RuntimeError("mock: dropping the connection")  # uvicorn aborts the response
+                raise MockFault(f"dropped the connection after {i} chunks (drop_after)")  # uvicorn aborts it
             if i == opts.get("stall_after"):
                 await anyio.sleep(3600)
             if i == opts.get("malformed_after"):
@@ -163,6 +194,7 @@ class _MockStream:
 
 
 def create_mock_app(config: MockConfig | None = None) -> Starlette:
+    _install_fault_filter()
     state = MockState(config=config or MockConfig())
 
     async def chat(request: Request) -> Response:

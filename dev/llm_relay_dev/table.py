@@ -51,7 +51,7 @@ def load_template(path: Path | None = None) -> dict[str, Any]:
 def create_table(client: DynamoDBClient, table_name: str, template: dict[str, Any] | None = None) -> None:
     """Create the relay table exactly as template.yaml declares it (idempotent)."""
     props = (template or load_template())["Resources"][TABLE_RESOURCE]["Properties"]
-    try:  # not list_tables: it names at most 100 tables a page (a test session's moto holds more)
+    try:  # not list_tables: it answers one page (100 tables), and a shared local DynamoDB may hold more
         client.describe_table(TableName=table_name)
         return
     except client.exceptions.ResourceNotFoundException:

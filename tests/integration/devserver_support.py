@@ -68,6 +68,7 @@ def dev_server(**env: str) -> Iterator[DevServer]:
         "PORT": str(port),
         "RELAY_MOTO_PORT": str(moto_port),
         "RELAY_DEV_KEY": env.pop("RELAY_DEV_KEY", "lr-dev-test-key"),
+        "RELAY_DEV_LOG": env.pop("RELAY_DEV_LOG", "json"),  # the JSON log lines and EMF the tests read
         **env,
     }
     proc = subprocess.Popen(

@@ -59,7 +59,7 @@ def test_create_list_set_limits_and_revoke(stores: Stores, moto_endpoint: str) -
     key, _ = stores.keys.get_by_id(key_id)  # type: ignore[misc]
     assert key.limits == {"rpm": Decimal(5), "max_concurrent": Decimal(2), "daily_budget_usd": Decimal("1.50")}
     assert key.allowed_models == frozenset({"gpt-4o-mini", "gpt-4o"}) and key.name == "team a"
-    assert view["effective_limits"]["tpm"] == "1000"  # the configured default fills the gap
+    assert view["effective_limits"]["tpm"] == 1000  # the configured default fills the gap
     # AND listing shows the key, never the plain key
     listed = cli(stores, moto_endpoint, "keys", "list")
     assert listed.returncode == 0 and key_id in listed.stdout and plain not in listed.stdout
@@ -97,9 +97,9 @@ def test_bad_input_is_refused_with_a_clear_error_and_nothing_written(stores: Sto
         ("keys", "create", "--name", "x", "--max-concurrent", "1.5"): (2, "whole number"),
         ("keys", "create", "--name", "   "): (2, "the name must not be empty"),
         ("keys", "create", "--name", ""): (2, "the name must not be empty"),
-        ("keys", "revoke", "rk_doesnotexist"): (1, "no key with id 'rk_doesnotexist'"),
-        ("keys", "set-limits", "rk_doesnotexist", "--rpm", "5"): (1, "no key with id"),
-        ("keys", "set-limits", "rk_doesnotexist"): (1, "nothing to set"),
+        ("keys", "revoke", "rk_doesnotexist"): (2, "no key with id 'rk_doesnotexist'"),
+        ("keys", "set-limits", "rk_doesnotexist", "--rpm", "5"): (2, "no key with id"),
+        ("keys", "set-limits", "rk_doesnotexist"): (2, "nothing to set"),
         ("usage", "--since", "yesterday-ish"): (2, "cannot read time"),
     }
     # WHEN each bad command runs (in parallel: they are independent)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -59,3 +60,30 @@ def test_every_event_has_a_documented_answer():
     assert set(event_names()) == set(CHECKS)
     docs = (REPO / "README.md").read_text(encoding="utf-8")
     assert all(f"events/{name}.json" in docs for name in event_names())
+
+
+def test_make_invoke_prints_only_the_response_for_every_event():
+    """`make invoke EVENT=events/<file> | jq .statusCode`: make's own lines and every log go to stderr."""
+    if not (SAM_VENV / "bin" / "sam").exists():
+        pytest.fail("aws-sam-cli is not installed: run `make sam` (make test does it)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "MAKE")) and k != "MFLAGS"}
+    # WHEN every event is invoked through make (in parallel: each run has its own emulator, moto and mock)
+    running = {
+        name: subprocess.Popen(
+            ["make", "invoke", f"EVENT=events/{name}.json"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in event_names()
+    }
+    for name, process in running.items():
+        stdout, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr
+        # THEN stdout is exactly one JSON object, the documented answer
+        check_response(name, json.loads(stdout))
+        if shutil.which("jq"):
+            status = subprocess.run(["jq", ".statusCode"], input=stdout, capture_output=True, text=True, check=True)
+            assert status.stdout.strip() == str(json.loads(stdout)["statusCode"])

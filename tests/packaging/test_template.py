@@ -113,19 +113,6 @@ def test_powertools_service_log_level_and_namespace_are_configured(template):
     assert template["Parameters"]["MetricsNamespace"]["Default"] == "LLMRelay"
 
 
-def test_dynamodb_access_is_the_relay_item_operations_on_its_own_table(template):
-    # GIVEN the function's DynamoDB statements
-    statements = [s for s in _statements(template) if any(a.startswith("dynamodb:") for a in _actions(s))]
-    # THEN they allow item operations only (no Scan, no DeleteItem, no table management) on the relay table
-    # and, for Query, its gsi1 and leases indexes; nothing else
-    granted = {(action, json.dumps(s["Resource"], sort_keys=True)) for s in statements for action in _actions(s)}
-    table = json.dumps(TABLE_ARN, sort_keys=True)
-    indexes = {json.dumps({"Fn::Sub": f"${{RelayTable.Arn}}/index/{i}"}, sort_keys=True) for i in ("gsi1", "leases")}
-    item_actions = {"GetItem", "BatchGetItem", "PutItem", "UpdateItem", "ConditionCheckItem", "Query"}
-    assert granted == {(f"dynamodb:{a}", table) for a in item_actions} | {("dynamodb:Query", i) for i in indexes}
-    assert all(s["Effect"] == "Allow" and "Condition" not in s for s in statements)
-
-
 def test_only_the_configured_upstream_secret_is_readable(template):
     # GIVEN the statements outside DynamoDB
     others = {s["Sid"]: s for s in _statements(template) if not any(a.startswith("dynamodb:") for a in _actions(s))}
@@ -165,6 +152,16 @@ def test_browsers_may_call_the_url_and_read_the_relay_headers(template):
     assert {
         f"x-ratelimit-{what}-{kind}" for what in ("limit", "remaining", "reset") for kind in ("requests", "tokens")
     } <= exposed
+
+
+def test_no_browser_origin_is_allowed_unless_the_deployer_names_one(template):
+    # GIVEN the origins parameter: empty by default
+    assert template["Parameters"]["CorsAllowOrigins"]["Default"] == ""
+    # THEN with it empty the function URL allows no origin; otherwise exactly the ones given
+    cors = _function(template)["FunctionUrlConfig"]["Cors"]
+    assert cors["AllowOrigins"] == {"Fn::If": ["HasCorsOrigins", {"Ref": "CorsAllowOrigins"}, {"Ref": "AWS::NoValue"}]}
+    condition = template["Conditions"]["HasCorsOrigins"]
+    assert condition == {"Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "CorsAllowOrigins"}]}, ""]}]}
 
 
 def test_run_sh_is_an_executable_lf_shell_script():

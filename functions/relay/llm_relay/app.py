@@ -5,9 +5,11 @@ build the same app. What a request goes through is `pipeline.Pipeline`."""
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 import anyio
 import httpx
@@ -30,6 +32,7 @@ from .lambda_context import HEADER as LAMBDA_CONTEXT_HEADER
 from .lambda_context import LambdaInvocation
 from .limiter import Limiter
 from .metrics import REJECTION_REASONS, MetricsEmitter
+from .model_list import model_list, usable_models
 from .outcome import Finalizer
 from .pipeline import Pipeline
 from .pricing import Pricer, PriceTable
@@ -173,6 +176,7 @@ def create_app(
     app.state.pipeline = pipeline
     _install_error_handlers(app, telemetry)
     _install_routes(app, pipeline)
+    _install_models_route(app, pipeline, settings, prices)
     app.add_middleware(RequestScopeMiddleware)
     return app
 
@@ -210,6 +214,15 @@ def _install_after_restore_hook(app: FastAPI, pipeline: Pipeline, path: str) -> 
         return Response(status_code=204)
 
     app.add_route(path, after_restore_hook, methods=["POST"])
+
+
+def _install_models_route(app: FastAPI, pipeline: Pipeline, settings: Settings, prices: PriceTable) -> None:
+    created = int(time.time())
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        key = await pipeline.authenticate(request)
+        return model_list(usable_models(settings.allowed_model_set, key.allowed_models, prices.models), created)
 
 
 def _install_error_handlers(app: FastAPI, telemetry: Telemetry) -> None:

@@ -48,6 +48,8 @@ class Authenticator:
         key = await self.lookup(hash_key(plain))
         if key is None or not key.active:
             raise Unauthorized("Invalid or revoked API key.")
+        if key.expired(time.time()):
+            raise Unauthorized("Expired API key.")
         return key
 
     async def lookup(self, key_hash: str) -> ApiKey | None:

@@ -4,6 +4,7 @@ key's DynamoDB items are laid out in `llm_relay.dynamo.layout`."""
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import secrets
 import time
@@ -12,11 +13,12 @@ from decimal import Decimal
 
 KEY_PREFIX = "lr-"
 KEY_ID_PREFIX = "rk_"
+ISO = "%Y-%m-%dT%H:%M:%SZ"
 
 
 def now_iso() -> str:
     """The second-precision UTC timestamp of key records (`created_at`, `revoked_at`) and request marks."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return time.strftime(ISO, time.gmtime())
 
 
 def generate_key() -> str:
@@ -40,10 +42,14 @@ class ApiKey:
     revoked_at: str | None = None
     allowed_models: frozenset[str] | None = None
     limits: dict[str, Decimal] = field(default_factory=dict)
+    expires_at: str | None = None  # ISO UTC second, as created_at; after it the key is refused like a revoked one
 
     @property
     def active(self) -> bool:
         return self.status == "active"
+
+    def expired(self, now_epoch: float) -> bool:
+        return self.expires_at is not None and now_epoch >= calendar.timegm(time.strptime(self.expires_at, ISO))
 
     def allows_model(self, model: str) -> bool:
         return self.allowed_models is None or model in self.allowed_models

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 from .outcome import RequestContext, StreamOutcome
 
@@ -101,7 +102,10 @@ Sink = Callable[[str], None]
 
 
 def stdout_sink(line: str) -> None:
-    """Lambda ships stdout to CloudWatch Logs, which extracts EMF documents into metrics."""
+    """Lambda ships stdout to CloudWatch Logs, which extracts EMF documents into metrics. Powertools' own switch
+    (`POWERTOOLS_METRICS_DISABLED`) silences it, as it does Powertools' metrics: `make dev`'s console uses it."""
+    if is_metrics_disabled():
+        return
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
 

@@ -17,7 +17,7 @@ from dataclasses import replace
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive
 
@@ -30,6 +30,7 @@ from .chat_request import parse_chat_request
 from .dynamo import RequestStore
 from .encoding import NDJSONFraming, SSEFraming
 from .errors import (
+    InvalidRequest,
     ModelNotAllowed,
     NotFound,
     PayloadTooLarge,
@@ -109,6 +110,10 @@ class Pipeline:
         messages = ctx.chat.messages_as_dicts()
         self.leases.track(ctx.request_id, lambda: checkpoint(stream.meter, messages, time.time()))
         return stream
+
+    async def authenticate(self, request: Request) -> ApiKey:
+        """The caller's key (401 otherwise), for routes that need no more of the pipeline (`/v1/models`)."""
+        return await self._auth.authenticate(request.headers)
 
     async def cancel(self, request: Request, request_id: str) -> dict[str, str]:
         """The explicit cancel: mark the request in DynamoDB (any instance may run it), stop it here at once
@@ -304,8 +309,13 @@ async def read_body(request: Request, cap: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > cap:
         raise PayloadTooLarge(f"Request body is {declared} bytes; the limit is {cap}.")
     body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > cap:
-            raise PayloadTooLarge(f"Request body exceeds the limit of {cap} bytes.")
+    try:
+        async for part in request.stream():
+            body += part
+            if len(body) > cap:
+                raise PayloadTooLarge(f"Request body exceeds the limit of {cap} bytes.")
+    except ClientDisconnect:
+        # The client declared a body and went away before sending it: its mistake, not the relay's.
+        logger.info("request %s: the client disconnected before its body was complete", request.state.request_id)
+        raise InvalidRequest("The request body ended before it was complete.") from None
     return bytes(body)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..keys import ApiKey
+from ..keys import ApiKey, now_iso
 from . import layout
 from .client import make_client, store_call
 
@@ -32,8 +32,24 @@ class KeyStore:
         self._write(key, key_hash, "attribute_not_exists(pk)")
 
     def replace(self, key: ApiKey, key_hash: str) -> None:
-        """Rewrite both items of an existing key (revoke, new limits)."""
-        self._write(key, key_hash, "attribute_exists(pk)")
+        """Rewrite both items of an existing key (revoke, new limits, expiry), and the item of its previous
+        secret while that still works after a rotation, so a revocation reaches both secrets."""
+        previous = self._previous(key.key_id)
+        self._write(key, key_hash, "attribute_exists(pk)", previous=previous)
+
+    def rotate(self, key: ApiKey, old_hash: str, new_hash: str, grace_until: str) -> None:
+        """A new secret for `key`; the old one keeps working until `grace_until` (or the key's own expiry if
+        sooner), after which its item is refused and deleted by the table's TTL. A secret still in the grace of an
+        earlier rotation ends now: only one previous secret is remembered (and reached by a revocation)."""
+        earlier = self._previous(key.key_id)
+        ended = earlier[0] if earlier and earlier[0] != old_hash else None
+        previous = (old_hash, grace_until)
+        self._write(key, new_hash, "attribute_exists(pk)", previous=previous, new_hash=True, ended=ended)
+
+    def _previous(self, key_id: str) -> tuple[str, str] | None:
+        item = self._get(layout.key_by_id(key_id), consistent=True) or {}
+        previous = layout.previous_secret(item)
+        return previous if previous and not layout.expired_iso(previous[1]) else None
 
     def list_all(self) -> list[tuple[ApiKey, str]]:
         """Every key with its hash: a Scan for the by-id items (the CLI only; never on a request's path)."""
@@ -53,10 +69,25 @@ class KeyStore:
                 return keys
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-    def _write(self, key: ApiKey, key_hash: str, condition: str) -> None:
+    def _write(
+        self,
+        key: ApiKey,
+        key_hash: str,
+        condition: str,
+        *,
+        previous: tuple[str, str] | None = None,
+        new_hash: bool = False,
+        ended: str | None = None,
+    ) -> None:
+        by_hash, by_id = layout.key_items(key, key_hash, previous=previous)
+        items = [(by_hash, "attribute_not_exists(pk)" if new_hash else condition), (by_id, condition)]
+        if previous is not None:
+            items.append((layout.previous_secret_item(key, *previous), "attribute_exists(pk)"))
+        if ended is not None:  # an older secret whose grace is cut short
+            items.append((layout.previous_secret_item(key, ended, now_iso()), "attribute_exists(pk)"))
         puts: list[Any] = [
-            {"Put": {"TableName": self.table_name, "Item": layout.serialize(item), "ConditionExpression": condition}}
-            for item in layout.key_items(key, key_hash)
+            {"Put": {"TableName": self.table_name, "Item": layout.serialize(item), "ConditionExpression": cond}}
+            for item, cond in items
         ]
         with store_call("TransactWriteItems"):
             self.client.transact_write_items(TransactItems=puts)

@@ -10,10 +10,13 @@ key's earliest lease, for a concurrency refusal's Retry-After).
 
     pk                sk                           attributes                                        TTL (expires_at)
     KEYHASH#<sha256>  KEY                          the key record: key_id, name, status, created_at, none
-                                                   revoked_at, allowed_models, limits (read on every
-                                                   authentication, cached in-process)
-    KEY#<key_id>      META                         the same record by public id, plus key_hash       none
-                                                   (CLI: get, list, revoke, set limits)
+                                                   revoked_at, allowed_models, limits, key_expires_at
+                                                   (read on every authentication, cached in-process)
+    KEYID#<key_id>    META                         the same record by public id, plus key_hash       none
+                                                   (CLI: get, list, revoke, set limits); after a
+                                                   rotation previous_key_hash, previous_valid_until
+                                                   (its KEYHASH# item expires then: key_expires_at,  (grace end
+                                                   and the TTL a day later)                          + 1 day)
     REQ#<request_id>  REQ                          in-flight request: key_id, model, started_at;     request TTL (1)
                                                    reserved_usd (its budget reservation, in all);
                                                    cancel_requested_at (the cancel mark);
@@ -54,12 +57,13 @@ from __future__ import annotations
 import calendar
 import hashlib
 import time
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
-from ..keys import ApiKey, now_iso
+from ..keys import ISO, ApiKey, now_iso
 from ..usage import SECONDS_PER_DAY, UsageRecord, iso_ms
 
 INDEX = "gsi1"
@@ -92,7 +96,9 @@ def key_by_hash(key_hash: str) -> dict[str, str]:
 
 
 def key_by_id(key_id: str) -> dict[str, str]:
-    return {"pk": partition(key_id), "sk": META_SK}
+    """Its own partition, not the key's `KEY#` one: the function's role may write `KEY#` items (limit state,
+    spend, usage) but no key item (template.yaml, `dynamodb:LeadingKeys`)."""
+    return {"pk": f"KEYID#{key_id}", "sk": META_SK}
 
 
 def partition(key_id: str) -> str:
@@ -100,10 +106,36 @@ def partition(key_id: str) -> str:
     return f"KEY#{key_id}"
 
 
-def key_items(key: ApiKey, key_hash: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The key's two items, by hash (authentication) and by id (the CLI)."""
+def key_items(
+    key: ApiKey, key_hash: str, *, previous: tuple[str, str] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The key's two items, by hash (authentication) and by id (the CLI). `previous`: the hash of the secret a
+    rotation replaced and until when it works, remembered on the by-id item."""
     attributes = key_attributes(key)
-    return {**key_by_hash(key_hash), **attributes}, {**key_by_id(key.key_id), "key_hash": key_hash, **attributes}
+    by_id = {**key_by_id(key.key_id), "key_hash": key_hash, **attributes}
+    if previous is not None:
+        by_id["previous_key_hash"], by_id["previous_valid_until"] = previous
+    return {**key_by_hash(key_hash), **attributes}, by_id
+
+
+def previous_secret(by_id: dict[str, Any]) -> tuple[str, str] | None:
+    """(hash, valid until) of the secret a rotation replaced, from the by-id item."""
+    if "previous_key_hash" not in by_id:
+        return None
+    return str(by_id["previous_key_hash"]), str(by_id["previous_valid_until"])
+
+
+def previous_secret_item(key: ApiKey, key_hash: str, valid_until: str) -> dict[str, Any]:
+    """The replaced secret's by-hash item: the key's record, expiring at the end of the grace period (or the
+    key's own expiry if sooner), deleted by the TTL a day after."""
+    until = min(valid_until, key.expires_at) if key.expires_at else valid_until
+    item = {**key_by_hash(key_hash), **key_attributes(replace(key, expires_at=until))}
+    item["expires_at"] = calendar.timegm(time.strptime(until, ISO)) + SECONDS_PER_DAY
+    return item
+
+
+def expired_iso(when: str) -> bool:
+    return time.time() >= calendar.timegm(time.strptime(when, ISO))
 
 
 def key_attributes(key: ApiKey) -> dict[str, Any]:
@@ -114,6 +146,8 @@ def key_attributes(key: ApiKey) -> dict[str, Any]:
         item["allowed_models"] = sorted(key.allowed_models)
     if key.limits:
         item["limits"] = dict(key.limits)
+    if key.expires_at:
+        item["key_expires_at"] = key.expires_at  # not `expires_at`: that is the table's TTL attribute
     return item
 
 
@@ -127,6 +161,7 @@ def key_from_item(item: dict[str, Any]) -> ApiKey:
         revoked_at=item.get("revoked_at"),
         allowed_models=frozenset(models) if models is not None else None,
         limits={k: Decimal(v) for k, v in (item.get("limits") or {}).items()},
+        expires_at=item.get("key_expires_at"),
     )
 
 

@@ -1,0 +1,130 @@
+"""`llm-relay usage`: usage records and totals over a time range, for one key or all, optionally grouped by key,
+model or day, as a table, JSON or CSV."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..usage import UsageRecord, UsageTotals, iso_ms
+from . import options
+from .common import CliError
+from .output import plain, print_csv, print_json, print_table, printable
+
+if TYPE_CHECKING:
+    from ..dynamo import Stores
+    from ..settings import Settings
+
+GROUPS: dict[str, Callable[[UsageRecord], str]] = {
+    "key": lambda record: record.key_id,
+    "model": lambda record: record.model,
+    "day": lambda record: record.timestamp[:10],
+}
+RECORD_HEADERS = ["TIME", "KEY ID", "REQUEST ID", "MODEL", "REASON", "PROMPT", "COMPLETION", "COST USD", "TTFT MS"]
+RECORD_HEADERS += ["DURATION MS"]
+TOTAL_HEADERS = ["REQUESTS", "PROMPT", "COMPLETION", "TOTAL", "COST USD", "ESTIMATED", "UNPRICED"]
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    usage = commands.add_parser("usage", help="usage records and totals for a key or all keys")
+    usage.add_argument("--key", dest="key_id", type=options.key_id, help="one key id (default: all keys)")
+    usage.add_argument("--since", type=options.when, help="ISO date/time (UTC) or age like 30m, 6h, 7d (default: 24h)")
+    usage.add_argument("--until", type=options.when, help="ISO date/time (UTC) or age (default: now)")
+    usage.add_argument("--by", choices=sorted(GROUPS), help="totals per key, model or day instead of every request")
+    usage.add_argument("--totals-only", action="store_true", help="print the totals, not every request")
+    usage.add_argument("--format", choices=("table", "json", "csv"), default=None, help="output format (table)")
+    usage.add_argument("--json", action="store_true", help="the same as --format json")
+    usage.set_defaults(run=_usage)
+
+
+def _usage(args: argparse.Namespace, settings: Settings, stores: Stores) -> int:
+    until = args.until if args.until is not None else time.time()
+    since = args.since if args.since is not None else until - 86400
+    if since >= until:
+        raise CliError("--since must be before --until")
+    fmt = "json" if args.json else (args.format or "table")
+    records = stores.usage.for_key(args.key_id, since, until) if args.key_id else stores.usage.for_all(since, until)
+    if fmt == "json":
+        print_json(_as_json(args, records, since, until))
+    elif fmt == "csv":
+        print_csv(*_rows(args, records))
+    else:
+        scope = f"key {args.key_id}" if args.key_id else "all keys"
+        print(f"usage for {scope}, {iso_ms(since)} .. {iso_ms(until)}")
+        if args.by or not args.totals_only:
+            print_table(*_rows(args, records))
+        _print_totals(UsageTotals.of(records))
+    return 0
+
+
+def grouped(records: list[UsageRecord], by: str) -> dict[str, UsageTotals]:
+    """Totals per group value, in order of the value."""
+    groups: dict[str, UsageTotals] = {}
+    for record in records:
+        groups.setdefault(GROUPS[by](record), UsageTotals()).add(record)
+    return dict(sorted(groups.items()))
+
+
+def _as_json(args: argparse.Namespace, records: list[UsageRecord], since: float, until: float) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "since": iso_ms(since),
+        "until": iso_ms(until),
+        "key_id": args.key_id,
+        "totals": UsageTotals.of(records).as_json(),
+    }
+    if args.by:
+        body["by"] = args.by
+        body["groups"] = [{args.by: name, **totals.as_json()} for name, totals in grouped(records, args.by).items()]
+    elif not args.totals_only:
+        body["records"] = [record.as_json() for record in records]
+    return body
+
+
+def _rows(args: argparse.Namespace, records: list[UsageRecord]) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows: one per group with --by, one per request otherwise; totals only: one row."""
+    if args.by:
+        groups = grouped(records, args.by)
+        return [args.by.upper(), *TOTAL_HEADERS], [[printable(name), *_total_cells(t)] for name, t in groups.items()]
+    if args.totals_only:
+        return TOTAL_HEADERS, [_total_cells(UsageTotals.of(records))]
+    return RECORD_HEADERS, [record_cells(record) for record in records]
+
+
+def _total_cells(totals: UsageTotals) -> list[str]:
+    total_tokens = totals.prompt_tokens + totals.completion_tokens
+    counts = [totals.requests, totals.prompt_tokens, totals.completion_tokens, total_tokens]
+    return (
+        [str(n) for n in counts]
+        + [plain(totals.cost_usd), str(totals.estimated_requests)]
+        + [str(totals.unpriced_requests)]
+    )
+
+
+def record_cells(record: UsageRecord) -> list[str]:
+    """One usage record as table cells; tokens the relay estimated are marked, and a lower bound says so."""
+    est = {"estimated": " (est)", "lower_bound": " (at least)"}.get(record.usage_source, "")
+    return [
+        record.timestamp,
+        record.key_id,
+        record.request_id,
+        printable(record.model),
+        record.termination_reason,
+        f"{record.prompt_tokens}{est}",
+        f"{record.completion_tokens}{est}",
+        "unknown" if record.cost_usd is None else plain(record.cost_usd),
+        "-" if record.ttft_ms is None else f"{record.ttft_ms:.0f}",
+        "-" if record.duration_ms is None else f"{record.duration_ms:.0f}",
+    ]
+
+
+def _print_totals(totals: UsageTotals) -> None:
+    data = totals.as_json()
+    print(
+        f"requests {data['requests']}  prompt tokens {data['prompt_tokens']}  completion tokens "
+        f"{data['completion_tokens']}  cost ${data['cost_usd']}  estimated {data['estimated_requests']}  "
+        f"unpriced {data['unpriced_requests']}"
+    )
+    reasons = ", ".join(f"{reason} {count}" for reason, count in data["termination_reasons"].items())
+    print(f"termination reasons: {reasons or '-'}")

@@ -1,0 +1,149 @@
+"""`make dev`'s demo page, in a real browser: headless Chromium (Debian's `chromium` and `chromium-driver`) driven
+by Selenium against the dev server's own entry point. Type a prompt, see tokens arrive before the stream ends,
+press Stop, and find the upstream request closed and the page showing `client_cancelled`. A screenshot taken
+mid-stream is kept in tests/artifacts/ (gitignored) for a person to look at. Plus what needs no browser: the page
+is served at `/` and CORS answers local origins only."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+
+from tests.integration.devserver_support import DevServer, dev_server
+from tests.waiting import wait_until
+
+if TYPE_CHECKING:
+    from selenium.webdriver.remote.webdriver import WebDriver
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def dev() -> Iterator[DevServer]:
+    with dev_server(RELAY_DEV_KEY="lr-demo-page-key") as server:
+        yield server
+
+
+def test_the_page_is_served_at_the_root_with_the_dev_key(dev: DevServer) -> None:
+    page = httpx.get(f"{dev.url}/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'value="lr-demo-page-key"' in page.text and 'id="stop"' in page.text
+    client = httpx.get(f"{dev.url}/llm-relay-client.js")
+    assert client.status_code == 200 and "export function streamChat" in client.text
+
+
+@pytest.mark.parametrize("origin", ["http://localhost:3000", "http://127.0.0.1:5173", "http://[::1]:8000"])
+def test_a_preflight_from_a_local_origin_is_allowed(dev: DevServer, origin: str) -> None:
+    preflight = httpx.options(
+        f"{dev.url}/api/v1/chat/stream",
+        headers={
+            "origin": origin,
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "authorization, content-type",
+        },
+    )
+    assert preflight.status_code == 200, preflight.text
+    assert preflight.headers["access-control-allow-origin"] == origin
+    answer = httpx.get(f"{dev.url}/healthz", headers={"origin": origin})
+    assert answer.headers["access-control-allow-origin"] == origin
+    assert "x-request-id" in answer.headers["access-control-expose-headers"]
+
+
+def test_other_origins_get_no_cors(dev: DevServer) -> None:
+    preflight = httpx.options(
+        f"{dev.url}/api/v1/chat/stream",
+        headers={"origin": "https://evil.example", "access-control-request-method": "POST"},
+    )
+    assert "access-control-allow-origin" not in preflight.headers
+
+
+def _browser() -> WebDriver:
+    if BROWSER is None or DRIVER is None:
+        pytest.skip("no Chromium here: install Debian's chromium and chromium-driver (.ci/run does) to run this test")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = BROWSER
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,1100"):
+        options.add_argument(argument)
+    return webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)
+
+
+@pytest.fixture
+def browser() -> Iterator[WebDriver]:
+    driver = _browser()
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _text(browser: WebDriver, element_id: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    text: str = browser.find_element(By.ID, element_id).text
+    return text
+
+
+def _mock_record(dev: DevServer, request_id: str) -> dict[str, Any]:
+    """What the dev server's mock upstream recorded about the request (`/mock/requests/{id}`)."""
+    upstream = dev.wait_for_output("  upstream  ").split()[1].removesuffix("/v1")
+    record: dict[str, Any] = httpx.get(f"{upstream}/mock/requests/{request_id}").json()
+    return record
+
+
+def test_stream_then_stop_in_chromium(dev: DevServer, browser: WebDriver) -> None:
+    from selenium.webdriver.common.by import By
+
+    # GIVEN the demo page, its key filled in by the dev server
+    browser.get(f"{dev.url}/")
+    assert browser.find_element(By.ID, "key").get_attribute("value") == dev.key
+    # WHEN a prompt is typed and sent
+    browser.find_element(By.ID, "prompt").send_keys("Tell me about foxes")
+    browser.find_element(By.ID, "send").click()
+    # THEN tokens arrive while the stream still runs (no summary yet)
+    wait_until(lambda: len(_text(browser, "output").split()) >= 8, "tokens on the page")
+    assert _text(browser, "status") == "streaming" and _text(browser, "reason") == ""
+    ARTIFACTS.mkdir(exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "demo-page-mid-stream.png"))
+    shown = _text(browser, "output")
+    # WHEN Stop is pressed
+    browser.find_element(By.ID, "stop").click()
+    # THEN the page shows client_cancelled, having stopped before the answer's end (400 tokens)
+    wait_until(lambda: _text(browser, "reason") == "client_cancelled", "client_cancelled on the page")
+    assert shown in _text(browser, "output") and len(_text(browser, "output").split()) < 400
+    assert browser.save_screenshot(str(ARTIFACTS / "demo-page-stopped.png"))
+    # AND the upstream request was closed before it completed
+    request_id = _text(browser, "request-id")
+    assert request_id.startswith("req_")
+
+    def closed() -> dict[str, Any] | None:
+        record = _mock_record(dev, request_id)
+        return record if record.get("disconnected_at") else None
+
+    record = wait_until(closed, "upstream closed")
+    assert record["completed"] is False and record["chunks_sent"] < 400
+
+
+def test_a_finished_stream_shows_its_summary_in_chromium(dev: DevServer, browser: WebDriver) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{dev.url}/")
+    extra = browser.find_element(By.ID, "extra")
+    extra.clear()
+    extra.send_keys('{"mock": {"tokens": 5, "chunk_delay_ms": 1, "ttft_ms": 5}}')
+    browser.find_element(By.ID, "prompt").send_keys("Hi")
+    browser.find_element(By.ID, "send").click()
+    wait_until(lambda: _text(browser, "status") == "done", "the stream done")
+    assert _text(browser, "output") == "The quick brown fox jumps"
+    assert _text(browser, "reason") == "stop"
+    assert _text(browser, "tokens").endswith("+ 5") and _text(browser, "cost").startswith("0.0")
+    assert _text(browser, "ttft").endswith(" ms")
