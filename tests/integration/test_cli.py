@@ -166,4 +166,4 @@ def test_prices_shows_what_the_relay_charges_and_where_it_comes_from(stores: Sto
     assert "claude-3-5-haiku" in dated.stdout and "(anthropic)" in dated.stdout
     assert json.loads(overridden.stdout)[0]["source"] == "RELAY_PRICES_JSON"
     # AND an unknown model says so, and how to add a price
-    assert unknown.returncode == 1 and "RELAY_PRICES_JSON" in unknown.stderr
+    assert unknown.returncode == 2 and "RELAY_PRICES_JSON" in unknown.stderr

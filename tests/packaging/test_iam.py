@@ -1,6 +1,6 @@
 """The function role's DynamoDB statements (template.yaml): reads on the relay table, writes only to the item
-families the relay writes (`dynamodb:LeadingKeys`), never to key items, and no Query or Scan (the operator's CLI
-reads usage and lists keys with the operator's own credentials)."""
+families the relay writes (`dynamodb:LeadingKeys`), never to key items, no Scan, and Query only on the keys-only
+`leases` index (the operator's CLI reads usage and lists keys with the operator's own credentials)."""
 
 from __future__ import annotations
 
@@ -47,12 +47,29 @@ def _writable(statements: list[dict[str, Any]], pk: str) -> bool:
     return any(_actions(s) & WRITES and any(fnmatch.fnmatchcase(pk, p) for p in _leading_keys(s)) for s in statements)
 
 
+LEASES_INDEX = {"Fn::Sub": "${RelayTable.Arn}/index/leases"}
+
+
 def test_no_query_or_scan_and_only_item_reads_and_writes_on_the_table(statements):
     granted = {action for s in statements for action in _actions(s)}
-    # THEN the function may not Query (every key's usage) or Scan (every key), on the table or any index
-    assert "dynamodb:Query" not in granted and "dynamodb:Scan" not in granted
-    assert granted == READS | WRITES
-    assert all(s["Effect"] == "Allow" and s["Resource"] == TABLE_ARN for s in statements), json.dumps(statements)
+    # THEN the function may not Scan (every key), nor Query the table or gsi1 (every key's usage): its one Query is
+    # on the keys-only `leases` index (a key's earliest lease, for a concurrency refusal's Retry-After)
+    assert "dynamodb:Scan" not in granted
+    assert granted == READS | WRITES | {"dynamodb:Query"}
+    for statement in statements:
+        assert statement["Effect"] == "Allow", json.dumps(statement)
+        if "dynamodb:Query" in _actions(statement):
+            assert _actions(statement) == {"dynamodb:Query"} and statement["Resource"] == LEASES_INDEX
+            assert "Condition" not in statement
+        else:
+            assert statement["Resource"] == TABLE_ARN, json.dumps(statement)
+
+
+def test_the_only_queried_index_projects_keys_only():
+    # GIVEN the table's indexes: the one the function may Query holds no usage, only keys and lease expiries
+    indexes = load_template(REPO / "template.yaml")["Resources"]["RelayTable"]["Properties"]["GlobalSecondaryIndexes"]
+    [leases] = [index for index in indexes if index["IndexName"] == "leases"]
+    assert leases["Projection"] == {"ProjectionType": "KEYS_ONLY"}
 
 
 def test_every_write_is_limited_to_leading_keys(statements):
