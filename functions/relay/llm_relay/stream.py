@@ -122,32 +122,16 @@ class RelayStream(Response):
         ended_well = not ending.reason.is_failure and ending.reason is not TerminationReason.CLIENT_CANCELLED
         if not ended_well:
             await self._close_upstream()  # at once: cancellation latency is measured to here
-        outcome = outcome_of(
-            self.ctx,
-            ending,
-            self.meter,
-            ended_at=self._clock.now(),
-            answered=True,
-            pricer=self._pricer,
-            retries=self._opened.retries,
-            upstream_errors=self._opened.status_errors,
-        )
+        outcome = self._outcome(ending)
         if self._framing is not None:
             with anyio.move_on_after(CLIENT_WRITE_TIMEOUT_S):  # a client that stopped reading cannot hold us
                 await self._write_terminal(self._framing, outcome)
         if ended_well:
             await self._drain()
             await self._close_upstream()
-        try:
-            await self._on_end(outcome)
-        except Exception:
-            logger.exception("finalize failed for request %s", self.ctx.request_id)
+        await self._finalize(outcome)
         with anyio.move_on_after(CLIENT_WRITE_TIMEOUT_S):
-            if self._framing is None:
-                await self._send_json(outcome)
-            elif not self._client_gone:
-                with contextlib.suppress(_ClientGone):
-                    await self._raw_send({"type": "http.response.body", "body": b"", "more_body": False})
+            await self._close_body(outcome)
 
     async def _finish_at_deadline(self, ending: Ending, hard_deadline: float) -> None:
         """The deadline ending, with what is left of the margin: the terminal frame may wait for a slow reader's
@@ -163,10 +147,7 @@ class RelayStream(Response):
             outcome = self._outcome(ending)
             if not complete:
                 outcome = replace(outcome, usage=replace(outcome.usage, lower_bound=True))
-            try:
-                await self._on_end(outcome)
-            except Exception:
-                logger.exception("finalize failed for request %s", self.ctx.request_id)
+            await self._finalize(outcome)
         with anyio.move_on_after(max(0.0, write_by - self._clock.now())):
             await self._close_body(outcome)
 
@@ -196,6 +177,13 @@ class RelayStream(Response):
                     continue
                 return False  # idle: still generating, and stopped now
         return False
+
+    async def _finalize(self, outcome: StreamOutcome) -> None:
+        """The pipeline's finalization, before the body closes; its failure is logged, never the client's."""
+        try:
+            await self._on_end(outcome)
+        except Exception:
+            logger.exception("finalize failed for request %s", self.ctx.request_id)
 
     def _outcome(self, ending: Ending) -> StreamOutcome:
         return outcome_of(
