@@ -31,6 +31,7 @@ from llm_relay.pricing import PriceTable
 from llm_relay.termination import TerminationReason
 from llm_relay.usage import UsageRecord
 from tests.integration.limits_support import MID_MINUTE, admit_all, context, key_with, limiter, race_worker
+from tests.waiting import wait_until
 
 PRICES = PriceTable.load()
 
@@ -349,3 +350,82 @@ def test_transaction_conflicts_are_retried_without_counting_twice(stores: Stores
     assert outcomes == ["admitted"] * 3 + ["refused"]
     counters = stores.limits.read_counters(key.key_id, MID_MINUTE)
     assert counters["rate"]["requests"] == 3
+
+
+# --- failing open after an admission of unknown outcome ---------------------------------------------------------
+class _LateAnswer:
+    """DynamoDB applies the first admission transaction but answers it too late for the relay; the release's
+    tombstone PutItem fails `put_failures` times (DynamoDB still unwell)."""
+
+    def __init__(self, client: Any, put_failures: int = 0) -> None:
+        self._client = client
+        self.late = True
+        self.put_failures = put_failures
+
+    def transact_write_items(self, **kwargs: Any) -> Any:
+        out = self._client.transact_write_items(**kwargs)
+        if self.late:
+            self.late = False
+            time.sleep(2.0)  # the answer arrives after the relay's admission timeout (1 s): outcome unknown
+        return out
+
+    def put_item(self, **kwargs: Any) -> Any:
+        if self.put_failures > 0:
+            self.put_failures -= 1
+            raise ClientError({"Error": {"Code": "InternalServerError", "Message": "boom"}}, "PutItem")
+        return self._client.put_item(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def _held(stores: Stores, key_id: str) -> tuple[int, Decimal, Decimal, int]:
+    """(slots in use, committed_usd, reserved_usd of today, usage records) of a key."""
+    day = stores.limits._get(key_id, "SPEND#D#" + time.strftime("%Y-%m-%d", time.gmtime())) or {}
+    active = int((stores.limits._get(key_id, "CONC") or {}).get("active", 0))
+    records = len(stores.usage.for_key(key_id, 0, 2e10))
+    return active, Decimal(day.get("committed_usd", 0)), Decimal(day.get("reserved_usd", 0)), records
+
+
+def test_fail_open_after_an_unknown_admission_records_the_request_and_holds_nothing(
+    stores: Stores, moto_endpoint: str
+) -> None:
+    # GIVEN fail-open, and an admission DynamoDB applied but answered too late (its release then given back)
+    key = key_with(max_concurrent=2, daily_budget_usd="10")
+    late = _LateAnswer(stores.client)
+    limits = limiter(
+        moto_endpoint,
+        stores.table_name,
+        client=late,
+        admission_fail_open=True,
+        admission_timeout_s=1.0,
+        clock=time.time,
+    )
+    ctx = context(key, "req_" + uuid.uuid4().hex)
+    # WHEN it is admitted open and then finishes
+    ticket = anyio.run(limits.admit, ctx)
+    assert ticket == Ticket()
+    anyio.run(limits.finalize, replace(ctx, ticket=ticket), outcome())
+    # THEN no slot or reservation is held, and its usage is recorded once, its cost committed
+    active, committed, reserved, records = _held(stores, key.key_id)
+    assert (active, reserved, records) == (0, Decimal(0), 1)
+    assert committed == PRICES("gpt-4o-mini", Usage(5, 20))
+
+
+def test_no_fail_open_while_an_unknown_admission_is_not_given_back_yet(stores: Stores, moto_endpoint: str) -> None:
+    # GIVEN fail-open, an admission applied but answered too late, and DynamoDB refusing the release for a while
+    key = key_with(max_concurrent=2, daily_budget_usd="10")
+    late = _LateAnswer(stores.client, put_failures=3)
+    limits = limiter(
+        moto_endpoint,
+        stores.table_name,
+        client=late,
+        admission_fail_open=True,
+        admission_timeout_s=1.0,
+        clock=time.time,
+    )
+    # WHEN the request is admitted
+    with pytest.raises(ServiceUnavailable):
+        anyio.run(limits.admit, context(key, "req_" + uuid.uuid4().hex))
+    # THEN it is refused (503), not admitted open, and the background release gives back what it took
+    wait_until(lambda: _held(stores, key.key_id)[:3] == (0, Decimal(0), Decimal(0)), "the admission given back")

@@ -46,6 +46,10 @@ def test_the_reconciler_role_reads_the_open_index_and_writes_items_only(template
     # THEN: item reads and the settlement transaction's writes on the table, Query on the open index; no Scan
     expected = {(f"dynamodb:{a}", table) for a in ("GetItem", "PutItem", "UpdateItem")}
     assert granted == expected | {("dynamodb:Query", index)}
+    # AND its writes reach only the request items and the keys' limit, spend and usage items, never key items
+    writes = [s for s in policy["Statement"] if {"dynamodb:PutItem", "dynamodb:UpdateItem"} & set(s["Action"])]
+    leading = [s["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"] for s in writes]
+    assert leading == [["REQ#*", "KEY#*"]]
 
 
 def test_the_schedule_has_its_own_role_that_may_only_invoke_the_reconciler():

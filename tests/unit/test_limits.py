@@ -20,10 +20,8 @@ from llm_relay.limits import (
     Limits,
     Refusal,
     Window,
-    expired_leases,
     format_duration,
     judge,
-    lease_attr,
     next_day_epoch,
     next_month_epoch,
     parse_limit,
@@ -168,9 +166,7 @@ def test_budget_periods_roll_over_in_utc() -> None:
     )
 
 
-def test_leases_and_reservation() -> None:
-    item = {"pk": "KEY#rk", "active": 3, lease_attr("req_a"): 100, lease_attr("req_b"): 200, "l_req_c": 99}
-    assert expired_leases(item, 150) == {"l_req_a": 100, "l_req_c": 99}
+def test_reservation() -> None:
     assert reserve_tokens(40, None) == 40 and reserve_tokens(40, 100, choices=2) == 240
 
 
@@ -207,17 +203,15 @@ def test_rate_refusal_names_the_limit_and_the_wait() -> None:
     assert verdict.retry_after_ms == 30_001
 
 
-def test_expired_leases_are_taken_over_live_ones_refuse() -> None:
+def test_a_full_concurrency_count_is_a_refusal_whatever_the_item_holds() -> None:
     limits = Limits(max_concurrent=2)
     at = T0 + 30
-    # GIVEN two slots held, one by a lease that expired (its process died)
+    # GIVEN the key's count item at its limit, even one still carrying leases written before the ledger (one of
+    # them expired): leases live on the request items now, and only the reconciler settles expired ones
     held = {"active": 2, "l_req_dead": int(at) - 1, "l_req_live": int(at) + 600}
-    verdict = judge(plan(limits, at=at), {CONCURRENCY: held})
-    # THEN the next plan takes the expired lease over
-    assert isinstance(verdict, AdmissionPlan) and verdict.reclaim == {"l_req_dead": int(at) - 1}
-    # AND with both leases live, it is a refusal with a short retry
-    live = {"active": 2, "l_req_a": int(at) + 5, "l_req_b": int(at) + 600}
-    refused = judge(plan(limits, at=at), {CONCURRENCY: live})
+    # WHEN the admission's concurrency part refused
+    refused = judge(plan(limits, at=at), {CONCURRENCY: held})
+    # THEN it is a refusal with a short retry, never a plan to try the same write again
     assert isinstance(refused, Refusal) and refused.limits == ("max_concurrent",) and refused.retry_after_ms == 1000
 
 

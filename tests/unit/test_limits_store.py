@@ -198,13 +198,15 @@ SETTLEMENT = [
             "UpdateExpression": "SET finished_at = :now, termination_reason = :reason,"
             " key_id = if_not_exists(key_id, :kid), expires_at = if_not_exists(expires_at, :ttl)"
             " REMOVE open_shard, lease_key, lease_until",
-            "ConditionExpression": "(attribute_not_exists(finished_at))",  # settled once, by whoever is first
+            # settled once, by whoever is first; over the tombstone of an admission given back (failed open)
+            "ConditionExpression": "(attribute_not_exists(finished_at) OR termination_reason = :released)",
             **ALL_OLD,
             "ExpressionAttributeValues": {
                 ":now": s("2023-11-14T22:13:51.150Z"),
                 ":reason": s("stop"),
                 ":kid": s("rk_a"),
                 ":ttl": n(1700086430),
+                ":released": s("released"),
             },
         }
     },

@@ -4,7 +4,7 @@ one of its `Finalizer`s.
 Admission: one DynamoDB TransactWriteItems before the upstream call (see limits.py for the algorithm and
 dynamo/limits_store.py for the writes). A refusal answers 429 with `Retry-After` and the `x-ratelimit-*` headers,
 and is recorded as a usage record. A refused write is retried only when its ALL_OLD items show it could
-succeed (a stale cached previous minute, expired leases to take over) or on transaction contention.
+succeed (a stale cached previous minute; expired leases, once the reconciler settled them) or on contention.
 If DynamoDB is unreachable or keeps throttling: 503 (fail closed) unless `RELAY_ADMISSION_FAIL_OPEN`.
 
 Every DynamoDB wait is bounded (DESIGN §4, the ledger): admission gives up after `RELAY_ADMISSION_TIMEOUT_S`,
@@ -151,8 +151,8 @@ class Limiter:
             try:
                 await self._bounded(self._stores.requests.put, item, until=deadline - RELEASE_BUDGET_S)
             except StoreUnavailable as exc:
-                await self._release(plan, item, deadline)
-                return self._store_down(ctx, exc)
+                given_back = await self._release(plan, item, deadline)
+                return self._store_down(ctx, exc, nothing_held=given_back)
             return Ticket()
         blocked = plan.blocked()
         if blocked:
@@ -165,8 +165,8 @@ class Limiter:
                 admit = functools.partial(self._stores.limits.admit, plan, item, attempt)
                 result = await self._bounded(admit, until=deadline - RELEASE_BUDGET_S)
             except StoreUnavailable as exc:
-                await self._release(plan, item, deadline)
-                return self._store_down(ctx, exc)
+                given_back = await self._release(plan, item, deadline)
+                return self._store_down(ctx, exc, nothing_held=given_back)
             if result.admitted:
                 self._metric(METRIC_ADMISSION_ATTEMPTS, attempt + 1, {})
                 return self._admitted(ctx, plan, reservation)
@@ -213,15 +213,17 @@ class Limiter:
             ticket=ticket,
         )
 
-    async def _release(self, plan: AdmissionPlan, item: dict[str, Any], deadline: float) -> None:
+    async def _release(self, plan: AdmissionPlan, item: dict[str, Any], deadline: float) -> bool:
         """Give back what an admission of unknown outcome may have taken, before the 503 if DynamoDB answers in
-        time, else from a background thread (idempotent either way)."""
+        time, else from a background thread (idempotent either way). True when it is given back now."""
         expires = int(item["expires_at"])
         try:
             outcome = await self._bounded(self._stores.limits.release_unknown, plan, expires, until=deadline)
-            logger.info("admission of %s of unknown outcome released: %s", plan.request_id, outcome)
         except StoreUnavailable:
             threading.Thread(target=self._release_later, args=(plan, expires), daemon=True).start()
+            return False
+        logger.info("admission of %s of unknown outcome released: %s", plan.request_id, outcome)
+        return True
 
     def _release_later(self, plan: AdmissionPlan, expires_at: int) -> None:
         give_up = time.monotonic() + RELEASE_LATER_S
@@ -355,8 +357,13 @@ class Limiter:
             self._lost(record.as_json(), exc)
         raise error
 
-    def _store_down(self, ctx: RequestContext, exc: StoreUnavailable) -> Ticket:
-        if self._settings.admission_fail_open:
+    def _store_down(self, ctx: RequestContext, exc: StoreUnavailable, *, nothing_held: bool = True) -> Ticket:
+        """DynamoDB did not decide: 503, or with RELAY_ADMISSION_FAIL_OPEN the request admitted without limits,
+        but only once nothing is held for it (an admission of unknown outcome was given back): what a pending
+        release and the request's own settlement would both touch could otherwise leak or go unrecorded."""
+        if self._settings.admission_fail_open and not nothing_held:
+            logger.error("admission of %s: outcome unknown and not yet given back; not failing open", ctx.request_id)
+        if self._settings.admission_fail_open and nothing_held:
             logger.error(
                 "ADMISSION FAIL-OPEN: limits store unavailable (%s); request %s of key %s admitted WITHOUT limits",
                 exc,

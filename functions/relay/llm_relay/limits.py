@@ -207,15 +207,6 @@ def lease_attr(request_id: str) -> str:
     return LEASE_PREFIX + request_id
 
 
-def leases(item: Mapping[str, Any]) -> dict[str, int]:
-    """The leases recorded in a concurrency item: attribute name -> expiry (epoch seconds)."""
-    return {name: int(value) for name, value in item.items() if name.startswith(LEASE_PREFIX)}
-
-
-def expired_leases(item: Mapping[str, Any], now_s: float) -> dict[str, int]:
-    return {name: expiry for name, expiry in leases(item).items() if expiry <= now_s}
-
-
 def reserve_tokens(prompt_tokens: int, max_tokens: int | None, choices: int = 1) -> int:
     """Tokens reserved against TPM at admission: the prompt estimate plus the completion cap, if the
     request sets one. Settled with the actual count after the stream."""
@@ -231,8 +222,8 @@ BUDGET_LIMITS = frozenset({"daily_budget_usd", "monthly_budget_usd"})
 
 @dataclass(frozen=True, slots=True)
 class AdmissionPlan:
-    """Everything one admission write needs to decide: limits, the moment, the cached previous minute and
-    the expired leases it takes over (after a refusal that showed them)."""
+    """Everything one admission write needs to decide: limits, the moment, the cached previous minute and the
+    budget reservation."""
 
     request_id: str
     key_id: str
@@ -242,7 +233,6 @@ class AdmissionPlan:
     lease_s: float
     prev_requests: int = 0
     prev_tokens: int = 0
-    reclaim: Mapping[str, int] | None = None
     reserve_usd: Decimal = Decimal(0)  # the budget reservation: the request's worst case before its next extension
 
     @property
@@ -297,13 +287,12 @@ class Refusal:
 
 def judge(plan: AdmissionPlan, failures: Mapping[str, Mapping[str, Any] | None]) -> AdmissionPlan | Refusal:
     """After a refused admission write (`failures`: the parts whose condition failed, with their ALL_OLD
-    items): a corrected plan worth another attempt (the cached previous minute was stale, or expired leases
-    can be taken over), or the refusal."""
+    items): a corrected plan worth another attempt (the cached previous minute was stale), or the refusal."""
     prev_r, prev_t = plan.prev_requests, plan.prev_tokens
     if PREV in failures:
         old = failures[PREV] or {}
         prev_r, prev_t = max(prev_r, _int(old, "requests")), max(prev_t, _int(old, "tokens"))
-    fixed = replace(plan, prev_requests=prev_r, prev_tokens=prev_t, reclaim=None)
+    fixed = replace(plan, prev_requests=prev_r, prev_tokens=prev_t)
     refused: list[str] = []
     cur_r = cur_t = None
     if RATE in failures:
@@ -313,19 +302,13 @@ def judge(plan: AdmissionPlan, failures: Mapping[str, Mapping[str, Any] | None])
             refused.append("rpm")
         if fixed.tokens_threshold is not None and cur_t > fixed.tokens_threshold:
             refused.append("tpm")
-    reclaim: dict[str, int] | None = None
-    if CONCURRENCY in failures:
-        old = failures[CONCURRENCY] or {}
-        expired = expired_leases(old, plan.now_s)
-        if expired and _int(old, "active") - len(expired) < (plan.limits.max_concurrent or 0):
-            reclaim = expired
-        else:
-            refused.append("max_concurrent")
+    if CONCURRENCY in failures:  # expired leases are the reconciler's (limiter.py), never taken over here
+        refused.append("max_concurrent")
     refused += [
         name for part, name in ((DAILY, "daily_budget_usd"), (MONTHLY, "monthly_budget_usd")) if part in failures
     ]
     if not refused:
-        return replace(fixed, reclaim=reclaim)
+        return fixed
     return refusal(fixed, tuple(refused), cur_r or 0, cur_t or 0)
 
 

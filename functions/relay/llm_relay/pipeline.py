@@ -8,6 +8,7 @@ was cancelled or ran out of time.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -50,7 +51,7 @@ from .outcome import Ending, Finalizer, RequestContext, StreamOutcome, outcome_o
 from .pricing import Pricer
 from .settings import Settings
 from .stream import RelayStream
-from .termination import reason_for
+from .termination import TerminationReason, reason_for
 from .upstream import OpenedStream, Upstream
 
 logger = logging.getLogger(__name__)
@@ -97,19 +98,34 @@ class Pipeline:
         self.leases.track(ctx.request_id, dict)  # renewed from admission on; no progress before the stream
         opened = await self._open_upstream(ctx, cancel, request.receive)
         framing = NDJSONFraming() if ndjson else (SSEFraming() if ctx.chat.stream else None)
-        stream = RelayStream(
-            ctx,
-            opened,
-            framing=framing,
-            cancel=cancel,
-            on_end=functools.partial(self._finalize, ctx),
-            pricer=self._pricer,
-            settings=self.settings,
-            budget=self._budget_guard(ctx),
-        )
+        try:
+            stream = RelayStream(
+                ctx,
+                opened,
+                framing=framing,
+                cancel=cancel,
+                on_end=functools.partial(self._finalize, ctx),
+                pricer=self._pricer,
+                settings=self.settings,
+                budget=self._budget_guard(ctx),
+            )
+        except BaseException:  # the stream that would have finalized it never started: finalize it here
+            await self._abandon(ctx, opened)
+            raise
         messages = ctx.chat.messages_as_dicts()
         self.leases.track(ctx.request_id, lambda: checkpoint(stream.meter, messages, time.time()))
         return stream
+
+    async def _abandon(self, ctx: RequestContext, opened: OpenedStream) -> None:
+        """An open upstream whose stream could not be built: closed, and the request finalized (a failure)."""
+        logger.error("the stream of %s could not start", ctx.request_id, exc_info=True)
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(Exception):
+                await opened.response.aclose()
+            ending = Ending(TerminationReason.UPSTREAM_ERROR, "The relay failed before streaming.")
+            meter = StreamMeter(started_at=ctx.started_at)
+            outcome = outcome_of(ctx, ending, meter, ended_at=time.monotonic(), answered=True, pricer=self._pricer)
+            await self._finalize(ctx, outcome)
 
     async def authenticate(self, request: Request) -> ApiKey:
         """The caller's key (401 otherwise), for routes that need no more of the pipeline (`/v1/models`)."""

@@ -37,6 +37,7 @@ CLIENT_WRITE_TIMEOUT_S = 2.0  # longest wait for a client to take the terminal f
 HARD_DEADLINE_SLACK_S = 0.5  # at the deadline, what is left of the margin minus this goes to the terminal frame
 REMAINDER_MAX_BYTES = 8 * 1024 * 1024  # at the deadline, upstream bytes read (not relayed) to count what it billed
 REMAINDER_IDLE_S = 0.25  # ... until it sends nothing for this long (it is still generating: we stop it)
+REMAINDER_MAX_S = 0.5  # ... and for this long at most: a model still generating is closed, not listened to
 OnEnd = Callable[[StreamOutcome], Awaitable[None]]
 
 
@@ -142,7 +143,7 @@ class RelayStream(Response):
         async with anyio.create_task_group() as tg:
             if self._framing is not None:
                 tg.start_soon(self._write_terminal_by, self._framing, outcome, write_by)
-            complete = await self._count_remainder(write_by)
+            complete = await self._count_remainder(min(write_by, self._clock.now() + REMAINDER_MAX_S))
             await self._close_upstream()
             outcome = self._outcome(ending)
             if not complete:

@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 REQUEST = "request"
 USAGE, SPEND_DAY, SPEND_MONTH, RELEASE, SETTLE_TOKENS = "usage", "spend_day", "spend_month", "release", "settle"
 FINISH = "finish"
+RELEASED = "released"  # the termination reason of a request item whose admission was given back
 _CONTENTION = frozenset({"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"})
 
 
@@ -138,7 +139,7 @@ class LimitsStore:
             **layout.request_key(rid),
             "key_id": plan.key_id,
             "finished_at": iso_ms(time.time()),
-            "termination_reason": "released",
+            "termination_reason": RELEASED,
             "expires_at": expires_at,
         }
         try:
@@ -162,7 +163,7 @@ class LimitsStore:
     def _release_parts(self, plan: AdmissionPlan) -> list[tuple[str, dict[str, Any]]]:
         request = layout.request_key(plan.request_id)
         finish = "SET finished_at = :now, termination_reason = :reason REMOVE " + ", ".join(layout.LEDGER_ATTRS)
-        values = {":now": iso_ms(time.time()), ":reason": "released"}
+        values = {":now": iso_ms(plan.now_s), ":reason": RELEASED}  # deterministic: a retry is the same request
         unfinished = ["attribute_not_exists(finished_at)"]
         parts = [(FINISH, self._op("Update", request["pk"], request["sk"], finish, unfinished, values))]
         key = layout.partition(plan.key_id)
@@ -232,19 +233,22 @@ class LimitsStore:
 
     def _finish_update(self, record: UsageRecord) -> dict[str, Any]:
         """The in-flight item is marked finished in the settlement's round trip (a late cancel then answers
-        "finished"); it exists unless admission failed open, and then this creates it, with a TTL."""
+        "finished"); it exists unless admission failed open, and then this creates it, with a TTL. Settled once:
+        unless the item is only the tombstone of an admission whose outcome was unknown (`released`, everything
+        it took given back), which a request admitted open afterwards still settles (its usage and spend)."""
         request = layout.request_key(record.request_id)
         values = {
             ":now": iso_ms(record.started_epoch + float(record.duration_ms or 0) / 1000),
             ":reason": record.termination_reason,
             ":kid": record.key_id,
             ":ttl": layout.finished_request_ttl(record),
+            ":released": RELEASED,
         }
         update = (
             "SET finished_at = :now, termination_reason = :reason, key_id = if_not_exists(key_id, :kid),"
             " expires_at = if_not_exists(expires_at, :ttl) REMOVE " + ", ".join(layout.LEDGER_ATTRS)
         )
-        finished = ["attribute_not_exists(finished_at)"]
+        finished = ["attribute_not_exists(finished_at) OR termination_reason = :released"]
         return self._op("Update", request["pk"], request["sk"], update, finished, values)
 
     def _spend_update(self, settlement: Settlement, key: str, *, daily: bool) -> dict[str, Any]:
