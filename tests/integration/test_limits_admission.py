@@ -4,6 +4,7 @@ failure policy, and settlement retries."""
 
 from __future__ import annotations
 
+import calendar
 import io
 import json
 import logging
@@ -18,7 +19,7 @@ import anyio
 import pytest
 from aws_lambda_powertools import Logger
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ReadTimeoutError
 
 from llm_relay.admission import Ticket
 from llm_relay.dynamo import Stores
@@ -429,3 +430,68 @@ def test_no_fail_open_while_an_unknown_admission_is_not_given_back_yet(stores: S
         anyio.run(limits.admit, context(key, "req_" + uuid.uuid4().hex))
     # THEN it is refused (503), not admitted open, and the background release gives back what it took
     wait_until(lambda: _held(stores, key.key_id)[:3] == (0, Decimal(0), Decimal(0)), "the admission given back")
+
+
+class _LostAnswer:
+    """Applies a TransactWriteItems and then loses its answer, once, when `lose` is set (a read timeout)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.lose = False
+
+    def transact_write_items(self, **kwargs: Any) -> Any:
+        out = self._client.transact_write_items(**kwargs)
+        if self.lose:
+            self.lose = False
+            raise ReadTimeoutError(endpoint_url="http://127.0.0.1:9")
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def _spend(stores: Stores, key_id: str, sk: str) -> tuple[Decimal, Decimal, Decimal]:
+    item = stores.limits._get(key_id, sk) or {}
+    committed, reserved, cost = (Decimal(item.get(name, 0)) for name in ("committed_usd", "reserved_usd", "cost_usd"))
+    return committed, reserved, cost
+
+
+@pytest.mark.parametrize("fail_open", [False, True], ids=["fail-closed", "fail-open"])
+def test_an_extension_whose_answer_was_lost_is_settled_from_what_the_request_holds(
+    stores: Stores, moto_endpoint: str, fail_open: bool
+) -> None:
+    # GIVEN a budgeted request, and an extension DynamoDB applied but whose answer was lost
+    key = key_with(daily_budget_usd="10")
+    lost = _LostAnswer(stores.client)
+    limits = limiter(moto_endpoint, stores.table_name, client=lost, clock=time.time, admission_fail_open=fail_open)
+    ctx = context(key, "req_" + uuid.uuid4().hex)
+    ctx = replace(ctx, ticket=anyio.run(limits.admit, ctx))
+    assert ctx.ticket is not None and ctx.ticket.budget is not None
+    lost.lose = True
+    anyio.run(limits.extend_budget, ctx, ctx.ticket.budget, 1024)
+    # WHEN the request is settled
+    anyio.run(limits.finalize, ctx, outcome())
+    # THEN nothing stays reserved: what is committed is what was spent
+    day = "SPEND#D#" + time.strftime("%Y-%m-%d", time.gmtime(ctx.started_epoch))
+    committed, reserved, cost = _spend(stores, key.key_id, day)
+    assert reserved == 0 and committed == cost == PRICES("gpt-4o-mini", Usage(5, 20))
+
+
+def test_a_request_started_before_midnight_and_admitted_after_it_settles_where_it_reserved(
+    stores: Stores, moto_endpoint: str
+) -> None:
+    # GIVEN a budgeted request that started 10 ms before a month's end and was admitted 5 ms after it
+    key = key_with(daily_budget_usd="10")
+    midnight = calendar.timegm((2026, 12, 1, 0, 0, 0))
+    limits = limiter(moto_endpoint, stores.table_name, clock=lambda: midnight + 0.005)
+    ctx = replace(context(key, "req_" + uuid.uuid4().hex), started_epoch=midnight - 0.010)
+    ctx = replace(ctx, ticket=anyio.run(limits.admit, ctx))
+    # WHEN it is settled
+    anyio.run(limits.finalize, ctx, outcome())
+    # THEN its reservation and its cost are on the same day and month (its usage record's), none left anywhere
+    cost = PRICES("gpt-4o-mini", Usage(5, 20))
+    none = Decimal(0)
+    assert _spend(stores, key.key_id, "SPEND#D#2026-11-30") == (cost, none, cost)
+    assert _spend(stores, key.key_id, "SPEND#M#2026-11") == (cost, none, cost)
+    assert _spend(stores, key.key_id, "SPEND#D#2026-12-01") == (none, none, none)
+    assert _spend(stores, key.key_id, "SPEND#M#2026-12") == (none, none, none)

@@ -7,7 +7,7 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError, EndpointConnectionError
+from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
 from botocore.stub import Stubber
 
 from llm_relay.dynamo.client import make_client, store_call
@@ -37,6 +37,26 @@ def test_a_failure_becomes_store_unavailable_in_one_format(stubbed: Any) -> None
 def test_a_transport_error_becomes_store_unavailable() -> None:
     with pytest.raises(StoreUnavailable, match=r"^DynamoDB Query: EndpointConnectionError$"), store_call("Query"):
         raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+
+
+@pytest.mark.parametrize(
+    ("failure", "unknown"),
+    [
+        (ClientError({"Error": {"Code": "ProvisionedThroughputExceededException"}}, "TransactWriteItems"), False),
+        (ClientError({"Error": {"Code": "ValidationException"}}, "TransactWriteItems"), False),
+        (ClientError({"Error": {"Code": "InternalServerError"}}, "TransactWriteItems"), True),
+        (EndpointConnectionError(endpoint_url="http://127.0.0.1:9"), False),
+        (ReadTimeoutError(endpoint_url="http://127.0.0.1:9"), True),
+        (ConnectionClosedError(endpoint_url="http://127.0.0.1:9"), True),
+    ],
+    ids=["throttled", "invalid", "server-error", "never-reached", "read-timeout", "closed-mid-answer"],
+)
+def test_a_failure_says_whether_the_write_may_have_been_applied(failure: Exception, unknown: bool) -> None:
+    # WHEN a write fails THEN the error says whether it may have been applied (admission then gives it back
+    # before answering, and fails open only once nothing is held)
+    with pytest.raises(StoreUnavailable) as got, store_call("TransactWriteItems"):
+        raise failure
+    assert got.value.outcome_unknown is unknown
 
 
 def test_a_refused_condition_is_an_answer_for_the_store(stubbed: Any) -> None:

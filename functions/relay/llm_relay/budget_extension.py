@@ -87,6 +87,7 @@ class BudgetGuard:
                 granted = await self._extend(self.reservation, self.reservation.next_tokens())
             except Exception:
                 logger.exception("budget extension failed")
+                self.reservation.uncertain = True  # it may have been applied: settlement reads what is held
                 granted = False
             if not granted:
                 self.refused = True

@@ -88,6 +88,7 @@ class Reservation:
     usd: Decimal
     cap: int | None = None  # max_tokens * n: never reserve past it in one step
     extensions: int = field(default=0)
+    uncertain: bool = field(default=False)  # an extension's outcome is unknown: settle what the request item holds
 
     @classmethod
     def open(

@@ -124,7 +124,14 @@ class StoreUnavailable(ServiceUnavailable):
     It sits under ServiceUnavailable because that is what it means at the HTTP edge: the state store being
     down is the service being unavailable (503, try again), never a bug (500). Callers that can do better
     catch it first: admission fails closed with its own message (or open when configured), finalization logs
-    the record for replay, the cancel poller tries again, the CLI exits 1."""
+    the record for replay, the cancel poller tries again, the CLI exits 1.
+
+    `outcome_unknown`: a write may have been applied (the request was sent and no answer came back in time);
+    False when DynamoDB answered with an error or was never reached."""
+
+    def __init__(self, message: str, *, outcome_unknown: bool = False) -> None:
+        super().__init__(message)
+        self.outcome_unknown = outcome_unknown
 
 
 class UpstreamError(RelayError):

@@ -151,7 +151,7 @@ class Limiter:
             try:
                 await self._bounded(self._stores.requests.put, item, until=deadline - RELEASE_BUDGET_S)
             except StoreUnavailable as exc:
-                given_back = await self._release(plan, item, deadline)
+                given_back = not exc.outcome_unknown or await self._release(plan, item, deadline)
                 return self._store_down(ctx, exc, nothing_held=given_back)
             return Ticket()
         blocked = plan.blocked()
@@ -165,7 +165,7 @@ class Limiter:
                 admit = functools.partial(self._stores.limits.admit, plan, item, attempt)
                 result = await self._bounded(admit, until=deadline - RELEASE_BUDGET_S)
             except StoreUnavailable as exc:
-                given_back = await self._release(plan, item, deadline)
+                given_back = not exc.outcome_unknown or await self._release(plan, item, deadline)
                 return self._store_down(ctx, exc, nothing_held=given_back)
             if result.admitted:
                 self._metric(METRIC_ADMISSION_ATTEMPTS, attempt + 1, {})
@@ -193,7 +193,7 @@ class Limiter:
         is abandoned then; its botocore timeouts end it)."""
         with anyio.move_on_after(max(0.0, until - time.monotonic())):
             return await anyio.to_thread.run_sync(call, *args, abandon_on_cancel=True)
-        raise StoreUnavailable("DynamoDB did not answer in time")
+        raise StoreUnavailable("DynamoDB did not answer in time", outcome_unknown=True)
 
     def _item(
         self, ctx: RequestContext, plan: AdmissionPlan, ticket: Ticket, reservation: Reservation | None
@@ -260,7 +260,7 @@ class Limiter:
     def _reservation(self, ctx: RequestContext, limits: Limits) -> Reservation | None:
         """The request's first budget reservation (None: the key has no budget). A budgeted key asking for a
         model without a price is refused (400), or with RELAY_UNPRICED_MODELS=allow admitted unbudgeted."""
-        periods = periods_of(limits, self._clock())
+        periods = periods_of(limits, ctx.started_epoch)  # the usage record's day and month, as settlement's
         if not periods:
             return None
         chat = ctx.chat
@@ -307,6 +307,7 @@ class Limiter:
             prev.low_requests,
             prev.low_tokens,
             reserve_usd=reservation.usd if reservation is not None else Decimal(0),
+            spend_epoch=ctx.started_epoch,
         )
 
     def _grant(self, plan: AdmissionPlan) -> Ticket:
@@ -352,7 +353,8 @@ class Limiter:
         logger.info("request %s of key %s refused by %s", ctx.request_id, ctx.key.key_id, ",".join(refused.limits))
         record = refused_record(ctx, refused.code, time.monotonic() - ctx.started_at)
         try:
-            await anyio.to_thread.run_sync(self._stores.usage.put_refused, record, self._settings.usage_retention_days)
+            put = functools.partial(self._stores.usage.put_refused, record, self._settings.usage_retention_days)
+            await self._bounded(put, until=time.monotonic() + self._settings.admission_timeout_s)
         except StoreUnavailable as exc:
             self._lost(record.as_json(), exc)
         raise error
@@ -391,10 +393,10 @@ class Limiter:
         left to the reconciler (it settles it as `lost` once the lease, no longer renewed, expires)."""
         record = record_for(ctx, outcome)
         ticket = ctx.ticket
-        reserved = ticket.budget.usd if ticket is not None and ticket.budget is not None else Decimal(0)
-        settlement = settlement_of(record, ticket, self._settings.usage_retention_days, self._clock(), reserved)
         until = time.monotonic() + self._settings.finalize_timeout_s
         try:
+            reserved = await self._reserved(ctx, until)
+            settlement = settlement_of(record, ticket, self._settings.usage_retention_days, self._clock(), reserved)
             settle = functools.partial(self._stores.limits.settle, settlement, deadline=until)
             settled = await self._bounded(settle, until=until)
         except StoreUnavailable as exc:
@@ -412,7 +414,7 @@ class Limiter:
         (the reservation grows); False when a budget refused it or, failing closed, DynamoDB did not answer."""
         usd = reservation.cost_of(tokens)
         try:
-            granted = await anyio.to_thread.run_sync(
+            extend = functools.partial(
                 self._stores.budgets.extend,
                 ctx.key.key_id,
                 ctx.request_id,
@@ -420,7 +422,9 @@ class Limiter:
                 usd,
                 reservation.extensions + 1,
             )
+            granted = await self._bounded(extend, until=time.monotonic() + self._settings.admission_timeout_s)
         except StoreUnavailable as exc:
+            reservation.uncertain = True  # applied, perhaps, with its answer lost: settlement reads what is held
             granted = self._settings.admission_fail_open
             logger.error("budget extension of %s: store unavailable (%s); granted=%s", ctx.request_id, exc, granted)
             self._metric(METRIC_BUDGET_EXTENSIONS, 1, {"result": "store_error"})
@@ -431,6 +435,17 @@ class Limiter:
         if granted:
             reservation.grant(tokens, usd)
         return granted
+
+    async def _reserved(self, ctx: RequestContext, until: float) -> Decimal:
+        """The budget reservation to swap for the cost: the request's own account of it, unless an extension's
+        outcome is unknown; then what its request item holds (every applied extension noted itself there)."""
+        budget = ctx.ticket.budget if ctx.ticket is not None else None
+        if budget is None:
+            return Decimal(0)
+        if not budget.uncertain:
+            return budget.usd
+        item = await self._bounded(self._stores.requests.get, ctx.request_id, until=until)
+        return Decimal(str((item or {}).get("reserved_usd", budget.usd)))
 
     def _lost(self, record: dict[str, Any], exc: Exception) -> None:
         """A usage record DynamoDB would not take: one structured log line with the whole record, to replay from

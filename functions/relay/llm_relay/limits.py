@@ -234,6 +234,12 @@ class AdmissionPlan:
     prev_requests: int = 0
     prev_tokens: int = 0
     reserve_usd: Decimal = Decimal(0)  # the budget reservation: the request's worst case before its next extension
+    spend_epoch: float | None = None  # when the request started: the day and month its spend belongs to
+
+    @property
+    def spend_at(self) -> float:
+        """The moment that names the request's spend items (its usage record's day and month)."""
+        return self.now_s if self.spend_epoch is None else self.spend_epoch
 
     @property
     def window(self) -> Window:

@@ -206,7 +206,8 @@ class Pipeline:
 
     async def _check_early_cancel(self, key_id: str, client_id: str, cancel: CancelSignal) -> None:
         try:
-            if await anyio.to_thread.run_sync(self._requests.client_cancel_requested, key_id, client_id):
+            read = self._requests.client_cancel_requested  # abandoned with the admission (a refusal ends it)
+            if await anyio.to_thread.run_sync(read, key_id, client_id, abandon_on_cancel=True):
                 cancel.set(time.monotonic())
         except StoreUnavailable as exc:  # the poller reads the mark again while the upstream opens
             logger.warning("reading the early cancel of a request failed: %s", exc)

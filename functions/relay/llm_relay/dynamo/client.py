@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import boto3
+import botocore.exceptions
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
 CONDITION_FAILED = "ConditionalCheckFailedException"
 TRANSACTION_CANCELLED = "TransactionCanceledException"
 _ANSWERS = frozenset({CONDITION_FAILED, TRANSACTION_CANCELLED})
+# DynamoDB's own failures, after which a write may or may not have been applied (a throttle or a validation error
+# is a refusal: nothing was).
+_SERVER_FAILURES = frozenset({"InternalServerError", "ServiceUnavailable", "InternalFailure"})
 
 # botocore retries throttling and transient errors itself (standard mode); the timeouts bound each attempt. Sized
 # for the ledger's bounds (DESIGN §4): DynamoDB answers single-digit milliseconds, so 1 s per attempt and two
@@ -55,9 +59,9 @@ def error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", "Unknown"))
 
 
-def unavailable(operation: str, detail: str) -> StoreUnavailable:
+def unavailable(operation: str, detail: str, *, outcome_unknown: bool = False) -> StoreUnavailable:
     """The store error, in its one message format: `DynamoDB <operation>: <what went wrong>`."""
-    return StoreUnavailable(f"DynamoDB {operation}: {detail}")
+    return StoreUnavailable(f"DynamoDB {operation}: {detail}", outcome_unknown=outcome_unknown)
 
 
 @contextmanager
@@ -70,6 +74,9 @@ def store_call(operation: str) -> Iterator[None]:
         code = error_code(exc)
         if code in _ANSWERS:
             raise
-        raise unavailable(operation, code) from exc
+        raise unavailable(operation, code, outcome_unknown=code in _SERVER_FAILURES) from exc
     except BotoCoreError as exc:
-        raise unavailable(operation, type(exc).__name__) from exc
+        # Never reached (refused, or no connection in time): nothing was applied. Anything else (a read timeout,
+        # a connection closed mid-answer) may have been.
+        never_sent = isinstance(exc, botocore.exceptions.ConnectionError)
+        raise unavailable(operation, type(exc).__name__, outcome_unknown=not never_sent) from exc

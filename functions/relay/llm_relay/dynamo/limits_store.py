@@ -94,7 +94,7 @@ class LimitsStore:
             parts.append((PREV, self._prev_check(plan, key)))
         if limits.max_concurrent is not None:
             parts.append((CONCURRENCY, self._lease_update(plan, key)))
-        for period in periods_of(limits, plan.now_s):
+        for period in periods_of(limits, plan.spend_at):
             part = DAILY if period.limit == "daily_budget_usd" else MONTHLY
             parts.append((part, reserve_op(self.table_name, plan.key_id, period, plan.reserve_usd)))
         return parts
@@ -174,7 +174,7 @@ class LimitsStore:
             update = "ADD requests :minus, tokens :unreserve"
             parts.append((SETTLE_TOKENS, self._op("Update", key, layout.rate_sk(plan.window.minute), update, [], undo)))
         if plan.reserve_usd:
-            releases = release_ops(self.table_name, plan.key_id, plan.now_s, plan.reserve_usd)
+            releases = release_ops(self.table_name, plan.key_id, plan.spend_at, plan.reserve_usd)
             parts += [(name, op) for name, op in zip((SPEND_DAY, SPEND_MONTH), releases, strict=True)]
         return parts
 
