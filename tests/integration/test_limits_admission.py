@@ -29,6 +29,7 @@ from llm_relay.limiter import METRIC_ADMISSION_ATTEMPTS
 from llm_relay.metering import StreamMeter, Usage
 from llm_relay.outcome import Ending, StreamOutcome, outcome_of
 from llm_relay.pricing import PriceTable
+from llm_relay.reconciler import Reconciler
 from llm_relay.termination import TerminationReason
 from llm_relay.usage import UsageRecord
 from tests.integration.limits_support import MID_MINUTE, admit_all, context, key_with, limiter, race_worker
@@ -495,3 +496,38 @@ def test_a_request_started_before_midnight_and_admitted_after_it_settles_where_i
     assert _spend(stores, key.key_id, "SPEND#M#2026-11") == (cost, none, cost)
     assert _spend(stores, key.key_id, "SPEND#D#2026-12-01") == (none, none, none)
     assert _spend(stores, key.key_id, "SPEND#M#2026-12") == (none, none, none)
+
+
+def test_a_reconciler_never_settles_a_request_whose_relay_renewed_its_lease_meanwhile(
+    stores: Stores, moto_endpoint: str
+) -> None:
+    # GIVEN an admitted request whose lease a reconciler finds expired
+    key = key_with(max_concurrent=1)
+    limits = limiter(moto_endpoint, stores.table_name, lease_s=10)
+    anyio.run(limits.admit, context(key, "req_alive"))
+    later = time.time() + 60
+
+    class RenewedAfterTheRead:
+        """The relay renews the lease just after the reconciler read the request item."""
+
+        def __init__(self, client: Any) -> None:
+            self._client = client
+
+        def get_item(self, **kwargs: Any) -> Any:
+            out = self._client.get_item(**kwargs)
+            stores.requests.renew(int(later) + 600, {"req_alive": {}})
+            return out
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._client, name)
+
+    reconciler = Reconciler(
+        Stores.create(stores.table_name, RenewedAfterTheRead(stores.client)),  # type: ignore[arg-type]
+        PRICES,
+        30,
+        clock=lambda: later,
+    )
+    # WHEN it settles the request THEN it does not: the relay is alive, its request still unfinished
+    assert reconciler.settle(["req_alive"]) == [None]
+    item = stores.requests.get("req_alive")
+    assert item is not None and "finished_at" not in item

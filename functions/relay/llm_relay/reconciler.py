@@ -12,10 +12,11 @@ leases when they are what refuses a request (limiter.py).
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 
 from .dynamo import Stores, layout
@@ -42,9 +43,6 @@ class Reconciler:
         self._pricer = pricer
         self._retention_days = retention_days
         self._clock = clock
-        # This reconciler's own token purpose: two reconcilers build the same transaction for a request, and with
-        # one token DynamoDB would answer the second "success" without applying it (both would report it settled)
-        self._purpose = f"reconcile:{uuid.uuid4().hex}"
 
     def run(self, max_requests: int = 10_000) -> Reconciliation:
         """Settle every request whose lease expired before now, up to `max_requests`."""
@@ -77,8 +75,14 @@ class Reconciler:
             return None  # settled, or renewed since the index was read (indexes are eventually consistent)
         record = lost_record(item, self._pricer)
         reserved = Decimal(str(item.get("reserved_usd", 0)))  # the budget reservation it still holds
-        settlement = settlement_of(record, ticket_of(item), self._retention_days, now, reserved)
-        if not self._stores.limits.settle(settlement, purpose=self._purpose):
+        settlement = replace(
+            settlement_of(record, ticket_of(item), self._retention_days, now, reserved),
+            lease_expired_before=math.ceil(now),  # lease_until (whole seconds) < now
+        )
+        # Its own token purpose, each time: two reconcilers build the same transaction for a request, and with one
+        # token DynamoDB would answer the second "success" without applying it (both would report it settled).
+        # Made per call, not per instance: SnapStart restores every copy of an instance with the same fields.
+        if not self._stores.limits.settle(settlement, purpose=f"reconcile:{uuid.uuid4().hex}"):
             return None
         logger.warning("request %s of key %s settled as lost (its relay stopped)", request_id, record.key_id)
         return record

@@ -59,6 +59,7 @@ class Settlement:
     tokens_delta: int = 0
     tokens_minute: int | None = None
     reserved_usd: Decimal = Decimal(0)  # the budget reservation to swap for the record's cost
+    lease_expired_before: int | None = None  # the reconciler's: settle only if the lease is still expired then
 
 
 class LimitsStore:
@@ -220,7 +221,7 @@ class LimitsStore:
             (USAGE, {"Put": usage}),
             (SPEND_DAY, self._spend_update(settlement, key, daily=True)),
             (SPEND_MONTH, self._spend_update(settlement, key, daily=False)),
-            (FINISH, self._finish_update(record)),
+            (FINISH, self._finish_update(record, settlement.lease_expired_before)),
         ]
         if lease is not None:  # the FINISH condition makes this happen once per request: no condition of its own
             parts.append((RELEASE, self._op("Update", key, layout.CONC_SK, "ADD active :minus", [], {":minus": -1})))
@@ -231,7 +232,7 @@ class LimitsStore:
             parts.append((SETTLE_TOKENS, self._op("Update", key, layout.rate_sk(minute), settle, [], values)))
         return parts
 
-    def _finish_update(self, record: UsageRecord) -> dict[str, Any]:
+    def _finish_update(self, record: UsageRecord, lease_expired_before: int | None = None) -> dict[str, Any]:
         """The in-flight item is marked finished in the settlement's round trip (a late cancel then answers
         "finished"); it exists unless admission failed open, and then this creates it, with a TTL. Settled once:
         unless the item is only the tombstone of an admission whose outcome was unknown (`released`, everything
@@ -249,6 +250,9 @@ class LimitsStore:
             " expires_at = if_not_exists(expires_at, :ttl) REMOVE " + ", ".join(layout.LEDGER_ATTRS)
         )
         finished = ["attribute_not_exists(finished_at) OR termination_reason = :released"]
+        if lease_expired_before is not None:  # a relay that renewed its lease meanwhile is alive: not lost
+            finished.append("lease_until < :expired_before")
+            values[":expired_before"] = lease_expired_before
         return self._op("Update", request["pk"], request["sk"], update, finished, values)
 
     def _spend_update(self, settlement: Settlement, key: str, *, daily: bool) -> dict[str, Any]:
