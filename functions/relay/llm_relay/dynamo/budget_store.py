@@ -66,10 +66,10 @@ def settle_adds(cost_usd: Decimal | None, reserved_usd: Decimal) -> tuple[list[s
 def release_ops(
     table: str, key_id: str, started_epoch: float, reserved_usd: Decimal, cost_usd: Decimal = Decimal(0)
 ) -> list[dict[str, Any]]:
-    """For the reconciler of a request that never finalized (its in-flight item holds `reserved_usd` and
-    `started_at`): the updates of its day's and month's spend items that release its reservation and commit
-    `cost_usd` (its estimated cost) instead. Put them in the same transaction as its usage record; the spend
-    items' `cost_usd` and counters are the usage record's business, as in settlement."""
+    """The updates of a request's day's and month's spend items that release its reservation and commit
+    `cost_usd` instead: for the release of an admission whose outcome was unknown (`LimitsStore.release_unknown`,
+    cost 0), inside that transaction. (Settlement, the reconciler's included, swaps the reservation through
+    `settle_adds` in its own spend updates.)"""
     adds, values = settle_adds(cost_usd, reserved_usd)
     ops = []
     for period in (f"D#{day_of(started_epoch)}", f"M#{month_of(started_epoch)}"):
