@@ -259,11 +259,21 @@ def test_store_down_fails_closed_by_default_and_open_when_configured(
 
 
 # --- settlement retries ------------------------------------------------------------------------------------------
-class _Flaky:
+class _Wrapped:
+    """A real DynamoDB client with some of its calls replaced (a fault injected); the rest delegated."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+class _Flaky(_Wrapped):
     """Delegates to a real client; the first `failures` TransactWriteItems calls fail as a 500 would."""
 
     def __init__(self, client: Any, failures: int) -> None:
-        self._client = client
+        super().__init__(client)
         self.failures = failures
 
     def transact_write_items(self, **kwargs: Any) -> Any:
@@ -271,9 +281,6 @@ class _Flaky:
             self.failures -= 1
             raise ClientError({"Error": {"Code": "InternalServerError", "Message": "boom"}}, "TransactWriteItems")
         return self._client.transact_write_items(**kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
 
 
 def test_settlement_is_retried_then_logged_whole_never_raised(stores: Stores, moto_endpoint: str) -> None:
@@ -355,12 +362,12 @@ def test_transaction_conflicts_are_retried_without_counting_twice(stores: Stores
 
 
 # --- failing open after an admission of unknown outcome ---------------------------------------------------------
-class _LateAnswer:
+class _LateAnswer(_Wrapped):
     """DynamoDB applies the first admission transaction but answers it too late for the relay; the release's
     tombstone PutItem fails `put_failures` times (DynamoDB still unwell)."""
 
     def __init__(self, client: Any, put_failures: int = 0) -> None:
-        self._client = client
+        super().__init__(client)
         self.late = True
         self.put_failures = put_failures
 
@@ -376,9 +383,6 @@ class _LateAnswer:
             self.put_failures -= 1
             raise ClientError({"Error": {"Code": "InternalServerError", "Message": "boom"}}, "PutItem")
         return self._client.put_item(**kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
 
 
 def _held(stores: Stores, key_id: str) -> tuple[int, Decimal, Decimal, int]:
@@ -433,12 +437,10 @@ def test_no_fail_open_while_an_unknown_admission_is_not_given_back_yet(stores: S
     wait_until(lambda: _held(stores, key.key_id)[:3] == (0, Decimal(0), Decimal(0)), "the admission given back")
 
 
-class _LostAnswer:
+class _LostAnswer(_Wrapped):
     """Applies a TransactWriteItems and then loses its answer, once, when `lose` is set (a read timeout)."""
 
-    def __init__(self, client: Any) -> None:
-        self._client = client
-        self.lose = False
+    lose = False
 
     def transact_write_items(self, **kwargs: Any) -> Any:
         out = self._client.transact_write_items(**kwargs)
@@ -446,9 +448,6 @@ class _LostAnswer:
             self.lose = False
             raise ReadTimeoutError(endpoint_url="http://127.0.0.1:9")
         return out
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
 
 
 def _spend(stores: Stores, key_id: str, sk: str) -> tuple[Decimal, Decimal, Decimal]:
@@ -507,19 +506,13 @@ def test_a_reconciler_never_settles_a_request_whose_relay_renewed_its_lease_mean
     anyio.run(limits.admit, context(key, "req_alive"))
     later = time.time() + 60
 
-    class RenewedAfterTheRead:
+    class RenewedAfterTheRead(_Wrapped):
         """The relay renews the lease just after the reconciler read the request item."""
-
-        def __init__(self, client: Any) -> None:
-            self._client = client
 
         def get_item(self, **kwargs: Any) -> Any:
             out = self._client.get_item(**kwargs)
             stores.requests.renew(int(later) + 600, {"req_alive": {}})
             return out
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self._client, name)
 
     reconciler = Reconciler(
         Stores.create(stores.table_name, RenewedAfterTheRead(stores.client)),  # type: ignore[arg-type]
