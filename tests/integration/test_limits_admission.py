@@ -25,7 +25,7 @@ from llm_relay.admission import Ticket
 from llm_relay.dynamo import Stores
 from llm_relay.dynamo.layout import key_attributes
 from llm_relay.errors import RateLimited, ServiceUnavailable
-from llm_relay.limiter import METRIC_ADMISSION_ATTEMPTS
+from llm_relay.limiter import METRIC_ADMISSION_ATTEMPTS, Limiter
 from llm_relay.metering import StreamMeter, Usage
 from llm_relay.outcome import Ending, StreamOutcome, outcome_of
 from llm_relay.pricing import PriceTable
@@ -385,6 +385,13 @@ class _LateAnswer(_Wrapped):
         return self._client.put_item(**kwargs)
 
 
+def _failing_open(stores: Stores, endpoint: str, client: Any) -> Limiter:
+    """A limiter that fails open, with a 1 s admission budget, on `client`."""
+    return limiter(
+        endpoint, stores.table_name, client=client, admission_fail_open=True, admission_timeout_s=1.0, clock=time.time
+    )
+
+
 def _held(stores: Stores, key_id: str) -> tuple[int, Decimal, Decimal, int]:
     """(slots in use, committed_usd, reserved_usd of today, usage records) of a key."""
     day = stores.limits._get(key_id, "SPEND#D#" + time.strftime("%Y-%m-%d", time.gmtime())) or {}
@@ -398,15 +405,7 @@ def test_fail_open_after_an_unknown_admission_records_the_request_and_holds_noth
 ) -> None:
     # GIVEN fail-open, and an admission DynamoDB applied but answered too late (its release then given back)
     key = key_with(max_concurrent=2, daily_budget_usd="10")
-    late = _LateAnswer(stores.client)
-    limits = limiter(
-        moto_endpoint,
-        stores.table_name,
-        client=late,
-        admission_fail_open=True,
-        admission_timeout_s=1.0,
-        clock=time.time,
-    )
+    limits = _failing_open(stores, moto_endpoint, _LateAnswer(stores.client))
     ctx = context(key, "req_" + uuid.uuid4().hex)
     # WHEN it is admitted open and then finishes
     ticket = anyio.run(limits.admit, ctx)
@@ -421,15 +420,7 @@ def test_fail_open_after_an_unknown_admission_records_the_request_and_holds_noth
 def test_no_fail_open_while_an_unknown_admission_is_not_given_back_yet(stores: Stores, moto_endpoint: str) -> None:
     # GIVEN fail-open, an admission applied but answered too late, and DynamoDB refusing the release for a while
     key = key_with(max_concurrent=2, daily_budget_usd="10")
-    late = _LateAnswer(stores.client, put_failures=3)
-    limits = limiter(
-        moto_endpoint,
-        stores.table_name,
-        client=late,
-        admission_fail_open=True,
-        admission_timeout_s=1.0,
-        clock=time.time,
-    )
+    limits = _failing_open(stores, moto_endpoint, _LateAnswer(stores.client, put_failures=3))
     # WHEN the request is admitted
     with pytest.raises(ServiceUnavailable):
         anyio.run(limits.admit, context(key, "req_" + uuid.uuid4().hex))
