@@ -31,6 +31,20 @@ def sam_environment() -> dict[str, str]:
     return {**os.environ, "SAM_CLI_TELEMETRY": "0", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
+def assert_validates_and_lints(sam_cli: Path, template: Path) -> None:
+    """`sam validate --lint` on `template`: valid and lint-clean."""
+    done = subprocess.run(
+        [str(sam_cli), "validate", "--lint", "--template-file", str(template)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=sam_environment(),
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "is a valid SAM Template" in done.stdout + done.stderr
+
+
 @pytest.fixture(scope="session")
 def sam_cli() -> Path:
     sam = SAM_VENV / "bin" / "sam"

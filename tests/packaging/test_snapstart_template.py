@@ -4,7 +4,6 @@ snapshotted and the web adapter (its 1.0.0 release, layer 27) calls the relay's 
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import pytest
 
 from llm_relay.snapstart import AFTER_RESTORE_PATH
 from llm_relay_dev.table import load_template
-from tests.packaging.conftest import REPO, sam_environment
+from tests.packaging.conftest import REPO, assert_validates_and_lints
 
 ADAPTER_SNAPSTART_RELEASE = 27  # aws-lambda-web-adapter 1.0.0: the first release that handles a restore
 
@@ -51,15 +50,5 @@ def test_sam_validate_lint_passes_with_snapstart_on_and_off(sam_cli: Path, tmp_p
     tail = tail.replace('    Default: "false"\n', f'    Default: "{snapstart}"\n', 1)
     variant = tmp_path / "template.yaml"
     variant.write_text(head + marker + tail, encoding="utf-8")
-    # WHEN sam validates and lints it
-    done = subprocess.run(
-        [str(sam_cli), "validate", "--lint", "--template-file", str(variant)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=sam_environment(),
-        timeout=300,
-    )
-    # THEN it is valid and lint-clean
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "is a valid SAM Template" in done.stdout + done.stderr
+    # WHEN sam validates and lints it THEN it is valid and lint-clean
+    assert_validates_and_lints(sam_cli, variant)

@@ -12,7 +12,7 @@ import pytest
 
 from llm_relay.settings import Settings
 from llm_relay_dev.table import load_template
-from tests.packaging.conftest import REPO, SAM_VENV, sam_environment
+from tests.packaging.conftest import REPO, SAM_VENV, assert_validates_and_lints, sam_environment
 
 ADAPTER_ACCOUNT = "753240598075"
 TABLE_ARN = {"Fn::GetAtt": ["RelayTable", "Arn"]}
@@ -232,16 +232,7 @@ def test_function_url_serves_the_live_alias_publicly():
 
 
 def test_sam_validate_lint_is_clean(sam_cli):
-    done = subprocess.run(
-        [str(sam_cli), "validate", "--lint", "--template-file", str(REPO / "template.yaml")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=sam_environment(),
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "is a valid SAM Template" in done.stdout + done.stderr
+    assert_validates_and_lints(sam_cli, REPO / "template.yaml")
 
 
 def _dependency_hash() -> str:

@@ -123,9 +123,30 @@ class Pipeline:
             with contextlib.suppress(Exception):
                 await opened.response.aclose()
             ending = Ending(TerminationReason.UPSTREAM_ERROR, "The relay failed before streaming.")
-            meter = StreamMeter(started_at=ctx.started_at)
-            outcome = outcome_of(ctx, ending, meter, ended_at=time.monotonic(), answered=True, pricer=self._pricer)
-            await self._finalize(ctx, outcome)
+            await self._finalize_unstreamed(ctx, ending, answered=True)
+
+    async def _finalize_unstreamed(
+        self,
+        ctx: RequestContext,
+        ending: Ending,
+        *,
+        answered: bool,
+        retries: int = 0,
+        upstream_errors: dict[str, int] | None = None,
+    ) -> None:
+        """Finalize a request that ended before any chunk was relayed (an empty meter)."""
+        meter = StreamMeter(started_at=ctx.started_at)
+        outcome = outcome_of(
+            ctx,
+            ending,
+            meter,
+            ended_at=time.monotonic(),
+            answered=answered,
+            pricer=self._pricer,
+            retries=retries,
+            upstream_errors=upstream_errors,
+        )
+        await self._finalize(ctx, outcome)
 
     async def authenticate(self, request: Request) -> ApiKey:
         """The caller's key (401 otherwise), for routes that need no more of the pipeline (`/v1/models`)."""
@@ -222,20 +243,7 @@ class Pipeline:
             failure = _as_relay_error(exc, ctx.request_id)
             retries, errors = (failure.retries, failure.failures) if isinstance(failure, UpstreamError) else (0, {})
             ending = Ending(reason_for(failure), failure.message, *_cancel_source(failure, cancel, gone))
-            meter = StreamMeter(started_at=ctx.started_at)
-            await self._finalize(
-                ctx,
-                outcome_of(
-                    ctx,
-                    ending,
-                    meter,
-                    ended_at=time.monotonic(),
-                    answered=False,
-                    pricer=self._pricer,
-                    retries=retries,
-                    upstream_errors=errors,
-                ),
-            )
+            await self._finalize_unstreamed(ctx, ending, answered=False, retries=retries, upstream_errors=errors)
             if not isinstance(exc, Exception):  # cancelled (the server is shutting down): finalized, passed on
                 raise
             failure.headers.update(ctx.ticket.headers if ctx.ticket else {})
