@@ -88,6 +88,11 @@ def make_relay(stores: Stores, upstream: Upstream, moto_endpoint: str) -> Iterat
             "table_name": stores.table_name,
             "cancel_poll_interval_s": 0.05,
             "upstream_retry_base_s": 0.01,
+            # The session's moto is one serialized server shared by every test: on a loaded machine a burst of
+            # admissions can queue past the production bounds. The bounds themselves are tested against a
+            # DynamoDB of their own (test_ledger.py: 503 within 3 s, the body closed within 5 s).
+            "admission_timeout_s": 15.0,
+            "finalize_timeout_s": 15.0,
         }
         values.update(overrides)
         app_kwargs = values.pop("app_kwargs", None) or {}
