@@ -124,9 +124,34 @@ def test_only_the_configured_upstream_secret_is_readable(template):
     assert others["UpstreamKeyDecrypt"]["Action"] == "kms:Decrypt"
     assert others["UpstreamKeyDecrypt"]["Resource"] == {"Ref": "UpstreamKmsKeyArn"}
     assert "kms:ViaService" in others["UpstreamKeyDecrypt"]["Condition"]["StringEquals"]
-    assert set(others) == {"UpstreamSecret", "UpstreamParameter", "UpstreamKeyDecrypt"}
+    assert set(others) == {"UpstreamSecret", "UpstreamParameter", "UpstreamKeyDecrypt", "BedrockStream"}
     conditions = [p["Fn::If"][0] for p in _function(template)["Policies"] if "Fn::If" in p]
-    assert conditions == ["HasUpstreamSecret", "HasUpstreamSsmParameter", "HasUpstreamKmsKey"]
+    assert conditions == ["HasUpstreamSecret", "HasUpstreamSsmParameter", "HasUpstreamKmsKey", "HasBedrockModels"]
+
+
+def test_bedrock_streaming_is_granted_on_the_listed_models_only(template):
+    # GIVEN the Bedrock statement THEN it streams, nothing else, from the BedrockModelArns parameter only, and
+    # exists only when that list is not empty (no Bedrock access by default)
+    [bedrock] = [s for s in _statements(template) if s["Sid"] == "BedrockStream"]
+    assert bedrock["Action"] == "bedrock:InvokeModelWithResponseStream"
+    assert bedrock["Resource"] == {"Ref": "BedrockModelArns"}
+    parameter = template["Parameters"]["BedrockModelArns"]
+    assert parameter["Type"] == "CommaDelimitedList" and parameter["Default"] == ""
+    condition = template["Conditions"]["HasBedrockModels"]
+    assert condition == {"Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "BedrockModelArns"}]}, ""]}]}
+
+
+def test_the_upstream_table_replaces_the_url_when_given(template):
+    # GIVEN the Upstreams parameter THEN set, it is RELAY_UPSTREAMS and RELAY_UPSTREAM_URL is left out (the relay
+    # refuses both at once); empty, the URL shorthand is used
+    variables = _variables(template)
+    assert variables["RELAY_UPSTREAMS"] == {
+        "Fn::If": ["HasUpstreamTable", {"Ref": "Upstreams"}, {"Ref": "AWS::NoValue"}]
+    }
+    assert variables["RELAY_UPSTREAM_URL"] == {
+        "Fn::If": ["HasUpstreamTable", {"Ref": "AWS::NoValue"}, {"Ref": "UpstreamUrl"}]
+    }
+    assert template["Parameters"]["Upstreams"]["Default"] == ""
 
 
 def test_table_keeps_its_schema_with_ttl_recovery_and_encryption(template):

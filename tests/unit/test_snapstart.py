@@ -13,32 +13,33 @@ from llm_relay import snapstart
 from llm_relay.app import create_app
 from llm_relay.lambda_context import HEADER as LAMBDA_CONTEXT_HEADER
 from llm_relay.settings import Settings
-from llm_relay.upstream import Upstream
+from llm_relay.upstreams.router import Upstreams
+from llm_relay.upstreams.table import load_table
 
 
 def _mock_transport() -> httpx.MockTransport:
     return httpx.MockTransport(lambda request: httpx.Response(500))
 
 
-def _upstream() -> Upstream:
-    return Upstream(Settings(), "http://upstream/v1", lambda: _no_key(), transport=_mock_transport())
-
-
-async def _no_key() -> str | None:
-    return None
+def _upstream() -> Upstreams:
+    return Upstreams(Settings(), load_table(None, "http://upstream/v1"), transport=_mock_transport())
 
 
 def test_after_restore_reseeds_randomness_and_drops_the_snapshotted_connection_pool() -> None:
     async def scenario() -> None:
         # GIVEN an upstream client built during init, and the random state as the snapshot holds it
         upstream = _upstream()
-        snapshotted = upstream.client
+        snapshotted = upstream.exchange.client
         random.seed(12345)
         shared_draw = random.Random(12345).random()
         # WHEN the hook runs after a restore
         await snapstart.after_restore(upstream)
         # THEN the upstream has a new client and the snapshotted one (with its pool) is closed
-        assert upstream.client is not snapshotted and snapshotted.is_closed and not upstream.client.is_closed
+        assert (
+            upstream.exchange.client is not snapshotted
+            and snapshotted.is_closed
+            and not upstream.exchange.client.is_closed
+        )
         # AND the module's random state no longer follows the snapshotted seed
         assert random.random() != shared_draw
         await upstream.aclose()
@@ -57,7 +58,7 @@ def _app(monkeypatch: pytest.MonkeyPatch, path: str | None) -> httpx.AsyncClient
     else:
         monkeypatch.delenv("AWS_LWA_SNAPSTART_AFTER_RESTORE_PATH", raising=False)
     app = create_app(Settings(), upstream_transport=_mock_transport())
-    app.state.pipeline.upstream = _upstream()
+    app.state.pipeline.upstreams = _upstream()
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://relay")
 
 
@@ -66,16 +67,16 @@ def test_the_adapter_call_runs_the_hook(monkeypatch: pytest.MonkeyPatch) -> None
         # GIVEN SnapStart on: the template sets the adapter's after-restore path
         async with _app(monkeypatch, snapstart.AFTER_RESTORE_PATH) as client:
             pipeline = client._transport.app.state.pipeline  # type: ignore[attr-defined]
-            snapshotted = pipeline.upstream.client
+            snapshotted = pipeline.upstreams.exchange.client
             # WHEN the adapter POSTs it after a restore (its own call: no Lambda context header)
             answer = await client.post(snapstart.AFTER_RESTORE_PATH)
             # THEN the hook ran: 204, and the upstream pool was renewed
             assert answer.status_code == 204
-            assert pipeline.upstream.client is not snapshotted and snapshotted.is_closed
+            assert pipeline.upstreams.exchange.client is not snapshotted and snapshotted.is_closed
             # AND a request forwarded from an invocation (it carries the Lambda context) cannot trigger it
             forwarded = await client.post(snapstart.AFTER_RESTORE_PATH, headers={LAMBDA_CONTEXT_HEADER: "{}"})
             assert forwarded.status_code == 404
-            await pipeline.upstream.aclose()
+            await pipeline.upstreams.aclose()
 
     anyio.run(scenario)
 
@@ -84,7 +85,7 @@ def test_without_snapstart_the_hook_route_does_not_exist(monkeypatch: pytest.Mon
     async def scenario() -> None:
         async with _app(monkeypatch, None) as client:
             assert (await client.post(snapstart.AFTER_RESTORE_PATH)).status_code == 404
-            await client._transport.app.state.pipeline.upstream.aclose()  # type: ignore[attr-defined]
+            await client._transport.app.state.pipeline.upstreams.aclose()  # type: ignore[attr-defined]
 
     anyio.run(scenario)
 
@@ -95,6 +96,6 @@ def test_no_openapi_schema_is_served(monkeypatch: pytest.MonkeyPatch) -> None:
         async with _app(monkeypatch, None) as client:
             for path in ("/openapi.json", "/docs", "/redoc"):
                 assert (await client.get(path)).status_code == 404
-            await client._transport.app.state.pipeline.upstream.aclose()  # type: ignore[attr-defined]
+            await client._transport.app.state.pipeline.upstreams.aclose()  # type: ignore[attr-defined]
 
     anyio.run(scenario)

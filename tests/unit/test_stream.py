@@ -26,7 +26,8 @@ from llm_relay.pricing import PriceTable
 from llm_relay.settings import Settings
 from llm_relay.stream import RelayStream
 from llm_relay.termination import TerminationReason
-from llm_relay.upstream import OpenedStream
+from llm_relay.upstreams.http import OpenedStream
+from llm_relay.upstreams.openai import OpenAIDecoder
 
 T0 = 1000.0
 SETTINGS = Settings(
@@ -189,7 +190,7 @@ def relay(
         transport = httpx.MockTransport(lambda request: httpx.Response(200, stream=body))
         async with httpx.AsyncClient(transport=transport, base_url="http://upstream/v1") as http:
             response = await http.send(http.build_request("POST", "/chat/completions"), stream=True)
-            opened = OpenedStream(response, 0, {})
+            opened = OpenedStream(response, OpenAIDecoder())
             response_stream = RelayStream(
                 ctx,
                 opened,

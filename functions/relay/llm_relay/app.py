@@ -26,7 +26,7 @@ from .admission import Admission
 from .auth import Authenticator
 from .cancellation import CancelRegistry
 from .dynamo import Stores
-from .errors import ConfigurationError, InvalidRequest, NotFound, RelayError
+from .errors import InvalidRequest, NotFound, RelayError
 from .finalize import Finalizers
 from .lambda_context import HEADER as LAMBDA_CONTEXT_HEADER
 from .lambda_context import LambdaInvocation
@@ -38,8 +38,9 @@ from .pipeline import Pipeline
 from .pricing import Pricer, PriceTable
 from .settings import Settings
 from .telemetry import Telemetry
-from .upstream import Upstream
 from .upstream_key import UpstreamKeyProvider
+from .upstreams.router import Upstreams
+from .upstreams.table import UpstreamTable, load_table
 
 logger = logging.getLogger(__name__)
 
@@ -108,14 +109,13 @@ def _known_models(settings: Settings, prices: PriceTable) -> set[str]:
     return set(settings.allowed_model_set or ()) | set(prices.models)
 
 
-def require_upstream(settings: Settings, transport: httpx.AsyncBaseTransport | None) -> None:
-    """Refuse to build an app with nowhere to send requests: a deployment missing its upstream URL must fail at
-    start-up, not answer users with anything. Tests inject a transport instead of a URL."""
-    if settings.upstream_url is None and transport is None:
-        raise ConfigurationError(
-            "RELAY_UPSTREAM_URL is not set: the relay has no upstream to send requests to "
-            "(set it to the provider's OpenAI-compatible base URL ending in /v1; `make dev` runs a mock upstream)"
-        )
+def require_upstream(settings: Settings, transport: httpx.AsyncBaseTransport | None) -> UpstreamTable:
+    """The upstream table, or `ConfigurationError`: a deployment with nowhere (or nowhere valid) to send requests
+    must fail at start-up, not answer users with anything. Tests may inject a transport instead of a URL."""
+    if transport is not None and settings.upstream_url is None and not settings.upstreams:
+        return load_table(None, "http://upstream/v1")
+    stored = bool(settings.upstream_secret_arn or settings.upstream_ssm_parameter)
+    return load_table(settings.upstreams, settings.upstream_url, relay_key_stored=stored)
 
 
 def create_app(
@@ -130,7 +130,7 @@ def create_app(
     """The relay's app. No OpenAPI schema, no docs: nothing reads them, and building the schema costs start-up
     time. Routes take the raw `Request` (the pipeline parses and validates the body itself)."""
     settings = settings or Settings()
-    require_upstream(settings, upstream_transport)
+    table = require_upstream(settings, upstream_transport)
     stores = stores or Stores.from_settings(settings)
     prices = PriceTable.load(settings.prices_json)
     telemetry = Telemetry(
@@ -159,11 +159,10 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            base_url = settings.upstream_url
-            pipeline.upstream = Upstream(
-                settings, base_url or "http://upstream/v1", UpstreamKeyProvider(settings), transport=upstream_transport
+            pipeline.upstreams = Upstreams(
+                settings, table, default_key=UpstreamKeyProvider(settings), transport=upstream_transport
             )
-            stack.push_async_callback(pipeline.upstream.aclose)
+            stack.push_async_callback(pipeline.upstreams.aclose)
             tg = await stack.enter_async_context(anyio.create_task_group())
             tg.start_soon(pipeline.cancels.run_poller)
             tg.start_soon(pipeline.leases.run)
@@ -176,7 +175,7 @@ def create_app(
     app.state.pipeline = pipeline
     _install_error_handlers(app, telemetry)
     _install_routes(app, pipeline)
-    _install_models_route(app, pipeline, settings, prices)
+    _install_models_route(app, pipeline, settings, prices, table)
     app.add_middleware(RequestScopeMiddleware)
     return app
 
@@ -210,19 +209,23 @@ def _install_after_restore_hook(app: FastAPI, pipeline: Pipeline, path: str) -> 
     async def after_restore_hook(request: Request) -> Response:
         if LAMBDA_CONTEXT_HEADER in request.headers:
             raise NotFound("Unknown route.")
-        await snapstart.after_restore(pipeline.upstream)
+        await snapstart.after_restore(pipeline.upstreams)
         return Response(status_code=204)
 
     app.add_route(path, after_restore_hook, methods=["POST"])
 
 
-def _install_models_route(app: FastAPI, pipeline: Pipeline, settings: Settings, prices: PriceTable) -> None:
+def _install_models_route(
+    app: FastAPI, pipeline: Pipeline, settings: Settings, prices: PriceTable, table: UpstreamTable
+) -> None:
     created = int(time.time())
+    candidates = [*prices.models, *table.literal_models()]
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         key = await pipeline.authenticate(request)
-        return model_list(usable_models(settings.allowed_model_set, key.allowed_models, prices.models), created)
+        names = usable_models(settings.allowed_model_set, key.allowed_models, candidates)
+        return model_list([name for name in names if table.serves(name)], created)
 
 
 def _install_error_handlers(app: FastAPI, telemetry: Telemetry) -> None:

@@ -70,6 +70,7 @@ class StreamOutcome:
     finish_reason: str | None = None  # the upstream's own, as it sent it
     retries: int = 0  # upstream attempts after the first
     upstream_errors: dict[str, int] = field(default_factory=dict)  # failed attempts by class ("5xx", "connect")
+    upstream: str = ""  # the upstream that answered (or failed last); "" when none was tried
 
 
 def outcome_of(
@@ -82,6 +83,7 @@ def outcome_of(
     pricer: Pricer,
     retries: int = 0,
     upstream_errors: dict[str, int] | None = None,
+    upstream: str = "",
 ) -> StreamOutcome:
     """The outcome of a request, whatever ended it: a stream (its meter), or an upstream that never answered
     2xx (`answered` False, an empty meter)."""
@@ -100,6 +102,7 @@ def outcome_of(
         finish_reason=meter.finish_reason,
         retries=retries,
         upstream_errors=dict(upstream_errors or {}),
+        upstream=upstream,
     )
 
 

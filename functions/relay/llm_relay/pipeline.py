@@ -52,7 +52,8 @@ from .pricing import Pricer
 from .settings import Settings
 from .stream import RelayStream
 from .termination import TerminationReason, reason_for
-from .upstream import OpenedStream, Upstream
+from .upstreams.http import OpenedStream
+from .upstreams.router import Plan, Upstreams
 
 logger = logging.getLogger(__name__)
 
@@ -82,12 +83,13 @@ class Pipeline:
         self._finalizer = finalizer
         self._pricer = pricer
         self.leases = leases or LeaseKeeper(requests, settings.lease_s)
-        self.upstream: Upstream | None = None  # opened by the app's lifespan
+        self.upstreams: Upstreams | None = None  # opened by the app's lifespan
 
     async def chat(self, request: Request, *, ndjson: bool) -> Response:
         """A chat completion, answered as SSE, NDJSON or one JSON body."""
         key = await self._auth.authenticate(request.headers)
         ctx = await self._parse(request, key, ndjson=ndjson)
+        plan = await self._plan(ctx)
         client = (key.key_id, ctx.client_request_id) if ctx.client_request_id else None
         cancel = self.cancels.register(ctx.request_id, client)
         try:
@@ -96,7 +98,7 @@ class Pipeline:
             self.cancels.unregister(ctx.request_id)
             raise
         self.leases.track(ctx.request_id, dict)  # renewed from admission on; no progress before the stream
-        opened = await self._open_upstream(ctx, cancel, request.receive)
+        opened = await self._open_upstream(ctx, plan, cancel, request.receive)
         framing = NDJSONFraming() if ndjson else (SSEFraming() if ctx.chat.stream else None)
         try:
             stream = RelayStream(
@@ -123,7 +125,7 @@ class Pipeline:
             with contextlib.suppress(Exception):
                 await opened.response.aclose()
             ending = Ending(TerminationReason.UPSTREAM_ERROR, "The relay failed before streaming.")
-            await self._finalize_unstreamed(ctx, ending, answered=True)
+            await self._finalize_unstreamed(ctx, ending, answered=True, upstream=opened.upstream)
 
     async def _finalize_unstreamed(
         self,
@@ -133,6 +135,7 @@ class Pipeline:
         answered: bool,
         retries: int = 0,
         upstream_errors: dict[str, int] | None = None,
+        upstream: str = "",
     ) -> None:
         """Finalize a request that ended before any chunk was relayed (an empty meter)."""
         meter = StreamMeter(started_at=ctx.started_at)
@@ -145,6 +148,7 @@ class Pipeline:
             pricer=self._pricer,
             retries=retries,
             upstream_errors=upstream_errors,
+            upstream=upstream,
         )
         await self._finalize(ctx, outcome)
 
@@ -207,6 +211,11 @@ class Pipeline:
             client_request_id=client_request_id.from_headers(request.headers),
         )
 
+    async def _plan(self, ctx: RequestContext) -> Plan:
+        """Where the request goes (the upstream table), its first request built: refusals here cost nothing."""
+        assert self.upstreams is not None
+        return await self.upstreams.plan(ctx.chat.upstream_body(), ctx.chat.model, ctx.request_id)
+
     async def _admit(self, ctx: RequestContext, cancel: CancelSignal) -> RequestContext:
         """Admission, and beside it (same time, no added latency) the one read of a cancel that may have come
         for the client's id before the request did; only requests with an X-Client-Request-Id pay for it."""
@@ -233,17 +242,22 @@ class Pipeline:
         except StoreUnavailable as exc:  # the poller reads the mark again while the upstream opens
             logger.warning("reading the early cancel of a request failed: %s", exc)
 
-    async def _open_upstream(self, ctx: RequestContext, cancel: CancelSignal, receive: Receive) -> OpenedStream:
+    async def _open_upstream(
+        self, ctx: RequestContext, plan: Plan, cancel: CancelSignal, receive: Receive
+    ) -> OpenedStream:
         """Open the upstream stream (with its retries); an open that fails, is cancelled or runs out of time
         is finalized here and answered as an error (with the admission's rate-limit headers)."""
         gone = anyio.Event()
         try:
-            return await self._bounded_open(ctx, cancel, receive, gone)
+            return await self._bounded_open(ctx, plan, cancel, receive, gone)
         except BaseException as exc:
             failure = _as_relay_error(exc, ctx.request_id)
             retries, errors = (failure.retries, failure.failures) if isinstance(failure, UpstreamError) else (0, {})
+            upstream = (failure.upstream if isinstance(failure, UpstreamError) else "") or plan.upstream
             ending = Ending(reason_for(failure), failure.message, *_cancel_source(failure, cancel, gone))
-            await self._finalize_unstreamed(ctx, ending, answered=False, retries=retries, upstream_errors=errors)
+            await self._finalize_unstreamed(
+                ctx, ending, answered=False, retries=retries, upstream_errors=errors, upstream=upstream
+            )
             if not isinstance(exc, Exception):  # cancelled (the server is shutting down): finalized, passed on
                 raise
             failure.headers.update(ctx.ticket.headers if ctx.ticket else {})
@@ -252,12 +266,12 @@ class Pipeline:
             raise failure from exc
 
     async def _bounded_open(
-        self, ctx: RequestContext, cancel: CancelSignal, receive: Receive, gone: anyio.Event
+        self, ctx: RequestContext, plan: Plan, cancel: CancelSignal, receive: Receive, gone: anyio.Event
     ) -> OpenedStream:
         """The open itself (every retry), unless the client cancels or leaves, or the deadline comes first: the
         stream's watchers do not run yet, so this wait is bounded here. A cancel that came before (at admission)
         stops it before the first attempt."""
-        assert self.upstream is not None
+        assert self.upstreams is not None
         opened: OpenedStream | None = None
         failure: Exception | None = None  # raised after the task group, which would wrap it in an ExceptionGroup
         async with anyio.create_task_group() as tg:
@@ -278,7 +292,7 @@ class Pipeline:
             with anyio.move_on_after(max(0.0, (ctx.deadline or math.inf) - time.monotonic())):
                 await anyio.lowlevel.checkpoint()  # a cancel already set ends the open before any attempt
                 try:
-                    opened = await self.upstream.open_chat_stream(ctx.chat.upstream_body(), ctx.request_id)
+                    opened = await self.upstreams.open(plan)
                 except Exception as exc:
                     failure = exc
             tg.cancel_scope.cancel()

@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     # Upstream LLM provider. Required: without a URL `create_app` refuses to start (ConfigurationError); only
     # `make dev` (llm_relay_dev) fills it in, with the URL of the mock upstream it starts.
     upstream_url: str | None = None
+    # The upstream table (`upstreams.table`): a JSON list routing models to upstreams of every kind, with
+    # fallbacks. `upstream_url` is its one-upstream shorthand; exactly one of the two is set.
+    upstreams: str | None = None
     upstream_api_key: str | None = Field(default=None, repr=False)
     upstream_secret_arn: str | None = None
     upstream_ssm_parameter: str | None = None
@@ -87,6 +90,7 @@ class Settings(BaseSettings):
         "default_daily_budget_usd",
         "default_monthly_budget_usd",
         "prices_json",
+        "upstreams",
         mode="before",
     )
     @classmethod

@@ -15,15 +15,18 @@ bridges the lifecycle: after a restore, before any invocation, it POSTs the path
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
-from .upstream import Upstream
+if TYPE_CHECKING:
+    from .upstreams.router import Upstreams
 
 AFTER_RESTORE_PATH = "/_lwa/after-restore"  # template.yaml sets AWS_LWA_SNAPSTART_AFTER_RESTORE_PATH to it
 
 
-async def after_restore(upstream: Upstream | None) -> None:
-    """Reseed the random state and drop the upstream connection pool captured in the snapshot. The DynamoDB
-    client opens no connection during init; a stale one would be retried by botocore (standard retry mode)."""
+async def after_restore(upstreams: Upstreams | None) -> None:
+    """Reseed the random state and drop the upstream connection pool (and a Bedrock client's credentials) captured
+    in the snapshot. The DynamoDB client opens no connection during init; a stale one would be retried by botocore
+    (standard retry mode)."""
     random.seed()
-    if upstream is not None:  # None only before the lifespan opened it
-        await upstream.renew()
+    if upstreams is not None:  # None only before the lifespan opened it
+        await upstreams.renew()

@@ -7,7 +7,6 @@ terminal frame is written, and `on_end` (the pipeline's finalization) runs befor
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -27,9 +26,9 @@ from .metering import StreamMeter
 from .outcome import Ending, RequestContext, StreamOutcome, outcome_of
 from .pricing import Pricer
 from .settings import Settings
-from .sse import SSELineTooLong, SSEParser
 from .termination import HTTP_STATUS, TerminationReason, reason_from_finish
-from .upstream import OpenedStream
+from .upstreams.base import Decoded, Ended, Failed
+from .upstreams.http import OpenedStream
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +77,7 @@ class RelayStream(Response):
         self._last_write = ctx.started_at
         self._reading_since: float | None = None  # when the pump began waiting for upstream bytes
         self._pump_scope: anyio.CancelScope | None = None
-        self._parser = SSEParser()  # the pump's, kept: the count of the remainder at the deadline goes on from it
+        self._decoder = opened.decoder  # the pump's, kept: the count of the remainder at the deadline goes on from it
         self._ending: Ending | None = None
         self._client_gone = False
         self._budget = budget  # None: no budget reservation to keep within
@@ -169,12 +168,10 @@ class RelayStream(Response):
                     if raw is None:
                         return True
                     read += len(raw)
-                    for event in self._parser.feed(raw):
-                        if event.data == "[DONE]":
-                            return True
-                        chunk = _parse_chunk(event.data)
-                        if chunk is not None:
-                            self.meter.observe(chunk, self._clock.now())
+                    for item in self._decoder.feed(raw):
+                        if not isinstance(item, dict):
+                            return True  # the upstream's end (or its error): nothing more will be billed
+                        self.meter.observe(item, self._clock.now())
                     continue
                 return False  # idle: still generating, and stopped now
         return False
@@ -196,6 +193,7 @@ class RelayStream(Response):
             pricer=self._pricer,
             retries=self._opened.retries,
             upstream_errors=self._opened.status_errors,
+            upstream=self._opened.upstream,
         )
 
     async def _close_body(self, outcome: StreamOutcome) -> None:
@@ -216,7 +214,7 @@ class RelayStream(Response):
 
     # --- the pump -----------------------------------------------------------------------------------
     async def _pump(self) -> None:
-        parser = self._parser
+        decoder = self._decoder
         try:
             while True:
                 self._reading_since = self._clock.now()  # the idle timeout runs only while we wait for bytes
@@ -225,36 +223,32 @@ class RelayStream(Response):
                 if raw is None:
                     break
                 now = self._clock.now()
-                for event in parser.feed(raw):
-                    if not await self._handle(event.data, now):
+                for item in decoder.feed(raw):
+                    if not await self._handle(item, now):
                         return
+            for item in decoder.close():
+                if not await self._handle(item, self._clock.now()):
+                    return
             self._conclude_finished()
         except httpx.ReadTimeout:
             self._conclude(TerminationReason.UPSTREAM_TIMEOUT, self._idle_message())
         except httpx.HTTPError as exc:
             self._conclude(TerminationReason.UPSTREAM_ERROR, f"Upstream stream failed ({type(exc).__name__}).")
-        except SSELineTooLong:
-            self._conclude(TerminationReason.UPSTREAM_ERROR, "Upstream sent a malformed event (line too long).")
         except _ClientGone:
             self._conclude(TerminationReason.CLIENT_CANCELLED, source="disconnect")
         except Exception:
             logger.exception("relay pump failed for request %s", self.ctx.request_id)
             self._conclude(TerminationReason.UPSTREAM_ERROR, "The relay failed while streaming.")
 
-    async def _handle(self, data: str, now: float) -> bool:
-        """Relay one upstream event; False when the stream has ended."""
-        if data == "[DONE]":
+    async def _handle(self, item: Decoded, now: float) -> bool:
+        """Relay one decoded upstream item; False when the stream has ended."""
+        if isinstance(item, Ended):
             self._conclude_finished()
             return False
-        chunk = _parse_chunk(data)
-        if chunk is None:
-            self._conclude(TerminationReason.UPSTREAM_ERROR, "Upstream sent a malformed event.")
+        if isinstance(item, Failed):
+            self._conclude(TerminationReason.UPSTREAM_ERROR, item.message)
             return False
-        if "error" in chunk and not chunk.get("choices"):
-            error = chunk["error"]
-            message = error.get("message") if isinstance(error, dict) else None
-            self._conclude(TerminationReason.UPSTREAM_ERROR, f"Upstream error: {message or 'unknown'}")
-            return False
+        chunk = item
         if self._budget is not None and not await self._within_budget(chunk):
             return False
         if not self.meter.observe(chunk, now):
@@ -434,11 +428,3 @@ class RelayStream(Response):
         with contextlib.suppress(_ClientGone):
             await self._start(status, "application/json", extra)
             await self._raw_send({"type": "http.response.body", "body": dumps(body).encode(), "more_body": False})
-
-
-def _parse_chunk(data: str) -> dict[str, Any] | None:
-    try:
-        chunk = json.loads(data)
-    except ValueError:
-        return None
-    return chunk if isinstance(chunk, dict) else None

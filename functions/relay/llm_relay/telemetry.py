@@ -33,6 +33,7 @@ class Telemetry:
             "key_id": ctx.key.key_id,
             "model": ctx.chat.model,
             "mode": ctx.mode,
+            "upstream": outcome.upstream or None,
             "reason": outcome.reason.value,
             "prompt_tokens": outcome.usage.prompt_tokens,
             "completion_tokens": outcome.usage.completion_tokens,

@@ -42,6 +42,7 @@ class UsageRecord:
     duration_ms: Decimal | None = None
     mode: str = ""
     cancel_source: str | None = None
+    upstream: str | None = None  # the name of the upstream that answered (or failed last); None: none was tried
 
     @property
     def timestamp(self) -> str:
@@ -67,6 +68,7 @@ class UsageRecord:
             "duration_ms": None if self.duration_ms is None else float(self.duration_ms),
             "mode": self.mode,
             "cancel_source": self.cancel_source,
+            "upstream": self.upstream,
         }
 
 
@@ -88,6 +90,7 @@ def record_for(ctx: RequestContext, outcome: StreamOutcome) -> UsageRecord:
         duration_ms=_ms(outcome.duration_s),
         mode=ctx.mode,
         cancel_source=outcome.cancel_source,
+        upstream=outcome.upstream or None,
     )
 
 

@@ -272,6 +272,7 @@ def usage_item(record: UsageRecord, retention_days: int) -> dict[str, Any]:
         "ttft_ms": record.ttft_ms,
         "duration_ms": record.duration_ms,
         "cancel_source": record.cancel_source,
+        "upstream": record.upstream,
     }
     item.update({name: value for name, value in optional.items() if value is not None})
     return item
@@ -300,4 +301,5 @@ def usage_record(item: dict[str, Any]) -> UsageRecord:
         duration_ms=item.get("duration_ms"),
         mode=str(item.get("mode", "")),
         cancel_source=item.get("cancel_source"),
+        upstream=item.get("upstream"),
     )

@@ -1,9 +1,9 @@
-"""Upstream adapter: one shared `httpx.AsyncClient` (keep-alive reused across requests), opening the
-streamed chat completion with retries (connect errors, 429, 5xx; `Retry-After` honoured; exponential
-backoff with full jitter) only while nothing has been sent to the client.
+"""The HTTP exchange every kind of upstream shares: one `httpx.AsyncClient` (keep-alive reused across requests
+and upstreams), opening a streamed chat completion with retries (connect errors, 429, 5xx; `Retry-After`
+honoured; exponential backoff with full jitter) only while nothing can have reached a model.
 
-The read timeout of the client is the idle timeout: no upstream bytes for that long raises
-`httpx.ReadTimeout`, which the relay ends as `upstream_timeout`.
+What differs by kind (the request, the body's decoding) is the `Dialect` (`upstreams.base`). The read timeout of
+the client bounds the wait for the response headers; the stream enforces the idle timeout between body reads.
 """
 
 from __future__ import annotations
@@ -11,16 +11,16 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any
 
 import anyio
 import httpx
 
-from .errors import InvalidRequest, RateLimited, UpstreamError, UpstreamTimeout
-from .settings import Settings
+from ..errors import InvalidRequest, RateLimited, UpstreamError, UpstreamTimeout
+from ..settings import Settings
+from .base import Decoder, Dialect, UpstreamRequest
 
 logger = logging.getLogger(__name__)
 
@@ -28,14 +28,17 @@ RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 # Retried transport failures: those where the upstream cannot have started generating. A read timeout or a
 # reset after the request was sent is not retried: the upstream may be generating (and billing) already.
 RETRYABLE_TRANSPORT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.RemoteProtocolError)
-KeyProvider = Callable[[], Awaitable[str | None]]
 
 
 @dataclass(slots=True)
 class OpenedStream:
+    """An upstream response with a 2xx status, its body not read yet, and the decoder for that body."""
+
     response: httpx.Response
-    retries: int
-    status_errors: dict[str, int]
+    decoder: Decoder
+    retries: int = 0  # attempts after the first, over every upstream tried
+    status_errors: dict[str, int] = field(default_factory=dict)  # failed attempts by class, over every upstream
+    upstream: str = ""  # the name of the upstream that answered (routing)
 
 
 def backoff_s(attempt: int, base: float, cap: float, retry_after: float | None, rng: random.Random) -> float:
@@ -65,19 +68,17 @@ def status_class(status: int) -> str:
     return f"{status // 100}xx"
 
 
-class Upstream:
+class HttpExchange:
+    """The pooled client and the retry loop; `open` sends one dialect's request."""
+
     def __init__(
         self,
         settings: Settings,
-        base_url: str,
-        key_provider: KeyProvider,
         transport: httpx.AsyncBaseTransport | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._settings = settings
-        self._key_provider = key_provider
         self._rng = rng or random.Random()
-        self._base_url = base_url
         self._transport = transport
         self.client = self._new_client()
 
@@ -88,7 +89,7 @@ class Upstream:
         read = max(settings.upstream_idle_timeout_s, settings.upstream_first_token_timeout_s)
         timeout = httpx.Timeout(connect=settings.upstream_connect_timeout_s, read=read, write=10.0, pool=10.0)
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60.0)
-        return httpx.AsyncClient(base_url=self._base_url, timeout=timeout, limits=limits, transport=self._transport)
+        return httpx.AsyncClient(timeout=timeout, limits=limits, transport=self._transport)
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -100,19 +101,16 @@ class Upstream:
         self._rng.seed()
         await old.aclose()
 
-    async def open_chat_stream(self, body: dict[str, Any], request_id: str) -> OpenedStream:
-        """POST the chat completion and return the streaming response once its status is 2xx."""
-        # identity: the relay reads raw bytes as they come (a compressed event stream could not be parsed
-        # incrementally, and would hold tokens back in the compressor).
-        headers = {"accept": "text/event-stream", "accept-encoding": "identity", "x-request-id": request_id}
-        key = await self._key_provider()
-        if key:
-            headers["authorization"] = f"Bearer {key}"
-        payload = json.dumps(body, separators=(",", ":")).encode()
+    async def open(self, prepared: UpstreamRequest, dialect: Dialect, model: str) -> OpenedStream:
+        """Send a dialect's prepared request and return the response once its status is 2xx, with the dialect's
+        decoder for its body. A failure raises `UpstreamError` with `retryable` set when no attempt can have
+        reached a model (the rule for a fallback to another upstream)."""
         errors: dict[str, int] = {}
         attempt = 0
         while True:
-            request = self.client.build_request("POST", "/chat/completions", content=payload, headers=headers)
+            request = self.client.build_request(
+                "POST", prepared.url, content=prepared.content, headers=prepared.headers
+            )
             retry_after: float | None = None
             try:
                 response = await self.client.send(request, stream=True)
@@ -125,9 +123,10 @@ class Upstream:
                 )
                 if not isinstance(exc, RETRYABLE_TRANSPORT):
                     raise _with_history(failure, attempt, errors) from None
+                failure.retryable = True
             else:
                 if response.is_success:
-                    return OpenedStream(response, attempt, errors)
+                    return OpenedStream(response, dialect.decoder(model, int(time.time())), attempt, errors)
                 errors[status_class(response.status_code)] = errors.get(status_class(response.status_code), 0) + 1
                 failure = await _failure_from_response(response)
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
@@ -135,6 +134,7 @@ class Upstream:
                     failure.headers["retry-after"] = str(max(1, round(retry_after)))  # the client's own wait
                 if response.status_code not in RETRYABLE_STATUS:
                     raise _with_history(failure, attempt, errors)
+                failure.retryable = True
             if attempt >= self._settings.upstream_max_retries:
                 raise _with_history(failure, attempt, errors)
             delay = backoff_s(
@@ -185,11 +185,15 @@ async def _failure_from_response(response: httpx.Response) -> UpstreamError:
 
 
 def _upstream_message(raw: bytes) -> str:
+    """The error message in an upstream's error body: OpenAI's `{"error": {"message"}}`, Ollama's
+    `{"error": "..."}`, Bedrock's `{"message": "..."}`; else the start of the body."""
     try:
         body = json.loads(raw)
-        error = body.get("error") if isinstance(body, dict) else None
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return str(error["message"])[:500]
     except (ValueError, UnicodeDecodeError):
-        pass
+        body = None
+    if isinstance(body, dict):
+        error = body.get("error")
+        for candidate in (error.get("message") if isinstance(error, dict) else error, body.get("message")):
+            if isinstance(candidate, str) and candidate:
+                return candidate[:500]
     return raw[:200].decode("utf-8", errors="replace") or "no body"

@@ -1,5 +1,5 @@
-"""The upstream adapter: its pure helpers (backoff, Retry-After parsing, status classes), and the retry policy
-of `Upstream.open_chat_stream` against `httpx.MockTransport` (no socket)."""
+"""The HTTP exchange every upstream kind shares: its pure helpers (backoff, Retry-After parsing, status classes),
+and the retry policy of `HttpExchange.open` (with the openai dialect) against `httpx.MockTransport` (no socket)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,15 @@ import pytest
 
 from llm_relay.errors import UpstreamError, UpstreamTimeout
 from llm_relay.settings import Settings
-from llm_relay.upstream import (
+from llm_relay.upstreams.http import (
     RETRYABLE_STATUS,
+    HttpExchange,
     OpenedStream,
-    Upstream,
     backoff_s,
     parse_retry_after,
     status_class,
 )
+from llm_relay.upstreams.openai import OpenAIDialect
 
 
 class FixedRandom(random.Random):
@@ -153,7 +154,7 @@ def test_retryable_statuses() -> None:
     assert 401 not in RETRYABLE_STATUS
 
 
-# --- Upstream.open_chat_stream: the retry policy, against httpx.MockTransport -------------------------------------
+# --- HttpExchange.open: the retry policy, against httpx.MockTransport -------------------------------------
 # The adapter sleeps for real between attempts (anyio.sleep): the bases stay tiny, and the delay it chose is read
 # from its "retrying in" log record rather than from a clock.
 SSE_OK = b'data: {"choices":[]}\n\ndata: [DONE]\n\n'
@@ -192,11 +193,11 @@ def _open(handler: Scripted, rng: random.Random | None = None, **overrides: Any)
     """Open one chat stream through a fresh adapter (closed afterwards); raises what the adapter raises."""
 
     async def run() -> OpenedStream:
-        upstream = Upstream(
-            _settings(**overrides), "http://upstream.test/v1", _key, httpx.MockTransport(handler), rng or ZeroRandom()
-        )
+        upstream = HttpExchange(_settings(**overrides), httpx.MockTransport(handler), rng or ZeroRandom())
+        dialect = OpenAIDialect("http://upstream.test/v1", _key)
         try:
-            opened = await upstream.open_chat_stream(BODY, "req_test")
+            prepared = await dialect.request(BODY, str(BODY["model"]), "req_test")
+            opened = await upstream.open(prepared, dialect, str(BODY["model"]))
             await opened.response.aclose()
             return opened
         finally:
@@ -213,7 +214,7 @@ def _fail(handler: Scripted, rng: random.Random | None = None, **overrides: Any)
 
 def _retry_delays(caplog: pytest.LogCaptureFixture) -> list[float]:
     """The delays the adapter chose, from its `retrying in %.3fs` records (the unrounded argument)."""
-    records = [r for r in caplog.records if r.name == "llm_relay.upstream" and "retrying in" in r.msg]
+    records = [r for r in caplog.records if r.name == "llm_relay.upstreams.http" and "retrying in" in r.msg]
     return [float(cast(tuple[Any, ...], r.args)[2]) for r in records]
 
 
@@ -300,7 +301,7 @@ def test_failure_history_counts_each_class() -> None:
 
 def test_backoff_doubles_between_attempts(caplog: pytest.LogCaptureFixture) -> None:
     # GIVEN no Retry-After and jitter drawing its maximum: base, 2 * base, 4 * base
-    with caplog.at_level(logging.INFO, logger="llm_relay.upstream"):
+    with caplog.at_level(logging.INFO, logger="llm_relay.upstreams.http"):
         _fail(Scripted(*[503] * 4), FixedRandom(), upstream_max_retries=3, upstream_retry_base_s=0.002)
     assert _retry_delays(caplog) == [0.002, 0.004, 0.008]
 
@@ -316,7 +317,7 @@ def test_backoff_doubles_between_attempts(caplog: pytest.LogCaptureFixture) -> N
 )
 def test_retry_after_is_honoured_and_capped(caplog: pytest.LogCaptureFixture, retry_after: str, delay: float) -> None:
     # GIVEN jitter drawing 0 and a cap of 0.05 s
-    with caplog.at_level(logging.INFO, logger="llm_relay.upstream"):
+    with caplog.at_level(logging.INFO, logger="llm_relay.upstreams.http"):
         opened = _open(Scripted((503, {"retry-after": retry_after})))
     assert opened.retries == 1
     assert _retry_delays(caplog) == [delay]

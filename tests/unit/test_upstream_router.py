@@ -1,0 +1,137 @@
+"""Fallbacks (`Upstreams.open`): taken when an upstream fails before any byte could reach a model, after its own
+retries; never after a 4xx or once the request may have reached a model. Against `httpx.MockTransport`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from llm_relay.errors import InvalidRequest, ModelNotAllowed, UpstreamError
+from llm_relay.settings import Settings
+from llm_relay.upstreams.base import UpstreamRequest
+from llm_relay.upstreams.http import OpenedStream
+from llm_relay.upstreams.openai import OpenAIDialect
+from llm_relay.upstreams.router import Upstreams, dialect_for
+from llm_relay.upstreams.table import UpstreamSpec, load_table
+
+TABLE = [
+    {"name": "primary", "kind": "openai", "url": "http://primary/v1", "models": ["gpt-*"], "fallbacks": ["second"]},
+    {"name": "second", "kind": "openai", "url": "http://second/v1", "models": ["other"], "rewrite": "second-model"},
+]
+BODY = {"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+SSE_OK = b'data: {"choices":[]}\n\ndata: [DONE]\n\n'
+
+
+class Hosts:
+    """Answers each host from its own script (a status, or an httpx exception class); 200 when it runs out."""
+
+    def __init__(self, **scripts: list[Any]) -> None:
+        self.scripts = scripts
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        self.seen.append((host, json.loads(request.content)))
+        script = self.scripts.get(host, [])
+        step = script.pop(0) if script else 200
+        if isinstance(step, type):
+            raise step("scripted", request=request)
+        if step == 200:
+            return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=SSE_OK)
+        return httpx.Response(step, json={"error": {"message": f"scripted {step}"}})
+
+
+def _open(hosts: Hosts, *, model: str = "gpt-x", factory: Any = None, retries: int = 1) -> OpenedStream:
+    settings = Settings(upstream_retry_base_s=0.001, upstream_retry_max_s=0.002, upstream_max_retries=retries)
+
+    async def run() -> OpenedStream:
+        upstreams = Upstreams(
+            settings,
+            load_table(json.dumps(TABLE), None, {}),
+            transport=httpx.MockTransport(hosts),
+            dialect_factory=factory,
+        )
+        try:
+            plan = await upstreams.plan({**BODY, "model": model}, model, "req_1")
+            opened = await upstreams.open(plan)
+            await opened.response.aclose()
+            return opened
+        finally:
+            await upstreams.aclose()
+
+    return anyio.run(run)
+
+
+def test_a_healthy_primary_answers_and_the_fallback_is_never_asked() -> None:
+    hosts = Hosts()
+    opened = _open(hosts)
+    assert opened.upstream == "primary" and opened.retries == 0
+    assert [host for host, _ in hosts.seen] == ["primary"]
+
+
+@pytest.mark.parametrize("failure", [503, 429, 500, httpx.ConnectError])
+def test_a_primary_failing_before_any_byte_falls_back_after_its_retries(failure: Any) -> None:
+    # GIVEN a primary that fails every attempt in a way no model can have seen, with 1 retry
+    hosts = Hosts(primary=[failure, failure])
+    # WHEN a request for its model opens
+    opened = _open(hosts)
+    # THEN the fallback answered, with its own model name, and the record counts every attempt
+    assert opened.upstream == "second"
+    assert [host for host, _ in hosts.seen] == ["primary", "primary", "second"]
+    assert hosts.seen[-1][1]["model"] == "second-model"
+    assert opened.retries == 2
+    assert sum(opened.status_errors.values()) == 2
+
+
+@pytest.mark.parametrize("failure", [400, 401, 404, httpx.ReadTimeout, httpx.ReadError])
+def test_no_fallback_after_a_4xx_or_once_the_request_may_have_reached_a_model(failure: Any) -> None:
+    hosts = Hosts(primary=[failure])
+    with pytest.raises(UpstreamError) as failed:
+        _open(hosts)
+    assert [host for host, _ in hosts.seen] == ["primary"]
+    assert failed.value.upstream == "primary"
+
+
+def test_when_every_upstream_fails_the_last_failure_carries_the_whole_history() -> None:
+    hosts = Hosts(primary=[503, 503], second=[502, 502])
+    with pytest.raises(UpstreamError) as failed:
+        _open(hosts)
+    assert failed.value.upstream == "second"
+    assert (failed.value.retries, failed.value.failures) == (3, {"5xx": 4})
+
+
+def test_a_fallback_that_cannot_take_the_request_leaves_the_primarys_failure() -> None:
+    class Refusing(OpenAIDialect):
+        async def request(self, body: dict[str, Any], model: str, request_id: str) -> UpstreamRequest:
+            raise InvalidRequest("'n' is not supported by this upstream", param="n")
+
+    def factory(spec: UpstreamSpec) -> Any:
+        return Refusing(spec.url or "") if spec.name == "second" else dialect_for(spec, None)
+
+    hosts = Hosts(primary=[503, 503])
+    with pytest.raises(UpstreamError) as failed:
+        _open(hosts, factory=factory)
+    assert failed.value.upstream == "primary" and failed.value.upstream_status == 503
+    assert [host for host, _ in hosts.seen] == ["primary", "primary"]
+
+
+def test_a_request_the_primary_cannot_take_is_refused_when_planned() -> None:
+    class Refusing(OpenAIDialect):
+        async def request(self, body: dict[str, Any], model: str, request_id: str) -> UpstreamRequest:
+            raise InvalidRequest("'n' is not supported by this upstream", param="n")
+
+    hosts = Hosts()
+    with pytest.raises(InvalidRequest):
+        _open(hosts, factory=lambda spec: Refusing(spec.url or ""))
+    assert hosts.seen == []
+
+
+def test_a_model_no_upstream_serves_is_refused_before_any_request() -> None:
+    hosts = Hosts()
+    with pytest.raises(ModelNotAllowed):
+        _open(hosts, model="llama3")
+    assert hosts.seen == []
