@@ -13,6 +13,12 @@ table (and the test that regenerates it) depends only on the pinned version: mov
 prices the library schedules after it count from then. Tiered prices keep their base tier (see docs/limits.md,
 the worst case). Models without both an input and an output token price (image, audio) are left out.
 
+Amazon Bedrock's models (the library's `aws` provider) are only found when the provider is named, so they are
+added apart, under the ids Bedrock's API takes: the library's `regional.` prefix stands for a cross-region
+inference profile (`us.`, `eu.`, ...), which the relay's pricing strips, so the id without it is the entry; a
+model the library only matches behind a profile is priced as `us.<id>`. They never replace an entry the
+provider-less lookup gave.
+
     python -m llm_relay_dev.price_table            # rewrite functions/relay/llm_relay/prices.json (make prices)
     python -m llm_relay_dev.price_table --check    # exit 1 if the file differs from what the library gives
 """
@@ -55,15 +61,33 @@ def _equals(clause: Any) -> list[str]:
     return []
 
 
-def price_of(name: str) -> dict[str, str] | None:
-    """The per-million prices the library charges for `name` on `AS_OF` (the day's highest where they vary by
-    the time of day), as the relay's table holds them."""
-    first = _calc(name, AS_OF)
+BEDROCK = "aws"
+_REGIONAL = "regional."
+
+
+def bedrock_names() -> dict[str, str]:
+    """Bedrock's API id of each `aws` model → the name the library prices it by."""
+    provider = next(p for p in data_snapshot.get_snapshot().providers if p.id == BEDROCK)
+    names: dict[str, str] = {}
+    for model in provider.models:
+        api_id = model.id.removeprefix(_REGIONAL)
+        for name in (api_id, f"us.{api_id}"):
+            calc = _calc(name, AS_OF, BEDROCK)
+            if calc is not None and calc.model.id == model.id:
+                names[api_id] = name
+                break
+    return names
+
+
+def price_of(name: str, provider_id: str | None = None) -> dict[str, str] | None:
+    """The per-million prices the library charges for `name` (at `provider_id`, or the provider it picks) on
+    `AS_OF` (the day's highest where they vary by the time of day), as the relay's table holds them."""
+    first = _calc(name, AS_OF, provider_id)
     if first is None:
         return None
     prices = [first.model_price]
     if _varies_by_time_of_day(first.model):
-        prices = [calc.model_price for at in _HALF_HOURS if (calc := _calc(name, at)) is not None]
+        prices = [calc.model_price for at in _HALF_HOURS if (calc := _calc(name, at, provider_id)) is not None]
     values = {field: _highest(prices, field) for field in ("input_mtok", "output_mtok", "cache_read_mtok")}
     if values["input_mtok"] is None or values["output_mtok"] is None:
         return None
@@ -75,12 +99,12 @@ def price_of(name: str) -> dict[str, str] | None:
     return entry
 
 
-def _calc(name: str, at: datetime) -> types.PriceCalculation | None:
+def _calc(name: str, at: datetime, provider_id: str | None = None) -> types.PriceCalculation | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             usage = genai_prices.Usage(input_tokens=1, output_tokens=1)
-            return genai_prices.calc_price(usage, name, genai_request_timestamp=at)
+            return genai_prices.calc_price(usage, name, provider_id=provider_id, genai_request_timestamp=at)
     except LookupError:
         return None
 
@@ -103,6 +127,10 @@ def _base(value: Decimal | types.TieredPrices | None) -> Decimal | None:
 
 def generate() -> dict[str, Any]:
     models = {name: entry for name in model_names() if (entry := price_of(name)) is not None}
+    for api_id, name in bedrock_names().items():
+        if api_id not in models and (entry := price_of(name, BEDROCK)) is not None:
+            models[api_id] = entry
+    models = dict(sorted(models.items()))
     return {
         "_source": SOURCE,
         "_as_of": AS_OF.date().isoformat(),

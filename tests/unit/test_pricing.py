@@ -103,3 +103,49 @@ def test_a_bad_override_fails_at_start_up(override: str, message: str) -> None:
 
 def test_notes_are_ignored() -> None:
     assert parse_prices('{"_note": "x", "m": {"input": 1, "output": 1}}').keys() == {"m"}
+
+
+def test_bedrock_model_ids_are_priced_at_the_bedrock_price() -> None:
+    # GIVEN the packaged table (Bedrock's models come from the price data's `aws` provider)
+    table = PriceTable.load()
+    # THEN the ids Bedrock's API takes are priced, at Bedrock's price
+    for model in (
+        "amazon.nova-lite-v1:0",
+        "anthropic.claude-3-5-haiku-20241022-v1:0",
+        "meta.llama3-1-8b-instruct-v1:0",
+    ):
+        assert table.entry_for(model) == model
+        assert table.source_of(model).endswith("(aws)"), model
+    assert table.price_of("anthropic.claude-3-5-haiku-20241022-v1:0") == ModelPrice(
+        Decimal("0.8"), Decimal("0.08"), Decimal("4")
+    )
+
+
+def test_a_cross_region_inference_profile_costs_the_model_in_its_region() -> None:
+    table = PriceTable.load()
+    model = "anthropic.claude-3-5-haiku-20241022-v1:0"
+    # GIVEN the profiles Bedrock puts in front of a model id WHEN one is priced THEN it finds the model
+    for profile in ("us.", "eu.", "apac.", "jp.", "au.", "ca.", "us-gov."):
+        assert table.entry_for(profile + model) == model, profile
+    assert table.entry_for("bedrock/us.amazon.nova-lite-v1:0") == "amazon.nova-lite-v1:0"
+    # a model the price data only knows behind a profile is priced under its id
+    assert table.entry_for("us.amazon.nova-2-lite-v1:0") == "amazon.nova-2-lite-v1:0"
+
+
+def test_a_global_profile_keeps_its_own_price_and_is_not_stripped() -> None:
+    table = PriceTable.load()
+    # GIVEN Nova 2 Lite, priced apart in its global profile (cheaper than in one region)
+    global_price = table.price_of("global.amazon.nova-2-lite-v1:0")
+    regional_price = table.price_of("amazon.nova-2-lite-v1:0")
+    assert global_price is not None and regional_price is not None
+    assert global_price != regional_price
+    # THEN `global.` never falls back to the regional price (nor does an unknown global model find one)
+    assert table.entry_for("global.amazon.nova-2-lite-v1:0") == "global.amazon.nova-2-lite-v1:0"
+    assert table.entry_for("global.amazon.nova-lite-v1:0") is None
+
+
+def test_a_profile_prefix_is_only_stripped_before_a_provider_and_model() -> None:
+    # GIVEN names that merely start like a profile WHEN priced THEN nothing is stripped from them
+    table = PriceTable({"nova": ModelPrice(Decimal(1), Decimal(1), Decimal(1))})
+    assert table.entry_for("us.nova") is None
+    assert table.entry_for("eu-nova") is None

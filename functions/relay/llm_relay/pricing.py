@@ -28,6 +28,9 @@ PER_TOKENS = Decimal(1_000_000)
 Pricer = Callable[[str, Usage], Decimal | None]
 """The cost of a model's usage in USD; None when the model has no price."""
 _DATE_SUFFIX = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8})$")
+# A Bedrock cross-region inference profile costs what the model costs in its own region. Not `global.`: the
+# price data prices global profiles apart (they cost less).
+_BEDROCK_PROFILE = re.compile(r"^(?:us|us-gov|eu|apac|jp|au|ca|in)\.(?=[a-z0-9-]+\.)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +83,8 @@ class PriceTable:
         return sorted(self._prices)
 
     def price_of(self, model: str) -> ModelPrice | None:
-        """Exact name first, then without a provider prefix (`openai/`) and a date suffix (`-2024-08-06`,
-        `-20241022`)."""
+        """Exact name first, then without a Bedrock cross-region profile (`us.`, `eu.`, ...), a provider prefix
+        (`openai/`) and a date suffix (`-2024-08-06`, `-20241022`)."""
         entry = self.entry_for(model)
         return None if entry is None else self._prices[entry]
 
@@ -169,7 +172,8 @@ def _override_text(override: str) -> str:
 def _candidates(model: str) -> list[str]:
     names = [model]
     base = model.rsplit("/", 1)[-1]
-    for name in (base, _DATE_SUFFIX.sub("", base)):
+    in_region = _BEDROCK_PROFILE.sub("", base)
+    for name in (base, in_region, _DATE_SUFFIX.sub("", in_region)):
         for variant in (name, name.lower()):
             if variant not in names:
                 names.append(variant)

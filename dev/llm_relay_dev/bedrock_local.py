@@ -1,0 +1,288 @@
+"""A local Amazon Bedrock `ConverseStream` server, for tests and `make dev`: the real wire format, no AWS account.
+
+`POST /model/{modelId}/converse-stream` answers `application/vnd.amazon.eventstream` messages as Bedrock does
+(messageStart, a contentBlockDelta per word of the mock's WORDS, contentBlockStop, messageStop, metadata with
+usage), with real timing, so botocore's own client (pointed here with `endpoint_url`) and the relay's decoder
+read what they would read from AWS. Requests must be SigV4-signed for the service `bedrock` (any credentials:
+the signature itself is not checked), else 403.
+
+Faults come from a directive: the text of a system block starting with `mock:` and a JSON object, e.g.
+    {"system": [{"text": "mock: {\"tokens\": 5, \"exception_after\": 2}"}], ...}
+Keys: `tokens`, `ttft_ms`, `chunk_delay_ms`, `stop_reason` (messageStop's), `tool_call` (a tool name: a toolUse
+block after the text, stop reason `tool_use`), `exception_after` (a modelStreamErrorException after N deltas),
+`cut_before_stop` (the body ends after the deltas), `no_metadata` (messageStop, then the end),
+`throttle` (HTTP 429 ThrottlingException before any event), `fail_first` (429 for the first N attempts with the
+same `id`, default the x-request-id), `status` (that HTTP status with a Bedrock-style JSON error),
+`stall_after` / `drop_after` (stop sending / abort the connection after N deltas), `headers_delay_ms`.
+
+Every request is recorded by its `x-request-id` as the OpenAI-shaped mock records them (`GET /mock/requests/{id}`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from .eventstream import encode_event, encode_exception
+from .mock_upstream import WORDS, FaultLogFilter, MockFault, RequestRecord
+
+__all__ = ["BedrockLocalConfig", "bedrock_local_in_thread", "create_bedrock_app", "main"]
+
+EVENTSTREAM = "application/vnd.amazon.eventstream"
+THROTTLING_TYPE = "ThrottlingException:http://internal.amazon.com/coral/com.amazon.coral.availability/"
+_ERROR_TYPES = {
+    400: "ValidationException",
+    403: "AccessDeniedException",
+    404: "ResourceNotFoundException",
+    408: "ModelTimeoutException",
+    424: "ModelErrorException",
+    429: "ThrottlingException",
+    500: "InternalServerException",
+    503: "ServiceUnavailableException",
+}
+
+
+@dataclass
+class BedrockLocalConfig:
+    tokens: int = 20
+    chunk_delay_ms: float = 10.0
+    ttft_ms: float = 50.0
+    stop_reason: str = "end_turn"
+
+
+@dataclass
+class BedrockLocalState:
+    config: BedrockLocalConfig = field(default_factory=BedrockLocalConfig)
+    requests: dict[str, RequestRecord] = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=dict)
+    bodies: list[dict[str, Any]] = field(default_factory=list)  # as received, with the model id as `modelId`
+
+
+def directive(body: dict[str, Any]) -> dict[str, Any]:
+    """The JSON object of the first system block whose text starts with `mock:` ({} without one)."""
+    for block in body.get("system") or []:
+        text = block.get("text") if isinstance(block, dict) else None
+        if isinstance(text, str) and text.startswith("mock:"):
+            opts = json.loads(text[len("mock:") :])
+            return opts if isinstance(opts, dict) else {}
+    return {}
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    """As the mock counts them: a token per four characters of prompt text, at least one."""
+    texts = [b.get("text", "") for b in body.get("system") or [] if not str(b.get("text", "")).startswith("mock:")]
+    for message in body.get("messages") or []:
+        texts += [str(b["text"]) for b in message.get("content") or [] if isinstance(b, dict) and "text" in b]
+    return max(1, len("".join(texts)) // 4)
+
+
+def signed_for_bedrock(authorization: str) -> bool:
+    """A SigV4 Authorization header whose credential scope is the `bedrock` service."""
+    if not authorization.startswith("AWS4-HMAC-SHA256 "):
+        return False
+    credential = next((p for p in authorization.split() if p.startswith("Credential=")), "")
+    return credential.rstrip(",").endswith("/bedrock/aws4_request")
+
+
+def bedrock_error(status: int, message: str, error_type: str | None = None) -> Response:
+    """An error as Bedrock answers one: a JSON `message` and the type in `x-amzn-ErrorType`."""
+    kind = error_type or _ERROR_TYPES.get(status, "InternalServerException")
+    return JSONResponse({"message": message}, status_code=status, headers={"x-amzn-ErrorType": kind})
+
+
+class _ConverseStream:
+    """Streams one ConverseStream answer and notices the client's disconnect the moment it happens."""
+
+    def __init__(self, record: RequestRecord, body: dict[str, Any], opts: dict[str, Any], config: BedrockLocalConfig):
+        self.record = record
+        self.body = body
+        self.opts = opts
+        self.config = config
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"content-type", EVENTSTREAM.encode()), (b"x-amzn-requestid", self.record.request_id.encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                if not self.record.completed:  # uvicorn reports a disconnect once the response is complete
+                    self.record.disconnected_at = time.monotonic()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(watch)
+            try:
+                await self._stream(send)
+            except OSError:
+                self.record.disconnected_at = self.record.disconnected_at or time.monotonic()
+            tg.cancel_scope.cancel()
+
+    async def _stream(self, send: Send) -> None:
+        async def emit(message: bytes) -> None:
+            await send({"type": "http.response.body", "body": message, "more_body": True})
+
+        opts, config = self.opts, self.config
+        await anyio.sleep(float(opts.get("ttft_ms", config.ttft_ms)) / 1000)
+        await emit(encode_event("messageStart", {"role": "assistant"}))
+        if await self._deltas(emit):
+            await self._finish(emit)
+        self.record.completed = True
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _deltas(self, emit: Any) -> bool:
+        """The text deltas; False when a fault ended the stream early."""
+        opts = self.opts
+        delay = float(opts.get("chunk_delay_ms", self.config.chunk_delay_ms)) / 1000
+        for i in range(int(opts.get("tokens", self.config.tokens))):
+            if i and delay:
+                await anyio.sleep(delay)
+            if i == opts.get("drop_after"):
+                raise MockFault(f"dropped the connection after {i} events (drop_after)")  # uvicorn aborts it
+            if i == opts.get("stall_after"):
+                await anyio.sleep(3600)
+            if i == opts.get("exception_after"):
+                await emit(encode_exception("modelStreamErrorException", "mock: the model stream failed"))
+                return False
+            delta = {"delta": {"text": WORDS[i % len(WORDS)]}, "contentBlockIndex": 0}
+            await emit(encode_event("contentBlockDelta", delta))
+            self.record.chunks_sent += 1
+        await emit(encode_event("contentBlockStop", {"contentBlockIndex": 0}))
+        return not opts.get("cut_before_stop")
+
+    async def _finish(self, emit: Any) -> None:
+        stop_reason = str(self.opts.get("stop_reason", self.config.stop_reason))
+        if "tool_call" in self.opts:
+            await self._tool_use(emit, str(self.opts["tool_call"]))
+            stop_reason = "tool_use"
+        await emit(encode_event("messageStop", {"stopReason": stop_reason}))
+        if self.opts.get("no_metadata"):
+            return
+        prompt, output = prompt_tokens(self.body), self.record.chunks_sent
+        usage = {"inputTokens": prompt, "outputTokens": output, "totalTokens": prompt + output}
+        await emit(encode_event("metadata", {"usage": usage, "metrics": {"latencyMs": 1}}))
+
+    async def _tool_use(self, emit: Any, name: str) -> None:
+        start = {"start": {"toolUse": {"toolUseId": "tooluse_mock", "name": name}}, "contentBlockIndex": 1}
+        await emit(encode_event("contentBlockStart", start))
+        for fragment in ('{"city": ', '"Paris"}'):
+            await emit(
+                encode_event("contentBlockDelta", {"delta": {"toolUse": {"input": fragment}}, "contentBlockIndex": 1})
+            )
+        await emit(encode_event("contentBlockStop", {"contentBlockIndex": 1}))
+
+
+def create_bedrock_app(config: BedrockLocalConfig | None = None) -> Starlette:
+    _install_fault_filter()
+    state = BedrockLocalState(config=config or BedrockLocalConfig())
+
+    async def converse_stream(request: Request) -> Response:
+        if not signed_for_bedrock(request.headers.get("authorization", "")):
+            return bedrock_error(
+                403, "mock: the request is not SigV4-signed for bedrock", "UnrecognizedClientException"
+            )
+        body = json.loads(await request.body())
+        body["modelId"] = request.path_params["model_id"]
+        state.bodies.append(body)
+        request_id = request.headers.get("x-request-id") or f"anon-{len(state.requests)}"
+        record = RequestRecord(
+            request_id, time.monotonic(), True, client_port=request.client.port if request.client else None
+        )
+        state.requests[request_id] = record
+        opts = directive(body)
+        refusal = _refusal(state, opts, request_id)
+        if refusal is not None:
+            return refusal
+        held_s = float(opts.get("headers_delay_ms") or 0) / 1000
+        if held_s and not await _hold_headers(request, record, held_s):
+            return Response(status_code=499)  # the client closed the request while the headers were held
+        if "status" in opts:
+            status = int(opts["status"])
+            return bedrock_error(status, f"mock: status {status}")
+        return _ConverseStream(record, body, opts, state.config)  # type: ignore[return-value]
+
+    async def get_record(request: Request) -> Response:
+        record = state.requests.get(request.path_params["request_id"])
+        if record is None:
+            return JSONResponse({"error": "unknown"}, status_code=404)
+        return JSONResponse(asdict(record))
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    app = Starlette(
+        routes=[
+            Route("/model/{model_id:path}/converse-stream", converse_stream, methods=["POST"]),
+            Route("/mock/requests/{request_id}", get_record, methods=["GET"]),
+            Route("/healthz", health, methods=["GET"]),
+        ]
+    )
+    app.state.bedrock = state
+    return app
+
+
+def _refusal(state: BedrockLocalState, opts: dict[str, Any], request_id: str) -> Response | None:
+    """The throttling answer `throttle` or `fail_first` asks for on this attempt (None: answer normally)."""
+    if opts.get("throttle"):
+        return bedrock_error(429, "mock: too many requests", THROTTLING_TYPE)
+    if "fail_first" in opts:
+        key = str(opts.get("id", request_id))
+        state.attempts[key] = state.attempts.get(key, 0) + 1
+        if state.attempts[key] <= int(opts["fail_first"]):
+            return bedrock_error(429, "mock: too many requests", THROTTLING_TYPE)
+    return None
+
+
+async def _hold_headers(request: Request, record: RequestRecord, delay_s: float) -> bool:
+    """Hold the response headers back for `delay_s`, noting a disconnect meanwhile; False if the client left."""
+    with anyio.move_on_after(delay_s):
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        record.disconnected_at = time.monotonic()
+        return False
+    return True
+
+
+def _install_fault_filter() -> None:
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, FaultLogFilter) for f in logger.filters):
+        logger.addFilter(FaultLogFilter())
+
+
+@contextmanager
+def bedrock_local_in_thread() -> Iterator[str]:
+    """The server on an ephemeral loopback port for the length of the block; yields its base URL, the
+    `endpoint_url` of a `bedrock-runtime` client."""
+    from .serving import serve_in_thread
+
+    with serve_in_thread(create_bedrock_app()) as base:
+        yield base
+
+
+def main() -> None:
+    """`python -m llm_relay_dev.bedrock_local [port] [--host H]`: serve it (default 127.0.0.1:8082)."""
+    import argparse
+
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description="Local Amazon Bedrock ConverseStream server")
+    parser.add_argument("port", type=int, nargs="?", default=8082)
+    parser.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args()
+    uvicorn.run(create_bedrock_app(), host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

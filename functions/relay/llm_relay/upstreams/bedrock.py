@@ -1,0 +1,125 @@
+"""The `bedrock` upstream: Amazon Bedrock `ConverseStream`, reached with the function's own IAM role.
+
+botocore serializes the request, resolves the endpoint and signs it (SigV4, service `bedrock`); the relay's httpx
+client sends it, so a cancel closes the connection at once and timeouts and retries are the same as for every
+other kind. The hand-over uses botocore's `before-send` event, emitted with the prepared, signed request just
+before botocore would send it: a handler raises `_Captured` carrying that request, botocore's endpoint catches it
+as a failed send, does not retry it (nothing here is a retryable error, and the client allows one attempt) and
+re-raises it from `converse_stream`, where it is caught. No request ever leaves through botocore.
+
+boto3 is imported when the first Bedrock request is built, not when the module is: a relay without a Bedrock route
+pays nothing for it at cold start.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from typing import TYPE_CHECKING, Any
+
+import anyio.to_thread
+
+from ..errors import InvalidRequest, UpstreamError
+from .base import UpstreamRequest
+from .bedrock_events import FINISH_REASONS, BedrockDecoder
+from .bedrock_request import converse_params
+
+if TYPE_CHECKING:
+    from botocore.awsrequest import AWSPreparedRequest
+
+__all__ = ["FINISH_REASONS", "BedrockDecoder", "BedrockDialect", "converse_params"]
+
+logger = logging.getLogger(__name__)
+
+_EVENT = "before-send.bedrock-runtime.ConverseStream"
+_HANDLER_ID = "llm-relay-capture-converse-stream"
+_PARAMETER = re.compile(r"parameter ([\w.\[\]]+)")
+
+
+class _Captured(Exception):  # not an error: how the signed request leaves botocore
+    def __init__(self, request: AWSPreparedRequest) -> None:
+        super().__init__("captured")
+        self.request = request
+
+
+def _capture(request: AWSPreparedRequest, **_: Any) -> None:
+    raise _Captured(request)
+
+
+class BedrockDialect:
+    """ConverseStream on one Bedrock runtime endpoint. `client` is an injected `bedrock-runtime` client (tests, or a
+    shared session); without one a client is built once, on first use, from the default credential chain."""
+
+    kind = "bedrock"
+
+    def __init__(self, region: str | None, endpoint_url: str | None = None, client: Any | None = None) -> None:
+        self._region = region
+        self._endpoint_url = endpoint_url
+        self._client = client
+        self._lock = threading.Lock()
+        self._registered = False
+
+    async def request(self, body: dict[str, Any], model: str, request_id: str) -> UpstreamRequest:
+        params = converse_params(body, model)
+        prepared = await anyio.to_thread.run_sync(self._prepare, params)
+        headers = {name: _text(value) for name, value in prepared.headers.items()}
+        headers["x-request-id"] = request_id  # after signing: unsigned, and the upstream ignores it
+        headers["accept-encoding"] = "identity"
+        return UpstreamRequest(url=prepared.url, headers=headers, content=_body(prepared.body))
+
+    def decoder(self, model: str, created: int) -> BedrockDecoder:
+        return BedrockDecoder(model, created)
+
+    def _prepare(self, params: dict[str, Any]) -> AWSPreparedRequest:
+        """The signed request for `params` (in a worker thread: signing reads credentials, which may block)."""
+        from botocore.exceptions import NoCredentialsError, ParamValidationError
+
+        client = self._ready_client()
+        try:
+            client.converse_stream(**params)
+        except _Captured as captured:
+            return captured.request
+        except ParamValidationError as exc:
+            report = str(exc.kwargs.get("report", exc))
+            found = _PARAMETER.search(report)
+            raise InvalidRequest(
+                f"The Bedrock upstream refuses the request: {report.strip()}",
+                param=found.group(1) if found else None,
+            ) from None
+        except NoCredentialsError:
+            raise UpstreamError("Bedrock credentials are not available to the relay.") from None
+        raise RuntimeError("botocore sent a ConverseStream request without emitting before-send")
+
+    def _ready_client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = _build_client(self._region, self._endpoint_url)
+            if not self._registered:
+                self._client.meta.events.register(_EVENT, _capture, unique_id=_HANDLER_ID)
+                self._registered = True
+            return self._client
+
+
+def _build_client(region: str | None, endpoint_url: str | None) -> Any:
+    import boto3.session
+    from botocore.config import Config
+
+    # One attempt: retries are the relay's own, and botocore never sends anything anyway.
+    config = Config(retries={"total_max_attempts": 1, "mode": "standard"})
+    return boto3.session.Session().client(
+        "bedrock-runtime", region_name=region, endpoint_url=endpoint_url, config=config
+    )
+
+
+def _body(body: object) -> bytes:
+    """The serialized JSON body (botocore gives ConverseStream's as bytes; a str would be its UTF-8)."""
+    if isinstance(body, bytes | bytearray):
+        return bytes(body)
+    if isinstance(body, str):
+        return body.encode()
+    raise TypeError(f"unexpected ConverseStream body {type(body).__name__}")
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else value
