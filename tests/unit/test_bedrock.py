@@ -299,6 +299,29 @@ def test_the_client_is_built_once_lazily_with_one_attempt(monkeypatch: pytest.Mo
     assert dialect._client is client
 
 
+def test_after_a_snapstart_restore_the_built_client_is_built_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a client built (with the credentials of the time) during init, which a snapshot would capture
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "before-restore")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    dialect = BedrockDialect("us-west-2", endpoint_url="http://127.0.0.1:9")
+    anyio.run(dialect.request, _body(), MODEL, "r")
+    snapshotted = dialect._client
+    # WHEN the restore hook renews it and the environment's credentials changed
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "after-restore")
+    dialect.renew()
+    request = anyio.run(dialect.request, _body(), MODEL, "r2")
+    # THEN the next request signs with a new client and the new credentials
+    assert dialect._client is not snapshotted
+    assert "Credential=after-restore/" in request.headers["Authorization"]
+
+
+def test_renew_leaves_an_injected_client_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = boto3.session.Session(region_name="us-east-1").client("bedrock-runtime")
+    dialect = BedrockDialect("us-east-1", client=client)
+    dialect.renew()
+    assert dialect._client is client
+
+
 # --- the decoder -------------------------------------------------------------------------------------------------
 
 

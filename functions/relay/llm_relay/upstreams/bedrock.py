@@ -57,6 +57,7 @@ class BedrockDialect:
         self._region = region
         self._endpoint_url = endpoint_url
         self._client = client
+        self._built = False  # whether `_client` was built here (then `renew` may drop it)
         self._lock = threading.Lock()
         self._registered = False
 
@@ -70,6 +71,13 @@ class BedrockDialect:
 
     def decoder(self, model: str, created: int) -> BedrockDecoder:
         return BedrockDecoder(model, created)
+
+    def renew(self) -> None:
+        """After a SnapStart restore: the client built during init holds credentials resolved then (and shared
+        by every restored copy); the next request builds a new one. An injected client is the caller's."""
+        with self._lock:
+            if self._built:
+                self._client, self._built, self._registered = None, False, False
 
     def _prepare(self, params: dict[str, Any]) -> AWSPreparedRequest:
         """The signed request for `params` (in a worker thread: signing reads credentials, which may block)."""
@@ -95,6 +103,7 @@ class BedrockDialect:
         with self._lock:
             if self._client is None:
                 self._client = _build_client(self._region, self._endpoint_url)
+                self._built = True
             if not self._registered:
                 self._client.meta.events.register(_EVENT, _capture, unique_id=_HANDLER_ID)
                 self._registered = True
