@@ -1,13 +1,20 @@
-"""Mock upstream: an OpenAI-shaped chat-completions server for `make dev`, tests and the benchmark.
+"""Mock upstream: a chat server for `make dev`, tests and the benchmark, in three shapes with the same words,
+faults and records: OpenAI SSE at `POST /v1/chat/completions`, Ollama's NDJSON at `POST /api/chat` (the Ollama
+root is the base URL without `/v1`), and this project's own NDJSON output at `POST /ndjson/chat` (see
+`mock_ndjson`). The NDJSON modes always stream.
 
 Behaviour comes from `MockConfig` defaults, overridden per request by an optional `mock` object in the
-request body (the relay forwards unknown fields), e.g.
+request body (the relay forwards unknown fields to the openai kind), e.g.
     {"mock": {"tokens": 50, "chunk_delay_ms": 5, "ttft_ms": 100, "finish_reason": "length"}}
+or, when there is no `mock` object, by a directive: the last system message whose text is `mock:` and a JSON
+object, e.g. `{"role": "system", "content": "mock: {\"drop_after\": 3}"}` (the Ollama kind refuses unknown
+fields, so one test drives every kind this way).
 Faults: `status` (answer that HTTP status), `fail_first` (the first N attempts with the same `id` get 503),
 `drop_after` (close the connection after N chunks), `stall_after` (stop sending after N chunks),
 `malformed_after` (send a broken event after N chunks), `no_finish` (end without finish_reason or [DONE]),
 `headers_delay_ms` (hold the response headers back that long),
-`error_after` (send an `{"error": …}` event after N chunks).
+`error_after` (send an `{"error": …}` event after N chunks). `finish_reason` is Ollama's `done_reason`, and
+`no_finish` leaves out Ollama's `done` line and the NDJSON summary line.
 
 Every request is recorded by its `x-request-id` (the relay sends its own): chunks sent, whether it
 completed, and when (monotonic clock) the client disconnected; `GET /mock/requests/{id}` returns it.
@@ -18,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -29,6 +36,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
+
+from .mock_ndjson import OllamaShape, RelayNDJSONShape, Shape, ShapeFactory
 
 WORDS = ("The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", ".")
 
@@ -109,21 +118,84 @@ def _prompt_tokens(body: dict[str, Any]) -> int:
     return max(1, len(text) // 4)
 
 
+def mock_options(body: dict[str, Any]) -> dict[str, Any]:
+    """The faults asked for: `body["mock"]`, else the last `mock: {...}` system message; ValueError when that
+    directive is not a JSON object."""
+    if isinstance(body.get("mock"), dict):
+        return dict(body["mock"])
+    for message in reversed(body.get("messages") or []):
+        text = _text(message.get("content")) if isinstance(message, dict) and message.get("role") == "system" else ""
+        if text.startswith("mock:"):
+            try:
+                options = json.loads(text[len("mock:") :])
+            except json.JSONDecodeError:
+                options = None
+            if not isinstance(options, dict):
+                raise ValueError("mock: the directive is not a JSON object")
+            return options
+    return {}
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, list):
+        return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return content if isinstance(content, str) else ""
+
+
+class SSEShape:
+    """OpenAI's chat-completion chunks as server-sent events, ending in `data: [DONE]`."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, model: str, created: int, request_id: str) -> None:
+        self.model = model
+        self.created = created
+
+    def _event(self, obj: Any) -> bytes:
+        data = obj if isinstance(obj, str) else json.dumps(obj, separators=(",", ":"))
+        return f"data: {data}\n\n".encode()
+
+    def start(self) -> list[bytes]:
+        return [
+            self._event(_chunk("chatcmpl-mock", self.model, self.created, {"role": "assistant", "content": ""}, None))
+        ]
+
+    def token(self, text: str) -> bytes:
+        return self._event(_chunk("chatcmpl-mock", self.model, self.created, {"content": text}, None))
+
+    def malformed(self) -> bytes:
+        return self._event('{"id": "broken", "choices": [')
+
+    def error(self) -> bytes:
+        return self._event({"error": {"message": "mock upstream failure", "type": "server_error"}})
+
+    def end(self, finish: str, usage: dict[str, int]) -> list[bytes]:
+        chunk = _chunk("chatcmpl-mock", self.model, self.created, {}, finish)
+        usage_chunk = {k: chunk[k] for k in ("id", "object", "created", "model")} | {"choices": [], "usage": usage}
+        return [self._event(chunk), self._event(usage_chunk), self._event("[DONE]")]
+
+    def error_body(self, message: str, kind: str) -> dict[str, Any]:
+        return {"error": {"message": message, "type": kind}}
+
+
 class _MockStream:
     """Streams one mock answer and notices the client's disconnect the moment it happens."""
 
-    def __init__(self, record: RequestRecord, body: dict[str, Any], opts: dict[str, Any], config: MockConfig) -> None:
+    def __init__(
+        self, record: RequestRecord, body: dict[str, Any], opts: dict[str, Any], config: MockConfig, shape: Shape
+    ) -> None:
         self.record = record
         self.body = body
         self.opts = opts
         self.config = config
+        self.shape = shape
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send(
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
+                "headers": [(b"content-type", self.shape.media_type.encode()), (b"cache-control", b"no-cache")],
             }
         )
         async with anyio.create_task_group() as tg:
@@ -142,21 +214,18 @@ class _MockStream:
             tg.cancel_scope.cancel()
 
     async def _stream(self, send: Send) -> None:
-        opts, config = self.opts, self.config
+        opts, config, shape = self.opts, self.config, self.shape
         tokens = int(opts.get("tokens", config.tokens))
         delay = float(opts.get("chunk_delay_ms", config.chunk_delay_ms)) / 1000
         ttft = float(opts.get("ttft_ms", config.ttft_ms)) / 1000
         finish = str(opts.get("finish_reason", config.finish_reason))
-        model = str(self.body.get("model", "mock"))
-        created = int(time.time())
-        cid = "chatcmpl-mock"
 
-        async def event(obj: Any) -> None:
-            data = obj if isinstance(obj, str) else json.dumps(obj, separators=(",", ":"))
-            await send({"type": "http.response.body", "body": f"data: {data}\n\n".encode(), "more_body": True})
+        async def write(data: bytes) -> None:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
 
         await anyio.sleep(ttft)
-        await event(_chunk(cid, model, created, {"role": "assistant", "content": ""}, None))
+        for data in shape.start():
+            await write(data)
         for i in range(tokens):
             if i and delay:
                 await anyio.sleep(delay)
@@ -165,30 +234,18 @@ class _MockStream:
             if i == opts.get("stall_after"):
                 await anyio.sleep(3600)
             if i == opts.get("malformed_after"):
-                await event('{"id": "broken", "choices": [')
+                await write(shape.malformed())
             if i == opts.get("error_after"):
-                await event({"error": {"message": "mock upstream failure", "type": "server_error"}})
+                await write(shape.error())
                 break
-            await event(_chunk(cid, model, created, {"content": WORDS[i % len(WORDS)]}, None))
+            await write(shape.token(WORDS[i % len(WORDS)]))
             self.record.chunks_sent += 1
         if not opts.get("no_finish"):
-            await event(_chunk(cid, model, created, {}, finish))
-            usage = {
-                "prompt_tokens": _prompt_tokens(self.body),
-                "completion_tokens": self.record.chunks_sent,
-                "total_tokens": _prompt_tokens(self.body) + self.record.chunks_sent,
-            }
-            await event(
-                {
-                    "id": cid,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": model,
-                    "choices": [],
-                    "usage": usage,
-                }
-            )
-            await event("[DONE]")
+            prompt = _prompt_tokens(self.body)
+            completion = self.record.chunks_sent
+            usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+            for data in shape.end(finish, usage):
+                await write(data)
         self.record.completed = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -197,43 +254,11 @@ def create_mock_app(config: MockConfig | None = None) -> Starlette:
     _install_fault_filter()
     state = MockState(config=config or MockConfig())
 
-    async def chat(request: Request) -> Response:
-        body = json.loads(await request.body())
-        state.bodies.append(body)
-        state.headers.append({k: v for k, v in request.headers.items() if k != "authorization"})
-        opts = body.get("mock") if isinstance(body.get("mock"), dict) else {}
-        request_id = request.headers.get("x-request-id") or f"anon-{len(state.requests)}"
-        record = RequestRecord(
-            request_id=request_id,
-            started_at=time.monotonic(),
-            stream=bool(body.get("stream")),
-            client_port=request.client.port if request.client else None,
-        )
-        state.requests[request_id] = record
-        if "fail_first" in opts:
-            attempt_key = str(opts.get("id", request_id))
-            state.attempts[attempt_key] = state.attempts.get(attempt_key, 0) + 1
-            if state.attempts[attempt_key] <= int(opts["fail_first"]):
-                return JSONResponse(
-                    {"error": {"message": "mock: temporarily unavailable", "type": "server_error"}},
-                    status_code=503,
-                    headers={"retry-after": "0"},
-                )
-        held_s = float(opts.get("headers_delay_ms") or 0) / 1000  # a provider that holds its headers back
-        if held_s and not await _hold_headers(request, record, held_s):
-            return Response(status_code=499)  # the relay closed the request while we held the headers
-        if "status" in opts:
-            status = int(opts["status"])
-            extra = {"retry-after": str(opts["retry_after"])} if "retry_after" in opts else None
-            return JSONResponse(
-                {"error": {"message": f"mock: status {status}", "type": "mock_error"}},
-                status_code=status,
-                headers=extra,
-            )
-        stream = _MockStream(record, body, opts, state.config)
-        if body.get("stream"):
-            return stream  # type: ignore[return-value]
-        return await _non_streaming(stream)
+    def chat(shape_of: ShapeFactory, always_streams: bool) -> Callable[[Request], Any]:
+        async def handle(request: Request) -> Response:
+            return await _answer(request, state, shape_of, always_streams)
+
+        return handle
 
     async def get_record(request: Request) -> Response:
         record = state.requests.get(request.path_params["request_id"])
@@ -246,13 +271,63 @@ def create_mock_app(config: MockConfig | None = None) -> Starlette:
 
     app = Starlette(
         routes=[
-            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/chat/completions", chat(SSEShape, always_streams=False), methods=["POST"]),
+            Route("/api/chat", chat(OllamaShape, always_streams=True), methods=["POST"]),
+            Route("/ndjson/chat", chat(RelayNDJSONShape, always_streams=True), methods=["POST"]),
             Route("/mock/requests/{request_id}", get_record, methods=["GET"]),
             Route("/healthz", health, methods=["GET"]),
         ]
     )
     app.state.mock = state
     return app
+
+
+async def _answer(request: Request, state: MockState, shape_of: ShapeFactory, always_streams: bool) -> Response:
+    """One chat request in any mode: record it, apply the faults that come before the body, then stream."""
+    body = json.loads(await request.body())
+    state.bodies.append(body)
+    state.headers.append({k: v for k, v in request.headers.items() if k != "authorization"})
+    request_id = request.headers.get("x-request-id") or f"anon-{len(state.requests)}"
+    shape = shape_of(str(body.get("model", "mock")), int(time.time()), request_id)
+    try:
+        opts = mock_options(body)
+    except ValueError as exc:
+        return JSONResponse(shape.error_body(str(exc), "invalid_request_error"), status_code=400)
+    streams = always_streams or bool(body.get("stream"))
+    record = RequestRecord(
+        request_id=request_id,
+        started_at=time.monotonic(),
+        stream=streams,
+        client_port=request.client.port if request.client else None,
+    )
+    state.requests[request_id] = record
+    refusal = await _refusal(request, state, shape, opts, record)
+    if refusal is not None:
+        return refusal
+    stream = _MockStream(record, body, opts, state.config, shape)
+    if streams:
+        return stream  # type: ignore[return-value]
+    return await _non_streaming(stream)
+
+
+async def _refusal(
+    request: Request, state: MockState, shape: Shape, opts: dict[str, Any], record: RequestRecord
+) -> Response | None:
+    """The faults that answer before any body: `fail_first`, `headers_delay_ms` (a client that left), `status`."""
+    if "fail_first" in opts:
+        attempt_key = str(opts.get("id", record.request_id))
+        state.attempts[attempt_key] = state.attempts.get(attempt_key, 0) + 1
+        if state.attempts[attempt_key] <= int(opts["fail_first"]):
+            body = shape.error_body("mock: temporarily unavailable", "server_error")
+            return JSONResponse(body, status_code=503, headers={"retry-after": "0"})
+    held_s = float(opts.get("headers_delay_ms") or 0) / 1000  # a provider that holds its headers back
+    if held_s and not await _hold_headers(request, record, held_s):
+        return Response(status_code=499)  # the relay closed the request while we held the headers
+    if "status" in opts:
+        status = int(opts["status"])
+        extra = {"retry-after": str(opts["retry_after"])} if "retry_after" in opts else None
+        return JSONResponse(shape.error_body(f"mock: status {status}", "mock_error"), status_code=status, headers=extra)
+    return None
 
 
 async def _hold_headers(request: Request, record: RequestRecord, delay_s: float) -> bool:
