@@ -114,8 +114,10 @@ def _chunk(cid: str, model: str, created: int, delta: dict[str, Any], finish: st
 
 
 def _prompt_tokens(body: dict[str, Any]) -> int:
-    text = "".join(str(m.get("content") or "") for m in body.get("messages", []) if isinstance(m, dict))
-    return max(1, len(text) // 4)
+    """A token per four characters of the messages' text (a `mock:` directive is not prompt), at least one: the
+    same count in every mode and in the local Bedrock server, so one prompt costs the same whatever the kind."""
+    texts = [str(m.get("content") or "") for m in body.get("messages", []) if isinstance(m, dict)]
+    return max(1, len("".join(t for t in texts if not t.startswith("mock:"))) // 4)
 
 
 def mock_options(body: dict[str, Any]) -> dict[str, Any]:

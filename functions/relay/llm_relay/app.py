@@ -156,13 +156,14 @@ def create_app(
         budgets=limiter if admission is None else None,
     )
 
+    # Built here, not in the lifespan: a table entry that cannot be built refuses the start (ConfigurationError).
+    upstreams = Upstreams(settings, table, default_key=UpstreamKeyProvider(settings), transport=upstream_transport)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            pipeline.upstreams = Upstreams(
-                settings, table, default_key=UpstreamKeyProvider(settings), transport=upstream_transport
-            )
-            stack.push_async_callback(pipeline.upstreams.aclose)
+            pipeline.upstreams = upstreams
+            stack.push_async_callback(upstreams.aclose)
             tg = await stack.enter_async_context(anyio.create_task_group())
             tg.start_soon(pipeline.cancels.run_poller)
             tg.start_soon(pipeline.leases.run)

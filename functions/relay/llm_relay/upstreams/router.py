@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from ..errors import InvalidRequest, UpstreamError
+from ..errors import ConfigurationError, InvalidRequest, UpstreamError
 from ..settings import Settings
 from .base import Dialect, KeyProvider, UpstreamRequest
 from .http import HttpExchange, OpenedStream
@@ -51,7 +51,12 @@ class Upstreams:
         self.table = table
         self.exchange = HttpExchange(settings, transport=transport)
         build = dialect_factory or (lambda spec: dialect_for(spec, default_key))
-        self._dialects = {spec.name: build(spec) for spec in table.specs}
+        self._dialects: dict[str, Dialect] = {}
+        for spec in table.specs:
+            try:
+                self._dialects[spec.name] = build(spec)
+            except ValueError as exc:  # e.g. an ndjson upstream's field paths
+                raise ConfigurationError(f"RELAY_UPSTREAMS: upstream {spec.name!r}: {exc}") from None
 
     async def plan(self, body: dict[str, Any], model: str, request_id: str) -> Plan:
         """The routes for `model`, and the first one's request built: a model no upstream serves, or a field its

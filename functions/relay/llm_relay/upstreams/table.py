@@ -26,7 +26,7 @@ from ..errors import ConfigurationError, ModelNotAllowed
 Kind = Literal["openai", "ollama", "ndjson", "bedrock"]
 HTTP_KINDS = frozenset({"openai", "ollama", "ndjson"})
 DEFAULT_NAME = "default"
-RELAY_KEY_ENV = "RELAY_UPSTREAM_API_KEY"  # as an `api_key_env`: the relay's own key source (the variable, a secret, SSM)
+RELAY_KEY_ENV = "RELAY_UPSTREAM_API_KEY"  # as an `api_key_env`: the relay's own key (the variable, a secret, SSM)
 
 
 class UpstreamSpec(BaseModel):
