@@ -2,9 +2,11 @@
 ready-to-paste curl lines.
 
 DynamoDB: the endpoint in `RELAY_DYNAMODB_ENDPOINT` when set (a `make dynamodb` shared by several relays; the
-table is created there if missing), else a serialized moto server started in this process. Upstream: the URL in
-`RELAY_UPSTREAM_URL` when set, else the mock upstream served from a background thread of this process. The
-production app has no such fallback: it refuses to start without an upstream URL.
+table is created there if missing), else a serialized moto server started in this process. Upstreams: the table in
+`RELAY_UPSTREAMS` or the URL in `RELAY_UPSTREAM_URL` when set; else one of each kind, served from background
+threads of this process and routed by model (`DEV_ROUTES`): `llama*` to the mock's Ollama mode, `inhouse-*` to its
+NDJSON mode, `amazon.*` and `anthropic.*` to the local Bedrock server, every other model to the OpenAI-shaped mock.
+The production app has no such fallback: it refuses to start without an upstream.
 
 `RELAY_DEV_LAMBDA=1` (`make dev LAMBDA=1`): the relay behind a local function-URL front (function_url.py): no
 disconnect passed on, the invocation deadline from `RELAY_FUNCTION_TIMEOUT_S`, 6 MB request cap, 2 MB/s after
@@ -18,6 +20,7 @@ Prints one human line per finished request, the figures the CloudWatch dashboard
 
 from __future__ import annotations
 
+import json
 import os
 from contextlib import ExitStack
 
@@ -30,6 +33,7 @@ from llm_relay.outcome import RequestContext, StreamOutcome
 from llm_relay.settings import Settings
 
 from . import human_log
+from .bedrock_local import bedrock_local_in_thread
 from .demo import install_demo
 from .dev_key import ensure_dev_key
 from .function_url import FrontLimits, FunctionUrlFront
@@ -66,11 +70,33 @@ def dynamodb_endpoint(given: str | None, stack: ExitStack) -> tuple[str, str]:
     return stack.enter_context(moto), "moto in this process"
 
 
-def upstream_url(given: str | None, stack: ExitStack) -> tuple[str, str]:
-    """(upstream base URL, how it was chosen): `RELAY_UPSTREAM_URL`, else the mock served here."""
-    if given:
-        return given, "from RELAY_UPSTREAM_URL"
-    return stack.enter_context(mock_upstream_in_thread()), "mock upstream in this process"
+def dev_routes(mock_v1: str, bedrock: str) -> list[dict[str, object]]:
+    """The upstream table of `make dev` without a given upstream: a model routed to each kind, all served here."""
+    root = mock_v1.removesuffix("/v1")
+    return [
+        {"name": "ollama-mock", "kind": "ollama", "url": root, "models": ["llama*"]},
+        {"name": "ndjson-mock", "kind": "ndjson", "url": f"{root}/ndjson/chat", "models": ["inhouse-*"]},
+        {
+            "name": "bedrock-local",
+            "kind": "bedrock",
+            "url": bedrock,
+            "region": "us-east-1",
+            "models": ["amazon.*", "anthropic.*"],
+        },
+        {"name": "openai-mock", "kind": "openai", "url": mock_v1, "models": ["*"]},
+    ]
+
+
+def upstreams(settings: Settings, stack: ExitStack) -> tuple[dict[str, object], str]:
+    """(settings updates, how the upstreams were chosen): the given table or URL, else one of each kind here."""
+    if settings.upstreams:
+        return {}, "from RELAY_UPSTREAMS"
+    if settings.upstream_url:
+        return {}, "from RELAY_UPSTREAM_URL"
+    mock = stack.enter_context(mock_upstream_in_thread())
+    bedrock = stack.enter_context(bedrock_local_in_thread())
+    routes = json.dumps(dev_routes(mock, bedrock))
+    return {"upstreams": routes}, "mock upstream and local Bedrock in this process"
 
 
 def banner(settings: Settings, plain: str, key_id: str, upstream: str, dynamodb: str) -> str:
@@ -79,7 +105,7 @@ def banner(settings: Settings, plain: str, key_id: str, upstream: str, dynamodb:
     return f"""
 llm-relay dev server
   relay     {base}   (demo page: {base}/)
-  upstream  {settings.upstream_url}   ({upstream})
+{_upstream_lines(settings, upstream)}
   DynamoDB  {settings.dynamodb_endpoint}   ({dynamodb}; table {settings.table_name})
   dev key   {plain}   (key id {key_id})
 
@@ -90,7 +116,27 @@ llm-relay dev server
   curl -N {base}/api/v1/chat/stream -H 'Authorization: Bearer {plain}' \\
        -H 'Content-Type: application/json' \\
        -d '{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"Hello"}}]}}'
-"""
+{_other_kinds(settings)}"""
+
+
+def _other_kinds(settings: Settings) -> str:
+    """With the dev routes: the models that reach the other kinds, to put in either curl line."""
+    if settings.upstreams is None or "bedrock-local" not in settings.upstreams:
+        return ""
+    return (
+        "\n  Other kinds of upstream, same lines with another model: llama3.2 (Ollama NDJSON), inhouse-1 (NDJSON),\n"
+        "  amazon.nova-lite-v1:0 (Bedrock ConverseStream, local server)\n"
+    )
+
+
+def _upstream_lines(settings: Settings, how: str) -> str:
+    if not settings.upstreams:
+        return f"  upstream  {settings.upstream_url}   ({how})"
+    lines = [f"  upstreams ({how}):"]
+    for entry in json.loads(settings.upstreams):
+        where = entry.get("url") or entry.get("region") or ""
+        lines.append(f"    {', '.join(entry['models']):<22} -> {entry['name']} ({entry['kind']}) {where}")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -105,8 +151,8 @@ def main() -> None:
     settings = Settings()
     with ExitStack() as stack:
         endpoint, dynamodb = dynamodb_endpoint(settings.dynamodb_endpoint, stack)
-        url, upstream = upstream_url(settings.upstream_url, stack)
-        settings = settings.model_copy(update={"dynamodb_endpoint": endpoint, "upstream_url": url})
+        routed, upstream = upstreams(settings, stack)
+        settings = settings.model_copy(update={"dynamodb_endpoint": endpoint, **routed})
         stores = Stores.from_settings(settings)
         create_table(stores.client, settings.table_name)
         plain, key = ensure_dev_key(stores.keys, settings.dev_key)

@@ -62,7 +62,11 @@ def _pump(stream: Any, sink: list[str]) -> None:
 def dev_server(**env: str) -> Iterator[DevServer]:
     """`make dev` on free ports; `env` overrides (e.g. RELAY_DYNAMODB_ENDPOINT: use that, start no moto)."""
     port, moto_port = free_port(), free_port()
-    inherited = {k: v for k, v in os.environ.items() if k not in ("RELAY_DYNAMODB_ENDPOINT", "RELAY_UPSTREAM_URL")}
+    inherited = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RELAY_DYNAMODB_ENDPOINT", "RELAY_UPSTREAM_URL", "RELAY_UPSTREAMS")
+    }
     full_env = {
         **inherited,
         "PORT": str(port),

@@ -24,6 +24,7 @@ from llm_relay.dynamo import Stores
 from llm_relay_dev.bedrock_local import create_bedrock_app
 from llm_relay_dev.mock_upstream import WORDS, create_mock_app
 from tests.conftest import Relay, RelayFactory
+from tests.integration.devserver_support import DevServer, dev_server
 from tests.integration.helpers import ndjson_lines, sse_events
 from tests.integration.test_budgets import assert_settled
 from tests.integration.test_limits_relay import new_key, records_of
@@ -355,3 +356,32 @@ def test_a_budget_cuts_every_kind_of_stream_and_the_ledger_settles(
     assert assert_settled(stores, key.key_id, [record]) <= budget
     wait_until(lambda: (upstreams.record(kind, request_id) or {}).get("disconnected_at"), "upstream closed")
     assert upstreams.record(kind, request_id)["chunks_sent"] < 1000  # type: ignore[index]
+
+
+# --- make dev ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dev() -> Iterator[DevServer]:
+    with dev_server() as server:
+        yield server
+
+
+@pytest.mark.parametrize("model", ["llama3.2", "inhouse-1", "amazon.nova-lite-v1:0", "gpt-4o-mini"])
+def test_make_dev_routes_a_model_to_each_kind_of_upstream(dev: DevServer, model: str) -> None:
+    # GIVEN `make dev` with no upstream given: it routes a model to each kind, and its banner says which
+    dev.wait_for_output("upstreams (mock upstream and local Bedrock in this process):")
+    directive = {"role": "system", "content": 'mock: {"tokens": 4, "chunk_delay_ms": 1}'}
+    # WHEN the key it printed streams each model
+    answer = httpx.post(
+        f"{dev.url}/api/v1/chat/stream",
+        json={"model": model, "messages": [directive, {"role": "user", "content": "Hello"}]},
+        headers={"authorization": f"Bearer {dev.key}"},
+        timeout=30,
+    )
+    # THEN each answers the same words, and its log line names the upstream of its kind
+    lines = [json.loads(line) for line in answer.text.splitlines() if line.strip()]
+    assert "".join(line["choices"][0]["delta"].get("content") or "" for line in lines[:-1]) == "The quick brown fox"
+    assert lines[-1]["termination_reason"] == "stop"
+    kind = {"llama3.2": "ollama", "inhouse-1": "ndjson", "amazon.nova-lite-v1:0": "bedrock"}.get(model, "openai")
+    assert dev.wait_finished(answer.headers["x-request-id"])["upstream"].startswith(kind)

@@ -18,7 +18,13 @@ from llm_relay.settings import Settings
 
 @pytest.fixture
 def no_relay_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("RELAY_UPSTREAM_URL", "RELAY_DEADLINE_MARGIN_S", "RELAY_FUNCTION_TIMEOUT_S", "PORT"):
+    for name in (
+        "RELAY_UPSTREAM_URL",
+        "RELAY_UPSTREAMS",
+        "RELAY_DEADLINE_MARGIN_S",
+        "RELAY_FUNCTION_TIMEOUT_S",
+        "PORT",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -27,6 +33,27 @@ def test_create_app_refuses_without_an_upstream_url(no_relay_env: None) -> None:
     # WHEN the app is built THEN it is refused, naming the variable to set
     with pytest.raises(ConfigurationError, match="RELAY_UPSTREAM_URL"):
         create_app(Settings())
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('[{"name": "a", "kind": "ollama", "models": ["*"]}]', "RELAY_UPSTREAMS[0]: Value error, upstream 'a' of kind"),
+        (
+            '[{"name": "a", "kind": "ndjson", "url": "http://a/chat", "models": ["*"], "fields": {"contnet": "x"}}]',
+            "RELAY_UPSTREAMS: upstream 'a': ",
+        ),
+    ],
+)
+def test_create_app_refuses_an_upstream_table_that_would_route_wrongly(
+    no_relay_env: None, monkeypatch: pytest.MonkeyPatch, table: str, message: str
+) -> None:
+    # GIVEN a table with an entry that cannot work (no url; a field path the ndjson kind does not know)
+    monkeypatch.setenv("RELAY_UPSTREAMS", table)
+    # WHEN the app is built THEN it is refused at start-up, naming the variable and the entry
+    with pytest.raises(ConfigurationError) as refused:
+        create_app(Settings())
+    assert message in str(refused.value)
 
 
 def test_an_injected_transport_stands_in_for_the_url(no_relay_env: None) -> None:
