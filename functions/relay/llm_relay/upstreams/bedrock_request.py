@@ -71,12 +71,12 @@ def _conversation(raw: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, 
     for i, message in enumerate(raw):
         role = message.get("role")
         if role not in _MESSAGE_KEYS:
-            raise _refuse(f"messages[{i}].role", f"role {role!r}")
+            raise _refuse(f"messages.{i}.role", f"role {role!r}")
         for key, value in message.items():
             if key not in _MESSAGE_KEYS[role] and value not in (None, []):
-                raise _refuse(f"messages[{i}].{key}")
+                raise _refuse(f"messages.{i}.{key}")
         if role in ("system", "developer"):
-            system.extend(_text_blocks(message.get("content"), f"messages[{i}].content"))
+            system.extend(_text_blocks(message.get("content"), f"messages.{i}.content"))
             continue
         blocks = _message_blocks(message, i)
         bedrock_role = "assistant" if role == "assistant" else "user"
@@ -91,12 +91,12 @@ def _message_blocks(message: dict[str, Any], i: int) -> list[dict[str, Any]]:
     if message["role"] == "tool":
         tool_use_id = message.get("tool_call_id")
         if not isinstance(tool_use_id, str) or not tool_use_id:
-            raise InvalidRequest("A tool message needs its 'tool_call_id'.", param=f"messages[{i}].tool_call_id")
-        content = _text_blocks(message.get("content"), f"messages[{i}].content") or [{"text": ""}]
+            raise InvalidRequest("A tool message needs its 'tool_call_id'.", param=f"messages.{i}.tool_call_id")
+        content = _text_blocks(message.get("content"), f"messages.{i}.content") or [{"text": ""}]
         return [{"toolResult": {"toolUseId": tool_use_id, "content": content}}]
-    blocks = _text_blocks(message.get("content"), f"messages[{i}].content")
+    blocks = _text_blocks(message.get("content"), f"messages.{i}.content")
     for j, call in enumerate(message.get("tool_calls") or []):
-        blocks.append(_tool_use(call, f"messages[{i}].tool_calls[{j}]"))
+        blocks.append(_tool_use(call, f"messages.{i}.tool_calls.{j}"))
     return blocks
 
 
@@ -110,10 +110,10 @@ def _text_blocks(content: Any, param: str) -> list[dict[str, Any]]:
     for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
         if kind != "text":
-            raise _refuse(f"{param}[{j}].type", f"content part type {kind!r}")
+            raise _refuse(f"{param}.{j}.type", f"content part type {kind!r}")
         text = part.get("text")
         if not isinstance(text, str):
-            raise InvalidRequest("A text content part needs a string 'text'.", param=f"{param}[{j}].text")
+            raise InvalidRequest("A text content part needs a string 'text'.", param=f"{param}.{j}.text")
         if text:
             blocks.append({"text": text})
     return blocks
@@ -166,7 +166,7 @@ def _tool_config(body: dict[str, Any]) -> dict[str, Any]:
         return {}
     if not isinstance(tools, list):
         raise InvalidRequest("'tools' must be a list.", param="tools")
-    config: dict[str, Any] = {"tools": [_tool_spec(tool, f"tools[{i}]") for i, tool in enumerate(tools)]}
+    config: dict[str, Any] = {"tools": [_tool_spec(tool, f"tools.{i}") for i, tool in enumerate(tools)]}
     if choice is not None:
         config["toolChoice"] = _tool_choice(choice)
     return config
