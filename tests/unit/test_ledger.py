@@ -43,15 +43,17 @@ def test_a_checkpoint_holds_the_meters_progress() -> None:
     meter = StreamMeter(started_at=0.0)
     for i in range(3):
         meter.observe({"choices": [{"index": 0, "delta": {"content": f"t{i}"}}]}, 0.5 + i)
-    point = checkpoint(meter, [{"role": "user", "content": "Hello there"}], NOW)
+    point = checkpoint(meter, [{"role": "user", "content": "Hello there"}], NOW, "bedrock-eu")
     assert point["cp_completion"] == 3 and point["cp_source"] == "estimated"
     assert point["cp_ttft_ms"] == Decimal("500.0") and point["cp_at"] == Decimal(str(NOW))
+    assert point["cp_upstream"] == "bedrock-eu"
+    assert "cp_upstream" not in checkpoint(meter, [], NOW)  # before an upstream answered: nothing to name
 
 
 def test_the_lost_record_charges_the_last_checkpoint_estimated() -> None:
     # GIVEN a request item checkpointed at 40 completion tokens, 12 s after it started
     item = {**_admitted(Ticket(lease="l"))}
-    item.update({"cp_completion": 40, "cp_at": Decimal(str(NOW + 12)), "cp_ttft_ms": Decimal("80")})
+    item.update({"cp_completion": 40, "cp_at": Decimal(str(NOW + 12)), "cp_ttft_ms": Decimal("80"), "cp_upstream": "u"})
     # WHEN the reconciler builds its record
     record = lost_record(item, PRICES)
     # THEN: reason lost, estimated, priced from the checkpoint, started when the request started
@@ -59,6 +61,7 @@ def test_the_lost_record_charges_the_last_checkpoint_estimated() -> None:
     assert (record.prompt_tokens, record.completion_tokens) == (7, 40)
     assert record.cost_usd == PRICES("gpt-4o-mini", Usage(7, 40)) and record.cost_usd
     assert record.started_epoch == NOW and record.duration_ms == Decimal("12000.0") and record.mode == "sse"
+    assert record.upstream == "u"  # the upstream that was streaming, from its checkpoint
 
 
 def test_settlement_gives_back_the_slot_and_books_the_tokens_difference() -> None:

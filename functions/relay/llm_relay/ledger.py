@@ -55,8 +55,11 @@ def admitted_item(
     return {**item, **ledger}
 
 
-def checkpoint(meter: StreamMeter, messages: list[dict[str, Any]], now_epoch: float) -> dict[str, Any]:
-    """A stream's progress as `cp_*` attributes: tokens so far (the upstream's count if it arrived), TTFT."""
+def checkpoint(
+    meter: StreamMeter, messages: list[dict[str, Any]], now_epoch: float, upstream: str = ""
+) -> dict[str, Any]:
+    """A stream's progress as `cp_*` attributes: tokens so far (the upstream's count if it arrived), TTFT, and the
+    upstream streaming it (so a `lost` record still names it)."""
     usage = meter.usage(messages)
     point: dict[str, Any] = {
         "cp_prompt": usage.prompt_tokens,
@@ -66,6 +69,8 @@ def checkpoint(meter: StreamMeter, messages: list[dict[str, Any]], now_epoch: fl
     }
     if meter.ttft_s is not None:
         point["cp_ttft_ms"] = Decimal(str(round(meter.ttft_s * 1000, 3)))
+    if upstream:
+        point["cp_upstream"] = upstream
     return point
 
 
@@ -100,6 +105,7 @@ def lost_record(item: Mapping[str, Any], pricer: Pricer) -> UsageRecord:
         ttft_ms=None if ttft is None else Decimal(ttft),
         duration_ms=None if last is None else Decimal(str(round((float(last) - started) * 1000, 3))),
         mode=str(item.get("mode", "")),
+        upstream=item.get("cp_upstream"),
     )
 
 

@@ -115,7 +115,7 @@ class Pipeline:
             await self._abandon(ctx, opened)
             raise
         messages = ctx.chat.messages_as_dicts()
-        self.leases.track(ctx.request_id, lambda: checkpoint(stream.meter, messages, time.time()))
+        self.leases.track(ctx.request_id, lambda: checkpoint(stream.meter, messages, time.time(), opened.upstream))
         return stream
 
     async def _abandon(self, ctx: RequestContext, opened: OpenedStream) -> None:
