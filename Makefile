@@ -13,7 +13,7 @@ SAM := SAM_CLI_TELEMETRY=0 $(SAM_VENV)/bin/sam
 EVENT ?= events/chat-streamed.json
 INVOKE_DEV_KEY ?= lr-dev-local-key
 
-.PHONY: dev dynamodb test lint typecheck unit bench clean sam build invoke prices bench-lambda
+.PHONY: dev dynamodb test lint typecheck unit bench clean sam build invoke prices bench-lambda bench-kinds
 
 # constraints.txt pins every package (`pip freeze` of a working .venv), so CI installs what was tested.
 $(BIN)/.installed: pyproject.toml constraints.txt
@@ -46,6 +46,9 @@ test: lint typecheck sam ## lint, types, then every test (tests/packaging runs s
 
 bench: $(BIN)/.installed ## relay vs direct, 1 and 50 concurrent streams (not part of `make test`)
 	$(BIN)/python -m bench.run
+
+bench-kinds: $(BIN)/.installed ## what each kind of upstream (openai, ollama, ndjson, bedrock) costs the relay (not part of `make test`)
+	$(BIN)/python -m bench.kinds
 
 bench-lambda: $(BIN)/.installed sam ## sam build, then the artifact at 256/512/1024/1769 MB CPU shares (root: cgroup quota; not part of `make test`)
 	$(SAM) build --build-dir .aws-sam/bench-lambda --cache-dir .aws-sam/bench-lambda-cache

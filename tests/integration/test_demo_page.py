@@ -95,7 +95,7 @@ def _text(browser: WebDriver, element_id: str) -> str:
 
 def _mock_record(dev: DevServer, request_id: str) -> dict[str, Any]:
     """What the dev server's mock upstream recorded about the request (`/mock/requests/{id}`)."""
-    upstream = dev.wait_for_output("  upstream  ").split()[1].removesuffix("/v1")
+    upstream = dev.wait_for_output("-> openai-mock (openai)").split()[-1].removesuffix("/v1")
     record: dict[str, Any] = httpx.get(f"{upstream}/mock/requests/{request_id}").json()
     return record
 

@@ -126,9 +126,9 @@ def test_make_dev_uses_the_given_endpoint_and_starts_no_moto(local_dynamodb: Loc
         # AND its dev key is in that DynamoDB, in the table it created there
         keys = KeyStore(table, make_client(local_dynamodb.endpoint, "us-east-1"))
         assert keys.get_by_hash(hash_key(dev.key)) is not None
-        # AND it listens only as the relay and its mock upstream: no moto of its own
+        # AND it listens only as the relay and its upstreams (the mock, the local Bedrock): no moto of its own
         listening = {c.laddr.port for c in psutil.Process(dev.pid).net_connections("tcp") if c.status == "LISTEN"}
-        assert int(dev.url.rsplit(":", 1)[1]) in listening and len(listening) == 2
+        assert int(dev.url.rsplit(":", 1)[1]) in listening and len(listening) == 3
         assert not _listens(int(dev.env["RELAY_MOTO_PORT"]))
         # AND it serves
         response = httpx.post(

@@ -162,6 +162,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            upstreams.connect()
             pipeline.upstreams = upstreams
             stack.push_async_callback(upstreams.aclose)
             tg = await stack.enter_async_context(anyio.create_task_group())

@@ -49,6 +49,8 @@ class Upstreams:
         dialect_factory: Callable[[UpstreamSpec], Dialect] | None = None,
     ) -> None:
         self.table = table
+        self._settings = settings
+        self._transport = transport
         self.exchange = HttpExchange(settings, transport=transport)
         build = dialect_factory or (lambda spec: dialect_for(spec, default_key))
         self._dialects: dict[str, Dialect] = {}
@@ -100,6 +102,12 @@ class Upstreams:
             opened.status_errors = _merged(errors, opened.status_errors)
             return opened
         raise AssertionError("a route list is never empty")
+
+    def connect(self) -> None:
+        """A fresh HTTP exchange, if the last one was closed: an app's lifespan may run more than once (Mangum runs
+        it around every invocation)."""
+        if self.exchange.client.is_closed:
+            self.exchange = HttpExchange(self._settings, transport=self._transport)
 
     async def aclose(self) -> None:
         await self.exchange.aclose()
