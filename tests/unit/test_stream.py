@@ -71,6 +71,11 @@ class UpstreamBody(httpx.AsyncByteStream):
             data = event if isinstance(event, str) else json.dumps(event)
             self._send.send_nowait(f"data: {data}\n\n".encode())
 
+    def feed_together(self, *events: Any) -> None:
+        """The events in one read, as a network read often delivers the end of a stream."""
+        data = [event if isinstance(event, str) else json.dumps(event) for event in events]
+        self._send.send_nowait("".join(f"data: {d}\n\n" for d in data).encode())
+
     def end(self) -> None:
         self._send.send_nowait(None)
 
@@ -378,6 +383,48 @@ def test_at_the_deadline_a_stalled_reader_gets_the_frame_and_the_unread_remainde
     usage = run.outcome.usage
     assert run.outcome.reason is TerminationReason.DEADLINE
     assert (usage.completion_tokens, usage.estimated, usage.lower_bound) == (3, False, False)
+
+
+def test_at_the_deadline_what_was_decoded_but_not_relayed_is_counted_too() -> None:
+    # GIVEN an upstream whose whole answer, its finish and its usage arrive in one read, and a reader that stops
+    # taking the stream at "b": the pump stops with "c", the finish and the usage decoded but not relayed
+    async def drive(run: Run) -> None:
+        run.client.stalls_on = b'"b"'
+        usage = {"prompt_tokens": 3, "completion_tokens": 30}
+        run.body.feed_together(chunk("a"), chunk("b"), chunk("c"), chunk(finish="stop"), chunk(usage=usage), "[DONE]")
+        run.body.end()
+        await run.client.wait_for('"a"')
+        # WHEN the deadline comes
+        run.clock.advance(10)
+        await run.body.closed.wait()
+
+    run = relay(drive, framing=SSE, deadline=T0 + 10)
+    # THEN the record has the upstream's own count of the whole answer, not an estimate of what was relayed
+    usage = run.outcome.usage
+    assert run.outcome.reason is TerminationReason.DEADLINE
+    assert (usage.completion_tokens, usage.estimated, usage.lower_bound) == (30, False, False)
+
+
+def test_a_decoder_failing_on_the_remainder_still_finalizes_the_request() -> None:
+    # GIVEN a decoder that breaks on what the upstream sends after the deadline
+    class Breaking(OpenAIDecoder):
+        def feed(self, raw: bytes) -> list[Any]:
+            if b'"late"' in raw:
+                raise RuntimeError("decoder bug")
+            return super().feed(raw)
+
+    async def drive(run: Run) -> None:
+        run.stream._decoder = Breaking()
+        run.client.stalls_on = b'"b"'
+        run.body.feed(chunk("a"), chunk("b"))
+        await run.client.wait_for('"a"')
+        run.body.feed(chunk("late"))
+        run.clock.advance(10)
+        await run.body.closed.wait()
+
+    # THEN the request is finalized once, as a lower bound (its remainder could not be counted)
+    run = relay(drive, framing=SSE, deadline=T0 + 10)
+    assert run.outcome.reason is TerminationReason.DEADLINE and run.outcome.usage.lower_bound
 
 
 def test_at_the_deadline_an_upstream_still_generating_is_counted_as_a_lower_bound() -> None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -78,6 +79,9 @@ class RelayStream(Response):
         self._reading_since: float | None = None  # when the pump began waiting for upstream bytes
         self._pump_scope: anyio.CancelScope | None = None
         self._decoder = opened.decoder  # the pump's, kept: the count of the remainder at the deadline goes on from it
+        # Decoded items not handled yet: one read can decode several (a finish, the usage, the end), and the deadline
+        # may stop the pump between them; the count of the remainder starts with these.
+        self._pending: deque[Decoded] = deque()
         self._ending: Ending | None = None
         self._client_gone = False
         self._budget = budget  # None: no budget reservation to keep within
@@ -160,6 +164,8 @@ class RelayStream(Response):
         the provider bills; bounded in bytes and time. True when nothing the upstream sent went uncounted."""
         if self._reading_since is not None:
             return True  # stopped while waiting for upstream bytes: everything sent was read (and the read is gone)
+        if self._observe_unrelayed(self._pending):
+            return True
         read = 0
         with anyio.move_on_after(max(0.0, read_by - self._clock.now())), contextlib.suppress(httpx.HTTPError):
             while read < REMAINDER_MAX_BYTES:
@@ -168,12 +174,24 @@ class RelayStream(Response):
                     if raw is None:
                         return True
                     read += len(raw)
-                    for item in self._decoder.feed(raw):
-                        if not isinstance(item, dict):
-                            return True  # the upstream's end (or its error): nothing more will be billed
-                        self.meter.observe(item, self._clock.now())
+                    try:
+                        items = self._decoder.feed(raw)
+                    except Exception:  # a decoder bug must not keep the request from being finalized
+                        logger.exception("decoding the remainder failed for %s", self.ctx.request_id)
+                        return False
+                    if self._observe_unrelayed(items):
+                        return True
                     continue
                 return False  # idle: still generating, and stopped now
+        return False
+
+    def _observe_unrelayed(self, items: Iterable[Decoded]) -> bool:
+        """Meter decoded items that will not be relayed; True at the upstream's end (or its error): nothing more
+        will be billed."""
+        for item in items:
+            if not isinstance(item, dict):
+                return True
+            self.meter.observe(item, self._clock.now())
         return False
 
     async def _finalize(self, outcome: StreamOutcome) -> None:
@@ -222,13 +240,10 @@ class RelayStream(Response):
                 self._reading_since = None
                 if raw is None:
                     break
-                now = self._clock.now()
-                for item in decoder.feed(raw):
-                    if not await self._handle(item, now):
-                        return
-            for item in decoder.close():
-                if not await self._handle(item, self._clock.now()):
+                if not await self._handle_all(decoder.feed(raw), self._clock.now()):
                     return
+            if not await self._handle_all(decoder.close(), self._clock.now()):
+                return
             self._conclude_finished()
         except httpx.ReadTimeout:
             self._conclude(TerminationReason.UPSTREAM_TIMEOUT, self._idle_message())
@@ -239,6 +254,17 @@ class RelayStream(Response):
         except Exception:
             logger.exception("relay pump failed for request %s", self.ctx.request_id)
             self._conclude(TerminationReason.UPSTREAM_ERROR, "The relay failed while streaming.")
+
+    async def _handle_all(self, items: list[Decoded], now: float) -> bool:
+        """Relay decoded items in order, each taken off `_pending` as its handling starts; False once one ended the
+        stream."""
+        pending = self._pending
+        pending.extend(items)
+        while pending:
+            if not await self._handle(pending.popleft(), now):
+                pending.clear()  # after the end (or an error) nothing more is relayed or counted
+                return False
+        return True
 
     async def _handle(self, item: Decoded, now: float) -> bool:
         """Relay one decoded upstream item; False when the stream has ended."""
