@@ -72,7 +72,7 @@ class BedrockDecoder:
             return self._fail(f"Upstream error: {headers.get(':error-code')}: {headers.get(':error-message')}")
         try:
             payload = json.loads(message.payload) if message.payload else {}
-        except ValueError:
+        except (ValueError, RecursionError):
             payload = None
         if not isinstance(payload, dict):
             return self._fail(MALFORMED)
@@ -80,7 +80,10 @@ class BedrockDecoder:
             return self._fail(f"Upstream error: {headers.get(':exception-type')}: {payload.get('message')}")
         if kind != "event":
             return self._fail(MALFORMED)
-        return self._event(str(headers.get(":event-type")), payload)
+        try:
+            return self._event(str(headers.get(":event-type")), payload)
+        except (TypeError, AttributeError, ValueError):  # a field of an unexpected type: not an event we can read
+            return self._fail(MALFORMED)
 
     def _event(self, name: str, payload: dict[str, Any]) -> list[Decoded]:
         if name == "messageStart":

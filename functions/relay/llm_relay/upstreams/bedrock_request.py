@@ -128,7 +128,7 @@ def _tool_use(call: Any, param: str) -> dict[str, Any]:
         raise InvalidRequest("A tool call needs a string 'id' and 'function.name'.", param=param)
     try:
         parsed = json.loads(arguments) if isinstance(arguments, str) else None
-    except ValueError:
+    except (ValueError, RecursionError):
         parsed = None
     if not isinstance(parsed, dict):
         raise InvalidRequest(

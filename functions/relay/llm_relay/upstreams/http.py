@@ -189,7 +189,7 @@ def _upstream_message(raw: bytes) -> str:
     `{"error": "..."}`, Bedrock's `{"message": "..."}`; else the start of the body."""
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         body = None
     if isinstance(body, dict):
         error = body.get("error")

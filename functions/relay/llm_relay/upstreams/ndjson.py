@@ -104,13 +104,19 @@ class _LineDecoder:
                 obj = json.loads(text)
             except (json.JSONDecodeError, RecursionError):
                 obj = None
-            items = self._line(obj) if isinstance(obj, dict) else [Failed(MALFORMED)]
+            items = self._checked_line(obj) if isinstance(obj, dict) else [Failed(MALFORMED)]
             out += items
             self._over = any(not isinstance(item, dict) for item in items)  # END or Failed: the last word
         if self._lines.overflowed and not self._over:
             self._over = True
             out.append(Failed(TOO_LONG))
         return out
+
+    def _checked_line(self, obj: dict[str, Any]) -> list[Decoded]:
+        try:
+            return self._line(obj)
+        except (TypeError, AttributeError, ValueError):  # a field of an unexpected type: not a line we can read
+            return [Failed(MALFORMED)]
 
     def _line(self, obj: dict[str, Any]) -> list[Decoded]:
         raise NotImplementedError

@@ -203,7 +203,7 @@ def _arguments(param: str, raw: Any) -> dict[str, Any]:
         return {}
     try:
         arguments = json.loads(raw) if isinstance(raw, str) else raw
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise _invalid(param, "expected a JSON object") from None
     if not isinstance(arguments, dict):
         raise _invalid(param, "expected a JSON object")

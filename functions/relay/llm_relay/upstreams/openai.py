@@ -80,7 +80,7 @@ def _decode(data: str) -> Decoded:
         return END
     try:
         chunk = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes, under the line cap
         return Failed(MALFORMED)
     if not isinstance(chunk, dict):
         return Failed(MALFORMED)
