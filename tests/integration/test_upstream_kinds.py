@@ -74,7 +74,7 @@ class Upstreams:
                 "kind": "bedrock",
                 "url": self.bedrock,
                 "region": "us-east-1",
-                "models": ["-"],
+                "models": [],
                 "rewrite": MODELS["bedrock"],
             },
         ]

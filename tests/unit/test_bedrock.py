@@ -494,3 +494,17 @@ def test_dialect_kind_and_decoder() -> None:
     dialect = BedrockDialect(None, client=object())
     assert dialect.kind == "bedrock"
     assert isinstance(dialect.decoder("m", 1), BedrockDecoder)
+
+
+def test_the_client_is_built_at_start_up_and_a_missing_region_refuses_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN no region anywhere (no AWS_REGION, no config file)
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    # WHEN a dialect without a region starts THEN it is refused, naming the fix
+    with pytest.raises(ValueError, match="no region"):
+        BedrockDialect(None).start()
+    # AND with a region its client exists before the first request (the cost is init's, a snapshot keeps it)
+    dialect = BedrockDialect("eu-west-1")
+    dialect.start()
+    assert dialect._client is not None and dialect._client.meta.region_name == "eu-west-1"

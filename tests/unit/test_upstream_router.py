@@ -21,6 +21,9 @@ from llm_relay.upstreams.table import UpstreamSpec, load_table
 TABLE = [
     {"name": "primary", "kind": "openai", "url": "http://primary/v1", "models": ["gpt-*"], "fallbacks": ["second"]},
     {"name": "second", "kind": "openai", "url": "http://second/v1", "models": ["other"], "rewrite": "second-model"},
+    {"name": "a", "kind": "openai", "url": "http://a/v1", "models": ["three-*"], "fallbacks": ["b", "c"]},
+    {"name": "b", "kind": "openai", "url": "http://b/v1", "models": ["-b"]},
+    {"name": "c", "kind": "openai", "url": "http://c/v1", "models": ["-c"]},
 ]
 BODY = {"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 SSE_OK = b'data: {"choices":[]}\n\ndata: [DONE]\n\n'
@@ -87,12 +90,16 @@ def test_a_primary_failing_before_any_byte_falls_back_after_its_retries(failure:
     assert sum(opened.status_errors.values()) == 2
 
 
-@pytest.mark.parametrize("failure", [400, 401, 404, httpx.ReadTimeout, httpx.ReadError])
+@pytest.mark.parametrize(
+    "failure", [400, 401, 404, 408, 504, httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError]
+)
 def test_no_fallback_after_a_4xx_or_once_the_request_may_have_reached_a_model(failure: Any) -> None:
-    hosts = Hosts(primary=[failure])
+    # 408 and 504: a model may have timed out generating; RemoteProtocolError: the server closed without answering,
+    # possibly after the whole request was sent (retried on the same upstream, a stale keep-alive, never elsewhere)
+    hosts = Hosts(primary=[failure, failure])
     with pytest.raises(UpstreamError) as failed:
         _open(hosts)
-    assert [host for host, _ in hosts.seen] == ["primary"]
+    assert {host for host, _ in hosts.seen} == {"primary"}
     assert failed.value.upstream == "primary"
 
 
@@ -135,3 +142,54 @@ def test_a_model_no_upstream_serves_is_refused_before_any_request() -> None:
     with pytest.raises(ModelNotAllowed):
         _open(hosts, model="llama3")
     assert hosts.seen == []
+
+
+def test_a_fallback_that_cannot_take_the_request_is_skipped_for_the_next() -> None:
+    class Refusing(OpenAIDialect):
+        async def request(self, body: dict[str, Any], model: str, request_id: str) -> UpstreamRequest:
+            raise InvalidRequest("'n' is not supported by this upstream", param="n")
+
+    def factory(spec: UpstreamSpec) -> Any:
+        return Refusing(spec.url or "") if spec.name == "b" else dialect_for(spec, None)
+
+    # GIVEN a primary that is down, a first fallback that cannot take the request, and a second one that can
+    hosts = Hosts(a=[503, 503])
+    opened = _open(hosts, model="three-x", factory=factory)
+    # THEN the second fallback answered; the skipped one sent nothing and is not counted as an attempt
+    assert opened.upstream == "c"
+    assert [host for host, _ in hosts.seen] == ["a", "a", "c"]
+    assert opened.retries == 2
+
+
+def test_chunks_name_the_clients_model_not_the_rewrite() -> None:
+    decoded_as: list[str] = []
+
+    class Recording(OpenAIDialect):
+        def decoder(self, model: str, created: int) -> Any:
+            decoded_as.append(model)
+            return super().decoder(model, created)
+
+    # GIVEN a fallback that rewrites the model name it sends
+    hosts = Hosts(primary=[503, 503])
+    opened = _open(hosts, factory=lambda spec: Recording(spec.url or ""))
+    # THEN it was asked for its own name, and the chunks it produces are named as the client asked
+    assert opened.upstream == "second" and hosts.seen[-1][1]["model"] == "second-model"
+    assert decoded_as == ["gpt-x"]
+
+
+def test_the_progress_of_an_open_stopped_between_attempts_is_kept() -> None:
+    # GIVEN a primary failing, and an open cancelled while it waits to retry (as a cancel call or the deadline does)
+    settings = Settings(upstream_retry_base_s=30, upstream_retry_max_s=30, upstream_max_retries=2)
+    hosts = Hosts(primary=[503, 503, 503])
+
+    async def run() -> Any:
+        upstreams = Upstreams(settings, load_table(json.dumps(TABLE), None, {}), transport=httpx.MockTransport(hosts))
+        plan = await upstreams.plan(BODY, "gpt-x", "req_1")
+        with anyio.move_on_after(0.2):  # the backoff would last up to 30 s
+            await upstreams.open(plan)
+        await upstreams.aclose()
+        return plan.progress
+
+    progress = anyio.run(run)
+    # THEN the plan still says what was tried: one attempt at the primary, failed with a 5xx
+    assert (progress.attempts, progress.retries, progress.failures, progress.upstream) == (1, 0, {"5xx": 1}, "primary")

@@ -84,7 +84,24 @@ def test_literal_models_are_listed() -> None:
         ([{"name": "a", "kind": "grpc", "url": "http://a", "models": ["*"]}], ENV, "RELAY_UPSTREAMS[0]: kind"),
         ([{"name": "a", "kind": "openai", "models": ["*"]}], ENV, "needs a url"),
         ([{"name": "a", "kind": "openai", "url": "ftp://a", "models": ["*"]}], ENV, "http:// or https://"),
-        ([{"name": "a", "kind": "openai", "url": "http://a", "models": []}], ENV, "RELAY_UPSTREAMS[0]: models"),
+        (
+            [{"name": "a", "kind": "openai", "url": "http://a", "models": []}],
+            ENV,
+            "serves no model and is no upstream's",
+        ),
+        (
+            [
+                {
+                    "name": "a",
+                    "kind": "openai",
+                    "url": "http://a",
+                    "models": ["*"],
+                    "api_key_env": "AWS_SECRET_ACCESS_KEY",
+                }
+            ],
+            ENV,
+            "AWS_",
+        ),
         ([{"name": "a", "kind": "openai", "url": "http://a", "models": ["*"], "modles": 1}], ENV, "modles"),
         ([{"name": "a b", "kind": "openai", "url": "http://a", "models": ["*"]}], ENV, "RELAY_UPSTREAMS[0]: name"),
         (
@@ -125,3 +142,14 @@ def test_both_the_table_and_the_shorthand_is_ambiguous() -> None:
 def test_neither_names_both_variables() -> None:
     with pytest.raises(ConfigurationError, match=r"RELAY_UPSTREAM_URL is not set.*RELAY_UPSTREAMS"):
         load_table(None, None, {})
+
+
+def test_an_upstream_without_models_is_a_fallback_only() -> None:
+    table = _table(
+        [
+            {"name": "main", "kind": "openai", "url": "http://a/v1", "models": ["*"], "fallbacks": ["spare"]},
+            {"name": "spare", "kind": "openai", "url": "http://b/v1", "models": []},
+        ]
+    )
+    assert [route.name for route in table.routes("gpt-4o")] == ["main", "spare"]
+    assert table.literal_models() == []  # never listed by /v1/models, never chosen for a model of its own

@@ -147,7 +147,7 @@ class UpstreamError(RelayError):
         self.upstream_status = upstream_status
         self.retries = 0
         self.failures: dict[str, int] = {}
-        self.retryable = False  # no attempt can have reached a model: another upstream may be tried (routing)
+        self.fallback_ok = False  # no attempt can have reached a model: another upstream may be tried (routing)
         self.upstream = ""  # the name of the upstream that failed last
 
 

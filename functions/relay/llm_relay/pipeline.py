@@ -252,8 +252,8 @@ class Pipeline:
             return await self._bounded_open(ctx, plan, cancel, receive, gone)
         except BaseException as exc:
             failure = _as_relay_error(exc, ctx.request_id)
-            retries, errors = (failure.retries, failure.failures) if isinstance(failure, UpstreamError) else (0, {})
-            upstream = (failure.upstream if isinstance(failure, UpstreamError) else "") or plan.upstream
+            progress = plan.progress  # every attempt, even of an open that a cancel or the deadline stopped
+            retries, errors, upstream = progress.retries, dict(progress.failures), progress.upstream or plan.upstream
             ending = Ending(reason_for(failure), failure.message, *_cancel_source(failure, cancel, gone))
             await self._finalize_unstreamed(
                 ctx, ending, answered=False, retries=retries, upstream_errors=errors, upstream=upstream

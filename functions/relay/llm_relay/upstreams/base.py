@@ -23,7 +23,7 @@ what completes the stream (Ollama's final line; Bedrock's `metadata` after `mess
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 __all__ = ["END", "Decoded", "Decoder", "Dialect", "Ended", "Failed", "KeyProvider", "UpstreamRequest"]
@@ -65,8 +65,10 @@ class UpstreamRequest:
     """One HTTP request to an upstream, ready to send (and to send again on a retry: it is never consumed)."""
 
     url: str  # absolute
-    headers: dict[str, str]  # sent as they are: the HTTP kinds include `x-request-id` and `accept-encoding: identity`
-    content: bytes
+    # Sent as they are: the HTTP kinds include `x-request-id` and `accept-encoding: identity`. Never in a repr: they
+    # hold the upstream's credentials (a Bearer key, a SigV4 signature and session token).
+    headers: dict[str, str] = field(repr=False)
+    content: bytes = field(repr=False)
 
 
 class Dialect(Protocol):

@@ -72,12 +72,23 @@ class BedrockDialect:
     def decoder(self, model: str, created: int) -> BedrockDecoder:
         return BedrockDecoder(model, created)
 
+    def start(self) -> None:
+        """Build the client at start-up: its cost (boto3's service model, the endpoint) falls in init, where a
+        SnapStart snapshot keeps it, not in a request; and a missing region refuses the start (ValueError)."""
+        from botocore.exceptions import NoRegionError
+
+        try:
+            self._ready_client()
+        except NoRegionError:
+            raise ValueError("no region: set the upstream's region (or AWS_REGION)") from None
+
     def renew(self) -> None:
         """After a SnapStart restore: the client built during init holds credentials resolved then (and shared
-        by every restored copy); the next request builds a new one. An injected client is the caller's."""
+        by every restored copy): a new one is built now, before any request. An injected client is the caller's."""
         with self._lock:
             if self._built:
                 self._client, self._built, self._registered = None, False, False
+        self.start()
 
     def _prepare(self, params: dict[str, Any]) -> AWSPreparedRequest:
         """The signed request for `params` (in a worker thread: signing reads credentials, which may block)."""

@@ -28,6 +28,28 @@ RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 # Retried transport failures: those where the upstream cannot have started generating. A read timeout or a
 # reset after the request was sent is not retried: the upstream may be generating (and billing) already.
 RETRYABLE_TRANSPORT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.RemoteProtocolError)
+# A fallback to another upstream is stricter than a retry of the same one: only failures where no model can have
+# seen the request. A RemoteProtocolError (the server closed without answering) may come after the whole request
+# was sent; a 408 or 504 may mean a model timed out generating.
+FALLBACK_TRANSPORT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+FALLBACK_STATUS = frozenset({429, 500, 502, 503})
+
+
+@dataclass(slots=True)
+class Progress:
+    """The attempts of one request's open so far, over every upstream tried: readable whatever ends the open (a
+    cancel or the deadline stops it between attempts, with no exception of the exchange's own to carry them)."""
+
+    attempts: int = 0
+    failures: dict[str, int] = field(default_factory=dict)  # failed attempts by class ("5xx", "connect")
+    upstream: str = ""  # the upstream tried last
+
+    @property
+    def retries(self) -> int:
+        return max(0, self.attempts - 1)
+
+    def failed(self, kind: str) -> None:
+        self.failures[kind] = self.failures.get(kind, 0) + 1
 
 
 @dataclass(slots=True)
@@ -101,40 +123,44 @@ class HttpExchange:
         self._rng.seed()
         await old.aclose()
 
-    async def open(self, prepared: UpstreamRequest, dialect: Dialect, model: str) -> OpenedStream:
+    async def open(
+        self, prepared: UpstreamRequest, dialect: Dialect, model: str, progress: Progress | None = None
+    ) -> OpenedStream:
         """Send a dialect's prepared request and return the response once its status is 2xx, with the dialect's
-        decoder for its body. A failure raises `UpstreamError` with `retryable` set when no attempt can have
-        reached a model (the rule for a fallback to another upstream)."""
-        errors: dict[str, int] = {}
+        decoder for its body (its chunks name `model`). A failure raises `UpstreamError`, with `fallback_ok` set when
+        no attempt can have reached a model. `progress` counts the attempts as they happen."""
+        progress = progress if progress is not None else Progress()
+        errors = progress.failures
         attempt = 0
         while True:
             request = self.client.build_request(
                 "POST", prepared.url, content=prepared.content, headers=prepared.headers
             )
             retry_after: float | None = None
+            progress.attempts += 1
             try:
                 response = await self.client.send(request, stream=True)
             except httpx.TransportError as exc:
                 timed_out = isinstance(exc, httpx.TimeoutException)
-                kind = "timeout" if timed_out else "connect"
-                errors[kind] = errors.get(kind, 0) + 1
+                progress.failed("timeout" if timed_out else "connect")
                 failure: UpstreamError = (UpstreamTimeout if timed_out else UpstreamError)(
                     f"Upstream {'timed out' if timed_out else 'connection failed'} ({type(exc).__name__})."
                 )
+                failure.fallback_ok = isinstance(exc, FALLBACK_TRANSPORT)
                 if not isinstance(exc, RETRYABLE_TRANSPORT):
                     raise _with_history(failure, attempt, errors) from None
-                failure.retryable = True
             else:
                 if response.is_success:
-                    return OpenedStream(response, dialect.decoder(model, int(time.time())), attempt, errors)
-                errors[status_class(response.status_code)] = errors.get(status_class(response.status_code), 0) + 1
+                    decoder = dialect.decoder(model, int(time.time()))
+                    return OpenedStream(response, decoder, attempt, dict(errors))
+                progress.failed(status_class(response.status_code))
                 failure = await _failure_from_response(response)
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
                 if response.status_code == 429 and retry_after is not None:
                     failure.headers["retry-after"] = str(max(1, round(retry_after)))  # the client's own wait
+                failure.fallback_ok = response.status_code in FALLBACK_STATUS
                 if response.status_code not in RETRYABLE_STATUS:
                     raise _with_history(failure, attempt, errors)
-                failure.retryable = True
             if attempt >= self._settings.upstream_max_retries:
                 raise _with_history(failure, attempt, errors)
             delay = backoff_s(
@@ -151,7 +177,7 @@ class HttpExchange:
 
 def _with_history(failure: UpstreamError, retries: int, errors: dict[str, int]) -> UpstreamError:
     failure.retries = retries
-    failure.failures = errors
+    failure.failures = dict(errors)
     return failure
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -16,7 +16,7 @@ import httpx
 from ..errors import ConfigurationError, InvalidRequest, UpstreamError
 from ..settings import Settings
 from .base import Dialect, KeyProvider, UpstreamRequest
-from .http import HttpExchange, OpenedStream
+from .http import HttpExchange, OpenedStream, Progress
 from .table import RELAY_KEY_ENV, Route, UpstreamSpec, UpstreamTable
 
 logger = logging.getLogger(__name__)
@@ -24,12 +24,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """Where one request goes: its routes in order, the first one's request already built."""
+    """Where one request goes: its routes in order, the first one's request already built, and what the open
+    has tried so far."""
 
     routes: list[Route]
-    first: UpstreamRequest
-    body: dict[str, Any]
-    request_id: str
+    first: UpstreamRequest = field(repr=False)  # its headers hold the upstream's credentials
+    body: dict[str, Any] = field(repr=False)
+    request_id: str = ""
+    progress: Progress = field(default_factory=Progress)
 
     @property
     def upstream(self) -> str:
@@ -56,9 +58,13 @@ class Upstreams:
         self._dialects: dict[str, Dialect] = {}
         for spec in table.specs:
             try:
-                self._dialects[spec.name] = build(spec)
-            except ValueError as exc:  # e.g. an ndjson upstream's field paths
+                dialect = build(spec)
+                start = getattr(dialect, "start", None)  # what a dialect builds once (Bedrock: its client)
+                if start is not None:
+                    start()
+            except ValueError as exc:  # e.g. an ndjson upstream's field paths, a Bedrock upstream without a region
                 raise ConfigurationError(f"RELAY_UPSTREAMS: upstream {spec.name!r}: {exc}") from None
+            self._dialects[spec.name] = dialect
 
     async def plan(self, body: dict[str, Any], model: str, request_id: str) -> Plan:
         """The routes for `model`, and the first one's request built: a model no upstream serves, or a field its
@@ -68,40 +74,43 @@ class Upstreams:
         return Plan(routes, first, body, request_id)
 
     async def open(self, plan: Plan) -> OpenedStream:
-        """The first route that answers 2xx; each route's failure after its retries moves on to the next only when
-        it is `retryable`. The last failure is raised, carrying the attempts of every route."""
-        retries, errors = 0, dict[str, int]()
+        """The first route that answers 2xx. A route's failure, after its own retries, moves on to the next route
+        only when no model can have seen the request (`fallback_ok`); a fallback that cannot take the request (a
+        field its kind cannot honour, no credentials) is skipped. The last failure is raised; `plan.progress`
+        holds the attempts of every route, whatever ends the open."""
+        progress = plan.progress
+        model = str(plan.body.get("model") or plan.routes[0].model)  # the client's name, in every chunk it gets
         last: UpstreamError | None = None
         for index, route in enumerate(plan.routes):
             dialect = self._dialects[route.name]
+            prepared = plan.first if index == 0 else await self._fallback_request(plan, route, dialect)
+            if prepared is None:
+                continue
+            progress.upstream = route.name
             try:
-                prepared = plan.first if index == 0 else await dialect.request(plan.body, route.model, plan.request_id)
-                opened = await self.exchange.open(prepared, dialect, route.model)
+                opened = await self.exchange.open(prepared, dialect, model, progress)
             except UpstreamError as failure:
                 failure.upstream = route.name
-                retries += failure.retries + (1 if index else 0)
-                errors = _merged(errors, failure.failures)
-                failure.retries, failure.failures = retries, errors
-                if not failure.retryable or index == len(plan.routes) - 1:
+                failure.retries, failure.failures = progress.retries, dict(progress.failures)
+                if not failure.fallback_ok:
                     raise
                 last = failure
-                logger.warning(
-                    "upstream %s failed for %s (%s); falling back to %s",
-                    route.name,
-                    plan.request_id,
-                    failure.code,
-                    plan.routes[index + 1].name,
-                )
+                if index < len(plan.routes) - 1:
+                    logger.warning("upstream %s failed for %s (%s)", route.name, plan.request_id, failure.code)
                 continue
-            except InvalidRequest as refused:  # only a fallback's: the first route's request was built in `plan`
-                logger.warning("fallback %s cannot take %s: %s", route.name, plan.request_id, refused.message)
-                assert last is not None  # a fallback is tried only after a failure
-                raise last from None
             opened.upstream = route.name
-            opened.retries += retries + (1 if index else 0)
-            opened.status_errors = _merged(errors, opened.status_errors)
+            opened.retries, opened.status_errors = progress.retries, dict(progress.failures)
             return opened
-        raise AssertionError("a route list is never empty")
+        assert last is not None  # the first route is always tried
+        raise last
+
+    async def _fallback_request(self, plan: Plan, route: Route, dialect: Dialect) -> UpstreamRequest | None:
+        """A fallback's request, or None when it cannot take this one (it is skipped, and logged)."""
+        try:
+            return await dialect.request(plan.body, route.model, plan.request_id)
+        except (InvalidRequest, UpstreamError) as refused:
+            logger.warning("fallback %s cannot take %s: %s", route.name, plan.request_id, refused.message)
+            return None
 
     def connect(self) -> None:
         """A fresh HTTP exchange, if the last one was closed: an app's lifespan may run more than once (Mangum runs
@@ -154,10 +163,3 @@ def _env_key(name: str | None) -> KeyProvider | None:
         return os.environ.get(name, "").strip() or None
 
     return key
-
-
-def _merged(first: dict[str, int], second: dict[str, int]) -> dict[str, int]:
-    merged = dict(first)
-    for kind, count in second.items():
-        merged[kind] = merged.get(kind, 0) + count
-    return merged

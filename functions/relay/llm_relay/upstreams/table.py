@@ -41,7 +41,7 @@ class UpstreamSpec(BaseModel):
     url: str | None = None
     region: str | None = Field(default=None, min_length=1)
     api_key_env: str | None = Field(default=None, min_length=1)
-    models: tuple[str, ...] = Field(min_length=1)
+    models: tuple[str, ...] = ()  # empty: a fallback only, never chosen for a model of its own
     rewrite: str | None = Field(default=None, min_length=1, max_length=256)
     fallbacks: tuple[str, ...] = ()
     fields: dict[str, str] | None = None
@@ -65,6 +65,9 @@ class UpstreamSpec(BaseModel):
             raise ValueError(f"upstream {self.name!r}: fields apply to the ndjson kind only")
         if self.name in self.fallbacks:
             raise ValueError(f"upstream {self.name!r} lists itself as a fallback")
+        if self.api_key_env is not None and self.api_key_env.upper().startswith("AWS_"):
+            # the function's own AWS credentials must never leave as some upstream's Bearer key
+            raise ValueError(f"upstream {self.name!r}: api_key_env may not name an AWS_ variable")
         return self
 
     def matches(self, model: str) -> bool:
@@ -98,11 +101,16 @@ class UpstreamTable:
             names = [spec.name for spec in specs]
             twice = sorted({name for name in names if names.count(name) > 1})
             raise ConfigurationError(f"RELAY_UPSTREAMS: upstream names must be unique ({', '.join(twice)} repeats)")
+        fallbacks = {name for spec in specs for name in spec.fallbacks}
         for spec in specs:
             unknown = [name for name in spec.fallbacks if name not in self._by_name]
             if unknown:
                 raise ConfigurationError(
                     f"RELAY_UPSTREAMS: upstream {spec.name!r} falls back to unknown upstream(s) {', '.join(unknown)}"
+                )
+            if not spec.models and spec.name not in fallbacks:
+                raise ConfigurationError(
+                    f"RELAY_UPSTREAMS: upstream {spec.name!r} serves no model and is no upstream's fallback"
                 )
 
     def routes(self, model: str) -> list[Route]:
