@@ -336,3 +336,26 @@ def test_generic_dialect_request_passes_the_body_through() -> None:
     assert request.headers["x-request-id"] == "req_9"
     assert request.headers["accept-encoding"] == "identity"
     assert isinstance(dialect.decoder("inner-model", 5), NDJSONDecoder)
+
+
+@pytest.mark.parametrize(("field", "value"), [("n", 2), ("logprobs", True), ("top_logprobs", 3)])
+def test_generic_dialect_refuses_what_one_choices_fields_cannot_carry(field: str, value: Any) -> None:
+    # GIVEN fields that describe one choice's text THEN more choices or log probabilities are a 400 naming the
+    # field, not an answer that silently dropped them
+    from llm_relay.errors import InvalidRequest
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True, field: value}
+    with pytest.raises(InvalidRequest) as refused:
+        asyncio.run(NDJSONDialect("http://h/stream").request(body, "m", "r"))
+    assert refused.value.param == field
+    # AND their defaults pass
+    plain = {**body, "n": 1, "logprobs": False, "top_logprobs": None}
+    assert asyncio.run(NDJSONDialect("http://h/stream").request(plain, "m", "r")).url == "http://h/stream"
+
+
+def test_generic_final_line_without_an_output_count_reports_no_usage() -> None:
+    # GIVEN a server whose final line counts the prompt only
+    raw = _lines({"token": "a"}, {"stop": True, "in": 3})
+    items = _run(NDJSONDecoder("m", 0, FieldPaths.parse(TOKEN_FIELDS)), raw)
+    # THEN no usage chunk: the relay estimates the answer instead of billing its output as 0 tokens
+    assert _usage(items) == [] and _finish(items) == ["stop"] and items[-1] is END

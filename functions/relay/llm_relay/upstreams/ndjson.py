@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from ..errors import InvalidRequest
 from .base import END, Decoded, Failed, KeyProvider, UpstreamRequest
 from .ndjson_lines import MAX_LINE_BYTES, LineSplitter
 from .ollama_request import ollama_body
@@ -136,7 +137,7 @@ class _LineDecoder:
     def _end(self, finish_reason: str, prompt: int | None, completion: int | None) -> list[Decoded]:
         """The final line: the finish chunk, the upstream's counts when it gave them, and the end marker."""
         out: list[Decoded] = [self._chunk({}, finish_reason)]
-        if prompt is not None or completion is not None:
+        if completion is not None:  # without the output count the relay estimates (never bills the output as 0)
             usage = {"prompt_tokens": prompt or 0, "completion_tokens": completion or 0}
             usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
             chunk = {"id": "", "object": "chat.completion.chunk", "created": self._created, "model": self._model}
@@ -305,8 +306,19 @@ class NDJSONDialect:
         self.fields = FieldPaths.parse(fields)
 
     async def request(self, body: dict[str, Any], model: str, request_id: str) -> UpstreamRequest:
+        _check_one_plain_choice(body)
         content = _dumps({**body, "model": model}).encode()
         return UpstreamRequest(self.url, await _headers(self._key, request_id), content)
 
     def decoder(self, model: str, created: int) -> NDJSONDecoder:
         return NDJSONDecoder(model, created, self.fields)
+
+
+def _check_one_plain_choice(body: dict[str, Any]) -> None:
+    """The fields read from each line describe one choice's text: more choices, or log probabilities, would be
+    dropped silently, so they are refused (400, naming the field)."""
+    if body.get("n", 1) != 1:
+        raise InvalidRequest("'n' other than 1 is not supported by the NDJSON upstream.", param="n")
+    for name in ("logprobs", "top_logprobs"):
+        if body.get(name):
+            raise InvalidRequest(f"'{name}' is not supported by the NDJSON upstream.", param=name)
