@@ -35,7 +35,8 @@ MODELS = {"openai": "gpt-4o-mini", "ollama": "llama3.2", "ndjson": "inhouse-1", 
 KINDS = list(MODELS)
 # Every model at gpt-4o-mini's price, so one answer costs the same whatever answered it.
 PRICE = {"input": "0.15", "output": "0.60"}
-PRICES = json.dumps({"models": {model: PRICE for model in MODELS.values()}})
+DEAR = {"input": "1.50", "output": "6.00"}  # ten times PRICE
+PRICES = json.dumps({"models": {**{model: PRICE for model in MODELS.values()}, "pricey-1": PRICE, "dear-model": DEAR}})
 SHORT = {"tokens": 12, "chunk_delay_ms": 1, "ttft_ms": 5}
 LONG = {"tokens": 1000, "chunk_delay_ms": 20, "ttft_ms": 0}  # 20 s: it never ends by itself in a test
 TEXT = "".join(WORDS[i % len(WORDS)] for i in range(12))
@@ -69,6 +70,15 @@ class Upstreams:
                 "models": ["mid-*"],
                 "fallbacks": ["to-bedrock"],
             },
+            # a cheap model whose fallback sends a dearer one
+            {
+                "name": "down-cheap",
+                "kind": "openai",
+                "url": f"{self.always_503}/v1",
+                "models": ["pricey-*"],
+                "fallbacks": ["to-dear"],
+            },
+            {"name": "to-dear", "kind": "openai", "url": f"{self.mock}/v1", "models": [], "rewrite": "dear-model"},
             {
                 "name": "to-bedrock",
                 "kind": "bedrock",
@@ -324,6 +334,40 @@ def test_no_fallback_once_the_first_upstream_sent_its_first_bytes(routed: Relay,
     record = record_of(routed, request_id)
     assert (record.termination_reason, record.upstream) == ("upstream_error", "mid")
     assert upstreams.record("to-bedrock", request_id) is None
+
+
+def test_an_answer_from_a_dearer_fallback_is_billed_and_reserved_at_its_price(
+    routed: Relay, upstreams: Upstreams, stores: Stores
+) -> None:
+    # GIVEN a cheap model whose upstream is down, and a fallback that sends a model ten times dearer
+    plain, key = new_key(stores, daily_budget_usd="1", monthly_budget_usd="10")
+    with httpx.Client(timeout=30) as client:
+        answer = client.post(
+            f"{routed.url}/api/v1/chat/stream", json=body("pricey-1", SHORT), headers=routed.headers(plain)
+        )
+    # THEN the fallback's answer is billed at the dearer model's price, and the ledger settles to it exactly
+    assert ndjson_lines(answer.text)[-1]["termination_reason"] == "stop"
+    record = record_of(routed, answer.headers["x-request-id"], key.key_id)
+    assert (record.upstream, record.model) == ("to-dear", "pricey-1")
+    assert record.cost_usd == Decimal("0.000078")  # 4 x 1.50/M + 12 x 6.00/M
+    assert assert_settled(stores, key.key_id, [record]) == Decimal("0.000078")
+
+
+def test_admission_reserves_at_the_dearest_model_that_may_answer(routed: Relay, stores: Stores) -> None:
+    # GIVEN a budget that covers the cheap model's first reservation (1024 tokens at 0.60/M) but not the dearer
+    # fallback's (at 6.00/M)
+    plain, _ = new_key(stores, daily_budget_usd="0.002", monthly_budget_usd="1")
+    with httpx.Client(timeout=30) as client:
+        answer = client.post(
+            f"{routed.url}/api/v1/chat/stream", json=body("pricey-1", SHORT), headers=routed.headers(plain)
+        )
+        cheap = client.post(
+            f"{routed.url}/api/v1/chat/stream", json=body(MODELS["openai"], SHORT), headers=routed.headers(plain)
+        )
+    # THEN it is refused before anything is sent, as the fallback could overspend it
+    assert answer.status_code == 429 and answer.json()["error"]["code"] == "budget_exceeded"
+    # AND the same budget admits a model at the cheap price with no dearer fallback
+    assert cheap.status_code == 200
 
 
 # --- budgets hold for every kind ---------------------------------------------------------------------------------

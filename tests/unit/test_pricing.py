@@ -149,3 +149,11 @@ def test_a_profile_prefix_is_only_stripped_before_a_provider_and_model() -> None
     table = PriceTable({"nova": ModelPrice(Decimal(1), Decimal(1), Decimal(1))})
     assert table.entry_for("us.nova") is None
     assert table.entry_for("eu-nova") is None
+
+
+def test_the_highest_of_several_prices_takes_each_rate_at_its_highest() -> None:
+    from llm_relay.pricing import ModelPrice, highest
+
+    cheap_output = ModelPrice(input=Decimal("3"), cached_input=Decimal("0.3"), output=Decimal("1"))
+    cheap_input = ModelPrice(input=Decimal("1"), cached_input=Decimal("0.5"), output=Decimal("15"))
+    assert highest([cheap_output, cheap_input]) == ModelPrice(Decimal("3"), Decimal("0.5"), Decimal("15"))

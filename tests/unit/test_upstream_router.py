@@ -193,3 +193,30 @@ def test_the_progress_of_an_open_stopped_between_attempts_is_kept() -> None:
     progress = anyio.run(run)
     # THEN the plan still says what was tried: one attempt at the primary, failed with a 5xx
     assert (progress.attempts, progress.retries, progress.failures, progress.upstream) == (1, 0, {"5xx": 1}, "primary")
+
+
+def test_each_route_is_billed_as_the_model_it_sends_when_that_has_a_price() -> None:
+    # GIVEN a primary that sends the client's model and a fallback that sends its own, priced, name
+    settings = Settings(upstream_retry_base_s=0.001, upstream_retry_max_s=0.002, upstream_max_retries=0)
+    hosts = Hosts(primary=[503])
+
+    async def run(priced: set[str]) -> tuple[Any, OpenedStream]:
+        upstreams = Upstreams(
+            settings,
+            load_table(json.dumps(TABLE), None, {}),
+            transport=httpx.MockTransport(hosts),
+            priced=priced.__contains__,
+        )
+        plan = await upstreams.plan(BODY, "gpt-x", "req_1")
+        opened = await upstreams.open(plan)
+        await opened.response.aclose()
+        await upstreams.aclose()
+        return plan, opened
+
+    # WHEN the fallback's own name has a price THEN it is billed as that, and the plan lists both for the budget
+    plan, opened = anyio.run(run, {"gpt-x", "second-model"})
+    assert plan.billed_as == ("gpt-x", "second-model") and opened.billed_as == "second-model"
+    # AND a rewrite without a price is billed as the client's model
+    hosts.scripts["primary"] = [503]
+    plan, opened = anyio.run(run, {"gpt-x"})
+    assert plan.billed_as == ("gpt-x", "gpt-x") and opened.billed_as == "gpt-x"

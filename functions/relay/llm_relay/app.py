@@ -157,7 +157,13 @@ def create_app(
     )
 
     # Built here, not in the lifespan: a table entry that cannot be built refuses the start (ConfigurationError).
-    upstreams = Upstreams(settings, table, default_key=UpstreamKeyProvider(settings), transport=upstream_transport)
+    upstreams = Upstreams(
+        settings,
+        table,
+        default_key=UpstreamKeyProvider(settings),
+        transport=upstream_transport,
+        priced=lambda model: prices.price_of(model) is not None,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -61,7 +61,7 @@ from .limits import (
 )
 from .metering import estimate_prompt_tokens
 from .outcome import RequestContext, StreamOutcome
-from .pricing import ModelPrice, Pricer, PriceTable
+from .pricing import ModelPrice, Pricer, PriceTable, highest
 from .reconciler import Reconciler
 from .settings import Settings
 from .usage import record_for, refused_record
@@ -264,13 +264,15 @@ class Limiter:
         if not periods:
             return None
         chat = ctx.chat
-        price = self._price_of(chat.model) if self._price_of is not None else None
-        if price is None:
+        names = list(dict.fromkeys(ctx.billed_as or (chat.model,)))  # the models that may answer (a route, fallbacks)
+        prices = [self._price_of(name) if self._price_of is not None else None for name in names]
+        unpriced = next((name for name, price in zip(names, prices, strict=True) if price is None), None)
+        if unpriced is not None:
             if self._settings.unpriced_models == "refuse":
                 raise ModelNotPriced(
-                    f"The model '{chat.model}' has no price, so this key's budget cannot be enforced on it. "
+                    f"The model '{unpriced}' has no price, so this key's budget cannot be enforced on it. "
                     "An operator can add its price (USD per million tokens) with RELAY_PRICES_JSON, e.g. "
-                    f'{{"{chat.model}": {{"input": "0.50", "output": "1.50"}}}}; '
+                    f'{{"{unpriced}": {{"input": "0.50", "output": "1.50"}}}}; '
                     "`llm-relay prices` lists the known ones.",
                     param="model",
                 )
@@ -278,11 +280,11 @@ class Limiter:
                 "request %s of key %s: model %r has no price; admitted WITHOUT budget (RELAY_UNPRICED_MODELS=allow)",
                 ctx.request_id,
                 ctx.key.key_id,
-                chat.model,
+                unpriced,
             )
             return None
         return Reservation.open(
-            price,
+            highest([price for price in prices if price is not None]),
             periods,
             prompt_tokens=conservative_prompt_tokens(chat.messages_as_dicts()),
             max_tokens=chat.max_completion_tokens or chat.max_tokens,

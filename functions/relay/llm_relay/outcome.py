@@ -43,6 +43,9 @@ class RequestContext:
     lambda_request_id: str | None = None  # from the web adapter's x-amzn-lambda-context, for log correlation
     ticket: Ticket | None = None  # what admission granted; None before admission (or for a test's own context)
     client_request_id: str | None = None  # X-Client-Request-Id: the client's own name for the request
+    # The names the request may be billed under, one per route that may answer it (`upstreams.router.Plan`): the
+    # model each route sends, where it has a price, else the client's. Empty: the client's model.
+    billed_as: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,10 +87,13 @@ def outcome_of(
     retries: int = 0,
     upstream_errors: dict[str, int] | None = None,
     upstream: str = "",
+    billed_as: str = "",
 ) -> StreamOutcome:
     """The outcome of a request, whatever ended it: a stream (its meter), or an upstream that never answered
-    2xx (`answered` False, an empty meter)."""
+    2xx (`answered` False, an empty meter). Its cost is the price of `billed_as` (the model of the route that
+    answered; the client's model when empty)."""
     usage = meter.usage(ctx.chat.messages_as_dicts())
+    priced = pricer(billed_as or ctx.chat.model, usage)
     return StreamOutcome(
         reason=ending.reason,
         usage=usage,
@@ -98,7 +104,7 @@ def outcome_of(
         error=ending.error,
         cancel_source=ending.cancel_source,
         cancel_latency_s=None if ending.cancel_started is None else ended_at - ending.cancel_started,
-        cost_usd=billed_cost(pricer(ctx.chat.model, usage), ending.reason, answered=answered, chunks=meter.chunks),
+        cost_usd=billed_cost(priced, ending.reason, answered=answered, chunks=meter.chunks),
         finish_reason=meter.finish_reason,
         retries=retries,
         upstream_errors=dict(upstream_errors or {}),

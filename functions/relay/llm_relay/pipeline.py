@@ -90,6 +90,7 @@ class Pipeline:
         key = await self._auth.authenticate(request.headers)
         ctx = await self._parse(request, key, ndjson=ndjson)
         plan = await self._plan(ctx)
+        ctx = replace(ctx, billed_as=plan.billed_as)  # what admission reserves for: every model that may answer
         client = (key.key_id, ctx.client_request_id) if ctx.client_request_id else None
         cancel = self.cancels.register(ctx.request_id, client)
         try:

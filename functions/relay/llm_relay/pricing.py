@@ -51,6 +51,16 @@ class ModelPrice:
         return total / PER_TOKENS
 
 
+def highest(prices: list[ModelPrice]) -> ModelPrice:
+    """Each rate at its highest among `prices`: what a budget reserves for a request that any of these models may
+    answer (a route and its fallbacks), so that none of them can overspend it."""
+    return ModelPrice(
+        input=max(p.input for p in prices),
+        cached_input=max(p.cached_input for p in prices),
+        output=max(p.output for p in prices),
+    )
+
+
 class PriceTable:
     """Callable as the relay's `Pricer`: `table(model, usage) -> Decimal | None`."""
 

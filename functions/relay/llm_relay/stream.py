@@ -212,6 +212,7 @@ class RelayStream(Response):
             retries=self._opened.retries,
             upstream_errors=self._opened.status_errors,
             upstream=self._opened.upstream,
+            billed_as=self._opened.billed_as,
         )
 
     async def _close_body(self, outcome: StreamOutcome) -> None:

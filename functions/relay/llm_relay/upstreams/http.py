@@ -61,6 +61,7 @@ class OpenedStream:
     retries: int = 0  # attempts after the first, over every upstream tried
     status_errors: dict[str, int] = field(default_factory=dict)  # failed attempts by class, over every upstream
     upstream: str = ""  # the name of the upstream that answered (routing)
+    billed_as: str = ""  # the model name its answer is priced as (routing; "" : the client's)
 
 
 def backoff_s(attempt: int, base: float, cap: float, retry_after: float | None, rng: random.Random) -> float:

@@ -32,6 +32,12 @@ class Plan:
     body: dict[str, Any] = field(repr=False)
     request_id: str = ""
     progress: Progress = field(default_factory=Progress)
+    billed_as: tuple[str, ...] = ()  # per route: the model it sends where that has a price, else the client's
+
+    def billed_by(self, name: str) -> str:
+        return next(
+            (billed for route, billed in zip(self.routes, self.billed_as, strict=False) if route.name == name), ""
+        )
 
     @property
     def upstream(self) -> str:
@@ -49,8 +55,10 @@ class Upstreams:
         default_key: KeyProvider | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         dialect_factory: Callable[[UpstreamSpec], Dialect] | None = None,
+        priced: Callable[[str], bool] | None = None,
     ) -> None:
         self.table = table
+        self._priced = priced or (lambda model: False)
         self._settings = settings
         self._transport = transport
         self.exchange = HttpExchange(settings, transport=transport)
@@ -71,7 +79,8 @@ class Upstreams:
         upstream cannot honour, is refused here, before admission (a 400 that costs nothing)."""
         routes = self.table.routes(model)
         first = await self._dialects[routes[0].name].request(body, routes[0].model, request_id)
-        return Plan(routes, first, body, request_id)
+        billed = tuple(route.model if self._priced(route.model) else model for route in routes)
+        return Plan(routes, first, body, request_id, billed_as=billed)
 
     async def open(self, plan: Plan) -> OpenedStream:
         """The first route that answers 2xx. A route's failure, after its own retries, moves on to the next route
@@ -98,7 +107,7 @@ class Upstreams:
                 if index < len(plan.routes) - 1:
                     logger.warning("upstream %s failed for %s (%s)", route.name, plan.request_id, failure.code)
                 continue
-            opened.upstream = route.name
+            opened.upstream, opened.billed_as = route.name, plan.billed_by(route.name)
             opened.retries, opened.status_errors = progress.retries, dict(progress.failures)
             return opened
         assert last is not None  # the first route is always tried
