@@ -137,3 +137,14 @@ def test_tokens_are_counted_as_the_meter_counts_them() -> None:
         counted += tokens_in(item)
         meter.observe(item, 1.0)
     assert counted == meter.content_chunks == 4
+
+
+def test_a_long_delta_counts_a_token_per_four_characters() -> None:
+    # GIVEN a Bedrock-style delta of several tokens, and an Ollama-style tool call arriving whole
+    text = {"choices": [{"index": 0, "delta": {"content": "Hello, how are you today?"}}]}  # 25 characters
+    arguments = '{"city": "Paris", "unit": "celsius", "days": 7}'  # 47 characters, plus the name
+    call = {"type": "function", "function": {"name": "weather", "arguments": arguments}}
+    tool = {"choices": [{"index": 0, "delta": {"tool_calls": [call]}}]}
+    # THEN the budget counts them as the text they carry, not as one token each
+    assert tokens_in(text) == 6
+    assert tokens_in(tool) == (len(arguments) + len("weather")) // 4 == 13

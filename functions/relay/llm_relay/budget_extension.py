@@ -37,16 +37,31 @@ class BudgetExtender(Protocol):
 _TOKEN_FIELDS = ("content", "tool_calls", "refusal", "function_call", "reasoning_content")
 
 
+CHARS_PER_TOKEN = 4
+
+
 def tokens_in(chunk: dict[str, Any]) -> int:
-    """Completion tokens a chunk carries, counted as the meter counts them (`StreamMeter.observe`): one per
-    choice whose delta has content, a tool call, a refusal or reasoning."""
+    """Completion tokens a chunk carries, for the budget: at least one per choice whose delta has content, a tool
+    call, a refusal or reasoning (as the meter counts them, `StreamMeter.observe`), more for a long one (a token
+    per four characters): a Bedrock delta carries several tokens, an Ollama tool call all of its arguments at once,
+    and counting those as one would let a stream run past its reservation."""
     count = 0
     for choice in chunk.get("choices") or ():
         if isinstance(choice, dict):
             delta = choice.get("delta") or choice.get("message") or {}
             if isinstance(delta, dict) and any(delta.get(name) for name in _TOKEN_FIELDS):
-                count += 1
+                count += max(1, _chars(delta) // CHARS_PER_TOKEN)
     return count
+
+
+def _chars(delta: dict[str, Any]) -> int:
+    """The characters of generated text in a delta (text fields, and tool calls' names and arguments)."""
+    chars = sum(len(value) for name in _TOKEN_FIELDS if isinstance(value := delta.get(name), str))
+    for call in delta.get("tool_calls") or ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            chars += sum(len(value) for value in function.values() if isinstance(value, str))
+    return chars
 
 
 class BudgetGuard:
