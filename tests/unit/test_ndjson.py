@@ -359,3 +359,13 @@ def test_generic_final_line_without_an_output_count_reports_no_usage() -> None:
     items = _run(NDJSONDecoder("m", 0, FieldPaths.parse(TOKEN_FIELDS)), raw)
     # THEN no usage chunk: the relay estimates the answer instead of billing its output as 0 tokens
     assert _usage(items) == [] and _finish(items) == ["stop"] and items[-1] is END
+
+
+@pytest.mark.parametrize("reason", ["client_cancelled", "deadline", "budget_exceeded", "incomplete"])
+def test_another_relays_summary_of_an_unfinished_stream_is_a_failure(reason: str) -> None:
+    # GIVEN another relay (the default fields) whose stream did not finish: its summary says why
+    summary = {"object": "relay.summary", "finish_reason": None, "termination_reason": reason, "usage": None}
+    items = _run(NDJSONDecoder("m", 0), _lines({"choices": [{"index": 0, "delta": {"content": "a"}}]}, summary))
+    # THEN the stream ends as an upstream failure naming it, not as a finished answer
+    assert items[-1] == Failed(f"Upstream stream ended without finishing ({reason}).")
+    assert _finish(items) == []

@@ -36,7 +36,12 @@ __all__ = [
 MALFORMED: Final = "Upstream sent a malformed line."
 TOO_LONG: Final = f"Upstream sent a line longer than {MAX_LINE_BYTES} bytes."
 _ERROR_CHARS = 1000  # an upstream's error message reaches the client: bounded
-_OLLAMA_FINISH = {"stop": "stop", "length": "length"}  # "load" and anything new: the model did stop
+_OLLAMA_FINISH = {"stop": "stop", "length": "length"}
+# A final line's `done` value that says the stream did not finish: this relay's own termination reasons of that
+# kind, as another relay's summary line carries them (its upstream failed, it was cancelled, it ran out of time).
+UNFINISHED: Final = frozenset(
+    {"client_cancelled", "upstream_error", "upstream_timeout", "deadline", "incomplete", "budget_exceeded", "lost"}
+)  # "load" and anything new: the model did stop
 
 DEFAULT_FIELDS: Final[Mapping[str, str]] = {
     "content": "choices.0.delta.content",
@@ -267,7 +272,10 @@ class NDJSONDecoder(_LineDecoder):
         self._finish = finish if isinstance(finish, str) and finish else self._finish
         self._prompt = _pick(_count(get(obj, "prompt_tokens")), self._prompt)
         self._completion = _pick(_count(get(obj, "completion_tokens")), self._completion)
-        if get(obj, "done"):
+        done = get(obj, "done")
+        if isinstance(done, str) and done in UNFINISHED:  # another relay's summary of a stream that did not finish
+            return [*out, Failed(f"Upstream stream ended without finishing ({done}).")]
+        if done:
             out += self._end(self._finish or "stop", self._prompt, self._completion)
         return out
 
