@@ -50,7 +50,10 @@ def limiter(
     **overrides: Any,
 ) -> Limiter:
     """A limiter on the table; `client` replaces the DynamoDB client (a failing or conflicting one)."""
-    settings = Settings(table_name=table, dynamodb_endpoint=endpoint, **overrides)
+    # The session's moto is one serialized server shared by every test: roomy bounds, as conftest's relays have (the
+    # production bounds are tested against a DynamoDB of their own, test_ledger.py).
+    bounds = {"admission_timeout_s": 15.0, "finalize_timeout_s": 15.0}
+    settings = Settings(table_name=table, dynamodb_endpoint=endpoint, **{**bounds, **overrides})
     stores = Stores.create(table, client or make_client(endpoint))
     prices = PriceTable.load(settings.prices_json)
     return Limiter(
