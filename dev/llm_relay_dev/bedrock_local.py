@@ -20,12 +20,12 @@ Every request is recorded by its `x-request-id` as the OpenAI-shaped mock record
 
 from __future__ import annotations
 
+import functools
 import json
-import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -36,7 +36,15 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from .eventstream import encode_event, encode_exception
-from .mock_upstream import WORDS, FaultLogFilter, MockFault, RequestRecord
+from .mock_upstream import (
+    WORDS,
+    MockFault,
+    RequestRecord,
+    hold_headers,
+    install_fault_filter,
+    record_routes,
+    stream_watching_disconnect,
+)
 
 __all__ = ["BedrockLocalConfig", "bedrock_local_in_thread", "create_bedrock_app", "main"]
 
@@ -114,21 +122,7 @@ class _ConverseStream:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = [(b"content-type", EVENTSTREAM.encode()), (b"x-amzn-requestid", self.record.request_id.encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        async with anyio.create_task_group() as tg:
-
-            async def watch() -> None:
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-                if not self.record.completed:  # uvicorn reports a disconnect once the response is complete
-                    self.record.disconnected_at = time.monotonic()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(watch)
-            try:
-                await self._stream(send)
-            except OSError:
-                self.record.disconnected_at = self.record.disconnected_at or time.monotonic()
-            tg.cancel_scope.cancel()
+        await stream_watching_disconnect(self.record, receive, functools.partial(self._stream, send))
 
     async def _stream(self, send: Send) -> None:
         async def emit(message: bytes) -> None:
@@ -185,7 +179,7 @@ class _ConverseStream:
 
 
 def create_bedrock_app(config: BedrockLocalConfig | None = None) -> Starlette:
-    _install_fault_filter()
+    install_fault_filter()
     state = BedrockLocalState(config=config or BedrockLocalConfig())
 
     async def converse_stream(request: Request) -> Response:
@@ -206,27 +200,17 @@ def create_bedrock_app(config: BedrockLocalConfig | None = None) -> Starlette:
         if refusal is not None:
             return refusal
         held_s = float(opts.get("headers_delay_ms") or 0) / 1000
-        if held_s and not await _hold_headers(request, record, held_s):
+        if held_s and not await hold_headers(request, record, held_s):
             return Response(status_code=499)  # the client closed the request while the headers were held
         if "status" in opts:
             status = int(opts["status"])
             return bedrock_error(status, f"mock: status {status}")
         return _ConverseStream(record, body, opts, state.config)  # type: ignore[return-value]
 
-    async def get_record(request: Request) -> Response:
-        record = state.requests.get(request.path_params["request_id"])
-        if record is None:
-            return JSONResponse({"error": "unknown"}, status_code=404)
-        return JSONResponse(asdict(record))
-
-    async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
     app = Starlette(
         routes=[
             Route("/model/{model_id:path}/converse-stream", converse_stream, methods=["POST"]),
-            Route("/mock/requests/{request_id}", get_record, methods=["GET"]),
-            Route("/healthz", health, methods=["GET"]),
+            *record_routes(state.requests),
         ]
     )
     app.state.bedrock = state
@@ -243,22 +227,6 @@ def _refusal(state: BedrockLocalState, opts: dict[str, Any], request_id: str) ->
         if state.attempts[key] <= int(opts["fail_first"]):
             return bedrock_error(429, "mock: too many requests", THROTTLING_TYPE)
     return None
-
-
-async def _hold_headers(request: Request, record: RequestRecord, delay_s: float) -> bool:
-    """Hold the response headers back for `delay_s`, noting a disconnect meanwhile; False if the client left."""
-    with anyio.move_on_after(delay_s):
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-        record.disconnected_at = time.monotonic()
-        return False
-    return True
-
-
-def _install_fault_filter() -> None:
-    logger = logging.getLogger("uvicorn.error")
-    if not any(isinstance(f, FaultLogFilter) for f in logger.filters):
-        logger.addFilter(FaultLogFilter())
 
 
 @contextmanager

@@ -22,10 +22,11 @@ completed, and when (monotonic clock) the client disconnected; `GET /mock/reques
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -66,7 +67,49 @@ def _fault(error: BaseException | None) -> MockFault | None:
     return error if isinstance(error, MockFault) else None
 
 
-def _install_fault_filter() -> None:
+async def stream_watching_disconnect(
+    record: RequestRecord, receive: Receive, stream: Callable[[], Awaitable[None]]
+) -> None:
+    """Run `stream` (the body's messages) while watching for the client's disconnect: the moment it comes, the
+    stream stops and the record says when (a mock upstream stops generating for nobody, as a real one would).
+    uvicorn also reports a disconnect once a response is complete: that one is not the client leaving."""
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not record.completed:
+                record.disconnected_at = time.monotonic()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        try:
+            await stream()
+        except OSError:
+            record.disconnected_at = record.disconnected_at or time.monotonic()
+        tg.cancel_scope.cancel()
+
+
+def record_routes(requests: dict[str, RequestRecord]) -> list[Route]:
+    """`GET /mock/requests/{id}` (what a test server recorded of a request, 404 when it never saw it) and
+    `GET /healthz`: the same on every test server."""
+
+    async def get_record(request: Request) -> Response:
+        record = requests.get(request.path_params["request_id"])
+        if record is None:
+            return JSONResponse({"error": "unknown"}, status_code=404)
+        return JSONResponse(asdict(record))
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    return [
+        Route("/mock/requests/{request_id}", get_record, methods=["GET"]),
+        Route("/healthz", health, methods=["GET"]),
+    ]
+
+
+def install_fault_filter() -> None:
     logger = logging.getLogger("uvicorn.error")
     if not any(isinstance(f, FaultLogFilter) for f in logger.filters):
         logger.addFilter(FaultLogFilter())
@@ -200,20 +243,7 @@ class _MockStream:
                 "headers": [(b"content-type", self.shape.media_type.encode()), (b"cache-control", b"no-cache")],
             }
         )
-        async with anyio.create_task_group() as tg:
-
-            async def watch() -> None:
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-                self.record.disconnected_at = time.monotonic()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(watch)
-            try:
-                await self._stream(send)
-            except OSError:
-                self.record.disconnected_at = self.record.disconnected_at or time.monotonic()
-            tg.cancel_scope.cancel()
+        await stream_watching_disconnect(self.record, receive, functools.partial(self._stream, send))
 
     async def _stream(self, send: Send) -> None:
         opts, config, shape = self.opts, self.config, self.shape
@@ -253,7 +283,7 @@ class _MockStream:
 
 
 def create_mock_app(config: MockConfig | None = None) -> Starlette:
-    _install_fault_filter()
+    install_fault_filter()
     state = MockState(config=config or MockConfig())
 
     def chat(shape_of: ShapeFactory, always_streams: bool) -> Callable[[Request], Any]:
@@ -262,22 +292,12 @@ def create_mock_app(config: MockConfig | None = None) -> Starlette:
 
         return handle
 
-    async def get_record(request: Request) -> Response:
-        record = state.requests.get(request.path_params["request_id"])
-        if record is None:
-            return JSONResponse({"error": "unknown"}, status_code=404)
-        return JSONResponse(asdict(record))
-
-    async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", chat(SSEShape, always_streams=False), methods=["POST"]),
             Route("/api/chat", chat(OllamaShape, always_streams=True), methods=["POST"]),
             Route("/ndjson/chat", chat(RelayNDJSONShape, always_streams=True), methods=["POST"]),
-            Route("/mock/requests/{request_id}", get_record, methods=["GET"]),
-            Route("/healthz", health, methods=["GET"]),
+            *record_routes(state.requests),
         ]
     )
     app.state.mock = state
@@ -323,7 +343,7 @@ async def _refusal(
             body = shape.error_body("mock: temporarily unavailable", "server_error")
             return JSONResponse(body, status_code=503, headers={"retry-after": "0"})
     held_s = float(opts.get("headers_delay_ms") or 0) / 1000  # a provider that holds its headers back
-    if held_s and not await _hold_headers(request, record, held_s):
+    if held_s and not await hold_headers(request, record, held_s):
         return Response(status_code=499)  # the relay closed the request while we held the headers
     if "status" in opts:
         status = int(opts["status"])
@@ -332,7 +352,7 @@ async def _refusal(
     return None
 
 
-async def _hold_headers(request: Request, record: RequestRecord, delay_s: float) -> bool:
+async def hold_headers(request: Request, record: RequestRecord, delay_s: float) -> bool:
     """Hold the response headers back for `delay_s`, noting a disconnect meanwhile; False if the client left."""
     with anyio.move_on_after(delay_s):
         while (await request.receive())["type"] != "http.disconnect":
