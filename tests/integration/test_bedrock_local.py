@@ -21,6 +21,7 @@ from llm_relay.upstreams.bedrock import BedrockDialect
 from llm_relay_dev.bedrock_local import create_bedrock_app
 from llm_relay_dev.mock_upstream import WORDS
 from tests.servers import serve
+from tests.waiting import wait_until
 
 MODEL = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
 
@@ -224,13 +225,21 @@ def test_drop_after_aborts_the_connection(bedrock_url: str) -> None:
 
 
 def test_stall_after_stops_sending_and_headers_delay_holds_the_headers(bedrock_url: str) -> None:
-    async def read_until_stalled() -> list[Any]:
-        with anyio.move_on_after(0.5):
-            await _relay(bedrock_url, {"tokens": 10, "stall_after": 2, "ttft_ms": 0, "chunk_delay_ms": 0}, "stall")
-        return []
+    def sent(request_id: str) -> int:
+        record = httpx.get(f"{bedrock_url}/mock/requests/{request_id}").json()
+        return int(record.get("chunks_sent") or 0)
 
-    anyio.run(read_until_stalled)
-    assert _record(bedrock_url, "stall")["chunks_sent"] == 2
+    async def read_until_stalled() -> int:
+        # a stream that stalls after two chunks: wait for those two (never for a time), then stop reading
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                _relay, bedrock_url, {"tokens": 10, "stall_after": 2, "ttft_ms": 0, "chunk_delay_ms": 0}, "stall"
+            )
+            await anyio.to_thread.run_sync(wait_until, lambda: sent("stall") >= 2, "two chunks sent")
+            tg.cancel_scope.cancel()
+        return await anyio.to_thread.run_sync(sent, "stall")
+
+    assert anyio.run(read_until_stalled) == 2  # and no more: the server stalled after them
     started = time.monotonic()
     anyio.run(_relay, bedrock_url, {"tokens": 1, "ttft_ms": 0, "headers_delay_ms": 300}, "held")
     assert time.monotonic() - started >= 0.3

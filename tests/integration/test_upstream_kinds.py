@@ -350,7 +350,9 @@ def test_an_answer_from_a_dearer_fallback_is_billed_and_reserved_at_its_price(
             f"{routed.url}/api/v1/chat/stream", json=body("pricey-1", SHORT), headers=routed.headers(plain)
         )
     # THEN the fallback's answer is billed at the dearer model's price, and the ledger settles to it exactly
-    assert ndjson_lines(answer.text)[-1]["termination_reason"] == "stop"
+    lines = ndjson_lines(answer.text)
+    assert lines[-1]["termination_reason"] == "stop"
+    assert {line["model"] for line in lines[:-1]} == {"pricey-1"}  # the name asked for, not the fallback's
     record = record_of(routed, answer.headers["x-request-id"], key.key_id)
     assert (record.upstream, record.model) == ("to-dear", "pricey-1")
     assert record.cost_usd == Decimal("0.000078")  # 4 x 1.50/M + 12 x 6.00/M

@@ -136,7 +136,7 @@ def test_tokens_are_counted_as_the_meter_counts_them() -> None:
     for item in chunks:
         counted += tokens_in(item)
         meter.observe(item, 1.0)
-    assert counted == meter.content_chunks == 4
+    assert counted == meter.content_chunks == meter.estimated_tokens == 4
 
 
 def test_a_long_delta_counts_a_token_per_four_characters() -> None:
@@ -148,3 +148,24 @@ def test_a_long_delta_counts_a_token_per_four_characters() -> None:
     # THEN the budget counts them as the text they carry, not as one token each
     assert tokens_in(text) == 6
     assert tokens_in(tool) == (len(arguments) + len("weather")) // 4 == 13
+    # AND text outside ASCII (about a token a character in CJK) as a token a character
+    cjk = {"choices": [{"index": 0, "delta": {"content": "今天天气很好, ok"}}]}
+    assert tokens_in(cjk) == 6 + len(", ok") // 4
+
+
+def test_a_chunk_worth_several_increments_waits_for_as_many_extensions() -> None:
+    # GIVEN 8 reserved tokens, increments of 8, a store that grants, and a chunk worth 20 tokens (80 characters:
+    # an Ollama tool call arriving whole, a long Bedrock delta)
+    extender = FakeExtender()
+    budget = guard(extender)
+    long_text = "x" * 80
+
+    async def drive(run: Run) -> None:
+        run.body.feed(chunk(long_text), chunk(finish="stop"), "[DONE]")
+        run.body.end()
+
+    run = relay(drive, framing=SSE, budget=budget)
+    # THEN it is relayed after two extensions (8 -> 16 -> 24 tokens), and the stream finishes
+    assert client_tokens(run) == [long_text]
+    assert extender.asked == [8, 16] and budget.reservation.tokens == 24
+    assert run.outcome.reason is TerminationReason.STOP

@@ -64,6 +64,19 @@ def test_the_lost_record_charges_the_last_checkpoint_estimated() -> None:
     assert record.upstream == "u"  # the upstream that was streaming, from its checkpoint
 
 
+def test_a_lost_request_is_priced_as_the_model_that_was_answering_it() -> None:
+    # GIVEN a request for an alias without a price, routed to gpt-4o (first route) and answered by gpt-4o-mini
+    base = layout.request_item("req_1", "rk_a", "my-alias", 3600)
+    item = admitted_item(
+        {**base, "billed_as": "gpt-4o"}, lease_until=1, started_epoch=NOW, mode="sse", prompt_tokens=7, ticket=Ticket()
+    )
+    # THEN before any answer it is priced as the first route's model, then as the answering one's
+    assert lost_record(item, PRICES).cost_usd == PRICES("gpt-4o", Usage(7, 0))
+    answering = {**item, "cp_completion": 40, "cp_billed_as": "gpt-4o-mini"}
+    assert lost_record(answering, PRICES).cost_usd == PRICES("gpt-4o-mini", Usage(7, 40))
+    assert lost_record(answering, PRICES).model == "my-alias"  # the record keeps the name the client asked for
+
+
 def test_settlement_gives_back_the_slot_and_books_the_tokens_difference() -> None:
     record = lost_record(_admitted(Ticket()), PRICES)
     ticket = Ticket(minute=Window.at(NOW).minute, reserve=100, lease="req_1", settle_tokens=True)

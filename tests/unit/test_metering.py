@@ -343,3 +343,13 @@ def test_estimate_of_message_without_content_is_framing_only() -> None:
 
 def test_estimate_is_at_least_one() -> None:
     assert estimate_prompt_tokens([]) == 1
+
+
+def test_without_upstream_usage_a_long_delta_is_estimated_by_its_text() -> None:
+    # GIVEN a stream with no usage report: a one-word chunk, a long delta and a CJK delta
+    meter = StreamMeter(started_at=0.0)
+    for text in ("Hi", "x" * 40, "今天天气很好"):
+        meter.observe({"choices": [{"index": 0, "delta": {"content": text}}]}, 1.0)
+    # THEN the estimate counts the text (1 + 10 + 6), not the chunks (3)
+    usage = meter.usage([{"role": "user", "content": "q"}])
+    assert (meter.content_chunks, usage.completion_tokens, usage.estimated) == (3, 17, True)

@@ -427,6 +427,21 @@ def test_a_decoder_failing_on_the_remainder_still_finalizes_the_request() -> Non
     assert run.outcome.reason is TerminationReason.DEADLINE and run.outcome.usage.lower_bound
 
 
+def test_a_chunk_the_meter_cannot_read_in_the_remainder_still_finalizes_the_request() -> None:
+    # GIVEN an upstream whose remainder, after the deadline, holds a chunk of an unexpected shape
+    async def drive(run: Run) -> None:
+        run.client.stalls_on = b'"b"'
+        run.body.feed(chunk("a"), chunk("b"))
+        await run.client.wait_for('"a"')
+        run.body.feed({"choices": 1})
+        run.clock.advance(10)
+        await run.body.closed.wait()
+
+    # THEN the request is finalized once, as a lower bound
+    run = relay(drive, framing=SSE, deadline=T0 + 10)
+    assert run.outcome.reason is TerminationReason.DEADLINE and run.outcome.usage.lower_bound
+
+
 def test_at_the_deadline_an_upstream_still_generating_is_counted_as_a_lower_bound() -> None:
     async def drive(run: Run) -> None:
         run.client.stalls_on = b'"b"'

@@ -175,6 +175,11 @@ def test_chunks_name_the_clients_model_not_the_rewrite() -> None:
     # THEN it was asked for its own name, and the chunks it produces are named as the client asked
     assert opened.upstream == "second" and hosts.seen[-1][1]["model"] == "second-model"
     assert decoded_as == ["gpt-x"]
+    assert opened.renamed == "gpt-x"  # and the relay names the chunks the upstream names itself
+
+
+def test_a_route_that_sends_the_clients_name_renames_nothing() -> None:
+    assert _open(Hosts()).renamed == ""
 
 
 def test_the_progress_of_an_open_stopped_between_attempts_is_kept() -> None:
@@ -220,3 +225,13 @@ def test_each_route_is_billed_as_the_model_it_sends_when_that_has_a_price() -> N
     hosts.scripts["primary"] = [503]
     plan, opened = anyio.run(run, {"gpt-x"})
     assert plan.billed_as == ("gpt-x", "gpt-x") and opened.billed_as == "gpt-x"
+
+
+@pytest.mark.parametrize("first", [504, 408, httpx.RemoteProtocolError])
+def test_no_fallback_once_any_attempt_may_have_reached_a_model(first: Any) -> None:
+    # GIVEN a primary whose first attempt may have reached a model, and whose retry then fails before any could
+    hosts = Hosts(primary=[first, 503])
+    # THEN the open fails there: a fallback could generate the answer a second time
+    with pytest.raises(UpstreamError) as failed:
+        _open(hosts)
+    assert [host for host, _ in hosts.seen] == ["primary", "primary"] and failed.value.upstream == "primary"

@@ -112,6 +112,14 @@ def test_literal_models_are_listed() -> None:
         ([{"name": "a", "kind": "openai", "url": "http://a", "models": ["*"], "fallbacks": ["a"]}], ENV, "itself"),
         (
             [
+                {"name": "a", "kind": "openai", "url": "http://a", "models": ["*"], "fallbacks": ["b", "b"]},
+                {"name": "b", "kind": "openai", "url": "http://b", "models": []},
+            ],
+            ENV,
+            "lists a fallback twice",
+        ),
+        (
+            [
                 {"name": "a", "kind": "openai", "url": "http://a", "models": ["x"]},
                 {"name": "a", "kind": "openai", "url": "http://b", "models": ["*"]},
             ],

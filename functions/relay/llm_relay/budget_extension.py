@@ -18,6 +18,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .budgets import Reservation
+from .metering import delta_tokens
 
 if TYPE_CHECKING:
     from .outcome import RequestContext
@@ -34,34 +35,17 @@ class BudgetExtender(Protocol):
     async def extend_budget(self, ctx: RequestContext, reservation: Reservation, tokens: int) -> bool: ...
 
 
-_TOKEN_FIELDS = ("content", "tool_calls", "refusal", "function_call", "reasoning_content")
-
-
-CHARS_PER_TOKEN = 4
-
-
 def tokens_in(chunk: dict[str, Any]) -> int:
-    """Completion tokens a chunk carries, for the budget: at least one per choice whose delta has content, a tool
-    call, a refusal or reasoning (as the meter counts them, `StreamMeter.observe`), more for a long one (a token
-    per four characters): a Bedrock delta carries several tokens, an Ollama tool call all of its arguments at once,
-    and counting those as one would let a stream run past its reservation."""
+    """Completion tokens a chunk carries, counted as the meter estimates them (`metering.delta_tokens`): a long
+    Bedrock delta or an Ollama tool call arriving whole counts as the text it carries, not as one token, which
+    would let a stream run past its reservation."""
     count = 0
     for choice in chunk.get("choices") or ():
         if isinstance(choice, dict):
             delta = choice.get("delta") or choice.get("message") or {}
-            if isinstance(delta, dict) and any(delta.get(name) for name in _TOKEN_FIELDS):
-                count += max(1, _chars(delta) // CHARS_PER_TOKEN)
+            if isinstance(delta, dict):
+                count += delta_tokens(delta)
     return count
-
-
-def _chars(delta: dict[str, Any]) -> int:
-    """The characters of generated text in a delta (text fields, and tool calls' names and arguments)."""
-    chars = sum(len(value) for name in _TOKEN_FIELDS if isinstance(value := delta.get(name), str))
-    for call in delta.get("tool_calls") or ():
-        function = call.get("function") if isinstance(call, dict) else None
-        if isinstance(function, dict):
-            chars += sum(len(value) for value in function.values() if isinstance(value, str))
-    return chars
 
 
 class BudgetGuard:
@@ -78,15 +62,19 @@ class BudgetGuard:
 
     async def allow(self, produced: int) -> bool:
         """Whether the `produced`-th completion token is covered by the reservation; asks for the next
-        increment ahead of need, and waits for an answer only when the reserved tokens are used up."""
+        increment ahead of need, and waits for an answer only when the reserved tokens are used up. A chunk
+        worth more than one increment (a long delta, a tool call arriving whole) waits for as many as it needs,
+        one extension at a time, until it is covered or one is refused."""
         reservation = self.reservation
-        if produced >= reservation.extend_at and self._pending is None and not self.refused:
-            self._begin()
-        if produced <= reservation.tokens:
-            return True
-        if self._pending is not None:
-            await self._pending.wait()
-        return produced <= reservation.tokens
+        while True:
+            if produced >= reservation.extend_at and self._pending is None and not self.refused:
+                self._begin()
+            if produced <= reservation.tokens:
+                return True
+            pending = self._pending
+            if pending is None:  # refused: nothing more will be reserved
+                return False
+            await pending.wait()
 
     def _begin(self) -> None:
         done = self._pending = anyio.Event()

@@ -56,10 +56,10 @@ def admitted_item(
 
 
 def checkpoint(
-    meter: StreamMeter, messages: list[dict[str, Any]], now_epoch: float, upstream: str = ""
+    meter: StreamMeter, messages: list[dict[str, Any]], now_epoch: float, upstream: str = "", billed_as: str = ""
 ) -> dict[str, Any]:
     """A stream's progress as `cp_*` attributes: tokens so far (the upstream's count if it arrived), TTFT, and the
-    upstream streaming it (so a `lost` record still names it)."""
+    upstream streaming it and the model its answer is priced as (so a `lost` record names and prices it)."""
     usage = meter.usage(messages)
     point: dict[str, Any] = {
         "cp_prompt": usage.prompt_tokens,
@@ -71,6 +71,8 @@ def checkpoint(
         point["cp_ttft_ms"] = Decimal(str(round(meter.ttft_s * 1000, 3)))
     if upstream:
         point["cp_upstream"] = upstream
+    if billed_as:
+        point["cp_billed_as"] = billed_as
     return point
 
 
@@ -101,7 +103,8 @@ def lost_record(item: Mapping[str, Any], pricer: Pricer) -> UsageRecord:
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         usage_source="estimated",
-        cost_usd=pricer(str(item.get("model", "")), usage),
+        # priced as the model that was answering (its checkpoint), else the first route's, else the client's
+        cost_usd=pricer(str(item.get("cp_billed_as") or item.get("billed_as") or item.get("model", "")), usage),
         ttft_ms=None if ttft is None else Decimal(ttft),
         duration_ms=None if last is None else Decimal(str(round((float(last) - started) * 1000, 3))),
         mode=str(item.get("mode", "")),

@@ -204,6 +204,8 @@ class Limiter:
         )
         if reservation is not None:
             base["reserved_usd"] = reservation.usd  # what a reconciler releases if this request never finalizes
+        if ctx.billed_as and ctx.billed_as[0] != ctx.chat.model:
+            base["billed_as"] = ctx.billed_as[0]  # the first route's model: what a lost request is priced as
         return admitted_item(
             base,
             lease_until=plan.lease_expiry,

@@ -49,6 +49,35 @@ def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
     return max(1, chars // 4 + 3 * len(messages))
 
 
+_TOKEN_FIELDS = ("content", "tool_calls", "refusal", "function_call", "reasoning_content")
+CHARS_PER_TOKEN = 4
+
+
+def delta_tokens(delta: dict[str, Any]) -> int:
+    """Completion tokens a delta carries when the upstream does not count them: none without content, a tool
+    call, a refusal or reasoning; else a token per four ASCII characters and one per other character (CJK text
+    is about a token a character), at least one. A long Bedrock delta or an Ollama tool call arriving whole
+    counts as the text it carries, not as one token."""
+    if not any(delta.get(name) for name in _TOKEN_FIELDS):
+        return 0
+    ascii_chars = other = 0
+    for text in _texts(delta):
+        in_ascii = len(text.encode("ascii", "ignore"))
+        ascii_chars += in_ascii
+        other += len(text) - in_ascii
+    return max(1, ascii_chars // CHARS_PER_TOKEN + other)
+
+
+def _texts(delta: dict[str, Any]) -> list[str]:
+    """The generated text in a delta: its text fields, and its tool calls' names and arguments."""
+    texts = [value for name in _TOKEN_FIELDS if isinstance(value := delta.get(name), str)]
+    for call in delta.get("tool_calls") or ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            texts += [value for value in function.values() if isinstance(value, str)]
+    return texts
+
+
 @dataclass(slots=True)
 class StreamMeter:
     """Accumulates what one stream produced. Feed every parsed upstream chunk with its arrival time."""
@@ -58,6 +87,7 @@ class StreamMeter:
     last_token_at: float | None = None
     chunks: int = 0
     content_chunks: int = 0
+    estimated_tokens: int = 0  # completion tokens by `delta_tokens`: the count when the upstream gives none
     finish_reason: str | None = None
     upstream_usage: Usage | None = None
     _finished_choices: set[Any] = field(default_factory=set, repr=False)
@@ -78,14 +108,10 @@ class StreamMeter:
             if not isinstance(choice, dict):
                 continue
             delta = choice.get("delta") or choice.get("message") or {}
-            if isinstance(delta, dict) and (
-                delta.get("content")
-                or delta.get("tool_calls")
-                or delta.get("refusal")
-                or delta.get("function_call")
-                or delta.get("reasoning_content")
-            ):
+            tokens = delta_tokens(delta) if isinstance(delta, dict) else 0
+            if tokens:
                 self.content_chunks += 1
+                self.estimated_tokens += tokens
                 if self.first_token_at is None:
                     self.first_token_at = now
                 self.last_token_at = now
@@ -122,13 +148,13 @@ class StreamMeter:
     def completion_tokens(self) -> int:
         if self.upstream_usage is not None:
             return self.upstream_usage.completion_tokens
-        return self.content_chunks
+        return self.estimated_tokens
 
     def usage(self, messages: list[dict[str, Any]]) -> Usage:
-        """Upstream-reported usage when it arrived, else an estimate (one content chunk ≈ one token)."""
+        """Upstream-reported usage when it arrived, else an estimate (`delta_tokens`)."""
         if self.upstream_usage is not None:
             return self.upstream_usage
-        return Usage(estimate_prompt_tokens(messages), self.content_chunks, estimated=True)
+        return Usage(estimate_prompt_tokens(messages), self.estimated_tokens, estimated=True)
 
 
 def _parse_usage(raw: Any) -> Usage:

@@ -116,7 +116,10 @@ class Pipeline:
             await self._abandon(ctx, opened)
             raise
         messages = ctx.chat.messages_as_dicts()
-        self.leases.track(ctx.request_id, lambda: checkpoint(stream.meter, messages, time.time(), opened.upstream))
+        self.leases.track(
+            ctx.request_id,
+            lambda: checkpoint(stream.meter, messages, time.time(), opened.upstream, opened.billed_as),
+        )
         return stream
 
     async def _abandon(self, ctx: RequestContext, opened: OpenedStream) -> None:

@@ -147,7 +147,11 @@ class RelayStream(Response):
         async with anyio.create_task_group() as tg:
             if self._framing is not None:
                 tg.start_soon(self._write_terminal_by, self._framing, outcome, write_by)
-            complete = await self._count_remainder(min(write_by, self._clock.now() + REMAINDER_MAX_S))
+            try:
+                complete = await self._count_remainder(min(write_by, self._clock.now() + REMAINDER_MAX_S))
+            except Exception:  # a chunk the meter cannot read: what was counted stands, as a lower bound
+                logger.exception("counting the remainder failed for %s", self.ctx.request_id)
+                complete = False
             await self._close_upstream()
             outcome = self._outcome(ending)
             if not complete:
@@ -175,12 +179,7 @@ class RelayStream(Response):
                     if raw is None:
                         return True
                     read += len(raw)
-                    try:
-                        items = self._decoder.feed(raw)
-                    except Exception:  # a decoder bug must not keep the request from being finalized
-                        logger.exception("decoding the remainder failed for %s", self.ctx.request_id)
-                        return False
-                    if self._observe_unrelayed(items):
+                    if self._observe_unrelayed(self._decoder.feed(raw)):
                         return True
                     continue
                 return False  # idle: still generating, and stopped now
@@ -318,6 +317,8 @@ class RelayStream(Response):
                 return None
             chunk.pop("usage", None)
         chunk["id"] = self.ctx.request_id
+        if self._opened.renamed:  # a rewrite: the client asked for its name, not the provider's (an alias stays one)
+            chunk["model"] = self._opened.renamed
         return chunk
 
     # --- how it ends --------------------------------------------------------------------------------

@@ -7,8 +7,9 @@ before botocore would send it: a handler raises `_Captured` carrying that reques
 as a failed send, does not retry it (nothing here is a retryable error, and the client allows one attempt) and
 re-raises it from `converse_stream`, where it is caught. No request ever leaves through botocore.
 
-boto3 is imported when the first Bedrock request is built, not when the module is: a relay without a Bedrock route
-pays nothing for it at cold start.
+This module (and boto3's `bedrock-runtime` client) is loaded only for a table with a Bedrock upstream, and then at
+start-up (`start`), so a relay without one pays nothing for it at cold start, and one with it pays in init, where a
+SnapStart snapshot keeps it.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def _capture(request: AWSPreparedRequest, **_: Any) -> None:
 
 class BedrockDialect:
     """ConverseStream on one Bedrock runtime endpoint. `client` is an injected `bedrock-runtime` client (tests, or a
-    shared session); without one a client is built once, on first use, from the default credential chain."""
+    shared session); without one a client is built once, at start-up (`start`), from the default credential
+    chain, and again after a SnapStart restore (`renew`)."""
 
     kind = "bedrock"
 
@@ -75,12 +77,14 @@ class BedrockDialect:
     def start(self) -> None:
         """Build the client at start-up: its cost (boto3's service model, the endpoint) falls in init, where a
         SnapStart snapshot keeps it, not in a request; and a missing region refuses the start (ValueError)."""
-        from botocore.exceptions import NoRegionError
+        from botocore.exceptions import BotoCoreError, NoRegionError
 
         try:
             self._ready_client()
         except NoRegionError:
             raise ValueError("no region: set the upstream's region (or AWS_REGION)") from None
+        except BotoCoreError as exc:  # e.g. an AWS_PROFILE that does not exist
+            raise ValueError(f"the Bedrock client cannot be built: {exc}") from None
 
     def renew(self) -> None:
         """After a SnapStart restore: the client built during init holds credentials resolved then (and shared

@@ -62,6 +62,7 @@ class OpenedStream:
     status_errors: dict[str, int] = field(default_factory=dict)  # failed attempts by class, over every upstream
     upstream: str = ""  # the name of the upstream that answered (routing)
     billed_as: str = ""  # the model name its answer is priced as (routing; "" : the client's)
+    renamed: str = ""  # set when the route sent another model name: the client's, for the chunks it relays
 
 
 def backoff_s(attempt: int, base: float, cap: float, retry_after: float | None, rng: random.Random) -> float:
@@ -133,6 +134,7 @@ class HttpExchange:
         progress = progress if progress is not None else Progress()
         errors = progress.failures
         attempt = 0
+        maybe_seen = False  # an earlier attempt may have reached a model: no fallback, whatever fails last
         while True:
             request = self.client.build_request(
                 "POST", prepared.url, content=prepared.content, headers=prepared.headers
@@ -147,7 +149,8 @@ class HttpExchange:
                 failure: UpstreamError = (UpstreamTimeout if timed_out else UpstreamError)(
                     f"Upstream {'timed out' if timed_out else 'connection failed'} ({type(exc).__name__})."
                 )
-                failure.fallback_ok = isinstance(exc, FALLBACK_TRANSPORT)
+                maybe_seen = maybe_seen or not isinstance(exc, FALLBACK_TRANSPORT)
+                failure.fallback_ok = not maybe_seen
                 if not isinstance(exc, RETRYABLE_TRANSPORT):
                     raise _with_history(failure, attempt, errors) from None
             else:
@@ -159,7 +162,8 @@ class HttpExchange:
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
                 if response.status_code == 429 and retry_after is not None:
                     failure.headers["retry-after"] = str(max(1, round(retry_after)))  # the client's own wait
-                failure.fallback_ok = response.status_code in FALLBACK_STATUS
+                maybe_seen = maybe_seen or response.status_code not in FALLBACK_STATUS
+                failure.fallback_ok = not maybe_seen
                 if response.status_code not in RETRYABLE_STATUS:
                     raise _with_history(failure, attempt, errors)
             if attempt >= self._settings.upstream_max_retries:

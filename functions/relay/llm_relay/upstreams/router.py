@@ -108,6 +108,7 @@ class Upstreams:
                     logger.warning("upstream %s failed for %s (%s)", route.name, plan.request_id, failure.code)
                 continue
             opened.upstream, opened.billed_as = route.name, plan.billed_by(route.name)
+            opened.renamed = model if route.model != model else ""
             opened.retries, opened.status_errors = progress.retries, dict(progress.failures)
             return opened
         assert last is not None  # the first route is always tried

@@ -65,6 +65,8 @@ class UpstreamSpec(BaseModel):
             raise ValueError(f"upstream {self.name!r}: fields apply to the ndjson kind only")
         if self.name in self.fallbacks:
             raise ValueError(f"upstream {self.name!r} lists itself as a fallback")
+        if len(set(self.fallbacks)) != len(self.fallbacks):
+            raise ValueError(f"upstream {self.name!r} lists a fallback twice")
         if self.api_key_env is not None and self.api_key_env.upper().startswith("AWS_"):
             # the function's own AWS credentials must never leave as some upstream's Bearer key
             raise ValueError(f"upstream {self.name!r}: api_key_env may not name an AWS_ variable")
