@@ -152,7 +152,7 @@ def _seed_usage(stores: Stores) -> tuple[float, float]:
     day1 = time.time() - 86400 - 600
     day2 = time.time() - 600
     records = [
-        UsageRecord("rk_a", "req_1", "gpt-4o", day1, "stop", 10, 5, cost_usd=Decimal("0.0001")),
+        UsageRecord("rk_a", "req_1", "gpt-4o", day1, "stop", 10, 5, cost_usd=Decimal("0.0001"), upstream="openai"),
         UsageRecord("rk_a", "req_2", "gpt-4o-mini", day2, "stop", 20, 10, cost_usd=Decimal("0.00002")),
         UsageRecord(
             "rk_b",
@@ -164,6 +164,7 @@ def _seed_usage(stores: Stores) -> tuple[float, float]:
             7,
             usage_source="estimated",
             cost_usd=Decimal("0.0003"),
+            upstream="bedrock-eu",
         ),
         UsageRecord("rk_b", "req_4", "house\n[relay] forged", day2, "stop", 1, 1),
     ]
@@ -276,3 +277,14 @@ def test_a_second_rotation_ends_the_first_secrets_grace(instant_relay: Relay, mo
     # THEN the first secret is refused, the second in its grace period, the third current
     assert _status(relay, created["key"]) == (401, "invalid_api_key")
     assert _status(relay, second["key"]) == (200, None) and _status(relay, third["key"]) == (200, None)
+
+
+def test_usage_by_upstream(stores: Stores, moto_endpoint: str) -> None:
+    # GIVEN usage answered by two upstreams, and records that name none
+    _seed_usage(stores)
+    # WHEN usage is grouped by upstream
+    done = cli(stores, moto_endpoint, "usage", "--since", "3d", "--by", "upstream", "--json")
+    assert done.returncode == 0, done.stderr
+    groups = {g["upstream"]: g["requests"] for g in json.loads(done.stdout)["groups"]}
+    # THEN each upstream has its requests, and records without one are under "-"
+    assert groups == {"openai": 1, "bedrock-eu": 1, "-": 2}

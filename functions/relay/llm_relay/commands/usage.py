@@ -21,6 +21,7 @@ GROUPS: dict[str, Callable[[UsageRecord], str]] = {
     "key": lambda record: record.key_id,
     "model": lambda record: record.model,
     "day": lambda record: record.timestamp[:10],
+    "upstream": lambda record: record.upstream or "-",  # "-": refused before any upstream was tried
 }
 RECORD_HEADERS = ["TIME", "KEY ID", "REQUEST ID", "MODEL", "REASON", "PROMPT", "COMPLETION", "COST USD", "TTFT MS"]
 RECORD_HEADERS += ["DURATION MS"]
@@ -32,7 +33,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     usage.add_argument("--key", dest="key_id", type=options.key_id, help="one key id (default: all keys)")
     usage.add_argument("--since", type=options.when, help="ISO date/time (UTC) or age like 30m, 6h, 7d (default: 24h)")
     usage.add_argument("--until", type=options.when, help="ISO date/time (UTC) or age (default: now)")
-    usage.add_argument("--by", choices=sorted(GROUPS), help="totals per key, model or day instead of every request")
+    usage.add_argument(
+        "--by", choices=sorted(GROUPS), help="totals per key, model, day or upstream instead of every request"
+    )
     usage.add_argument("--totals-only", action="store_true", help="print the totals, not every request")
     usage.add_argument("--format", choices=("table", "json", "csv"), default=None, help="output format (table)")
     usage.add_argument("--json", action="store_true", help="the same as --format json")
