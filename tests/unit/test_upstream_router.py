@@ -183,15 +183,21 @@ def test_a_route_that_sends_the_clients_name_renames_nothing() -> None:
 
 
 def test_the_progress_of_an_open_stopped_between_attempts_is_kept() -> None:
-    # GIVEN a primary failing, and an open cancelled while it waits to retry (as a cancel call or the deadline does)
+    # GIVEN a primary failing with a 503 that asks for 30 s (the wait before the retry is at least that), and an
+    # open cancelled while it waits to retry (as a cancel call or the deadline does)
     settings = Settings(upstream_retry_base_s=30, upstream_retry_max_s=30, upstream_max_retries=2)
-    hosts = Hosts(primary=[503, 503, 503])
+
+    def unavailable(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, headers={"retry-after": "30"}, json={"error": {"message": "busy"}})
 
     async def run() -> Any:
-        upstreams = Upstreams(settings, load_table(json.dumps(TABLE), None, {}), transport=httpx.MockTransport(hosts))
+        transport = httpx.MockTransport(unavailable)
+        upstreams = Upstreams(settings, load_table(json.dumps(TABLE), None, {}), transport=transport)
         plan = await upstreams.plan(BODY, "gpt-x", "req_1")
-        with anyio.move_on_after(0.2):  # the backoff would last up to 30 s
-            await upstreams.open(plan)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(upstreams.open, plan)
+            await anyio.wait_all_tasks_blocked()  # the open waits out its 30 s backoff: nothing else to run
+            tg.cancel_scope.cancel()
         await upstreams.aclose()
         return plan.progress
 
