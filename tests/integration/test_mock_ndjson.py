@@ -162,7 +162,8 @@ def test_drop_after(mock: Mock, mode: str) -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_stall_after(mock: Mock, mode: str) -> None:
-    answer = _ask(mock, mode, _body({"tokens": 6, "stall_after": 2}), f"stall-{mode}", read_timeout=0.5)
+    # the stall lasts an hour: the read timeout ends the wait; 2 s so a loaded machine still delivers the first two
+    answer = _ask(mock, mode, _body({"tokens": 6, "stall_after": 2}), f"stall-{mode}", read_timeout=2.0)
     assert isinstance(answer.error, httpx.ReadTimeout)
     assert answer.text == "The quick" and answer.finish == []
 
