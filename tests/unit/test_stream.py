@@ -405,39 +405,36 @@ def test_at_the_deadline_what_was_decoded_but_not_relayed_is_counted_too() -> No
     assert (usage.completion_tokens, usage.estimated, usage.lower_bound) == (30, False, False)
 
 
-def test_a_decoder_failing_on_the_remainder_still_finalizes_the_request() -> None:
-    # GIVEN a decoder that breaks on what the upstream sends after the deadline
-    class Breaking(OpenAIDecoder):
-        def feed(self, raw: bytes) -> list[Any]:
-            if b'"late"' in raw:
-                raise RuntimeError("decoder bug")
-            return super().feed(raw)
+class BreakingDecoder(OpenAIDecoder):
+    """A decoder with a bug that shows on what the upstream sends after the deadline."""
 
+    def feed(self, raw: bytes) -> list[Any]:
+        if b'"late"' in raw:
+            raise RuntimeError("decoder bug")
+        return super().feed(raw)
+
+
+@pytest.mark.parametrize(
+    ("remainder", "decoder"),
+    [
+        (chunk("late"), BreakingDecoder),  # the decoder fails on it
+        ({"choices": 1}, OpenAIDecoder),  # the meter cannot read it
+    ],
+)
+def test_a_remainder_that_cannot_be_counted_still_finalizes_the_request(
+    remainder: dict[str, Any], decoder: type[OpenAIDecoder]
+) -> None:
+    # GIVEN an upstream whose remainder, after the deadline, cannot be counted
     async def drive(run: Run) -> None:
-        run.stream._decoder = Breaking()
+        run.stream._decoder = decoder()
         run.client.stalls_on = b'"b"'
         run.body.feed(chunk("a"), chunk("b"))
         await run.client.wait_for('"a"')
-        run.body.feed(chunk("late"))
+        run.body.feed(remainder)
         run.clock.advance(10)
         await run.body.closed.wait()
 
-    # THEN the request is finalized once, as a lower bound (its remainder could not be counted)
-    run = relay(drive, framing=SSE, deadline=T0 + 10)
-    assert run.outcome.reason is TerminationReason.DEADLINE and run.outcome.usage.lower_bound
-
-
-def test_a_chunk_the_meter_cannot_read_in_the_remainder_still_finalizes_the_request() -> None:
-    # GIVEN an upstream whose remainder, after the deadline, holds a chunk of an unexpected shape
-    async def drive(run: Run) -> None:
-        run.client.stalls_on = b'"b"'
-        run.body.feed(chunk("a"), chunk("b"))
-        await run.client.wait_for('"a"')
-        run.body.feed({"choices": 1})
-        run.clock.advance(10)
-        await run.body.closed.wait()
-
-    # THEN the request is finalized once, as a lower bound
+    # THEN the request is finalized once, as a lower bound (what was counted stands)
     run = relay(drive, framing=SSE, deadline=T0 + 10)
     assert run.outcome.reason is TerminationReason.DEADLINE and run.outcome.usage.lower_bound
 
