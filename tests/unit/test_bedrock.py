@@ -508,3 +508,13 @@ def test_the_client_is_built_at_start_up_and_a_missing_region_refuses_it(monkeyp
     dialect = BedrockDialect("eu-west-1")
     dialect.start()
     assert dialect._client is not None and dialect._client.meta.region_name == "eu-west-1"
+
+
+def test_a_boto3_without_converse_stream_refuses_the_start() -> None:
+    # GIVEN a bedrock-runtime client from a boto3 older than ConverseStream (a stale Lambda runtime SDK)
+    from types import SimpleNamespace
+
+    old = SimpleNamespace(meta=SimpleNamespace(events=SimpleNamespace(register=lambda *args, **kwargs: None)))
+    # THEN the start is refused, saying which boto3 has it, instead of every request failing
+    with pytest.raises(ValueError, match="bedrock-runtime client has no ConverseStream"):
+        BedrockDialect("us-east-1", client=old).start()

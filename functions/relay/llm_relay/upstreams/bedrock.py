@@ -80,11 +80,16 @@ class BedrockDialect:
         from botocore.exceptions import BotoCoreError, NoRegionError
 
         try:
-            self._ready_client()
+            client = self._ready_client()
         except NoRegionError:
             raise ValueError("no region: set the upstream's region (or AWS_REGION)") from None
         except BotoCoreError as exc:  # e.g. an AWS_PROFILE that does not exist
             raise ValueError(f"the Bedrock client cannot be built: {exc}") from None
+        if not hasattr(client, "converse_stream"):  # a runtime's boto3 older than ConverseStream (mid-2024)
+            raise ValueError(
+                "this boto3's bedrock-runtime client has no ConverseStream (added in mid-2024): "
+                "a newer boto3 is needed (bundle one in the layer if the runtime's is older)"
+            )
 
     def renew(self) -> None:
         """After a SnapStart restore: the client built during init holds credentials resolved then (and shared
