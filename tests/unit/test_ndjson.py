@@ -368,4 +368,14 @@ def test_another_relays_summary_of_an_unfinished_stream_is_a_failure(reason: str
     items = _run(NDJSONDecoder("m", 0), _lines({"choices": [{"index": 0, "delta": {"content": "a"}}]}, summary))
     # THEN the stream ends as an upstream failure naming it, not as a finished answer
     assert items[-1] == Failed(f"Upstream stream ended without finishing ({reason}).")
-    assert _finish(items) == []
+    assert _finish(items) == [] and _usage(items) == []  # it gave no counts: the relay estimates
+
+
+def test_another_relays_counts_of_an_unfinished_stream_are_kept() -> None:
+    # GIVEN another relay's summary of a cancelled stream, with the usage its upstream reported
+    usage = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    summary = {"object": "relay.summary", "termination_reason": "client_cancelled", "usage": usage}
+    items = _run(NDJSONDecoder("m", 0), _lines({"choices": [{"index": 0, "delta": {"content": "a"}}]}, summary))
+    # THEN those counts are what the record bills, then the stream fails
+    assert _usage(items) == [usage]
+    assert isinstance(items[-1], Failed)

@@ -141,14 +141,17 @@ class _LineDecoder:
 
     def _end(self, finish_reason: str, prompt: int | None, completion: int | None) -> list[Decoded]:
         """The final line: the finish chunk, the upstream's counts when it gave them, and the end marker."""
-        out: list[Decoded] = [self._chunk({}, finish_reason)]
-        if completion is not None:  # without the output count the relay estimates (never bills the output as 0)
-            usage = {"prompt_tokens": prompt or 0, "completion_tokens": completion or 0}
-            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-            chunk = {"id": "", "object": "chat.completion.chunk", "created": self._created, "model": self._model}
-            out.append({**chunk, "choices": [], "usage": usage})
-        out.append(END)
-        return out
+        return [self._chunk({}, finish_reason), *self._usage(prompt, completion), END]
+
+    def _usage(self, prompt: int | None, completion: int | None) -> list[Decoded]:
+        """The usage chunk of the upstream's counts; none without the output count (the relay estimates then,
+        never billing the output as 0)."""
+        if completion is None:
+            return []
+        usage = {"prompt_tokens": prompt or 0, "completion_tokens": completion}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        chunk = {"id": "", "object": "chat.completion.chunk", "created": self._created, "model": self._model}
+        return [{**chunk, "choices": [], "usage": usage}]
 
 
 class OllamaDecoder(_LineDecoder):
@@ -274,7 +277,9 @@ class NDJSONDecoder(_LineDecoder):
         self._completion = _pick(_count(get(obj, "completion_tokens")), self._completion)
         done = get(obj, "done")
         if isinstance(done, str) and done in UNFINISHED:  # another relay's summary of a stream that did not finish
-            return [*out, Failed(f"Upstream stream ended without finishing ({done}).")]
+            # what it counted (and its upstream billed) stands, then the failure
+            failed = Failed(f"Upstream stream ended without finishing ({done}).")
+            return [*out, *self._usage(self._prompt, self._completion), failed]
         if done:
             out += self._end(self._finish or "stop", self._prompt, self._completion)
         return out
