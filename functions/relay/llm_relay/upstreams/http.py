@@ -132,7 +132,6 @@ class HttpExchange:
         decoder for its body (its chunks name `model`). A failure raises `UpstreamError`, with `fallback_ok` set when
         no attempt can have reached a model. `progress` counts the attempts as they happen."""
         progress = progress if progress is not None else Progress()
-        errors = progress.failures
         attempt = 0
         maybe_seen = False  # an earlier attempt may have reached a model: no fallback, whatever fails last
         while True:
@@ -152,11 +151,11 @@ class HttpExchange:
                 maybe_seen = maybe_seen or not isinstance(exc, FALLBACK_TRANSPORT)
                 failure.fallback_ok = not maybe_seen
                 if not isinstance(exc, RETRYABLE_TRANSPORT):
-                    raise _with_history(failure, attempt, errors) from None
+                    raise _with_history(failure, progress) from None
             else:
                 if response.is_success:
                     decoder = dialect.decoder(model, int(time.time()))
-                    return OpenedStream(response, decoder, attempt, dict(errors))
+                    return OpenedStream(response, decoder, progress.retries, dict(progress.failures))
                 progress.failed(status_class(response.status_code))
                 failure = await _failure_from_response(response)
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
@@ -165,9 +164,9 @@ class HttpExchange:
                 maybe_seen = maybe_seen or response.status_code not in FALLBACK_STATUS
                 failure.fallback_ok = not maybe_seen
                 if response.status_code not in RETRYABLE_STATUS:
-                    raise _with_history(failure, attempt, errors)
+                    raise _with_history(failure, progress)
             if attempt >= self._settings.upstream_max_retries:
-                raise _with_history(failure, attempt, errors)
+                raise _with_history(failure, progress)
             delay = backoff_s(
                 attempt,
                 self._settings.upstream_retry_base_s,
@@ -180,9 +179,10 @@ class HttpExchange:
             await anyio.sleep(delay)
 
 
-def _with_history(failure: UpstreamError, retries: int, errors: dict[str, int]) -> UpstreamError:
-    failure.retries = retries
-    failure.failures = dict(errors)
+def _with_history(failure: UpstreamError, progress: Progress) -> UpstreamError:
+    """The failure, with every attempt of the open so far (over all the upstreams tried)."""
+    failure.retries = progress.retries
+    failure.failures = dict(progress.failures)
     return failure
 
 

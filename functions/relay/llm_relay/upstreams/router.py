@@ -1,6 +1,6 @@
 """Opening a request's upstream stream: the table's route for the model, then its fallbacks, over the shared HTTP
-exchange. A fallback is taken only when the failed upstream cannot have started generating (the rule of the
-retries: connect failures, 429, 5xx before any byte), after that upstream's own retries; never once a response
+exchange. A fallback is taken, after that upstream's own retries, only when none of its attempts can have reached
+a model (`http.FALLBACK_TRANSPORT`, `http.FALLBACK_STATUS`: stricter than the retries); never once a response
 started, and never after a 4xx (the request itself is at fault, or the relay's credentials)."""
 
 from __future__ import annotations
@@ -33,11 +33,6 @@ class Plan:
     request_id: str = ""
     progress: Progress = field(default_factory=Progress)
     billed_as: tuple[str, ...] = ()  # per route: the model it sends where that has a price, else the client's
-
-    def billed_by(self, name: str) -> str:
-        return next(
-            (billed for route, billed in zip(self.routes, self.billed_as, strict=False) if route.name == name), ""
-        )
 
     @property
     def upstream(self) -> str:
@@ -100,16 +95,14 @@ class Upstreams:
                 opened = await self.exchange.open(prepared, dialect, model, progress)
             except UpstreamError as failure:
                 failure.upstream = route.name
-                failure.retries, failure.failures = progress.retries, dict(progress.failures)
                 if not failure.fallback_ok:
                     raise
                 last = failure
                 if index < len(plan.routes) - 1:
                     logger.warning("upstream %s failed for %s (%s)", route.name, plan.request_id, failure.code)
                 continue
-            opened.upstream, opened.billed_as = route.name, plan.billed_by(route.name)
+            opened.upstream, opened.billed_as = route.name, plan.billed_as[index]
             opened.renamed = model if route.model != model else ""
-            opened.retries, opened.status_errors = progress.retries, dict(progress.failures)
             return opened
         assert last is not None  # the first route is always tried
         raise last
