@@ -1,4 +1,4 @@
-"""What every kind of upstream provides (pure types, no I/O): a request to send, and a decoder for its body.
+"""What every kind of upstream provides, and the small pieces the kinds share (chunk builders, request headers).
 
 The relay speaks OpenAI chat-completion chunks inside (metering, budgets, framing for SSE and NDJSON clients, the
 `stream: false` aggregate). Each kind of upstream (`openai` SSE, `ollama` and generic `ndjson` lines, `bedrock`
@@ -26,7 +26,19 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-__all__ = ["END", "Decoded", "Decoder", "Dialect", "Ended", "Failed", "KeyProvider", "UpstreamRequest"]
+__all__ = [
+    "END",
+    "Decoded",
+    "Decoder",
+    "Dialect",
+    "Ended",
+    "Failed",
+    "KeyProvider",
+    "UpstreamRequest",
+    "chunk",
+    "http_headers",
+    "usage_chunk",
+]
 
 KeyProvider = Callable[[], Awaitable[str | None]]
 """The upstream's API key, fetched when a request is built (None: send no Authorization header)."""
@@ -48,6 +60,48 @@ class Failed:
 
 
 Decoded = dict[str, Any] | Ended | Failed
+
+
+def chunk(model: str, created: int, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+    """A translated `chat.completion.chunk` of one choice (its `id` is left to the relay)."""
+    choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+    return {"id": "", "object": "chat.completion.chunk", "created": created, "model": model, "choices": [choice]}
+
+
+def usage_chunk(model: str, created: int, prompt: int, completion: int, cached: int = 0) -> dict[str, Any]:
+    """A translated usage chunk (`choices: []`) of an upstream's own counts; `cached`: prompt tokens read from a
+    cache, within `prompt`."""
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if cached:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    return {
+        "id": "",
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": usage,
+    }
+
+
+async def http_headers(key: KeyProvider | None, request_id: str, accept: str) -> dict[str, str]:
+    """The headers of an HTTP kind's request: JSON in, the relay's request id, the key as a Bearer token when there
+    is one, and `accept-encoding: identity`: the relay reads raw bytes as they come, and a compressed stream would
+    hold tokens back in the decompressor."""
+    headers = {
+        "content-type": "application/json",
+        "accept": accept,
+        "accept-encoding": "identity",
+        "x-request-id": request_id,
+    }
+    api_key = await key() if key is not None else None
+    if api_key:
+        headers["authorization"] = f"Bearer {api_key}"
+    return headers
 
 
 class Decoder(Protocol):

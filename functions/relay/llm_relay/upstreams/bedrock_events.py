@@ -15,7 +15,7 @@ from typing import Any
 
 from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserError
 
-from .base import END, Decoded, Failed
+from .base import END, Decoded, Failed, chunk, usage_chunk
 
 __all__ = ["FINISH_REASONS", "BedrockDecoder"]
 
@@ -139,21 +139,11 @@ class BedrockDecoder:
         cached = int(usage.get("cacheReadInputTokens") or 0)
         prompt = int(usage.get("inputTokens") or 0) + cached + int(usage.get("cacheWriteInputTokens") or 0)
         completion = int(usage.get("outputTokens") or 0)
-        counts: dict[str, Any] = {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        }
-        if cached:
-            counts["prompt_tokens_details"] = {"cached_tokens": cached}
-        return {**self._base(), "choices": [], "usage": counts}
+        return usage_chunk(self._model, self._created, prompt, completion, cached)
 
     def _fail(self, message: str) -> list[Decoded]:
         self._over = True
         return [Failed(message)]
 
-    def _base(self) -> dict[str, Any]:
-        return {"id": "", "object": "chat.completion.chunk", "created": self._created, "model": self._model}
-
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {**self._base(), "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return chunk(self._model, self._created, delta, finish)

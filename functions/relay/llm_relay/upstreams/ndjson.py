@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ..errors import InvalidRequest
-from .base import END, Decoded, Failed, KeyProvider, UpstreamRequest
+from .base import END, Decoded, Failed, KeyProvider, UpstreamRequest, chunk, http_headers, usage_chunk
 from .ndjson_lines import MAX_LINE_BYTES, LineSplitter
 from .ollama_request import ollama_body
 
@@ -34,6 +34,7 @@ __all__ = [
 ]
 
 MALFORMED: Final = "Upstream sent a malformed line."
+NDJSON: Final = "application/x-ndjson"
 TOO_LONG: Final = f"Upstream sent a line longer than {MAX_LINE_BYTES} bytes."
 _ERROR_CHARS = 1000  # an upstream's error message reaches the client: bounded
 _OLLAMA_FINISH = {"stop": "stop", "length": "length"}
@@ -69,19 +70,6 @@ def _error_text(error: Any) -> str:
         error = error["message"]
     text = error if isinstance(error, str) else _dumps(error)
     return f"Upstream error: {text[:_ERROR_CHARS]}"
-
-
-async def _headers(key: KeyProvider | None, request_id: str) -> dict[str, str]:
-    headers = {
-        "content-type": "application/json",
-        "accept": "application/x-ndjson",
-        "x-request-id": request_id,
-        "accept-encoding": "identity",  # a compressed body would hold tokens back in the decompressor
-    }
-    api_key = await key() if key is not None else None
-    if api_key:
-        headers["authorization"] = f"Bearer {api_key}"
-    return headers
 
 
 class _LineDecoder:
@@ -131,13 +119,7 @@ class _LineDecoder:
         if delta and not self._started:
             self._started = True
             delta = {"role": "assistant", **delta}
-        return {
-            "id": "",
-            "object": "chat.completion.chunk",
-            "created": self._created,
-            "model": self._model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
-        }
+        return chunk(self._model, self._created, delta, finish_reason)
 
     def _end(self, finish_reason: str, prompt: int | None, completion: int | None) -> list[Decoded]:
         """The final line: the finish chunk, the upstream's counts when it gave them, and the end marker."""
@@ -148,10 +130,7 @@ class _LineDecoder:
         never billing the output as 0)."""
         if completion is None:
             return []
-        usage = {"prompt_tokens": prompt or 0, "completion_tokens": completion}
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        chunk = {"id": "", "object": "chat.completion.chunk", "created": self._created, "model": self._model}
-        return [{**chunk, "choices": [], "usage": usage}]
+        return [usage_chunk(self._model, self._created, prompt or 0, completion)]
 
 
 class OllamaDecoder(_LineDecoder):
@@ -300,7 +279,7 @@ class OllamaDialect:
 
     async def request(self, body: dict[str, Any], model: str, request_id: str) -> UpstreamRequest:
         content = _dumps(ollama_body(body, model)).encode()
-        return UpstreamRequest(f"{self.url}/api/chat", await _headers(self._key, request_id), content)
+        return UpstreamRequest(f"{self.url}/api/chat", await http_headers(self._key, request_id, NDJSON), content)
 
     def decoder(self, model: str, created: int) -> OllamaDecoder:
         return OllamaDecoder(model, created)
@@ -321,7 +300,7 @@ class NDJSONDialect:
     async def request(self, body: dict[str, Any], model: str, request_id: str) -> UpstreamRequest:
         _check_one_plain_choice(body)
         content = _dumps({**body, "model": model}).encode()
-        return UpstreamRequest(self.url, await _headers(self._key, request_id), content)
+        return UpstreamRequest(self.url, await http_headers(self._key, request_id, NDJSON), content)
 
     def decoder(self, model: str, created: int) -> NDJSONDecoder:
         return NDJSONDecoder(model, created, self.fields)

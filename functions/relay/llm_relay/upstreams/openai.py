@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from ..sse import SSELineTooLong, SSEParser
-from .base import END, Decoded, Failed, KeyProvider, UpstreamRequest
+from .base import END, Decoded, Failed, KeyProvider, UpstreamRequest, http_headers
 
 MALFORMED = "Upstream sent a malformed event."
 
@@ -23,17 +23,7 @@ class OpenAIDialect:
         self._key = key
 
     async def request(self, body: dict[str, Any], model: str, request_id: str) -> UpstreamRequest:
-        # identity: the relay reads raw bytes as they come (a compressed event stream could not be parsed
-        # incrementally, and would hold tokens back in the compressor).
-        headers = {
-            "content-type": "application/json",
-            "accept": "text/event-stream",
-            "accept-encoding": "identity",
-            "x-request-id": request_id,
-        }
-        key = await self._key() if self._key is not None else None
-        if key:
-            headers["authorization"] = f"Bearer {key}"
+        headers = await http_headers(self._key, request_id, "text/event-stream")
         payload = body if body.get("model") == model else {**body, "model": model}
         return UpstreamRequest(self._url, headers, json.dumps(payload, separators=(",", ":")).encode())
 
