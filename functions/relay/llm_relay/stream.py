@@ -85,7 +85,6 @@ class RelayStream(Response):
         self._ending: Ending | None = None
         self._client_gone = False
         self._budget = budget  # None: no budget reservation to keep within
-        self._budget_tokens = 0  # completion tokens relayed, as the budget counts them (`tokens_in`)
 
     # --- ASGI ---------------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -292,11 +291,8 @@ class RelayStream(Response):
         """Whether the chunk's tokens are reserved; if not (an extension was refused), the stream ends here and
         the chunk is neither passed on nor counted."""
         assert self._budget is not None
-        tokens = tokens_in(chunk)
-        if not tokens:
-            return True
-        if await self._budget.allow(self._budget_tokens + tokens):
-            self._budget_tokens += tokens
+        tokens = tokens_in(chunk)  # as the meter counts the chunks relayed so far (`estimated_tokens`)
+        if not tokens or await self._budget.allow(self.meter.estimated_tokens + tokens):
             return True
         self._conclude(
             TerminationReason.BUDGET_EXCEEDED,
