@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from ..encoding import dumps
 from ..errors import InvalidRequest
 from .base import END, Decoded, Failed, KeyProvider, UpstreamRequest, chunk, http_headers, usage_chunk
 from .ndjson_lines import MAX_LINE_BYTES, LineSplitter
@@ -57,10 +58,6 @@ DEFAULT_FIELDS: Final[Mapping[str, str]] = {
 """Where the generic decoder finds each field: this project's own NDJSON output (`encoding.NDJSONFraming`)."""
 
 
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-
-
 def _count(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
@@ -68,7 +65,7 @@ def _count(value: Any) -> int | None:
 def _error_text(error: Any) -> str:
     if isinstance(error, dict) and "message" in error:
         error = error["message"]
-    text = error if isinstance(error, str) else _dumps(error)
+    text = error if isinstance(error, str) else dumps(error)
     return f"Upstream error: {text[:_ERROR_CHARS]}"
 
 
@@ -183,7 +180,7 @@ class OllamaDecoder(_LineDecoder):
                     "type": "function",
                     "function": {
                         "name": function["name"],
-                        "arguments": arguments if isinstance(arguments, str) else _dumps(arguments),
+                        "arguments": arguments if isinstance(arguments, str) else dumps(arguments),
                     },
                 }
             )
@@ -278,7 +275,7 @@ class OllamaDialect:
         self._key = key
 
     async def request(self, body: dict[str, Any], model: str, request_id: str) -> UpstreamRequest:
-        content = _dumps(ollama_body(body, model)).encode()
+        content = dumps(ollama_body(body, model)).encode()
         return UpstreamRequest(f"{self.url}/api/chat", await http_headers(self._key, request_id, NDJSON), content)
 
     def decoder(self, model: str, created: int) -> OllamaDecoder:
@@ -299,7 +296,7 @@ class NDJSONDialect:
 
     async def request(self, body: dict[str, Any], model: str, request_id: str) -> UpstreamRequest:
         _check_one_plain_choice(body)
-        content = _dumps({**body, "model": model}).encode()
+        content = dumps({**body, "model": model}).encode()
         return UpstreamRequest(self.url, await http_headers(self._key, request_id, NDJSON), content)
 
     def decoder(self, model: str, created: int) -> NDJSONDecoder:
