@@ -5,8 +5,12 @@ Why not moto's `ThreadedMotoServer` as is: moto's TransactWriteItems deep-copies
 items one by one and, if one condition fails, puts the copy back, all without a lock. Under concurrent
 requests a transaction can see another's half-applied writes, and a cancelled one rolls back writes that
 other requests made meanwhile. DynamoDB makes single-item and transactional writes atomic, and the limits
-rely on that; so this server keeps moto's threaded HTTP handling (keep-alive connections) but lets one
-request at a time into moto.
+rely on that; so this server lets one request at a time into moto.
+
+And why not werkzeug's development server, which `ThreadedMotoServer` uses: it closes the connection after every
+response (it cannot tell where a request body ends), so every DynamoDB call from a relay paid a new TCP connection
+and a new server thread, about twice the client's CPU per call, which DynamoDB itself (keep-alive HTTPS) never
+costs. waitress serves the same WSGI app with keep-alive connections.
 
 In front of moto, `request_tokens.LedgerFront` honours TransactWriteItems' `ClientRequestToken` as DynamoDB does,
 and lets tests inject "applied, then the response was lost".
@@ -49,28 +53,28 @@ class MotoServer:
         self.endpoint = ""
 
     def start(self) -> str:
-        from moto.moto_server.werkzeug_app import (
-            DomainDispatcherApplication,
-            MotoRequestHandler,
-            create_backend_app,
-        )
-        from werkzeug.serving import make_server
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+        from waitress.server import create_server
 
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        logging.getLogger("waitress").setLevel(logging.ERROR)  # e.g. "task queue depth": requests wait by design
         _install_check_then_apply_transactions()
         _install_exponent_numbers()
         app = _serialized(LedgerFront(DomainDispatcherApplication(create_backend_app)))
-        self._server = make_server(self._host, self._port, app, threaded=True, request_handler=MotoRequestHandler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="moto", daemon=True)
+        # Connections stay open between requests (boto3 keeps a pool of them); one request at a time runs in moto.
+        self._server = create_server(
+            app, host=self._host, port=self._port, threads=8, connection_limit=4096, channel_timeout=300, ident=None
+        )
+        self._thread = threading.Thread(target=self._server.run, name="moto", daemon=True)
         self._thread.start()
-        host, port = self._server.server_address[:2]
-        self.endpoint = f"http://{host}:{port}"
+        self.endpoint = f"http://{self._host}:{self._server.effective_port}"
         return self.endpoint
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            from waitress import wasyncore
+
+            self._server.task_dispatcher.shutdown()
+            wasyncore.close_all(self._server._map)  # the listener and every open connection: the loop ends
         if self._thread is not None:
             self._thread.join(timeout=10)
 

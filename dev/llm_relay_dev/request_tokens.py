@@ -139,10 +139,13 @@ def _read_body(environ: dict[str, Any]) -> bytes:
 
 def _drop_connection(environ: dict[str, Any]) -> None:
     """The request was applied; now its answer is lost: shut the connection before anything is written."""
-    sock = environ.get("werkzeug.socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+    # waitress hands the app its connection's disconnect check; the connection (a channel) holds the socket.
+    channel = getattr(environ.get("waitress.client_disconnected"), "__self__", None)
+    sock = getattr(channel, "socket", None)
+    if sock is None:
+        raise RuntimeError("the local DynamoDB's server does not expose its connection: cannot drop the answer")
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def inject_fault(endpoint: str, operation: str, contains: str = "", times: int = 1) -> None:
