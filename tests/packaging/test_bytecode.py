@@ -97,3 +97,42 @@ def test_nothing_of_the_artifact_is_compiled_when_it_starts(
     # AND no bytecode was written or rewritten
     after = {path: path.stat().st_mtime_ns for root in roots for path in root.rglob("*.pyc")}
     assert after == before
+
+
+# What start-up must not import: modules only other paths need (the CLI, the price generator, secrets when none is
+# configured, the kinds of upstream the default table does not use) and FastAPI's pydantic v1 check (a response
+# model built from a route's return type imports `pydantic.v1`: ~20 ms of a cold start at full core).
+NOT_AT_START = (
+    "pydantic.v1",
+    "genai_prices",
+    "moto",
+    "llm_relay.cli",
+    "llm_relay.commands",
+    "aws_lambda_powertools.utilities.parameters",
+    "llm_relay.upstreams.bedrock",
+    "llm_relay.upstreams.ndjson",
+)
+
+
+def test_start_up_imports_only_what_the_first_request_needs(
+    sam_build: Built, python312: str, runtime_sdk: Path
+) -> None:
+    # GIVEN the built function and layer on CPython 3.12, with the default settings (one openai upstream, no secret)
+    roots = (sam_build.function, sam_build.native_layer)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "PYTHON"))}
+    env.update(
+        {
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONPATH": os.pathsep.join(map(str, (*roots, runtime_sdk))),
+            "RELAY_UPSTREAM_URL": "http://127.0.0.1:9/v1",
+            "AWS_REGION": "us-east-1",
+        }
+    )
+    # WHEN the app is built as serve.py builds it
+    script = "import sys\nfrom llm_relay.serve import build_app\nbuild_app()\nprint(*sorted(sys.modules), sep='\\n')"
+    done = subprocess.run([python312, "-S", "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-4000:]
+    imported = set(done.stdout.split())
+    # THEN none of those was imported (and the check saw the app's own modules)
+    assert "llm_relay.app" in imported and "fastapi" in imported
+    assert sorted(imported.intersection(NOT_AT_START)) == []
