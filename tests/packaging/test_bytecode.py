@@ -69,11 +69,10 @@ def _compiled_from_source(verbose_stderr: str, roots: tuple[Path, ...]) -> list[
     return [origin for origin in origins if origin.endswith(".py") and origin.startswith(tuple(map(str, roots)))]
 
 
-def test_nothing_of_the_artifact_is_compiled_when_it_starts(
-    sam_build: Built, python312: str, runtime_sdk: Path
-) -> None:
-    # GIVEN the built function and layer on CPython 3.12, bytecode writing off as on Lambda's read-only file system
-    roots = (sam_build.function, sam_build.native_layer)
+def _lambda_like_env(roots: tuple[Path, ...], runtime_sdk: Path) -> dict[str, str]:
+    """The artifact's function and layer and the runtime's SDK on the path, bytecode writing off (Lambda's file
+    system is read-only), the default settings (one openai upstream, no secret) and no relay setting of the
+    caller's."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "PYTHON"))}
     env.update(
         {
@@ -85,6 +84,15 @@ def test_nothing_of_the_artifact_is_compiled_when_it_starts(
             "AWS_SECRET_ACCESS_KEY": "testing",
         }
     )
+    return env
+
+
+def test_nothing_of_the_artifact_is_compiled_when_it_starts(
+    sam_build: Built, python312: str, runtime_sdk: Path
+) -> None:
+    # GIVEN the built function and layer on CPython 3.12, bytecode writing off as on Lambda's read-only file system
+    roots = (sam_build.function, sam_build.native_layer)
+    env = _lambda_like_env(roots, runtime_sdk)
     before = {path: path.stat().st_mtime_ns for root in roots for path in root.rglob("*.pyc")}
     # WHEN the app is built as serve.py builds it, and every module of the package is imported
     done = subprocess.run(
@@ -119,15 +127,7 @@ def test_start_up_imports_only_what_the_first_request_needs(
 ) -> None:
     # GIVEN the built function and layer on CPython 3.12, with the default settings (one openai upstream, no secret)
     roots = (sam_build.function, sam_build.native_layer)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "PYTHON"))}
-    env.update(
-        {
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "PYTHONPATH": os.pathsep.join(map(str, (*roots, runtime_sdk))),
-            "RELAY_UPSTREAM_URL": "http://127.0.0.1:9/v1",
-            "AWS_REGION": "us-east-1",
-        }
-    )
+    env = _lambda_like_env(roots, runtime_sdk)
     # WHEN the app is built as serve.py builds it
     script = "import sys\nfrom llm_relay.serve import build_app\nbuild_app()\nprint(*sorted(sys.modules), sep='\\n')"
     done = subprocess.run([python312, "-S", "-c", script], env=env, capture_output=True, text=True, timeout=120)
