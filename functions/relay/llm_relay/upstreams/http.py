@@ -21,7 +21,7 @@ import httpx
 from ..errors import InvalidRequest, RateLimited, UpstreamError, UpstreamTimeout
 from ..settings import Settings
 from .base import Decoder, Dialect, UpstreamRequest
-from .pool import pooled_transport
+from .pool import use_fair_pool
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +114,10 @@ class HttpExchange:
         read = max(settings.upstream_idle_timeout_s, settings.upstream_first_token_timeout_s)
         timeout = httpx.Timeout(connect=settings.upstream_connect_timeout_s, read=read, write=10.0, pool=10.0)
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60.0)
-        transport = self._transport or pooled_transport(limits)  # many streams at once: see upstreams.pool
-        return httpx.AsyncClient(timeout=timeout, transport=transport)
+        client = httpx.AsyncClient(timeout=timeout, limits=limits, transport=self._transport)
+        if self._transport is None:  # httpx's own transport (and the environment's proxies, if any)
+            use_fair_pool(client._transport)  # many streams at once: see upstreams.pool
+        return client
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -1,21 +1,25 @@
 """The upstream connection pool: httpx's own transport, with one pass of httpcore's pool bookkeeping replaced.
 
 httpcore (1.0.x) re-examines its whole pool each time a request starts or a response closes, and that pass costs
-O(connections²): for every idle connection it counts the pool again, and it polls every idle socket. Worse, a
-burst of requests against a warm pool is handed the same idle connection: each request is assigned the first idle
-connection, all but one then fail with `ConnectionNotAvailable` and go round again. With 50 keep-alive
-connections to the upstream, a burst of 50 streams spent about 7 passes per request at a few hundred microseconds
-each, in the event loop that relays every other stream's chunks (the upstream open took 170 ms at p50 instead of
-50). The fix is upstream's own proposal (encode/httpcore#1035, merged in the pydantic/httpx2 fork as #974 and
-#1075), applied here to the pinned httpcore:
+O(connections²): for every idle connection it counts the pool again. Worse, a burst of requests against a warm
+pool is handed the same idle connection: each request is assigned the first idle connection, all but one then
+fail with `ConnectionNotAvailable` and go round again. With 50 keep-alive connections to the upstream, a burst of
+50 streams spent about 8 passes per request, in the event loop that relays every other stream's chunks (the
+upstream open took 170 ms at p50 instead of 50). The fix is upstream's own proposal (encode/httpcore#1035, merged
+in the pydantic/httpx2 fork as #974 and #1075), applied here to httpcore 1.0:
 
-- one walk over the connections: closed ones dropped, expired ones closed, surplus idle ones (over
-  `max_keepalive_connections`, oldest first) closed;
+- one walk over the connections: closed ones dropped, expired ones closed (`has_expired` still polls each idle
+  socket once, as httpcore does), surplus idle ones (over `max_keepalive_connections`, first opened first) closed;
+  httpcore compared the count of all connections with that limit, so with more than 200 open it closed every
+  connection as soon as it went idle;
+- a connection handed to a request that was cancelled before it could use it (never connected, held by nobody)
+  is closed: httpcore kept it forever, a slot of `max_connections` lost (encode/httpcore#1093);
 - each queued request gets an idle connection no other request holds yet, else a new connection, else (pool
   full) an idle connection to another origin is closed to make room; otherwise it stays queued, as before.
 
-Only HTTP/1.1 (the relay never asks for HTTP/2: a connection serves one request at a time). Everything else,
-connecting, TLS, proxies, timeouts, the errors httpx raises, is httpx's and httpcore's own.
+Only HTTP/1.1 (the relay never asks for HTTP/2: a connection serves one request at a time), and only on the
+httpcore 1.0 it was written against: anything else keeps its own pool. Everything else, connecting, TLS, proxies,
+timeouts, the errors httpx raises, is httpx's and httpcore's own.
 """
 
 from __future__ import annotations
@@ -38,13 +42,17 @@ class FairConnectionPool(httpcore.AsyncConnectionPool):
             elif connection.has_expired():
                 self._connections.remove(connection)
                 closing.append(connection)
-            elif connection.is_idle() and connection not in held:
-                idle.append(connection)
-        surplus = len(idle) - self._max_keepalive_connections
-        for connection in idle[: max(0, surplus)]:  # the oldest idle connections first
+            elif connection not in held:
+                if connection.is_idle():
+                    idle.append(connection)
+                else:  # neither idle nor in use: given to a request that was cancelled before it started
+                    self._connections.remove(connection)
+                    closing.append(connection)
+        surplus = max(0, len(idle) - self._max_keepalive_connections)
+        for connection in idle[:surplus]:
             self._connections.remove(connection)
             closing.append(connection)
-        idle = idle[max(0, surplus) :]
+        idle = idle[surplus:]
 
         for pool_request in self._requests:
             if not pool_request.is_queued():
@@ -67,11 +75,16 @@ class FairConnectionPool(httpcore.AsyncConnectionPool):
         return closing
 
 
-def pooled_transport(limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
-    """httpx's default transport (TLS, proxies from the environment excepted), its pool a `FairConnectionPool`."""
-    transport = httpx.AsyncHTTPTransport(limits=limits)
-    pool = transport._pool
-    if type(pool) is not httpcore.AsyncConnectionPool:  # a later httpx builds something else: keep it as it is
-        return transport
+def use_fair_pool(transport: httpx.AsyncBaseTransport) -> bool:
+    """Give httpx's default transport a `FairConnectionPool` (same settings, same connections: only the class
+    changes); False, and nothing changed, for anything it was not written for."""
+    pool = getattr(transport, "_pool", None)
+    if (
+        not isinstance(transport, httpx.AsyncHTTPTransport)
+        or type(pool) is not httpcore.AsyncConnectionPool
+        or not httpcore.__version__.startswith("1.0.")
+        or pool._http2
+    ):
+        return False
     pool.__class__ = FairConnectionPool
-    return transport
+    return True
