@@ -61,8 +61,17 @@ class MotoServer:
         _install_exponent_numbers()
         app = _serialized(LedgerFront(DomainDispatcherApplication(create_backend_app)))
         # Connections stay open between requests (boto3 keeps a pool of them); one request at a time runs in moto.
+        # poll(), not select(): a test session's process holds both ends of hundreds of connections, and select()
+        # refuses a descriptor above 1023. An idle connection is closed after a minute (boto3 opens another).
         self._server = create_server(
-            app, host=self._host, port=self._port, threads=8, connection_limit=4096, channel_timeout=300, ident=None
+            app,
+            host=self._host,
+            port=self._port,
+            threads=8,
+            connection_limit=4096,
+            channel_timeout=60,
+            asyncore_use_poll=True,
+            ident=None,
         )
         self._thread = threading.Thread(target=self._server.run, name="moto", daemon=True)
         self._thread.start()
