@@ -9,7 +9,7 @@ rely on that; so this server lets one request at a time into moto.
 
 And why not werkzeug's development server, which `ThreadedMotoServer` uses: it closes the connection after every
 response (it cannot tell where a request body ends), so every DynamoDB call from a relay paid a new TCP connection
-and a new server thread, about twice the client's CPU per call, which DynamoDB itself (keep-alive HTTPS) never
+and a new server thread, 2.7 times the client's CPU per call, which DynamoDB itself (keep-alive HTTPS) never
 costs. waitress serves the same WSGI app with keep-alive connections.
 
 In front of moto, `request_tokens.LedgerFront` honours TransactWriteItems' `ClientRequestToken` as DynamoDB does,
@@ -56,9 +56,10 @@ class MotoServer:
         from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
         from waitress.server import create_server
 
-        logging.getLogger("waitress").setLevel(logging.ERROR)  # e.g. "task queue depth": requests wait by design
+        logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "task queue depth": requests wait by design
         _install_check_then_apply_transactions()
         _install_exponent_numbers()
+        _install_cached_module_list()
         app = _serialized(LedgerFront(DomainDispatcherApplication(create_backend_app)))
         # Connections stay open between requests (boto3 keeps a pool of them); one request at a time runs in moto.
         # poll(), not select(): a test session's process holds both ends of hundreds of connections, and select()
@@ -79,11 +80,14 @@ class MotoServer:
         return self.endpoint
 
     def stop(self) -> None:
-        if self._server is not None:
+        server = self._server
+        if server is not None:
             from waitress import wasyncore
 
-            self._server.task_dispatcher.shutdown()
-            wasyncore.close_all(self._server._map)  # the listener and every open connection: the loop ends
+            server.task_dispatcher.shutdown()
+            # The loop's own thread closes the listener and every connection (an empty map ends the loop): closed from
+            # here, a connection accepted meanwhile could keep the loop running, and the loop would wait out its poll.
+            server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
         if self._thread is not None:
             self._thread.join(timeout=10)
 
@@ -112,6 +116,24 @@ def _serialized(app: Callable[..., Iterable[bytes]]) -> Callable[..., list[bytes
 
 
 _TRANSACTIONS = threading.RLock()
+
+
+def _install_cached_module_list() -> None:
+    """moto's dispatcher lists its own package directory on every request (about 57 `stat` calls, each releasing
+    the GIL) to tell a service name from a host; inside the one-request lock, with one busy thread in the same
+    process (a test, or `make dev`'s relay), each of them waits out a 5 ms switch interval, and requests stalled
+    past the client's read timeout. The directory does not change while the process runs: list it once."""
+    from moto import backends
+
+    if getattr(backends.list_of_moto_modules, "cached", False):
+        return
+    modules = tuple(backends.list_of_moto_modules())
+
+    def list_of_moto_modules() -> tuple[str, ...]:
+        return modules
+
+    list_of_moto_modules.cached = True  # type: ignore[attr-defined]
+    backends.list_of_moto_modules = list_of_moto_modules
 
 
 def _install_exponent_numbers() -> None:
