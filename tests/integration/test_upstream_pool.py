@@ -77,7 +77,7 @@ def fair_transport(limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
 @pytest.fixture
 def server() -> Iterator[tuple[Server, str]]:
     app = Server()
-    with serve(app) as base:
+    with serve(app, timeout_keep_alive=120) as base:  # idle connections outlive any pause of a loaded machine
         yield app, base
 
 
@@ -110,7 +110,7 @@ def test_a_burst_on_a_warm_pool_takes_each_idle_connection_once(
 ) -> None:
     app, base = server
     requests = 40
-    transport = fair_transport(httpx.Limits(max_connections=1000, max_keepalive_connections=200))
+    transport = fair_transport(httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=120))
     passes = counting_passes(transport._pool)
     retries = 0  # a request handed a connection another request took first goes round again
     clear = httpcore._async.connection_pool.AsyncPoolRequest.clear_connection
