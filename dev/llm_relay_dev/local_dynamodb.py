@@ -62,8 +62,9 @@ class MotoServer:
         _install_cached_module_list()
         app = _serialized(LedgerFront(DomainDispatcherApplication(create_backend_app)))
         # Connections stay open between requests (boto3 keeps a pool of them); one request at a time runs in moto.
-        # poll(), not select(): a test session's process holds both ends of hundreds of connections, and select()
-        # refuses a descriptor above 1023. An idle connection is closed after a minute (boto3 opens another).
+        # poll(), not select(): select() refuses a descriptor above 1023, and a process serving in-process (a test
+        # session, `make dev`) holds both ends of every connection. An idle connection is closed after a minute
+        # (boto3 opens another).
         self._server = create_server(
             app,
             host=self._host,
