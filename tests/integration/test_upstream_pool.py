@@ -27,6 +27,13 @@ from tests.servers import serve
 from tests.waiting import wait_until
 
 
+async def lifespan(receive: Any, send: Any) -> None:
+    """The ASGI lifespan of a test app with nothing to start or stop."""
+    while (await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})
+
+
 @dataclass
 class Server:
     """Counts the client connections it sees; each request waits until `hold_until` requests have arrived."""
@@ -47,9 +54,7 @@ class Server:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await lifespan(receive, send)
             return
         with self.lock:
             self.connections.add(scope["client"][1])
@@ -273,9 +278,7 @@ def test_only_httpxs_own_transport_gets_the_pool() -> None:
 async def paced(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """`/hang` answers after 50 ms, `/slow` sends its body in 5 pieces 5 ms apart, anything else at once."""
     if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
+        await lifespan(receive, send)
         return
     path = scope["path"]
     if path == "/hang":
