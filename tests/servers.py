@@ -41,12 +41,13 @@ def wait_healthy(base: str, *, alive: Any = None, timeout: float = 30.0) -> None
 
 
 @contextmanager
-def serve(app: Any, *, timeout_keep_alive: int = 5) -> Iterator[str]:
-    """Serve an ASGI app on 127.0.0.1:<free port> until the block exits; yields the base URL."""
+def serve(app: Any, *, timeout_keep_alive: int = 5, **options: Any) -> Iterator[str]:
+    """Serve an ASGI app on 127.0.0.1:<free port> until the block exits; yields the base URL. `options` go to
+    uvicorn's Config (`ssl_certfile` and `ssl_keyfile` serve https)."""
     sock = listening_socket("127.0.0.1", 0)  # production's: a bounded send buffer
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        app, log_level="warning", access_log=False, lifespan="on", timeout_keep_alive=timeout_keep_alive
+        app, log_level="warning", access_log=False, lifespan="on", timeout_keep_alive=timeout_keep_alive, **options
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -57,7 +58,7 @@ def serve(app: Any, *, timeout_keep_alive: int = 5) -> Iterator[str]:
             raise RuntimeError("test server did not start")
         time.sleep(0.005)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if 'ssl_certfile' in options else 'http'}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)

@@ -3,7 +3,8 @@ and upstreams), opening a streamed chat completion with retries (connect errors,
 honoured; exponential backoff with full jitter) only while nothing can have reached a model.
 
 What differs by kind (the request, the body's decoding) is the `Dialect` (`upstreams.base`). The read timeout of
-the client bounds the wait for the response headers; the stream enforces the idle timeout between body reads.
+the client bounds the wait for the response headers; the stream enforces the idle timeout between body reads, so
+a 2xx body's reads carry no timeout of their own (`upstreams.body_reads`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import httpx
 from ..errors import InvalidRequest, RateLimited, UpstreamError, UpstreamTimeout
 from ..settings import Settings
 from .base import Decoder, Dialect, UpstreamRequest
+from .body_reads import untimed_body, use_lean_reads
 from .pool import use_fair_pool
 
 logger = logging.getLogger(__name__)
@@ -117,6 +119,7 @@ class HttpExchange:
         client = httpx.AsyncClient(timeout=timeout, limits=limits, transport=self._transport)
         if self._transport is None:  # httpx's own transport (and the environment's proxies, if any)
             use_fair_pool(client._transport)  # many streams at once: see upstreams.pool
+            use_lean_reads(client._transport)  # a body read per chunk: see upstreams.body_reads
         return client
 
     async def aclose(self) -> None:
@@ -158,6 +161,7 @@ class HttpExchange:
                     raise _with_history(failure, progress) from None
             else:
                 if response.is_success:
+                    untimed_body(response)  # the stream's watcher bounds the body's reads
                     decoder = dialect.decoder(model, int(time.time()))
                     return OpenedStream(response, decoder, progress.retries, dict(progress.failures))
                 progress.failed(status_class(response.status_code))
