@@ -60,6 +60,7 @@ class MotoServer:
         _install_check_then_apply_transactions()
         _install_exponent_numbers()
         _install_cached_module_list()
+        _install_cached_method_names()
         app = _serialized(LedgerFront(DomainDispatcherApplication(create_backend_app)))
         # Connections stay open between requests (boto3 keeps a pool of them); one request at a time runs in moto.
         # poll(), not select(): select() refuses a descriptor above 1023, and a process serving in-process (a test
@@ -135,6 +136,28 @@ def _install_cached_module_list() -> None:
 
     list_of_moto_modules.cached = True  # type: ignore[attr-defined]
     backends.list_of_moto_modules = list_of_moto_modules
+
+
+def _install_cached_method_names() -> None:
+    """moto finds the handler of every request by listing its handler class's methods (`inspect.getmembers`),
+    about a tenth of the CPU of a PutItem, inside the one-request lock. A class's methods do not change while the
+    process runs: list them once per class."""
+    from moto.core import responses
+
+    namespace = vars(responses)  # the name as responses.py imported it (moto does not re-export it)
+    method_names: Callable[[object], list[str]] = namespace["method_names_from_class"]
+    if getattr(method_names, "cached", False):
+        return
+    listed: dict[object, list[str]] = {}
+
+    def method_names_from_class(clazz: object) -> list[str]:
+        names = listed.get(clazz)
+        if names is None:
+            names = listed[clazz] = method_names(clazz)
+        return names
+
+    method_names_from_class.cached = True  # type: ignore[attr-defined]
+    namespace["method_names_from_class"] = method_names_from_class
 
 
 def _install_exponent_numbers() -> None:

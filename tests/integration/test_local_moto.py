@@ -83,3 +83,36 @@ def test_adding_numbers_in_exponent_notation(moto_endpoint: str) -> None:
     # THEN the sum is exact, as DynamoDB would store it
     item = deserialize(client.get_item(TableName="exp-numbers", Key=key)["Item"])
     assert item["cost"] == Decimal("0.0000018")
+
+
+def test_a_request_neither_lists_motos_package_nor_inspects_its_handler(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both are taken once per process (llm_relay_dev.local_dynamodb): inside the one-request lock, the package
+    listing stalled requests past the client's timeout and the handler inspection was a tenth of a PutItem."""
+    import inspect
+    import os
+
+    import moto
+
+    listed, inspected = [], []
+    listdir, getmembers = os.listdir, inspect.getmembers
+    package = os.path.dirname(moto.__file__)
+
+    def counted_listdir(path: Any = ".") -> list[str]:
+        if os.fspath(path) == package:
+            listed.append(path)
+        return listdir(path)
+
+    def counted_getmembers(obj: Any, predicate: Any = None) -> list[tuple[str, Any]]:
+        inspected.append(obj)
+        return getmembers(obj, predicate)
+
+    for i in range(2):  # the first request may be a class's first: its methods are listed then, once
+        stores.client.put_item(TableName=stores.table_name, Item=serialize({"pk": f"warm{i}", "sk": "X"}))
+    monkeypatch.setattr(os, "listdir", counted_listdir)
+    monkeypatch.setattr(inspect, "getmembers", counted_getmembers)
+    for i in range(5):
+        stores.client.put_item(TableName=stores.table_name, Item=serialize({"pk": f"P{i}", "sk": "X"}))
+    assert _item(stores, "P4") is not None
+    assert listed == [] and inspected == []
