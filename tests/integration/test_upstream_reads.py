@@ -5,12 +5,13 @@ connection broken mid-body is still httpx's `ReadError`."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import socket
 import ssl
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +150,7 @@ def test_an_untimed_body_waits_past_the_read_timeout_without_a_scope_per_read(
             assert await outlives_the_read_timeout(response.aiter_raw(), app) == [b"first", b"-last"]
             assert timeout_scopes == []
 
-    anyio.run(main)
+    run(main)
 
 
 def test_a_body_keeps_its_read_timeout_unless_untimed(
@@ -166,7 +167,7 @@ def test_a_body_keeps_its_read_timeout_unless_untimed(
                 await anext(pieces)
             assert READ_TIMEOUT_S in timeout_scopes
 
-    anyio.run(main)
+    run(main)
 
 
 def test_the_wait_for_headers_keeps_the_read_timeout(server: tuple[Paced, str, Any]) -> None:
@@ -177,41 +178,140 @@ def test_the_wait_for_headers_keeps_the_read_timeout(server: tuple[Paced, str, A
             with pytest.raises(httpx.ReadTimeout):
                 await client.get(f"{base}/late-headers")
 
-    anyio.run(main)
+    run(main)
 
 
-def test_a_connection_reset_mid_body_is_a_read_error() -> None:
-    """A raw server: headers and the first chunk of a chunked body, then a reset (SO_LINGER 0)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    reset = threading.Event()
+HEAD_CHUNKED = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n"
 
-    def answer() -> None:
-        conn, _ = listener.accept()
+
+class RawServer:
+    """One connection on a raw socket: reads the request and sends `head`. Then "hold": wait for the client to
+    close (`client_closed` is set when it does); "reset" or "close": wait for `go` (set by the test), then end
+    with a reset (SO_LINGER 0) or a close (FIN)."""
+
+    def __init__(self, head: bytes, ending: str) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/"
+        self.head, self.ending = head, ending
+        self.go, self.client_closed = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._answer, daemon=True)
+        self.thread.start()
+
+    def _answer(self) -> None:
+        conn, _ = self.listener.accept()
         with conn:
             conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n")
-            reset.wait(10)
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            conn.sendall(self.head)
+            if self.ending == "hold":
+                conn.settimeout(10)
+                if conn.recv(1) == b"":
+                    self.client_closed.set()
+                return
+            self.go.wait(10)
+            if self.ending == "reset":
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
 
-    thread = threading.Thread(target=answer, daemon=True)
-    thread.start()
+    def close(self) -> None:
+        self.go.set()
+        self.thread.join(10)
+        self.listener.close()
+
+
+@contextlib.contextmanager
+def raw_server(head: bytes, ending: str) -> Iterator[RawServer]:
+    server = RawServer(head, ending)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def run(main: Callable[[], Awaitable[None]]) -> None:
+    """`anyio.run`, failing instead of hanging if a read the test expects to end never does."""
+
+    async def bounded() -> None:
+        with anyio.fail_after(10):
+            await main()
+
+    anyio.run(bounded)
+
+
+@pytest.mark.parametrize(("ending", "raised"), [("reset", httpx.ReadError), ("close", httpx.RemoteProtocolError)])
+def test_a_connection_broken_mid_body_raises_what_httpx_raises(ending: str, raised: type[Exception]) -> None:
+    """A reset is a `ReadError`, a close before the chunked body's end a `RemoteProtocolError` (the stream's
+    `upstream_error`), as with httpcore's own reads."""
+    with raw_server(HEAD_CHUNKED, ending) as server:
+
+        async def main() -> None:
+            async with lean_client() as client, client.stream("GET", server.url) as response:
+                untimed_body(response)
+                pieces = response.aiter_raw()
+                assert await anext(pieces) == b"first"
+                server.go.set()
+                with pytest.raises(raised):
+                    await anext(pieces)
+
+        run(main)
+
+
+def test_a_body_delimited_by_the_close_ends_cleanly() -> None:
+    """No length, no chunking: the end of the connection is the end of the body (an untimed read sees b"")."""
+    with raw_server(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nwhole body", "close") as server:
+
+        async def main() -> None:
+            async with lean_client() as client, client.stream("GET", server.url) as response:
+                untimed_body(response)
+                server.go.set()
+                assert b"".join([piece async for piece in response.aiter_raw()]) == b"whole body"
+
+        run(main)
+
+
+def test_a_cancelled_untimed_read_closes_the_connection_at_once() -> None:
+    """The client cancel path: an untimed read cancelled mid-body closes the upstream connection (the server sees
+    it closed) and leaves nothing in the pool."""
+    with raw_server(HEAD_CHUNKED, "hold") as server:
+
+        async def main() -> None:
+            async with lean_client() as client:
+                async with client.stream("GET", server.url) as response:
+                    untimed_body(response)
+                    pieces = response.aiter_raw()
+                    assert await anext(pieces) == b"first"
+                    with anyio.move_on_after(0.1) as scope:  # the server holds the rest: the read waits
+                        await anext(pieces)
+                    assert scope.cancelled_caught
+                assert client._transport._pool.connections == []  # type: ignore[attr-defined]
+                assert await anyio.to_thread.run_sync(server.client_closed.wait, 10)
+
+        run(main)
+
+
+def test_the_next_request_on_a_kept_alive_connection_keeps_its_timeouts(server: tuple[Paced, str, Any]) -> None:
+    """An untimed body changes its own request only: the next request on the same connection times out on its
+    headers, and on its body unless it is untimed too."""
+    app, base, verify = server
 
     async def main() -> None:
-        async with lean_client() as client, client.stream("GET", f"http://127.0.0.1:{port}/") as response:
-            untimed_body(response)
-            pieces = response.aiter_raw()
-            assert await anext(pieces) == b"first"
-            reset.set()
-            with pytest.raises(httpx.ReadError):
-                await anext(pieces)
+        async with lean_client(verify) as client:
+            async with client.stream("GET", f"{base}/at-once") as first:
+                untimed_body(first)
+                assert b"".join([piece async for piece in first.aiter_raw()]) == b"first-last"
+                stream = first.extensions["network_stream"]
+            with pytest.raises(httpx.ReadTimeout):
+                await client.get(f"{base}/late-headers")
+            app.release.set()  # the timed-out request's connection is gone; the server finishes its answer
+            async with client.stream("GET", f"{base}/at-once") as again:
+                assert again.extensions["network_stream"] is not stream  # a new connection after the timeout
+            app.release.clear()
+            async with client.stream("GET", f"{base}/late-body") as timed:
+                assert timed.request.extensions["timeout"]["read"] == READ_TIMEOUT_S
+                pieces = timed.aiter_raw()
+                assert await anext(pieces) == b"first"
+                with pytest.raises(httpx.ReadTimeout):
+                    await anext(pieces)
 
-    try:
-        anyio.run(main)
-    finally:
-        reset.set()
-        thread.join(10)
-        listener.close()
+    run(main)
 
 
 class _Dialect:
@@ -254,3 +354,4 @@ def test_only_httpxs_own_transport_with_the_stock_backend_gets_lean_reads() -> N
     transport._pool._network_backend = httpcore.AnyIOBackend()
     assert not use_lean_reads(transport)
     assert type(transport._pool._network_backend) is httpcore.AnyIOBackend
+    assert not use_lean_reads(httpx.AsyncHTTPTransport(http2=True, http1=False))

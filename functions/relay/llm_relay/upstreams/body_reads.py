@@ -14,8 +14,9 @@ for reads that have none. Everything else stays httpcore's: the wait for the res
 timeout (`HttpExchange`), connecting and writing keep theirs, and the errors are the ones httpcore raises
 (`ReadError` for a broken or closed connection, `b""` at its end).
 
-Installed on httpx's own transport only, with httpcore's stock network backend and on the httpcore 1.0 it was
-written against (as `upstreams.pool`); anything else keeps its own reads.
+Installed on httpx's own transport only, with httpcore's stock network backend, HTTP/1.1 and the httpcore 1.0 it
+was written against (as `upstreams.pool`); anything else keeps its own reads. Through a proxy (HTTP(S)_PROXY) httpx
+uses another transport: its reads keep httpcore's scope, and an untimed body is bounded by the watcher the same.
 """
 
 # httpcore's network interface takes each call's timeout as a parameter:
@@ -89,6 +90,7 @@ def use_lean_reads(transport: httpx.AsyncBaseTransport) -> bool:
         or not isinstance(pool, httpcore.AsyncConnectionPool)
         or type(pool._network_backend) is not AutoBackend
         or not httpcore.__version__.startswith("1.0.")
+        or pool._http2  # HTTP/2 multiplexes streams on one connection: one stream's read is not its own
     ):
         return False
     pool._network_backend = LeanReadBackend()
