@@ -13,7 +13,9 @@ from tests.conftest import Relay
 from tests.waiting import wait_until
 
 
-def test_an_abandoned_body_is_a_400_logged_at_info(relay: Relay, caplog: pytest.LogCaptureFixture) -> None:
+def test_an_abandoned_body_is_a_400_logged_at_info(
+    relay: Relay, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
     caplog.set_level(logging.INFO)
     host, port = urlsplit(relay.url).hostname, urlsplit(relay.url).port
     assert host is not None and port is not None
@@ -37,3 +39,12 @@ def test_an_abandoned_body_is_a_400_logged_at_info(relay: Relay, caplog: pytest.
     line = next(r for r in caplog.records if "before its body was complete" in r.getMessage())
     assert line.levelno == logging.INFO and line.exc_info is None
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], caplog.text
+    # AND it is counted as a rejection (waited for: the relay emits it after the answer, and a metric printed
+    # after the test ended would land outside its captured output)
+    printed: list[str] = []
+
+    def rejected() -> bool:
+        printed.append(capfd.readouterr().out)
+        return '"reason":"invalid_request"' in "".join(printed) and '"RequestsRejected"' in "".join(printed)
+
+    wait_until(rejected, "the RequestsRejected metric")
