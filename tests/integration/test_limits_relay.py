@@ -115,7 +115,7 @@ def test_rpm_5_admits_exactly_5_of_20_concurrent_and_refuses_15_well_formed(rela
     assert reasons == ["rate_limit_exceeded"] * 15 + ["stop"] * 5
 
 
-def test_third_concurrent_stream_is_refused_until_one_ends(relay: Relay) -> None:
+def test_third_concurrent_stream_is_refused_until_one_ends(relay: Relay, capfd: pytest.CaptureFixture[str]) -> None:
     # GIVEN a key allowed 2 concurrent streams, and two streams running (one short, one long)
     plain, _ = new_key(relay.stores, max_concurrent=2)
     url = f"{relay.url}/v1/chat/completions"
@@ -140,6 +140,15 @@ def test_third_concurrent_stream_is_refused_until_one_ends(relay: Relay) -> None
         again = client.post(url, json=chat_body(stream=True, mock=SHORT), headers=relay.headers(plain))
         assert again.status_code == 200 and again.text.endswith("data: [DONE]\n\n")
         assert second.status_code == 200  # still streaming; closing it cancels it
+    # AND the cancelled stream is finalized before the test ends (its metrics, the last thing it prints, would
+    # otherwise land outside the test's captured output)
+    printed: list[str] = []
+
+    def cancel_counted() -> bool:
+        printed.append(capfd.readouterr().out)
+        return '"ClientCancelLatency"' in "".join(printed)
+
+    wait_until(cancel_counted, "the cancelled stream's metrics")
 
 
 def test_budget_stops_the_key_once_spent_and_costs_agree(relay: Relay) -> None:
