@@ -33,6 +33,8 @@ import httpx
 from httpcore._backends.anyio import AnyIOStream
 from httpcore._backends.auto import AutoBackend
 
+from .pool import http11_pool
+
 
 class LeanReadStream(AnyIOStream):
     """httpcore's anyio stream; a read with no timeout waits on the socket directly."""
@@ -50,9 +52,13 @@ class LeanReadStream(AnyIOStream):
     async def start_tls(
         self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
     ) -> httpcore.AsyncNetworkStream:
-        tls = await super().start_tls(ssl_context, server_hostname, timeout)
-        assert isinstance(tls, AnyIOStream)
-        return LeanReadStream(tls._stream)
+        return _lean(await super().start_tls(ssl_context, server_hostname, timeout))
+
+
+def _lean(stream: httpcore.AsyncNetworkStream) -> LeanReadStream:
+    """The same anyio stream, reading as `LeanReadStream` does."""
+    assert isinstance(stream, AnyIOStream)
+    return LeanReadStream(stream._stream)
 
 
 class LeanReadBackend(httpcore.AnyIOBackend):
@@ -66,9 +72,7 @@ class LeanReadBackend(httpcore.AnyIOBackend):
         local_address: str | None = None,
         socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        stream = await super().connect_tcp(host, port, timeout, local_address, socket_options)
-        assert isinstance(stream, AnyIOStream)
-        return LeanReadStream(stream._stream)
+        return _lean(await super().connect_tcp(host, port, timeout, local_address, socket_options))
 
     async def connect_unix_socket(
         self,
@@ -76,22 +80,14 @@ class LeanReadBackend(httpcore.AnyIOBackend):
         timeout: float | None = None,
         socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        stream = await super().connect_unix_socket(path, timeout, socket_options)
-        assert isinstance(stream, AnyIOStream)
-        return LeanReadStream(stream._stream)
+        return _lean(await super().connect_unix_socket(path, timeout, socket_options))
 
 
 def use_lean_reads(transport: httpx.AsyncBaseTransport) -> bool:
     """Give httpx's default transport a `LeanReadBackend` for the connections it makes from now on; False, and
-    nothing changed, for anything it was not written for."""
-    pool = getattr(transport, "_pool", None)
-    if (
-        not isinstance(transport, httpx.AsyncHTTPTransport)
-        or not isinstance(pool, httpcore.AsyncConnectionPool)
-        or type(pool._network_backend) is not AutoBackend
-        or not httpcore.__version__.startswith("1.0.")
-        or pool._http2  # HTTP/2 multiplexes streams on one connection: one stream's read is not its own
-    ):
+    nothing changed, for anything it was not written for (on HTTP/2 one stream's read is not its own)."""
+    pool = http11_pool(transport)
+    if pool is None or type(pool._network_backend) is not AutoBackend:
         return False
     pool._network_backend = LeanReadBackend()
     return True

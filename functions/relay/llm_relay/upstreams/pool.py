@@ -75,16 +75,25 @@ class FairConnectionPool(httpcore.AsyncConnectionPool):
         return closing
 
 
-def use_fair_pool(transport: httpx.AsyncBaseTransport) -> bool:
-    """Give httpx's default transport a `FairConnectionPool` (same settings, same connections: only the class
-    changes); False, and nothing changed, for anything it was not written for."""
+def http11_pool(transport: httpx.AsyncBaseTransport) -> httpcore.AsyncConnectionPool | None:
+    """The pool of httpx's own transport, on the httpcore 1.0 and HTTP/1.1 that this module and `body_reads` were
+    written against; None for anything else."""
     pool = getattr(transport, "_pool", None)
     if (
         not isinstance(transport, httpx.AsyncHTTPTransport)
-        or type(pool) is not httpcore.AsyncConnectionPool
+        or not isinstance(pool, httpcore.AsyncConnectionPool)
         or not httpcore.__version__.startswith("1.0.")
-        or pool._http2
+        or pool._http2  # HTTP/2 multiplexes requests on one connection
     ):
+        return None
+    return pool
+
+
+def use_fair_pool(transport: httpx.AsyncBaseTransport) -> bool:
+    """Give httpx's default transport a `FairConnectionPool` (same settings, same connections: only the class
+    changes); False, and nothing changed, for anything it was not written for."""
+    pool = http11_pool(transport)
+    if pool is None or type(pool) is not httpcore.AsyncConnectionPool:
         return False
     pool.__class__ = FairConnectionPool
     return True
