@@ -40,6 +40,13 @@ def wait_healthy(base: str, *, alive: Any = None, timeout: float = 30.0) -> None
         time.sleep(0.05)
 
 
+async def lifespan(receive: Any, send: Any) -> None:
+    """The ASGI lifespan of a test app with nothing to start or stop."""
+    while (await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})
+
+
 @contextmanager
 def serve(app: Any, *, timeout_keep_alive: int = 5, **options: Any) -> Iterator[str]:
     """Serve an ASGI app on 127.0.0.1:<free port> until the block exits; yields the base URL. `options` go to

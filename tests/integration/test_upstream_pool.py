@@ -23,15 +23,8 @@ import pytest
 from llm_relay.settings import Settings
 from llm_relay.upstreams.http import HttpExchange
 from llm_relay.upstreams.pool import FairConnectionPool, use_fair_pool
-from tests.servers import serve
+from tests.servers import lifespan, serve
 from tests.waiting import wait_until
-
-
-async def lifespan(receive: Any, send: Any) -> None:
-    """The ASGI lifespan of a test app with nothing to start or stop."""
-    while (await receive())["type"] != "lifespan.shutdown":
-        await send({"type": "lifespan.startup.complete"})
-    await send({"type": "lifespan.shutdown.complete"})
 
 
 @dataclass

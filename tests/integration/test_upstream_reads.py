@@ -1,7 +1,7 @@
 """Upstream body reads (llm_relay.upstreams.body_reads) against real servers on loopback, over TCP and TLS: once
 the headers are in, a body read waits without a timeout (the relay's stream watcher bounds it, tested in
 test_failures and tests/unit/test_stream), while the wait for the headers keeps the client's read timeout, and a
-connection broken mid-body is still httpx's `ReadError`."""
+connection broken or closed mid-body raises what httpx raises with httpcore's own reads."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from llm_relay.settings import Settings
 from llm_relay.upstreams.base import UpstreamRequest
 from llm_relay.upstreams.body_reads import LeanReadBackend, LeanReadStream, untimed_body, use_lean_reads
 from llm_relay.upstreams.http import HttpExchange
-from tests.servers import serve
+from tests.servers import lifespan, serve
 
 READ_TIMEOUT_S = 0.2
 
@@ -43,9 +43,7 @@ class Paced:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await lifespan(receive, send)
             return
         path = scope["path"]
         if path == "/late-headers":
