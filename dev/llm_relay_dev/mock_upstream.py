@@ -14,7 +14,10 @@ Faults: `status` (answer that HTTP status), `fail_first` (the first N attempts w
 `malformed_after` (send a broken event after N chunks), `no_finish` (end without finish_reason or [DONE]),
 `headers_delay_ms` (hold the response headers back that long),
 `error_after` (send an `{"error": …}` event after N chunks). `finish_reason` is Ollama's `done_reason`, and
-`no_finish` leaves out Ollama's `done` line and the NDJSON summary line.
+`no_finish` leaves out Ollama's `done` line and the NDJSON summary line. `tool_args` (openai kind only): a tool
+call after the text, its arguments streamed like `text`, ending `tool_calls`.
+The answer is the mock's WORDS unless `text` gives it: that text, streamed a word (with the space before it) per
+chunk, or `chunk_chars` characters per chunk (then `tokens` is ignored).
 
 Every request is recorded by its `x-request-id` (the relay sends its own): chunks sent, whether it
 completed, and when (monotonic clock) the client disconnected; `GET /mock/requests/{id}` returns it.
@@ -25,6 +28,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -41,6 +45,18 @@ from starlette.types import Receive, Scope, Send
 from .mock_ndjson import OllamaShape, RelayNDJSONShape, Shape, ShapeFactory
 
 WORDS = ("The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", ".")
+_WORD = re.compile(r"\s*\S+|\s+$")
+
+
+def answer_pieces(opts: dict[str, Any], default_tokens: int) -> list[str]:
+    """The answer's chunks of text: `text` cut a word (or `chunk_chars` characters) a chunk, else `tokens` WORDS."""
+    text = opts.get("text")
+    if not isinstance(text, str):
+        return [WORDS[i % len(WORDS)] for i in range(int(opts.get("tokens", default_tokens)))]
+    size = opts.get("chunk_chars")
+    if isinstance(size, int) and size > 0:
+        return [text[i : i + size] for i in range(0, len(text), size)]
+    return _WORD.findall(text)
 
 
 class MockFault(Exception):
@@ -208,6 +224,14 @@ class SSEShape:
     def token(self, text: str) -> bytes:
         return self._event(_chunk("chatcmpl-mock", self.model, self.created, {"content": text}, None))
 
+    def tool_call(self, arguments: str, first: bool) -> bytes:
+        """A piece of one tool call's arguments (the first piece with the call's id and name)."""
+        call: dict[str, Any] = {"index": 0, "function": {"arguments": arguments}}
+        if first:
+            call.update({"id": "call_mock", "type": "function"})
+            call["function"]["name"] = "mock_tool"
+        return self._event(_chunk("chatcmpl-mock", self.model, self.created, {"tool_calls": [call]}, None))
+
     def malformed(self) -> bytes:
         return self._event('{"id": "broken", "choices": [')
 
@@ -247,7 +271,8 @@ class _MockStream:
 
     async def _stream(self, send: Send) -> None:
         opts, config, shape = self.opts, self.config, self.shape
-        tokens = int(opts.get("tokens", config.tokens))
+        pieces = answer_pieces(opts, config.tokens)
+        tokens = len(pieces)
         delay = float(opts.get("chunk_delay_ms", config.chunk_delay_ms)) / 1000
         ttft = float(opts.get("ttft_ms", config.ttft_ms)) / 1000
         finish = str(opts.get("finish_reason", config.finish_reason))
@@ -270,8 +295,14 @@ class _MockStream:
             if i == opts.get("error_after"):
                 await write(shape.error())
                 break
-            await write(shape.token(WORDS[i % len(WORDS)]))
+            await write(shape.token(pieces[i]))
             self.record.chunks_sent += 1
+        tool_args = opts.get("tool_args")
+        if isinstance(tool_args, str) and isinstance(shape, SSEShape):  # a tool call after the text (openai kind)
+            for i, piece in enumerate(answer_pieces({**opts, "text": tool_args}, 0)):
+                await write(shape.tool_call(piece, first=i == 0))
+                self.record.chunks_sent += 1
+            finish = "tool_calls"
         if not opts.get("no_finish"):
             prompt = _prompt_tokens(self.body)
             completion = self.record.chunks_sent
@@ -365,9 +396,10 @@ async def hold_headers(request: Request, record: RequestRecord, delay_s: float) 
 async def _non_streaming(stream: _MockStream) -> Response:
     """`stream: false` against the mock: the same tokens, as one chat.completion body."""
     opts, config = stream.opts, stream.config
-    tokens = int(opts.get("tokens", config.tokens))
+    pieces = answer_pieces(opts, config.tokens)
+    tokens = len(pieces)
     await anyio.sleep(float(opts.get("ttft_ms", config.ttft_ms)) / 1000)
-    content = "".join(WORDS[i % len(WORDS)] for i in range(tokens))
+    content = "".join(pieces)
     prompt = _prompt_tokens(stream.body)
     stream.record.chunks_sent = tokens
     stream.record.completed = True

@@ -59,8 +59,9 @@ class NDJSONFraming:
         return f"{dumps(error)}\n".encode()
 
 
-def summary_body(request_id: str, model: str, outcome: StreamOutcome) -> dict[str, Any]:
-    """The NDJSON `relay.summary` line of a stream that ended normally."""
+def summary_body(request_id: str, model: str, outcome: StreamOutcome, *, sanitized: bool = False) -> dict[str, Any]:
+    """The NDJSON `relay.summary` line of a stream that ended normally; `sanitized`: with the compliance gate's
+    counts by entity type (`redactions`)."""
     cost = outcome.cost_usd
     return {
         "object": "relay.summary",
@@ -74,6 +75,7 @@ def summary_body(request_id: str, model: str, outcome: StreamOutcome) -> dict[st
         "tpot_ms": _ms(outcome.tpot_s),
         "duration_ms": _ms(outcome.duration_s),
         "chunks": outcome.chunks,
+        **({"redactions": dict(outcome.redactions)} if sanitized else {}),
     }
 
 
@@ -81,7 +83,11 @@ def error_body(request_id: str, outcome: StreamOutcome) -> dict[str, Any]:
     """The terminal error object of a stream that failed (and the body of a failed `stream: false` answer)."""
     message = outcome.error or f"The stream ended without a finish_reason ({outcome.reason.value})."
     error_type = "upstream_error"
-    if outcome.reason is TerminationReason.CLIENT_CANCELLED:
+    extra: dict[str, Any] = {}
+    if outcome.error_code is not None:  # the compliance gate: the entity types (never the values)
+        error_type = "invalid_request_error" if outcome.error_code == "content_filtered" else "server_error"
+        extra["entity_types"] = sorted(outcome.redactions)
+    elif outcome.reason is TerminationReason.CLIENT_CANCELLED:
         error_type, message = "invalid_request_error", "The request was cancelled."
     elif outcome.reason is TerminationReason.BUDGET_EXCEEDED:
         error_type = "rate_limit_error"
@@ -90,8 +96,9 @@ def error_body(request_id: str, outcome: StreamOutcome) -> dict[str, Any]:
             "message": message,
             "type": error_type,
             "param": None,
-            "code": outcome.reason.value,
+            "code": outcome.error_code or outcome.reason.value,
             "request_id": request_id,
+            **extra,
         }
     }
 

@@ -11,7 +11,8 @@ LLMRelayError
 
 RelayError
 ├── InvalidRequest          400  invalid_request_error        (bad JSON, wrong types, bad values)
-│   └── PayloadTooLarge     413  invalid_request_error
+│   ├── PayloadTooLarge     413  invalid_request_error
+│   └── PromptRefused       400  invalid_request_error / pii_in_prompt | prompt_blocked (the compliance gate)
 ├── Unauthorized            401  invalid_request_error / invalid_api_key
 │   └── ModelNotPriced      400  invalid_request_error / model_not_priced (budgeted key, RELAY_UNPRICED_MODELS=refuse)
 ├── ModelNotAllowed         403  invalid_request_error / model_not_allowed
@@ -19,7 +20,8 @@ RelayError
 ├── RequestCancelled        409  invalid_request_error / client_cancelled (cancelled before it started)
 ├── RateLimited             429  rate_limit_exceeded | budget_exceeded
 ├── ServiceUnavailable      503  service_unavailable       (state store down, fail closed)
-│   └── StoreUnavailable    503  service_unavailable       (raised by the DynamoDB adapter, `llm_relay.dynamo`)
+│   ├── StoreUnavailable    503  service_unavailable       (raised by the DynamoDB adapter, `llm_relay.dynamo`)
+│   └── GuardrailUnavailable 503 guardrail_unavailable     (raised by the guardrail adapter, `sanitize.guardrail`)
 └── UpstreamError           502  upstream_error            (after retries, before the first byte)
     └── UpstreamTimeout     504  upstream_timeout
 """
@@ -73,6 +75,14 @@ class ModelNotPriced(InvalidRequest):
 class PayloadTooLarge(InvalidRequest):
     status_code = 413
     code = "payload_too_large"
+
+
+class PromptRefused(InvalidRequest):
+    """The compliance gate refused the prompt: a value of a blocked entity type (`pii_in_prompt`; the message names
+    the types, never the values), or a Bedrock guardrail's intervention (`prompt_blocked`)."""
+
+    code = "pii_in_prompt"
+    rejection = "prompt_refused"
 
 
 class Unauthorized(RelayError):
@@ -132,6 +142,21 @@ class StoreUnavailable(ServiceUnavailable):
     def __init__(self, message: str, *, outcome_unknown: bool = False) -> None:
         super().__init__(message)
         self.outcome_unknown = outcome_unknown
+
+
+class GuardrailUnavailable(ServiceUnavailable):
+    """Amazon Bedrock Guardrails did not answer in time or answered with an error (translated from `ClientError`,
+    `BotoCoreError` and the call's own timeout in one place, `llm_relay.sanitize.guardrail`).
+
+    A 503 at the HTTP edge when it refuses a prompt (fail closed). The output stage catches it and, as configured,
+    ends the stream (fail closed) or releases the text unassessed (fail open). `reason`: the AWS error code, the
+    botocore exception's name or `timeout`; never the text that was being assessed."""
+
+    code = "guardrail_unavailable"
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class UpstreamError(RelayError):

@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from .sanitize.policy import KeyPolicy
+
 KEY_PREFIX = "lr-"
 KEY_ID_PREFIX = "rk_"
 ISO = "%Y-%m-%dT%H:%M:%SZ"
@@ -43,6 +45,7 @@ class ApiKey:
     allowed_models: frozenset[str] | None = None
     limits: dict[str, Decimal] = field(default_factory=dict)
     expires_at: str | None = None  # ISO UTC second, as created_at; after it the key is refused like a revoked one
+    sanitize: KeyPolicy | None = None  # the key's own sanitizer policy, floored by the deployment's (None: that one)
 
     @property
     def active(self) -> bool:

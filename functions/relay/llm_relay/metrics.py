@@ -58,6 +58,7 @@ REJECTION_REASONS = (
     "budget_exceeded",
     "model_not_priced",
     "unavailable",
+    "prompt_refused",
 )
 
 

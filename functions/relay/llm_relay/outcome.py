@@ -12,6 +12,7 @@ from .chat_request import ChatRequest
 from .keys import ApiKey
 from .metering import StreamMeter, Usage
 from .pricing import Pricer
+from .sanitize.policy import OFF, Policy
 from .termination import TerminationReason
 
 if TYPE_CHECKING:
@@ -46,6 +47,8 @@ class RequestContext:
     # The names the request may be billed under, one per route that may answer it (`upstreams.router.Plan`): the
     # model each route sends, where it has a price, else the client's. Empty: the client's model.
     billed_as: tuple[str, ...] = ()
+    policy: Policy = OFF  # the sanitizer policy in force for this request (the key's, floored by the deployment's)
+    prompt_redactions: Mapping[str, int] = field(default_factory=dict)  # entity type -> values redacted in the prompt
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +59,7 @@ class Ending:
     error: str | None = None
     cancel_source: str | None = None  # "disconnect" or "cancel_call"
     cancel_started: float | None = None  # monotonic: when the cancel was asked for
+    code: str | None = None  # the terminal error's code where it is not the reason's (a sanitizer block)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +78,14 @@ class StreamOutcome:
     retries: int = 0  # upstream attempts after the first
     upstream_errors: dict[str, int] = field(default_factory=dict)  # failed attempts by class ("5xx", "connect")
     upstream: str = ""  # the upstream that answered (or failed last); "" when none was tried
+    redactions: Mapping[str, int] = field(default_factory=dict)  # entity type -> values the output sanitizer caught
+    guardrail_action: str | None = None  # the strongest Bedrock guardrail action on the output (None: no guardrail)
+    error_code: str | None = None  # the terminal error's own code, where it is not the reason's (`content_filtered`)
+
+    @property
+    def is_error(self) -> bool:
+        """Whether the stream ends with a terminal error object instead of a normal end."""
+        return self.reason.is_failure or self.error_code is not None
 
 
 def outcome_of(
@@ -88,6 +100,8 @@ def outcome_of(
     upstream_errors: dict[str, int] | None = None,
     upstream: str = "",
     billed_as: str = "",
+    redactions: Mapping[str, int] | None = None,
+    guardrail_action: str | None = None,
 ) -> StreamOutcome:
     """The outcome of a request, whatever ended it: a stream (its meter), or an upstream that never answered
     2xx (`answered` False, an empty meter). Its cost is the price of `billed_as` (the model of the route that
@@ -109,6 +123,9 @@ def outcome_of(
         retries=retries,
         upstream_errors=dict(upstream_errors or {}),
         upstream=upstream,
+        redactions=dict(redactions or {}),
+        guardrail_action=guardrail_action,
+        error_code=ending.code,
     )
 
 

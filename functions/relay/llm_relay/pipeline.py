@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.lowlevel
@@ -27,7 +28,7 @@ from .admission import Admission, Ticket
 from .auth import Authenticator
 from .budget_extension import BudgetExtender, BudgetGuard
 from .cancellation import CancelRegistry, CancelSignal
-from .chat_request import parse_chat_request
+from .chat_request import ChatRequest, parse_chat_request
 from .dynamo import RequestStore
 from .encoding import NDJSONFraming, SSEFraming
 from .errors import (
@@ -49,11 +50,15 @@ from .ledger import checkpoint
 from .metering import StreamMeter
 from .outcome import Ending, Finalizer, RequestContext, StreamOutcome, outcome_of
 from .pricing import Pricer
+from .sanitize.policy import Policy
 from .settings import Settings
 from .stream import RelayStream
 from .termination import TerminationReason, reason_for
 from .upstreams.http import OpenedStream
 from .upstreams.router import Plan, Upstreams
+
+if TYPE_CHECKING:
+    from .sanitize.chunks import ChunkSanitizer
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +88,7 @@ class Pipeline:
         self._finalizer = finalizer
         self._pricer = pricer
         self.leases = leases or LeaseKeeper(requests, settings.lease_s)
+        self._policy = settings.sanitize_policy  # the deployment's: the floor of every key's
         self.upstreams: Upstreams | None = None  # opened by the app's lifespan
 
     async def chat(self, request: Request, *, ndjson: bool) -> Response:
@@ -111,6 +117,7 @@ class Pipeline:
                 pricer=self._pricer,
                 settings=self.settings,
                 budget=self._budget_guard(ctx),
+                sanitizer=self._output_sanitizer(ctx),
             )
         except BaseException:  # the stream that would have finalized it never started: finalize it here
             await self._abandon(ctx, opened)
@@ -196,6 +203,10 @@ class Pipeline:
         )
         if not key.allows_model(chat.model):
             raise ModelNotAllowed(f"This key may not use the model '{chat.model}'.", param="model")
+        policy = self._policy.for_key(key.sanitize)
+        prompt_redactions: dict[str, int] = {}
+        if policy.prompt.on:
+            chat, prompt_redactions = self._sanitized_prompt(chat, policy)
         invocation: LambdaInvocation = request.state.lambda_invocation
         now, now_epoch = time.monotonic(), time.time()
         return RequestContext(
@@ -213,7 +224,29 @@ class Pipeline:
             ),
             lambda_request_id=invocation.request_id,
             client_request_id=client_request_id.from_headers(request.headers),
+            policy=policy,
+            prompt_redactions=prompt_redactions,
         )
+
+    def _sanitized_prompt(self, chat: ChatRequest, policy: Policy) -> tuple[ChatRequest, dict[str, int]]:
+        """The prompt side of the compliance gate, before anything is admitted or sent (a refusal costs nothing).
+        Imported here: a relay whose policy is off never loads the recognizers."""
+        from .sanitize.chunks import detector_for
+        from .sanitize.prompt import sanitize_prompt
+
+        detector = detector_for(policy.prompt.entities, self.settings.sanitize_phone_region)
+        chat, found = sanitize_prompt(chat, policy.prompt, detector, policy.placeholder)
+        return chat, dict(found)
+
+    def _output_sanitizer(self, ctx: RequestContext) -> ChunkSanitizer | None:
+        """The output side of the compliance gate for one stream, or None when it is off."""
+        side = ctx.policy.output
+        if not side.on:
+            return None
+        from .sanitize.chunks import ChunkSanitizer, detector_for
+
+        detector = detector_for(side.entities, self.settings.sanitize_phone_region)
+        return ChunkSanitizer(detector, side.mode, ctx.policy.placeholder)
 
     async def _plan(self, ctx: RequestContext) -> Plan:
         """Where the request goes (the upstream table), its first request built: refusals here cost nothing."""

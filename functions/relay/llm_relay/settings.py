@@ -7,10 +7,13 @@ two in agreement.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from .sanitize.policy import Policy
 
 
 class Settings(BaseSettings):
@@ -83,7 +86,26 @@ class Settings(BaseSettings):
     budget_increment_tokens: int = Field(default=1024, ge=1)
     unpriced_models: Literal["refuse", "allow"] = "refuse"
 
+    # The compliance gate (`sanitize`): the deployment's policy, a floor that a key's own policy can only tighten.
+    # Output and prompt each `off`, `redact` or `block`; the entity types (empty: every built-in one); the
+    # placeholder a redacted value becomes; the region that phone numbers written without a country code are read in.
+    sanitize: Literal["off", "redact", "block"] = "off"
+    sanitize_prompt: Literal["off", "redact", "block"] = "off"
+    sanitize_entities: str = ""
+    sanitize_placeholder: str = "[{entity}]"
+    sanitize_phone_region: str = Field(default="US", min_length=2, max_length=2)
+    # Amazon Bedrock Guardrails (`ApplyGuardrail`), optional: applied to the prompt and to the output in windows.
+    guardrail_id: str | None = None
+    guardrail_version: str = "DRAFT"
+    guardrail_mode: Literal["sync", "async"] = "sync"
+    guardrail_window_chars: int = Field(default=50, ge=10, le=10000)
+    guardrail_on_error: Literal["fail_closed", "fail_open"] = "fail_closed"
+    guardrail_timeout_s: float = Field(default=2.0, gt=0)
+    guardrail_endpoint: str | None = None  # a local Bedrock (tests, `make dev`); unset: the region's endpoint
+
     @field_validator(
+        "guardrail_id",
+        "guardrail_endpoint",
         "default_rpm",
         "default_tpm",
         "default_max_concurrent",
@@ -104,6 +126,21 @@ class Settings(BaseSettings):
             return None
         return value.rstrip("/")
 
+    @field_validator("sanitize_entities")
+    @classmethod
+    def _known_entities(cls, value: str) -> str:
+        from .sanitize.policy import parse_entities
+
+        parse_entities(value)
+        return value
+
+    @field_validator("sanitize_placeholder")
+    @classmethod
+    def _valid_placeholder(cls, value: str) -> str:
+        from .sanitize.policy import check_placeholder
+
+        return check_placeholder(value)
+
     @model_validator(mode="after")
     def _margin_below_timeout(self) -> Settings:
         if self.deadline_margin_s >= self.function_timeout_s:
@@ -112,6 +149,14 @@ class Settings(BaseSettings):
                 f"({self.function_timeout_s:g}): every stream would end at once"
             )
         return self
+
+    @property
+    def sanitize_policy(self) -> Policy:
+        """The deployment's sanitizer policy: the floor of every key's."""
+        from .sanitize.policy import Policy, Side, parse_entities
+
+        entities = parse_entities(self.sanitize_entities)
+        return Policy(Side(self.sanitize, entities), Side(self.sanitize_prompt, entities), self.sanitize_placeholder)
 
     @property
     def allowed_model_set(self) -> frozenset[str] | None:

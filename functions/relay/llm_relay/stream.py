@@ -11,7 +11,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
@@ -27,9 +27,12 @@ from .metering import StreamMeter
 from .outcome import Ending, RequestContext, StreamOutcome, outcome_of
 from .pricing import Pricer
 from .settings import Settings
-from .termination import HTTP_STATUS, TerminationReason, reason_from_finish
+from .termination import ERROR_CODE_STATUS, HTTP_STATUS, TerminationReason, reason_from_finish
 from .upstreams.base import Decoded, Ended, Failed
 from .upstreams.http import OpenedStream
+
+if TYPE_CHECKING:
+    from .sanitize.chunks import ChunkSanitizer
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ class RelayStream(Response):
         settings: Settings,
         clock: Clock = MONOTONIC,
         budget: BudgetGuard | None = None,
+        sanitizer: ChunkSanitizer | None = None,
     ) -> None:
         super().__init__()
         self.ctx = ctx
@@ -85,6 +89,15 @@ class RelayStream(Response):
         self._ending: Ending | None = None
         self._client_gone = False
         self._budget = budget  # None: no budget reservation to keep within
+        self._sanitizer = sanitizer  # None: the compliance gate is off for this request
+        # A gate that may block answers 400 while no byte has been sent: the response starts with the first frame
+        # that carries text (or a heartbeat); frames before it (the role chunk) wait in `_early`.
+        self._defer_start = sanitizer is not None and sanitizer.blocks
+        self._started = False
+        self._early: list[bytes] = []
+        self._answered_whole = False  # the response was one error body (a block before the first byte)
+        self._template: dict[str, Any] | None = None  # the last upstream chunk: the shape of the sanitizer's flushes
+        self._tail: list[dict[str, Any]] = []  # what the sanitizer released at the end, before the terminal frame
 
     # --- ASGI ---------------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -92,7 +105,7 @@ class RelayStream(Response):
         whatever happened before (client gone before the headers, a failure in the relay itself)."""
         self._send = send
         try:
-            if self._framing is not None:
+            if self._framing is not None and not self._defer_start:
                 await self._start(200, self._framing.media_type)
             await self._relay(receive)
         except _ClientGone:
@@ -119,11 +132,13 @@ class RelayStream(Response):
             tg.cancel_scope.cancel()
 
     async def _finish(self) -> None:
-        ending = self._ending or Ending(TerminationReason.INCOMPLETE)
+        ending = self._judge_tail(self._ending or Ending(TerminationReason.INCOMPLETE))
         if ending.reason is TerminationReason.DEADLINE and self.ctx.deadline is not None:
             await self._finish_at_deadline(ending, self.ctx.deadline + self._settings.deadline_margin_s)
             return
-        ended_well = not ending.reason.is_failure and ending.reason is not TerminationReason.CLIENT_CANCELLED
+        ended_well = (
+            not ending.reason.is_failure and ending.reason is not TerminationReason.CLIENT_CANCELLED and not ending.code
+        )
         if not ended_well:
             await self._close_upstream()  # at once: cancellation latency is measured to here
         outcome = self._outcome(ending)
@@ -212,13 +227,14 @@ class RelayStream(Response):
             upstream_errors=self._opened.status_errors,
             upstream=self._opened.upstream,
             billed_as=self._opened.billed_as,
+            redactions=self._sanitizer.counts if self._sanitizer is not None else None,
         )
 
     async def _close_body(self, outcome: StreamOutcome) -> None:
         """The last message: the one JSON body (`stream: false`), or the end of the streamed body."""
         if self._framing is None:
             await self._send_json(outcome)
-        elif not self._client_gone:
+        elif not self._client_gone and not self._answered_whole:
             with contextlib.suppress(_ClientGone):
                 await self._raw_send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -279,6 +295,8 @@ class RelayStream(Response):
             return False
         if not self.meter.observe(chunk, now):
             return True
+        if self._sanitizer is not None:  # after the meter: billing counts what the upstream generated
+            return await self._handle_sanitized(self._sanitizer, chunk)
         if self._aggregator is not None:
             self._aggregator.add(chunk)
             return True
@@ -286,6 +304,56 @@ class RelayStream(Response):
         if out is not None and self._framing is not None:
             await self._write(self._framing.chunk(out), nudge=self._settings.flush_nudge)
         return True
+
+    async def _handle_sanitized(self, sanitizer: ChunkSanitizer, chunk: dict[str, Any]) -> bool:
+        """Relay what the sanitizer releases of one chunk; False once a blocked value ended the stream."""
+        self._template = chunk
+        for out in sanitizer.chunk(chunk):
+            await self._emit(out)
+        if sanitizer.blocked:
+            self._conclude_blocked(sanitizer)
+            return False
+        return True
+
+    async def _emit(self, chunk: dict[str, Any]) -> None:
+        """One sanitized chunk to the client (or into the `stream: false` answer)."""
+        if self._aggregator is not None:
+            self._aggregator.add(chunk)
+            return
+        out = self._for_client(chunk)
+        if out is None or self._framing is None:
+            return
+        assert self._sanitizer is not None
+        if out.get("usage") or any(isinstance(c, dict) and c.get("finish_reason") for c in out.get("choices") or ()):
+            out["redactions"] = dict(self._sanitizer.counts)  # the audit so far: final once every choice finished
+        frame = self._framing.chunk(out)
+        if not self._started and not _carries_text(out):
+            self._early.append(frame)  # the role chunk waits for the first text: a block before it is still a 400
+            return
+        await self._write(frame, nudge=self._settings.flush_nudge)
+
+    def _judge_tail(self, ending: Ending) -> Ending:
+        """At the end, whatever ended the stream: the sanitizer's held text is judged and kept for the terminal frame;
+        a blocked value found there ends an answer that was ending well as `content_filter` instead."""
+        sanitizer = self._sanitizer
+        if sanitizer is None or self._client_gone:
+            return ending
+        was_blocked = bool(sanitizer.blocked)
+        self._tail = sanitizer.finish(self._template)
+        if sanitizer.blocked and not was_blocked:
+            self._conclude_blocked(sanitizer, override=True)
+            return self._ending or ending
+        return ending
+
+    def _conclude_blocked(self, sanitizer: ChunkSanitizer, *, override: bool = False) -> None:
+        types = ", ".join(sanitizer.blocked)
+        message = f"The answer contained a value of a blocked type ({types}); the stream was ended."
+        if override and self._ending is not None:
+            reason = self._ending.reason
+            if reason.is_failure or reason is TerminationReason.CLIENT_CANCELLED:
+                return  # the stream failed or was cancelled: that stays its reason; the held text is withheld
+            self._ending = None
+        self._conclude(TerminationReason.CONTENT_FILTER, message, code="content_filtered")
 
     async def _within_budget(self, chunk: dict[str, Any]) -> bool:
         """Whether the chunk's tokens are reserved; if not (an extension was refused), the stream ends here and
@@ -331,7 +399,9 @@ class RelayStream(Response):
         error = f"Upstream ended the stream with finish_reason '{finish}'." if finish and reason.is_failure else None
         self._conclude(reason, error)
 
-    def _conclude(self, reason: TerminationReason, error: str | None = None, source: str | None = None) -> None:
+    def _conclude(
+        self, reason: TerminationReason, error: str | None = None, source: str | None = None, code: str | None = None
+    ) -> None:
         """Name the termination reason; the first caller wins. A cancel's latency runs from when it was
         asked for: the cancel call's arrival, or now for a disconnect."""
         if self._ending is not None:
@@ -339,7 +409,7 @@ class RelayStream(Response):
         started = None
         if source is not None:
             started = (self._cancel.requested_at if source == "cancel_call" else None) or self._clock.now()
-        self._ending = Ending(reason, error, source, started)
+        self._ending = Ending(reason, error, source, started, code)
 
     def _idle_message(self) -> str:
         return f"No upstream bytes for {self._settings.upstream_idle_timeout_s:g}s."
@@ -397,6 +467,7 @@ class RelayStream(Response):
 
     # --- output -------------------------------------------------------------------------------------
     async def _start(self, status: int, media_type: str, extra: dict[str, str] | None = None) -> None:
+        self._started = True
         headers = {**(self.ctx.ticket.headers if self.ctx.ticket else {}), **(extra or {}), "content-type": media_type}
         if self._framing is not None:
             headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
@@ -416,6 +487,11 @@ class RelayStream(Response):
         if self._client_gone:
             raise _ClientGone
         self._last_write = self._clock.now()
+        if not self._started and self._framing is not None:
+            await self._start(200, self._framing.media_type)
+        if self._early:
+            data = b"".join(self._early) + data
+            self._early.clear()
         if nudge and self._framing is not None:
             data += self._framing.nudge
         await self._raw_send({"type": "http.response.body", "body": data, "more_body": True})
@@ -431,18 +507,46 @@ class RelayStream(Response):
     async def _write_terminal(self, framing: Framing, outcome: StreamOutcome) -> None:
         if self._client_gone:
             return
-        if outcome.reason.is_failure:
+        status = ERROR_CODE_STATUS.get(outcome.error_code or "")
+        if status is not None and not self._started:  # nothing sent yet: the refusal is the whole answer
+            self._answered_whole = True
+            with contextlib.suppress(_ClientGone):
+                await self._send_error(status, outcome)
+            return
+        with contextlib.suppress(_ClientGone):
+            await self._write_tail(framing, outcome)
+        if outcome.is_error:
             frame = framing.error(error_body(self.ctx.request_id, outcome))
         else:
-            frame = framing.end(summary_body(self.ctx.request_id, self.ctx.chat.model, outcome))
+            sanitized = self._sanitizer is not None
+            frame = framing.end(summary_body(self.ctx.request_id, self.ctx.chat.model, outcome, sanitized=sanitized))
         with contextlib.suppress(_ClientGone):
             await self._write(frame)
+
+    async def _write_tail(self, framing: Framing, outcome: StreamOutcome) -> None:
+        """What the sanitizer released at the end, then (a blocked answer) each choice's `content_filter` finish."""
+        for chunk in self._tail:
+            await self._emit(chunk)
+        if outcome.error_code is None or self._template is None:
+            return
+        indexes = sorted({c.get("index", 0) for c in self._template.get("choices") or () if isinstance(c, dict)}) or [0]
+        for index in indexes:
+            finish = {"index": index, "delta": {}, "finish_reason": TerminationReason.CONTENT_FILTER.value}
+            chunk = {k: self._template[k] for k in ("object", "created", "model") if k in self._template}
+            await self._emit({**chunk, "choices": [finish]})
+
+    async def _send_error(self, status: int, outcome: StreamOutcome) -> None:
+        await self._start(status, "application/json")
+        body = dumps(error_body(self.ctx.request_id, outcome)).encode()
+        await self._raw_send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _send_json(self, outcome: StreamOutcome) -> None:
         """The one body of a `stream: false` answer: the assembled completion, or the error."""
         if self._client_gone:
             return
-        status = HTTP_STATUS.get(outcome.reason, 200)
+        for chunk in self._tail:
+            await self._emit(chunk)
+        status = ERROR_CODE_STATUS.get(outcome.error_code or "") or HTTP_STATUS.get(outcome.reason, 200)
         if status == 200:
             assert self._aggregator is not None
             ctx = self.ctx
@@ -456,3 +560,16 @@ class RelayStream(Response):
         with contextlib.suppress(_ClientGone):
             await self._start(status, "application/json", extra)
             await self._raw_send({"type": "http.response.body", "body": dumps(body).encode(), "more_body": False})
+
+
+def _carries_text(chunk: dict[str, Any]) -> bool:
+    """Whether a chunk carries answer text (content or tool-call arguments), not only a role or an id."""
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if not isinstance(delta, dict):
+            continue
+        if delta.get("content") or delta.get("refusal") or delta.get("reasoning_content") or delta.get("tool_calls"):
+            return True
+        if choice.get("finish_reason") is not None:
+            return True
+    return False

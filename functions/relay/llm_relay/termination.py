@@ -85,3 +85,10 @@ HTTP_STATUS = {
     TerminationReason.CLIENT_CANCELLED: 409,
     TerminationReason.BUDGET_EXCEEDED: 429,
 }
+
+# The terminal error's own code -> the HTTP status of a request that it ends before its first byte (a `stream: false`
+# answer, or a stream that had sent nothing yet): the compliance gate's refusals.
+ERROR_CODE_STATUS = {
+    "content_filtered": 400,
+    "guardrail_unavailable": 503,
+}

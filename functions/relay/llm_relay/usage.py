@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from .outcome import RequestContext, StreamOutcome
+from .sanitize.policy import POLICY_VERSION
 
 SECONDS_PER_DAY = 86400
 
@@ -43,6 +44,12 @@ class UsageRecord:
     mode: str = ""
     cancel_source: str | None = None
     upstream: str | None = None  # the name of the upstream that answered (or failed last); None: none was tried
+    # The compliance gate's audit trail, never the values: entity type -> count, in the answer and in the prompt;
+    # the strongest guardrail action; the version of the sanitizer's rules (None: the gate was off).
+    redactions: dict[str, int] = field(default_factory=dict)
+    prompt_redactions: dict[str, int] = field(default_factory=dict)
+    guardrail_action: str | None = None
+    policy_version: int | None = None
 
     @property
     def timestamp(self) -> str:
@@ -69,6 +76,10 @@ class UsageRecord:
             "mode": self.mode,
             "cancel_source": self.cancel_source,
             "upstream": self.upstream,
+            "redactions": dict(self.redactions),
+            "prompt_redactions": dict(self.prompt_redactions),
+            "guardrail_action": self.guardrail_action,
+            "policy_version": self.policy_version,
         }
 
 
@@ -91,6 +102,10 @@ def record_for(ctx: RequestContext, outcome: StreamOutcome) -> UsageRecord:
         mode=ctx.mode,
         cancel_source=outcome.cancel_source,
         upstream=outcome.upstream or None,
+        redactions=dict(outcome.redactions),
+        prompt_redactions=dict(ctx.prompt_redactions),
+        guardrail_action=outcome.guardrail_action,
+        policy_version=POLICY_VERSION if ctx.policy.on else None,
     )
 
 
@@ -120,8 +135,11 @@ class UsageTotals:
     unpriced_requests: int = 0
     cost_usd: Decimal = Decimal(0)
     reasons: Counter[str] = field(default_factory=Counter)
+    redactions: Counter[str] = field(default_factory=Counter)  # output and prompt together, by entity type
 
     def add(self, record: UsageRecord) -> None:
+        self.redactions.update(record.redactions)
+        self.redactions.update(record.prompt_redactions)
         self.requests += 1
         self.prompt_tokens += record.prompt_tokens
         self.completion_tokens += record.completion_tokens
@@ -149,4 +167,5 @@ class UsageTotals:
             "unpriced_requests": self.unpriced_requests,
             "cost_usd": format(self.cost_usd, "f"),
             "termination_reasons": dict(sorted(self.reasons.items())),
+            "redactions": dict(sorted(self.redactions.items())),
         }

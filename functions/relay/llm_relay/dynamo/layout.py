@@ -64,6 +64,7 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 from ..keys import ISO, ApiKey, now_iso
+from ..sanitize.policy import KeyPolicy
 from ..usage import SECONDS_PER_DAY, UsageRecord, iso_ms
 
 INDEX = "gsi1"
@@ -148,6 +149,8 @@ def key_attributes(key: ApiKey) -> dict[str, Any]:
         item["limits"] = dict(key.limits)
     if key.expires_at:
         item["key_expires_at"] = key.expires_at  # not `expires_at`: that is the table's TTL attribute
+    if key.sanitize is not None and not key.sanitize.empty:
+        item["sanitize"] = key.sanitize.as_item()
     return item
 
 
@@ -162,6 +165,7 @@ def key_from_item(item: dict[str, Any]) -> ApiKey:
         allowed_models=frozenset(models) if models is not None else None,
         limits={k: Decimal(v) for k, v in (item.get("limits") or {}).items()},
         expires_at=item.get("key_expires_at"),
+        sanitize=KeyPolicy.from_item(item.get("sanitize")),
     )
 
 
@@ -273,6 +277,10 @@ def usage_item(record: UsageRecord, retention_days: int) -> dict[str, Any]:
         "duration_ms": record.duration_ms,
         "cancel_source": record.cancel_source,
         "upstream": record.upstream,
+        "guardrail_action": record.guardrail_action,
+        "policy_version": record.policy_version,
+        "redactions": dict(record.redactions) or None,
+        "prompt_redactions": dict(record.prompt_redactions) or None,
     }
     item.update({name: value for name, value in optional.items() if value is not None})
     return item
@@ -302,4 +310,8 @@ def usage_record(item: dict[str, Any]) -> UsageRecord:
         mode=str(item.get("mode", "")),
         cancel_source=item.get("cancel_source"),
         upstream=item.get("upstream"),
+        redactions={str(k): int(v) for k, v in (item.get("redactions") or {}).items()},
+        prompt_redactions={str(k): int(v) for k, v in (item.get("prompt_redactions") or {}).items()},
+        guardrail_action=item.get("guardrail_action"),
+        policy_version=int(item["policy_version"]) if "policy_version" in item else None,
     )
