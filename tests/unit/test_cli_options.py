@@ -1,5 +1,5 @@
 """The CLI's argument types and output (pure): limits within what DynamoDB stores exactly, dates and expiries,
-key ids; plain decimals; control characters escaped."""
+key ids, sanitizer modes and entity types; plain decimals; sanitizer policies; control characters escaped."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from decimal import Decimal
 
 import pytest
 
-from llm_relay.commands import options
+from llm_relay.commands import options, sanitize_view
 from llm_relay.commands.output import jsonable, plain, printable
+from llm_relay.commands.usage import redactions_text
 from llm_relay.keys import ApiKey
+from llm_relay.sanitize.policy import ENTITY_TYPES, KeyPolicy, Policy, Side
 from llm_relay_dev.human_log import escape
 
 
@@ -48,6 +50,39 @@ def test_key_ids():
     for bad in ("1a2b", "rk_", "rk_a b", "rk_" + "a" * 65):
         with pytest.raises(argparse.ArgumentTypeError, match="not a key id"):
             options.key_id(bad)
+
+
+def test_sanitizer_modes_and_entity_types():
+    assert options.sanitize_mode(" Redact ") == "redact" and options.sanitize_mode("default") is None
+    assert options.sanitize_entities("email, iban") == frozenset({"EMAIL", "IBAN"})
+    assert options.sanitize_entities("all") == frozenset(ENTITY_TYPES) and options.sanitize_entities("default") is None
+    with pytest.raises(argparse.ArgumentTypeError, match="must be off, redact, block or default, not 'mask'"):
+        options.sanitize_mode("mask")
+    with pytest.raises(argparse.ArgumentTypeError, match=r"unknown entity type.*SSN; known: PRIVATE_KEY"):
+        options.sanitize_entities("EMAIL,SSN")
+    with pytest.raises(argparse.ArgumentTypeError, match="give entity types"):
+        options.sanitize_entities(" , ")
+
+
+def test_sanitizer_policies_as_text_and_json():
+    # GIVEN a deployment redacting the output, and a key asking for a blocked prompt on two types
+    floor = Policy(output=Side("redact"))
+    own = KeyPolicy(prompt="block", entities=frozenset({"IBAN", "EMAIL"}))
+    effective = floor.for_key(own)
+    # THEN its own policy names what it leaves to the deployment, the one in force each side's types
+    assert sanitize_view.own_text(own) == "output default, prompt block, entities EMAIL,IBAN"
+    assert sanitize_view.own_text(None) == sanitize_view.own_text(KeyPolicy()) == "default (the deployment's)"
+    assert sanitize_view.own_json(own) == {"output": None, "prompt": "block", "entities": ["EMAIL", "IBAN"]}
+    assert sanitize_view.effective_text(effective) == "output redact (all), prompt block (EMAIL,IBAN)"
+    assert sanitize_view.effective_json(floor)["prompt"] == {"mode": "off", "entities": []}
+    assert sanitize_view.short_text(effective) == "out=redact prompt=block"
+    assert sanitize_view.short_text(Policy()) == "off"
+
+
+def test_redactions_as_text():
+    assert redactions_text({"PHONE_NUMBER": 1, "EMAIL": 2}, {"EMAIL": 1}) == "EMAIL=2 PHONE_NUMBER=1 prompt:EMAIL=1"
+    assert redactions_text({}, {}) == "-" and redactions_text({"EMAIL": 0}) == "-"
+    assert redactions_text({"E\nX": 1, "E\x1bY": 1}) == "E\\nX=1 E\\x1bY=1"
 
 
 def test_expiry_of_a_key():

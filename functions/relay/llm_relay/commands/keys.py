@@ -1,5 +1,6 @@
-"""`llm-relay keys create|list|revoke|rotate|set-limits`: API keys. The plain key is printed once, at creation
-or rotation; the table holds its hash."""
+"""`llm-relay keys create|list|show|update|revoke|rotate|set-limits`: API keys. The plain key is printed once, at
+creation or rotation; the table holds its hash. A key's own limits and sanitizer policy sit on top of the
+deployment's: its limits replace the configured defaults, its sanitizer policy can only be stricter."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..keys import ISO, ApiKey, generate_key, generate_key_id, hash_key, now_iso
 from ..limits import LIMIT_NAMES, Limits
-from . import options
+from ..sanitize.policy import KeyPolicy, Policy
+from . import options, sanitize_view
 from .common import CliError
 from .output import jsonable, plain, print_json, print_table, printable
 
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    keys = commands.add_parser("keys", help="create, list, revoke and rotate keys, set their limits")
+    keys = commands.add_parser("keys", help="create, list, show, revoke and rotate keys, set their limits and policy")
     sub = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
 
     create = sub.add_parser("create", help="create a key; prints the plain key once")
@@ -29,9 +31,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     create.add_argument("--models", type=options.models, default=None, help="comma-separated allow-list (default: all)")
     create.add_argument("--expires-at", type=options.expiry, default=None, help=options.EXPIRY_HELP)
     options.limit_options(create)
+    options.sanitize_options(create)
     create.set_defaults(run=_create)
 
     sub.add_parser("list", help="list keys (never the plain keys)").set_defaults(run=_list)
+
+    show = sub.add_parser("show", help="one key: its own limits and sanitizer policy, and those in force")
+    show.add_argument("key_id", type=options.key_id)
+    show.set_defaults(run=_show)
 
     revoke = sub.add_parser("revoke", help="revoke a key (effective within the auth cache TTL)")
     revoke.add_argument("key_id", type=options.key_id)
@@ -43,19 +50,41 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     rotate.set_defaults(run=_rotate)
 
     set_limits = sub.add_parser("set-limits", help="set or clear a key's own limits and expiry")
-    set_limits.add_argument("key_id", type=options.key_id)
-    set_limits.add_argument(
-        "--expires-at", type=options.expiry, default=argparse.SUPPRESS, help=options.EXPIRY_HELP + "; 'never' clears it"
-    )
-    options.limit_options(set_limits)
+    _change_options(set_limits, sanitize=False)
     set_limits.set_defaults(run=_set_limits)
 
-    for command in (create, revoke, rotate, set_limits, sub.choices["list"]):
+    update = sub.add_parser("update", help="set or clear a key's own limits, expiry and sanitizer policy")
+    _change_options(update, sanitize=True)
+    update.set_defaults(run=_update)
+
+    for command in (create, show, revoke, rotate, set_limits, update, sub.choices["list"]):
         command.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _change_options(parser: argparse.ArgumentParser, *, sanitize: bool) -> None:
+    parser.add_argument("key_id", type=options.key_id)
+    parser.add_argument(
+        "--expires-at", type=options.expiry, default=argparse.SUPPRESS, help=options.EXPIRY_HELP + "; 'never' clears it"
+    )
+    options.limit_options(parser)
+    if sanitize:
+        options.sanitize_options(parser)
 
 
 def _given_limits(args: argparse.Namespace) -> dict[str, Decimal | None]:
     return {name: getattr(args, name) for name in LIMIT_NAMES if hasattr(args, name)}
+
+
+def _given_sanitize(args: argparse.Namespace) -> dict[str, Any]:
+    """The sanitizer fields given on the command line, as `KeyPolicy` fields (None: back to the deployment's)."""
+    fields = {dest: dest.removeprefix("sanitize_") for dest, _ in options.SANITIZE_OPTIONS.values()}
+    return {field: getattr(args, dest) for dest, field in fields.items() if hasattr(args, dest)}
+
+
+def _sanitize_with(current: KeyPolicy | None, given: dict[str, Any]) -> KeyPolicy | None:
+    """The key's own policy with the given fields changed; None once nothing of its own is left."""
+    policy = replace(current or KeyPolicy(), **given)
+    return None if policy.empty else policy
 
 
 def _create(args: argparse.Namespace, settings: Settings, stores: Stores) -> int:
@@ -67,6 +96,7 @@ def _create(args: argparse.Namespace, settings: Settings, stores: Stores) -> int
         allowed_models=args.models,
         limits=limits,
         expires_at=args.expires_at,
+        sanitize=_sanitize_with(None, _given_sanitize(args)),
     )
     secret = generate_key()
     stores.keys.put(key, hash_key(secret))
@@ -79,6 +109,7 @@ def _create(args: argparse.Namespace, settings: Settings, stores: Stores) -> int
     print(f"  limits   {limits_text(key, settings)}")
     print(f"  models   {models_text(key)}")
     print(f"  expires  {key.expires_at or 'never'}")
+    print(f"  sanitize {sanitize_view.effective_text(effective_policy(key, settings))}")
     return 0
 
 
@@ -95,12 +126,35 @@ def _list(args: argparse.Namespace, settings: Settings, stores: Stores) -> int:
             k.created_at,
             k.expires_at or "-",
             models_text(k),
+            sanitize_view.short_text(effective_policy(k, settings)),
             limits_text(k, settings),
         ]
         for k in keys
     ]
-    print_table(["KEY ID", "NAME", "STATUS", "CREATED", "EXPIRES", "MODELS", "LIMITS"], rows)
+    print_table(["KEY ID", "NAME", "STATUS", "CREATED", "EXPIRES", "MODELS", "SANITIZE", "LIMITS"], rows)
     return 0
+
+
+def _show(args: argparse.Namespace, settings: Settings, stores: Stores) -> int:
+    key, _ = existing(stores.keys, args.key_id)
+    if args.json:
+        print_json(key_view(key, settings))
+    else:
+        _print_key(key, settings)
+    return 0
+
+
+def _print_key(key: ApiKey, settings: Settings) -> None:
+    """A key's details; its own settings beside those in force (`*` in limits: the configured default)."""
+    print(f"key {key.key_id} ({printable(key.name)})")
+    print(f"  status    {_status(key)}{f' at {key.revoked_at}' if key.revoked_at else ''}")
+    print(f"  created   {key.created_at}")
+    print(f"  expires   {key.expires_at or 'never'}")
+    print(f"  models    {models_text(key)}")
+    print(f"  limits    own: {_own_limits_text(key)}")
+    print(f"            in force: {limits_text(key, settings)}")
+    print(f"  sanitize  own: {sanitize_view.own_text(key.sanitize)}")
+    print(f"            in force: {sanitize_view.effective_text(effective_policy(key, settings))}")
 
 
 def _revoke(args: argparse.Namespace, settings: Settings, stores: Stores) -> int:
@@ -136,19 +190,7 @@ def _rotate(args: argparse.Namespace, settings: Settings, stores: Stores) -> int
 
 
 def _set_limits(args: argparse.Namespace, settings: Settings, stores: Stores) -> int:
-    given = _given_limits(args)
-    if not given and not hasattr(args, "expires_at"):
-        flags = ", ".join("--" + n.replace("_", "-") for n in LIMIT_NAMES)
-        raise CliError(f"nothing to set: give at least one of {flags}, --expires-at")
-    key, key_hash = existing(stores.keys, args.key_id)
-    limits = dict(key.limits)
-    for name, value in given.items():
-        if value is None:
-            limits.pop(name, None)
-        else:
-            limits[name] = value
-    key = replace(key, limits=limits, expires_at=getattr(args, "expires_at", key.expires_at))
-    stores.keys.replace(key, key_hash)
+    key = _change(args, stores, "nothing to set")
     if args.json:
         print_json(key_view(key, settings))
     else:
@@ -157,6 +199,46 @@ def _set_limits(args: argparse.Namespace, settings: Settings, stores: Stores) ->
             f"(relays apply it within {settings.auth_cache_ttl_s:g} s)"
         )
     return 0
+
+
+def _update(args: argparse.Namespace, settings: Settings, stores: Stores) -> int:
+    key = _change(args, stores, "nothing to update")
+    if args.json:
+        print_json(key_view(key, settings))
+    else:
+        print(f"updated key {key.key_id}; relays apply it within {settings.auth_cache_ttl_s:g} s")
+        _print_key(key, settings)
+    return 0
+
+
+def _change(args: argparse.Namespace, stores: Stores, nothing: str) -> ApiKey:
+    """The key with the given limits, expiry and sanitizer fields changed (`default`: its own value cleared),
+    written back; a CliError naming the options when none was given."""
+    limits, sanitize = _given_limits(args), _given_sanitize(args)
+    if not limits and not sanitize and not hasattr(args, "expires_at"):
+        raise CliError(f"{nothing}: give at least one of {', '.join(_change_flags(args))}")
+    key, key_hash = existing(stores.keys, args.key_id)
+    own = dict(key.limits)
+    for name, value in limits.items():
+        if value is None:
+            own.pop(name, None)
+        else:
+            own[name] = value
+    key = replace(
+        key,
+        limits=own,
+        expires_at=getattr(args, "expires_at", key.expires_at),
+        sanitize=_sanitize_with(key.sanitize, sanitize),
+    )
+    stores.keys.replace(key, key_hash)
+    return key
+
+
+def _change_flags(args: argparse.Namespace) -> list[str]:
+    """The options of this command that change something: every limit, --expires-at, and the sanitizer's where
+    the command takes them."""
+    flags = ["--" + n.replace("_", "-") for n in LIMIT_NAMES] + ["--expires-at"]
+    return flags + (list(options.SANITIZE_OPTIONS) if args.keys_command == "update" else [])
 
 
 def existing(keys: KeyStore, key_id: str) -> tuple[ApiKey, str]:
@@ -171,7 +253,8 @@ def _status(key: ApiKey) -> str:
 
 
 def key_view(key: ApiKey, settings: Settings) -> dict[str, Any]:
-    """A key as JSON: its own limits (`unlimited` where it lifts a default) and the limits in force."""
+    """A key as JSON: its own limits (`unlimited` where it lifts a default) and sanitizer policy (None fields: the
+    deployment's), and the limits and policy in force."""
     return {
         "key_id": key.key_id,
         "name": key.name,
@@ -182,7 +265,14 @@ def key_view(key: ApiKey, settings: Settings) -> dict[str, Any]:
         "allowed_models": sorted(key.allowed_models) if key.allowed_models is not None else None,
         "limits": {name: "unlimited" if value < 0 else value for name, value in key.limits.items()},
         "effective_limits": jsonable(_effective(key, settings)),
+        "sanitize": sanitize_view.own_json(key.sanitize),
+        "effective_sanitize": sanitize_view.effective_json(effective_policy(key, settings)),
     }
+
+
+def effective_policy(key: ApiKey, settings: Settings) -> Policy:
+    """The sanitizer policy in force for the key: its own, floored by the deployment's."""
+    return settings.sanitize_policy.for_key(key.sanitize)
 
 
 def _effective(key: ApiKey, settings: Settings) -> dict[str, Any]:
@@ -200,6 +290,11 @@ def limits_text(key: ApiKey, settings: Settings) -> str:
         if value != "unlimited" or name in key.limits
     ]
     return " ".join(parts) if parts else "unlimited"
+
+
+def _own_limits_text(key: ApiKey) -> str:
+    own = [f"{n}={'unlimited' if key.limits[n] < 0 else plain(key.limits[n])}" for n in LIMIT_NAMES if n in key.limits]
+    return " ".join(own) if own else "none (the configured defaults)"
 
 
 def models_text(key: ApiKey) -> str:

@@ -12,6 +12,7 @@ from decimal import Decimal
 
 from ..keys import ISO
 from ..limits import LIMIT_NAMES, parse_limit
+from ..sanitize.policy import ENTITY_TYPES, MODES, Mode, parse_entities
 
 MAX_LIMIT = Decimal(10) ** 15  # far above any real limit, far inside what DynamoDB stores exactly
 MAX_PLACES = 12  # USD to a millionth of a micro-dollar
@@ -35,6 +36,54 @@ def limit_options(parser: argparse.ArgumentParser) -> None:
             default=argparse.SUPPRESS,
             help=f"{name}: a number, 'unlimited', or 'default' (use the configured default)",
         )
+
+
+#: The sanitizer options of `keys create|update`: option, its `dest`, what it sets.
+SANITIZE_OPTIONS = {
+    "--sanitize": ("sanitize_output", "the output sanitizer"),
+    "--sanitize-prompt": ("sanitize_prompt", "the prompt sanitizer"),
+    "--sanitize-entities": ("sanitize_entities", "the entity types the sanitizer looks for"),
+}
+
+
+def sanitize_options(parser: argparse.ArgumentParser) -> None:
+    """The key's own sanitizer policy; the deployment's (RELAY_SANITIZE...) stays a floor it cannot loosen."""
+    for option, (dest, text) in SANITIZE_OPTIONS.items():
+        entities = dest == "sanitize_entities"
+        parser.add_argument(
+            option,
+            dest=dest,
+            metavar="TYPES" if entities else "MODE",
+            type=sanitize_entities if entities else sanitize_mode,
+            default=argparse.SUPPRESS,
+            help=f"{text}: "
+            + ("comma-separated (EMAIL,CREDIT_CARD,...), 'all'" if entities else f"{', '.join(MODES)}")
+            + ", or 'default' (the deployment's)",
+        )
+
+
+def sanitize_mode(text: str) -> Mode | None:
+    """A sanitizer mode, or None for `default` (the key follows the deployment's)."""
+    value = text.strip().lower()
+    if value == "default":
+        return None
+    for mode in MODES:
+        if value == mode:
+            return mode
+    raise argparse.ArgumentTypeError(f"the sanitizer mode must be {', '.join(MODES)} or default, not {text!r}")
+
+
+def sanitize_entities(text: str) -> frozenset[str] | None:
+    """Entity type names (`EMAIL,CREDIT_CARD`, `all`), or None for `default` (the deployment's)."""
+    value = text.strip()
+    if value.lower() == "default":
+        return None
+    if not value.strip(", "):
+        raise argparse.ArgumentTypeError(f"give entity types ({', '.join(ENTITY_TYPES)}), all, or default")
+    try:
+        return parse_entities(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def limit(name: str) -> Callable[[str], Decimal | None]:

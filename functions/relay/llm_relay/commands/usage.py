@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..usage import UsageRecord, UsageTotals, iso_ms
@@ -24,8 +24,8 @@ GROUPS: dict[str, Callable[[UsageRecord], str]] = {
     "upstream": lambda record: record.upstream or "-",  # "-": refused before any upstream was tried
 }
 RECORD_HEADERS = ["TIME", "KEY ID", "REQUEST ID", "MODEL", "REASON", "PROMPT", "COMPLETION", "COST USD", "TTFT MS"]
-RECORD_HEADERS += ["DURATION MS"]
-TOTAL_HEADERS = ["REQUESTS", "PROMPT", "COMPLETION", "TOTAL", "COST USD", "ESTIMATED", "UNPRICED"]
+RECORD_HEADERS += ["DURATION MS", "REDACTIONS"]
+TOTAL_HEADERS = ["REQUESTS", "PROMPT", "COMPLETION", "TOTAL", "COST USD", "ESTIMATED", "UNPRICED", "REDACTIONS"]
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -101,7 +101,7 @@ def _total_cells(totals: UsageTotals) -> list[str]:
     return (
         [str(n) for n in counts]
         + [plain(totals.cost_usd), str(totals.estimated_requests)]
-        + [str(totals.unpriced_requests)]
+        + [str(totals.unpriced_requests), redactions_text(totals.redactions)]
     )
 
 
@@ -119,7 +119,15 @@ def record_cells(record: UsageRecord) -> list[str]:
         "unknown" if record.cost_usd is None else plain(record.cost_usd),
         "-" if record.ttft_ms is None else f"{record.ttft_ms:.0f}",
         "-" if record.duration_ms is None else f"{record.duration_ms:.0f}",
+        redactions_text(record.redactions, record.prompt_redactions),
     ]
+
+
+def redactions_text(output: Mapping[str, int], prompt: Mapping[str, int] | None = None) -> str:
+    """What the sanitizer caught, by entity type: `EMAIL=2 PHONE_NUMBER=1 prompt:EMAIL=1`; `-` when nothing."""
+    parts = [f"{printable(name)}={count}" for name, count in sorted(output.items()) if count]
+    parts += [f"prompt:{printable(name)}={count}" for name, count in sorted((prompt or {}).items()) if count]
+    return " ".join(parts) or "-"
 
 
 def _print_totals(totals: UsageTotals) -> None:
@@ -131,3 +139,4 @@ def _print_totals(totals: UsageTotals) -> None:
     )
     reasons = ", ".join(f"{reason} {count}" for reason, count in data["termination_reasons"].items())
     print(f"termination reasons: {reasons or '-'}")
+    print(f"redactions: {redactions_text(totals.redactions)}")
