@@ -59,6 +59,9 @@ class DevEcho:
             f" tokens={usage.prompt_tokens}+{usage.completion_tokens}{' (est)' if usage.estimated else ''}"
             f" ttft={ttft} duration={outcome.duration_s * 1000:.0f}ms"
         )
+        caught = {**{f"prompt:{k}": v for k, v in ctx.prompt_redactions.items()}, **outcome.redactions}
+        if caught:
+            line += " redactions=" + ",".join(f"{name}={count}" for name, count in sorted(caught.items()))
         print(f"[relay] {escape(line)}", flush=True)
 
 

@@ -19,6 +19,7 @@ from llm_relay.sanitize.policy import ENTITY_TYPES, KeyPolicy
 from llm_relay.sanitize.scanner import redact
 from tests.conftest import Relay, RelayFactory, Upstream
 from tests.integration.helpers import RecordingFinalizer, chat_body, ndjson_lines, sse_events
+from tests.waiting import wait_until
 
 ANSWER = (
     "Sure. Write to jane.roe@example.org or call +1 415-555-2671; the card on file is 4111 1111 1111 1111 "
@@ -37,9 +38,7 @@ def _mock(text: str = ANSWER, chunk_chars: int = 3, **extra: Any) -> dict[str, A
 
 
 def _content(chunks: list[dict[str, Any]]) -> str:
-    return "".join(
-        choice["delta"].get("content") or "" for chunk in chunks for choice in chunk.get("choices") or ()
-    )
+    return "".join(choice["delta"].get("content") or "" for chunk in chunks for choice in chunk.get("choices") or ())
 
 
 @pytest.fixture
@@ -96,9 +95,9 @@ def test_sse_redacts_values_split_across_chunks_for_the_openai_sdk(
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_ndjson_through_curl_redacts_and_summarises(redacting: Relay) -> None:
     body = json.dumps(chat_body(mock=_mock(chunk_chars=1)))
+    headers = ["-H", f"authorization: Bearer {redacting.key}", "-H", "content-type: application/json"]
     result = subprocess.run(
-        ["curl", "-sN", "-H", f"authorization: Bearer {redacting.key}", "-H", "content-type: application/json"]
-        + ["--data-binary", body, f"{redacting.url}/api/v1/chat/stream"],
+        ["curl", "-sN", *headers, "--data-binary", body, f"{redacting.url}/api/v1/chat/stream"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -146,7 +145,8 @@ def test_block_before_the_first_byte_is_a_400(blocking: Relay, recorder: Recordi
         outcome = recorder.wait(response.headers["x-request-id"])
         assert outcome.reason.value == "content_filter" and dict(outcome.redactions) == {"EMAIL": 1}
     plain = httpx.post(
-        f"{blocking.url}/v1/chat/completions", json=chat_body(mock=_mock(text="Mail jane.roe@example.org now.")),
+        f"{blocking.url}/v1/chat/completions",
+        json=chat_body(mock=_mock(text="Mail jane.roe@example.org now.")),
         headers=blocking.headers(),
     )
     assert plain.status_code == 400 and plain.json()["error"]["code"] == "content_filtered"
@@ -225,10 +225,70 @@ def _key(relay: Relay, policy: KeyPolicy) -> str:
 
 
 def _wait_record(relay: Relay, request_id: str) -> Any:
-    from tests.waiting import wait_until
-
     def found() -> Any:
         records = relay.stores.usage.for_key(relay.api_key.key_id, 0, 2**31)
         return next((r for r in records if r.request_id == request_id), None)
 
     return wait_until(found, f"the usage record of {request_id}")
+
+
+# --- a stream cut short: the held tail is judged before the terminal frame, and withheld if it may begin a value ----
+CUT_TEXT = "Clean start of the answer. Mail jane.roe@example.org please."
+CUT_AFTER = 12  # 4-character chunks: the twelfth ends inside the address ("...jane.roe@exam")
+
+
+def test_an_upstream_error_mid_value_withholds_the_unjudged_tail(
+    redacting: Relay, recorder: RecordingFinalizer
+) -> None:
+    # GIVEN an answer that fails (an error event) right after the first part of an e-mail address
+    body = chat_body(mock=_mock(text=CUT_TEXT, chunk_chars=4, error_after=CUT_AFTER))
+    response = httpx.post(f"{redacting.url}/api/v1/chat/stream", json=body, headers=redacting.headers())
+    lines = ndjson_lines(response.text)
+    # THEN the stream ends with its terminal error, and the client read the clean text but no part of the address
+    assert lines[-1]["error"]["code"] == "upstream_error"
+    sent = _content(lines[:-1])
+    assert sent == "Clean start of the answer. Mail "
+    outcome = recorder.wait(response.headers["x-request-id"])
+    assert outcome.chunks == CUT_AFTER + 1  # the role chunk and every piece: the address's first part was read
+
+
+def test_the_deadline_mid_value_withholds_the_unjudged_tail(
+    make_relay: RelayFactory, recorder: RecordingFinalizer, upstream: Upstream
+) -> None:
+    # GIVEN a relay whose deadline comes 1 s in, and an answer that stalls inside an e-mail address
+    relay = make_relay(
+        sanitize="redact", function_timeout_s=2.0, deadline_margin_s=1.0, app_kwargs={"finalizers": [recorder]}
+    )
+    body = chat_body(stream=True, mock=_mock(text=CUT_TEXT, chunk_chars=4, stall_after=CUT_AFTER))
+    response = httpx.post(f"{relay.url}/v1/chat/completions", json=body, headers=relay.headers())
+    events = sse_events(response.text)
+    # THEN the deadline's terminal frame ends it, after the clean text and nothing of the address
+    assert json.loads(events[-1])["error"]["code"] == "deadline"
+    assert _content([json.loads(e) for e in events[:-1]]) == "Clean start of the answer. Mail "
+    outcome = recorder.wait(response.headers["x-request-id"])
+    assert outcome.reason.value == "deadline"
+    assert outcome.chunks == CUT_AFTER + 1
+
+
+def test_a_cancel_call_mid_value_withholds_the_unjudged_tail(
+    redacting: Relay, recorder: RecordingFinalizer, upstream: Upstream
+) -> None:
+    body = chat_body(mock=_mock(text=CUT_TEXT, chunk_chars=4, stall_after=CUT_AFTER))
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream("POST", f"{redacting.url}/api/v1/chat/stream", json=body, headers=redacting.headers()) as resp,
+    ):
+        request_id = resp.headers["x-request-id"]
+        lines = resp.iter_lines()
+        received = []
+        for line in lines:  # read until the clean text before the address is in: the relay has read that far
+            received.append(json.loads(line))
+            if _content(received).endswith("Mail "):
+                break
+        wait_until(lambda: upstream.state.requests[request_id].chunks_sent == CUT_AFTER, "the stall")
+        assert httpx.post(f"{redacting.url}/v1/requests/{request_id}/cancel", headers=redacting.headers()).status_code
+        received += [json.loads(line) for line in lines if line.strip()]
+    # THEN the summary line ends it, after the clean text and nothing of the address
+    assert received[-1]["termination_reason"] == "client_cancelled"
+    assert _content(received[:-1]) == "Clean start of the answer. Mail "
+    assert recorder.wait(request_id).reason.value == "client_cancelled"

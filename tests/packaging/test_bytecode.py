@@ -108,7 +108,8 @@ def test_nothing_of_the_artifact_is_compiled_when_it_starts(
 
 
 # What start-up must not import: modules only other paths need (the CLI, the price generator, secrets when none is
-# configured, the kinds of upstream the default table does not use) and FastAPI's pydantic v1 check (a response
+# configured, the kinds of upstream the default table does not use, the compliance gate's recognizers and guardrail
+# while it is off) and FastAPI's pydantic v1 check (a response
 # model built from a route's return type imports `pydantic.v1`: ~20 ms of a cold start at full core).
 NOT_AT_START = (
     "pydantic.v1",
@@ -119,6 +120,13 @@ NOT_AT_START = (
     "aws_lambda_powertools.utilities.parameters",
     "llm_relay.upstreams.bedrock",
     "llm_relay.upstreams.ndjson",
+    "llm_relay.sanitize.recognizers",
+    "llm_relay.sanitize.scanner",
+    "llm_relay.sanitize.chunks",
+    "llm_relay.sanitize.guardrail",
+    "regex",
+    "phonenumbers",
+    "stdnum",
 )
 
 

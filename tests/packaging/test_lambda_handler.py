@@ -63,3 +63,29 @@ def test_the_handler_refuses_without_an_upstream_url(
     with pytest.raises(ConfigurationError, match="RELAY_UPSTREAM_URL"):
         lambda_handler.handler(load_event("healthz"), None)
     assert lambda_handler._adapter is None
+
+
+def test_buffered_invocations_are_sanitized_by_the_same_code(fresh_handler, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a sandbox whose deployment redacts answers, and an answer with an e-mail address split across chunks
+    monkeypatch.setenv("RELAY_SANITIZE", "redact")
+    text = "Write to jane.roe@example.org today."
+    for name in ("chat-streamed", "chat-ndjson", "chat-buffered"):
+        event = load_event(name)
+        body = json.loads(event["body"])
+        body["mock"] = {"text": text, "chunk_chars": 4, "chunk_delay_ms": 0, "ttft_ms": 0}
+        event["body"] = json.dumps(body)
+        # WHEN Mangum handles the buffered invocation
+        response = lambda_handler.handler(event, None)
+        # THEN the body carries the redacted answer and never the value
+        assert response["statusCode"] == 200, response["body"]
+        assert "jane.roe" not in response["body"]
+        assert "Write to [EMAIL] today." in _answer_text(response["body"])
+
+
+def _answer_text(body: str) -> str:
+    """The answer's text in a buffered body: the one JSON completion, or the chunks of an SSE or NDJSON stream."""
+    if body.startswith("{") and '"chat.completion"' in body:
+        return str(json.loads(body)["choices"][0]["message"]["content"])
+    lines = [line.removeprefix("data: ") for line in body.splitlines() if line.strip()]
+    chunks = [json.loads(line) for line in lines if line.startswith("{")]
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c.get("choices"))

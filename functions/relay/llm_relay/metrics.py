@@ -38,6 +38,8 @@ ADMISSION_ATTEMPTS = "AdmissionAttempts"
 USAGE_WRITE_FAILED = "UsageWriteFailed"
 BUDGET_EXTENSIONS = "BudgetExtensions"
 RECONCILED_LOST = "RequestsReconciledLost"  # requests the reconciler settled as `lost` (alarm: above zero)
+REDACTIONS = "Redactions"  # values the compliance gate caught, by entity type and side (prompt or output)
+GUARDRAIL = "GuardrailInterventions"  # Bedrock guardrail outcomes other than none: ANONYMIZED, BLOCKED, unavailable
 
 # Dimension names.
 REASON = "reason"
@@ -47,6 +49,9 @@ CHANNEL = "channel"
 LIMIT = "limit"
 POLICY = "policy"
 RESULT = "result"
+ENTITY = "entity"
+SIDE = "side"
+ACTION = "action"
 
 OTHER_MODEL = "other"
 
@@ -96,6 +101,8 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec(USAGE_WRITE_FAILED, MetricUnit.Count, (BY_SERVICE,)),
     MetricSpec(BUDGET_EXTENSIONS, MetricUnit.Count, ((RESULT, SERVICE),)),
     MetricSpec(RECONCILED_LOST, MetricUnit.Count, (BY_SERVICE,)),
+    MetricSpec(REDACTIONS, MetricUnit.Count, ((ENTITY, SIDE, SERVICE),)),
+    MetricSpec(GUARDRAIL, MetricUnit.Count, ((ACTION, SERVICE),)),
 )
 SPECS = {spec.name: spec for spec in CATALOGUE}
 
@@ -172,3 +179,12 @@ class MetricsEmitter:
             self.emit({UPSTREAM_ERRORS: count}, {STATUS_CLASS: status_class})
         if outcome.cancel_latency_s is not None and outcome.cancel_source is not None:
             self.emit({CANCEL_LATENCY: outcome.cancel_latency_s * 1000}, {CHANNEL: outcome.cancel_source})
+        self.redactions(ctx.prompt_redactions, "prompt")
+        self.redactions(outcome.redactions, "output")
+        if outcome.guardrail_action not in (None, "NONE"):
+            self.emit({GUARDRAIL: 1}, {ACTION: str(outcome.guardrail_action)})
+
+    def redactions(self, counts: Mapping[str, int], side: str) -> None:
+        """The compliance gate's catches: entity types are a fixed, built-in set (a low-cardinality dimension)."""
+        for entity, count in sorted(counts.items()):
+            self.emit({REDACTIONS: count}, {ENTITY: entity, SIDE: side})

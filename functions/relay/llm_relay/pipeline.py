@@ -89,6 +89,10 @@ class Pipeline:
         self._pricer = pricer
         self.leases = leases or LeaseKeeper(requests, settings.lease_s)
         self._policy = settings.sanitize_policy  # the deployment's: the floor of every key's
+        if self._policy.on:  # at start-up (more CPU than a request gets on Lambda), not on the first request
+            from .sanitize.chunks import warm
+
+            warm(self._policy.entities, settings.sanitize_phone_region)
         self.upstreams: Upstreams | None = None  # opened by the app's lifespan
 
     async def chat(self, request: Request, *, ndjson: bool) -> Response:

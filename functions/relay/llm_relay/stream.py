@@ -42,6 +42,15 @@ REMAINDER_MAX_BYTES = 8 * 1024 * 1024  # at the deadline, upstream bytes read (n
 REMAINDER_IDLE_S = 0.25  # ... until it sends nothing for this long (it is still generating: we stop it)
 REMAINDER_MAX_S = 0.5  # ... and for this long at most: a model still generating is closed, not listened to
 OnEnd = Callable[[StreamOutcome], Awaitable[None]]
+# Endings where the upstream finished the answer itself: the sanitizer judges its tail as complete text.
+_FINISHED = frozenset(
+    {
+        TerminationReason.STOP,
+        TerminationReason.LENGTH,
+        TerminationReason.TOOL_CALLS,
+        TerminationReason.CONTENT_FILTER,
+    }
+)
 
 
 class _ClientGone(Exception):
@@ -339,7 +348,7 @@ class RelayStream(Response):
         if sanitizer is None or self._client_gone:
             return ending
         was_blocked = bool(sanitizer.blocked)
-        self._tail = sanitizer.finish(self._template)
+        self._tail = sanitizer.finish(self._template, complete=ending.reason in _FINISHED)
         if sanitizer.blocked and not was_blocked:
             self._conclude_blocked(sanitizer, override=True)
             return self._ending or ending

@@ -14,10 +14,16 @@ from aws_lambda_powertools import Logger
 
 from .metrics import MetricsEmitter
 from .outcome import RequestContext, StreamOutcome
+from .sanitize.policy import POLICY_VERSION
 
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
+
+
+def _policy_text(ctx: RequestContext) -> str:
+    policy = ctx.policy
+    return f"output={policy.output.mode} prompt={policy.prompt.mode} v{POLICY_VERSION}"
 
 
 class Telemetry:
@@ -48,6 +54,11 @@ class Telemetry:
             "cancel_source": outcome.cancel_source,
             "cancel_latency_ms": _ms(outcome.cancel_latency_s),
             "error": outcome.error,
+            # The compliance gate's audit: counts by entity type, never a value.
+            "redactions": dict(outcome.redactions) or None,
+            "prompt_redactions": dict(ctx.prompt_redactions) or None,
+            "guardrail_action": outcome.guardrail_action,
+            "sanitize_policy": _policy_text(ctx) if ctx.policy.on else None,
         }
         self.logger.info("request finished", extra={k: v for k, v in fields.items() if v is not None})
         self.metrics.request_finished(ctx, outcome)

@@ -20,7 +20,7 @@ from typing import Any
 
 from .policy import Mode
 from .recognizers import builtin
-from .scanner import Detector, Piece, Scanner
+from .scanner import Detector, Piece, Scanner, redact
 
 _TEXT_FIELDS = ("content", "refusal", "reasoning_content")
 Channel = tuple[Any, ...]  # (choice index, field) or (choice index, "tool", tool-call index)
@@ -31,6 +31,13 @@ def detector_for(entities: frozenset[str], phone_region: str) -> Detector:
     """The compiled recognizers of a set of entity types, built once per process and shared by every stream."""
     recognizers = builtin(phone_region)
     return Detector(recognizers[name] for name in recognizers if name in entities)
+
+
+def warm(entities: frozenset[str], phone_region: str) -> None:
+    """Load and compile the recognizers at start-up, and phonenumbers' metadata of the region (read on its first
+    use), so that the first request of a relay whose deployment turns the gate on does not pay for them."""
+    detector = detector_for(entities, phone_region)
+    redact(detector, "call +1 415-555-2671 or 020 7946 0958 at a@b.co", lambda entity: entity)
 
 
 class ChunkSanitizer:
@@ -75,11 +82,12 @@ class ChunkSanitizer:
             out.append(chunk)
         return out
 
-    def finish(self, template: dict[str, Any] | None) -> list[dict[str, Any]]:
-        """Judge and release every held tail (the stream ends): chunks shaped after `template`."""
+    def finish(self, template: dict[str, Any] | None, *, complete: bool) -> list[dict[str, Any]]:
+        """Judge every held tail as the stream ends: chunks shaped after `template`. `complete`: the upstream
+        finished the answer; otherwise it was cut, and a tail that may begin a value is withheld."""
         if self.blocked:
             return []
-        return self._flush(template or {}, lambda channel: True)
+        return self._flush(template or {}, lambda channel: True, complete=complete)
 
     # --- text channels ----------------------------------------------------------------------------------------
     def _sanitize_delta(self, index: int, delta: dict[str, Any]) -> None:
@@ -140,14 +148,16 @@ class ChunkSanitizer:
     def _render(self, entity: str) -> str:
         return self._placeholder.format(entity=entity)
 
-    def _flush(self, template: dict[str, Any], which: Callable[[Channel], bool]) -> list[dict[str, Any]]:
+    def _flush(
+        self, template: dict[str, Any], which: Callable[[Channel], bool], *, complete: bool = True
+    ) -> list[dict[str, Any]]:
         """Release the held tails of the channels `which` selects, judged as final: one chunk per choice."""
         deltas: dict[int, dict[str, Any]] = {}
         for channel in [c for c in self._scanners if which(c)]:
             scanner = self._scanners.pop(channel)
             if self.blocked:
                 continue
-            text = self._judged(scanner.finish())
+            text = self._judged(scanner.finish(complete=complete))
             if text:
                 _put(deltas.setdefault(channel[0], {}), channel, text)
         return [_flush_chunk(template, index, delta) for index, delta in sorted(deltas.items())]

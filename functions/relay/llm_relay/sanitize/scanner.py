@@ -143,8 +143,15 @@ class Scanner:
         self._text += text
         return self._release(final=False)
 
-    def finish(self) -> Piece:
-        return self._release(final=True)
+    def finish(self, *, complete: bool = True) -> Piece:
+        """Decide the held text. `complete`: the text ended where its author ended it, so the tail is judged as it
+        is. Otherwise (the stream was cut: a cancel, an error, the deadline) what is decided is released and the
+        rest is withheld: it may be the first part of a value, which no recognizer can confirm any more."""
+        if complete:
+            return self._release(final=True)
+        piece = self._release(final=False)
+        self._text, self._pos = "", 0
+        return piece
 
     def _release(self, *, final: bool) -> Piece:
         text, pos = self._text, self._pos
