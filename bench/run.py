@@ -2,13 +2,17 @@
 
     make bench            (or: .venv/bin/python -m bench.run --rounds 3)
 
-Starts the local DynamoDB (`make dynamodb`), the mock upstream, two relays (flush nudge off / on), the relay
+Starts the local DynamoDB (`make dynamodb`), the mock upstream, two relays (flush nudge off / on), the relay with
+the compliance gate redacting (default entity types), the relay
 without DynamoDB writes and a bare FastAPI + httpx pass-through (bench/passthrough.py) as separate processes on
 loopback, then per round: 10 single streams one after another and 50 concurrent streams of 200 chunks 5 ms
 apart, against the direct upstream and each of them; relay RSS before/after each round; the 50-stream targets
 (TTFT p50 within direct + 40 ms, duration p50 within 1.10x direct, medians over the rounds); then the cancel
 latency (client closes, upstream sees the close; checked against its budget, BUDGETS_MS), a DynamoDB round trip
-for scale, and an RSS soak (2,000 streams, 50 at a time: growth after warm-up at most 5 MB).
+for scale, and an RSS soak (2,000 streams, 50 at a time: growth after warm-up at most 5 MB). The compliance gate
+against the relay without it (single-stream TTFT within + 15 ms, duration within 1.03x, CPU per chunk within
++ 40 us; medians over the rounds) and its holdback: the most characters it held (its summary line) and the longest
+a character of the answer reached the client later than through the relay without it.
 Writes bench/results/latest.json and prints a table.
 """
 
@@ -31,6 +35,8 @@ from typing import Any
 import httpx
 import psutil
 
+from llm_relay_dev.mock_upstream import WORDS
+
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "lr-bench-key"
 CHUNKS = 200
@@ -43,6 +49,10 @@ CONCURRENT_TTFT_OVER_DIRECT_MS = 40.0  # 50 streams: relay TTFT p50 at most dire
 CONCURRENT_DURATION_RATIO = 1.10  # 50 streams: relay duration p50 at most direct's times this
 SOAK_WARM_UP = 200  # streams before the soak's RSS baseline
 SOAK_GROWTH_MB = 5.0
+ANSWER_CHARS = sum(len(WORDS[i % len(WORDS)]) for i in range(CHUNKS))  # the mock's answer of CHUNKS words
+SANITIZE_TTFT_OVER_RELAY_MS = 15.0  # single stream: the gate's TTFT p50 at most the relay's + this
+SANITIZE_DURATION_RATIO = 1.03  # single stream: the gate's duration p50 at most the relay's times this
+SANITIZE_CPU_PER_CHUNK_US = 40.0  # 50 streams: the gate's relay CPU per chunk at most the relay's + this
 
 
 def free_port() -> int:
@@ -84,6 +94,7 @@ class StreamResult:
     close_ms: float  # until the response body closed (the relay finalizes before closing it)
     chunks: int
     ok: bool
+    arrivals: list[tuple[float, int]] = field(default_factory=list)  # (ms since the request, answer chars so far)
 
 
 @dataclass
@@ -91,12 +102,14 @@ class Series:
     ttft_ms: list[float] = field(default_factory=list)
     duration_ms: list[float] = field(default_factory=list)
     close_ms: list[float] = field(default_factory=list)
+    arrivals: list[list[tuple[float, int]]] = field(default_factory=list)
     errors: int = 0
 
     def add(self, result: StreamResult) -> None:
         if not result.ok:
             self.errors += 1
             return
+        self.arrivals.append(result.arrivals)
         self.ttft_ms.append(result.ttft_ms)
         self.duration_ms.append(result.duration_ms)
         self.close_ms.append(result.close_ms)
@@ -124,6 +137,8 @@ async def one_stream(client: httpx.AsyncClient, url: str, headers: dict[str, str
     ttft = None
     chunks = 0
     done_at = None
+    arrivals: list[tuple[float, int]] = []
+    chars = 0
     try:
         async with client.stream("POST", url, json=body, headers=headers) as response:
             if response.status_code != 200:
@@ -131,15 +146,18 @@ async def one_stream(client: httpx.AsyncClient, url: str, headers: dict[str, str
             async for line in response.aiter_lines():
                 if line.startswith("data: {") and '"content":"' in line and '"content":""' not in line:
                     chunks += 1
+                    now = time.perf_counter() - started
+                    chars += len(json.loads(line[6:])["choices"][0]["delta"]["content"])
+                    arrivals.append((now * 1000, chars))
                     if ttft is None:
-                        ttft = time.perf_counter() - started
+                        ttft = now
                 elif line == "data: [DONE]":
                     done_at = time.perf_counter() - started
     except httpx.HTTPError:
         return StreamResult(0, 0, 0, chunks, False)
     closed = time.perf_counter() - started
-    ok = done_at is not None and chunks == CHUNKS and ttft is not None
-    return StreamResult((ttft or 0) * 1000, (done_at or 0) * 1000, closed * 1000, chunks, ok)
+    ok = done_at is not None and chars == ANSWER_CHARS and ttft is not None
+    return StreamResult((ttft or 0) * 1000, (done_at or 0) * 1000, closed * 1000, chunks, ok, arrivals)
 
 
 async def run_batch(url: str, headers: dict[str, str], concurrency: int, repeat: int) -> Series:
@@ -213,6 +231,60 @@ def concurrent_targets(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def later_by_ms(base: Series, other: Series) -> float:
+    """How much later, at most, a character of the answer reached the client through `other` than through `base`:
+    per character offset, the median arrival over the series' streams, compared."""
+
+    def medians(series: Series) -> list[float]:
+        total = min(stream[-1][1] for stream in series.arrivals)
+        per_stream = []
+        for stream in series.arrivals:
+            at, i = [], 0
+            for offset in range(1, total + 1):
+                while stream[i][1] < offset:
+                    i += 1
+                at.append(stream[i][0])
+            per_stream.append(at)
+        return [statistics.median(column) for column in zip(*per_stream, strict=True)]
+
+    first, second = medians(base), medians(other)
+    return max(b - a for a, b in zip(first, second, strict=False))
+
+
+def sanitize_targets(rounds: list[dict[str, Any]], concurrency: int) -> dict[str, Any]:
+    """The compliance gate against the relay without it, medians over the rounds."""
+    gate, relay = "relay+sanitize", "relay"
+    ttft = statistics.median(r[gate]["single"]["ttft_p50_ms"] - r[relay]["single"]["ttft_p50_ms"] for r in rounds)
+    ratio = statistics.median(
+        r[gate]["single"]["duration_p50_ms"] / r[relay]["single"]["duration_p50_ms"] for r in rounds
+    )
+    chunks = concurrency * CHUNKS
+    cpu = {name: statistics.median(r[name]["cpu_s"][name] for r in rounds) / chunks * 1e6 for name in (gate, relay)}
+    return {
+        "ttft_p50_over_relay_ms": round(ttft, 2),
+        "duration_p50_ratio": round(ratio, 4),
+        "cpu_per_chunk_us": {name: round(value, 1) for name, value in cpu.items()},
+        "cpu_per_chunk_over_relay_us": round(cpu[gate] - cpu[relay], 1),
+        "holdback_ms_max": max(r["holdback_ms"] for r in rounds),
+        "met": ttft <= SANITIZE_TTFT_OVER_RELAY_MS
+        and ratio <= SANITIZE_DURATION_RATIO
+        and cpu[gate] - cpu[relay] <= SANITIZE_CPU_PER_CHUNK_US,
+    }
+
+
+async def holdback_chars(relay_url: str, headers: dict[str, str]) -> int:
+    """The most characters the gate held back in one bench stream, as its NDJSON summary line reports it."""
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "bench"}],
+        "mock": {"tokens": CHUNKS, "chunk_delay_ms": CHUNK_DELAY_MS, "ttft_ms": TTFT_MS},
+    }
+    async with httpx.AsyncClient(timeout=60) as client:
+        response = await client.post(f"{relay_url}/api/v1/chat/stream", json=body, headers=headers)
+    summary = json.loads(response.text.strip().splitlines()[-1])
+    return int(summary["holdback_chars"])
+
+
 def rss_soak(url: str, proc: psutil.Process, headers: dict[str, str], streams: int, concurrency: int) -> dict[str, Any]:
     """`streams` streams through one relay, `concurrency` at a time: its RSS after warm-up and at the end."""
     target = f"{url}/v1/chat/completions"
@@ -259,6 +331,7 @@ def main() -> None:
         variants = (
             ("relay", "false", "llm_relay_dev.devserver"),
             ("relay+nudge", "true", "llm_relay_dev.devserver"),
+            ("relay+sanitize", "false", "llm_relay_dev.devserver"),
             ("relay, no DynamoDB", "false", "bench.relay_without_state"),
             ("pass-through", "false", "bench.passthrough"),
         )
@@ -273,6 +346,7 @@ def main() -> None:
                     "RELAY_UPSTREAM_URL": f"{mock_url}/v1",
                     "RELAY_FLUSH_NUDGE": nudge,
                     "UPSTREAM_URL": f"{mock_url}/v1",
+                    "RELAY_SANITIZE": "redact" if name == "relay+sanitize" else "off",
                 },
             )
             procs.append(proc)
@@ -304,6 +378,7 @@ def main() -> None:
         for round_no in range(1, args.rounds + 1):
             rss_before = {name: proc.memory_info().rss / 2**20 for name, (_, proc) in relays.items()}
             entry: dict[str, Any] = {"round": round_no}
+            singles: dict[str, Series] = {}
             for name, url in targets.items():
                 single = asyncio.run(run_batch(url, headers, 1, 10))
                 cpu_before = cpu_seconds(watched)
@@ -311,10 +386,12 @@ def main() -> None:
                 cpu = {k: round(v - cpu_before[k], 2) for k, v in cpu_seconds(watched).items()}
                 cpu = {k: v for k, v in cpu.items() if k in ("moto", "mock", "client", name)}
                 entry[name] = {"single": single.summary(), "concurrent": many.summary(), "cpu_s": cpu}
+                singles[name] = single
             entry["rss_mb"] = {
                 name: {"before": round(rss_before[name], 1), "after": round(proc.memory_info().rss / 2**20, 1)}
                 for name, (_, proc) in relays.items()
             }
+            entry["holdback_ms"] = round(later_by_ms(singles["relay"], singles["relay+sanitize"]), 2)
             report["rounds"].append(entry)
             print(f"round {round_no}: " + json.dumps(entry), flush=True)
         cancels = asyncio.run(cancel_latency(relays["relay"][0], mock_url, 20))
@@ -333,6 +410,8 @@ def main() -> None:
         }
         report["dynamodb_round_trip_p50_ms"] = dynamodb_round_trip_ms(moto_url)
         report["targets"] = concurrent_targets(report["rounds"])
+        report["sanitize"] = sanitize_targets(report["rounds"], args.concurrency)
+        report["sanitize"]["holdback_chars"] = asyncio.run(holdback_chars(relays["relay+sanitize"][0], headers))
         if args.soak:
             report["soak"] = rss_soak(relays["relay"][0], relays["relay"][1], headers, args.soak, args.concurrency)
     finally:
@@ -352,7 +431,7 @@ def print_table(report: dict[str, Any]) -> None:
         "| 50 streams duration p50 (ms) | errors |"
     )
     print("|---|---|---|---|---|")
-    for name in ("direct", "relay", "relay+nudge", "relay, no DynamoDB", "pass-through"):
+    for name in ("direct", "relay", "relay+nudge", "relay+sanitize", "relay, no DynamoDB", "pass-through"):
         s, c = last[name]["single"], last[name]["concurrent"]
         print(
             f"| {name} | {s['ttft_p50_ms']} / {s['ttft_p99_ms']} | {c['ttft_p50_ms']} / {c['ttft_p99_ms']} "
@@ -360,7 +439,7 @@ def print_table(report: dict[str, Any]) -> None:
         )
     chunks = report["workload"]["concurrency"] * CHUNKS
     print("\nCPU seconds in the last 50-stream batch:", {n: last[n]["cpu_s"] for n in ("direct", "relay")})
-    for name in ("relay", "relay+nudge", "relay, no DynamoDB", "pass-through"):
+    for name in ("relay", "relay+nudge", "relay+sanitize", "relay, no DynamoDB", "pass-through"):
         per_chunk = statistics.median(r[name]["cpu_s"][name] for r in report["rounds"]) / chunks * 1e6
         print(f"{name} CPU per relayed chunk: {per_chunk:.0f} us (median over rounds; set-up and finalization in)")
     targets = report["targets"]
@@ -368,6 +447,14 @@ def print_table(report: dict[str, Any]) -> None:
         f"50 streams, median over rounds: TTFT p50 direct + {targets['ttft_p50_over_direct_ms']} ms "
         f"(target {CONCURRENT_TTFT_OVER_DIRECT_MS:g}), duration {targets['duration_p50_ratio']}x direct "
         f"(target {CONCURRENT_DURATION_RATIO}): {'met' if targets['met'] else 'MISSED'}"
+    )
+    gate = report["sanitize"]
+    print(
+        f"compliance gate, single stream, median over rounds: TTFT p50 relay + {gate['ttft_p50_over_relay_ms']} ms "
+        f"(target {SANITIZE_TTFT_OVER_RELAY_MS:g}), duration {gate['duration_p50_ratio']}x relay (target "
+        f"{SANITIZE_DURATION_RATIO}); CPU per chunk relay + {gate['cpu_per_chunk_over_relay_us']} us (target "
+        f"{SANITIZE_CPU_PER_CHUNK_US:g}): {'met' if gate['met'] else 'MISSED'}; holdback at most "
+        f"{gate['holdback_chars']} characters, {gate['holdback_ms_max']} ms"
     )
     if "soak" in report:
         print("RSS soak:", report["soak"])

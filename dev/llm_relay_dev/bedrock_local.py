@@ -1,4 +1,5 @@
-"""A local Amazon Bedrock `ConverseStream` server, for tests and `make dev`: the real wire format, no AWS account.
+"""A local Amazon Bedrock `ConverseStream` and `ApplyGuardrail` server, for tests and `make dev`: the real wire
+format, no AWS account.
 
 `POST /model/{modelId}/converse-stream` answers `application/vnd.amazon.eventstream` messages as Bedrock does
 (messageStart, a contentBlockDelta per word of the mock's WORDS, contentBlockStop, messageStop, metadata with
@@ -16,6 +17,12 @@ same `id`, default the x-request-id), `status` (that HTTP status with a Bedrock-
 `stall_after` / `drop_after` (stop sending / abort the connection after N deltas), `headers_delay_ms`.
 
 Every request is recorded by its `x-request-id` as the OpenAI-shaped mock records them (`GET /mock/requests/{id}`).
+
+`POST /guardrail/{guardrailIdentifier}/version/{guardrailVersion}/apply` answers Amazon Bedrock Guardrails'
+`ApplyGuardrail` from a rule set (`guardrail_local.py`: the rules, `RELAY_DEV_GUARDRAIL_RULES`, the defaults and
+the faults, `guardrail:throttle` and `guardrail:slow` in the assessed text or the config's flags). Every call is
+recorded without its text (`GuardrailCall`: source, content items, characters, action, fault):
+`state.guardrail_calls` in process, `GET /mock/guardrail/calls` over HTTP.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import anyio
@@ -36,6 +43,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from .eventstream import encode_event, encode_exception
+from .guardrail_local import GuardrailCall, GuardrailRule, apply_rules, fault_for, rules_from_env
 from .mock_upstream import (
     WORDS,
     MockFault,
@@ -68,6 +76,10 @@ class BedrockLocalConfig:
     chunk_delay_ms: float = 10.0
     ttft_ms: float = 50.0
     stop_reason: str = "end_turn"
+    guardrail_rules: tuple[GuardrailRule, ...] = field(default_factory=rules_from_env)
+    guardrail_throttle: bool = False  # every ApplyGuardrail call throttled (else: `guardrail:throttle` in the text)
+    guardrail_slow: bool = False  # every ApplyGuardrail answer held back (else: `guardrail:slow` in the text)
+    guardrail_slow_ms: float = 10_000.0  # how long a slow answer is held, unless the client leaves first
 
 
 @dataclass
@@ -76,6 +88,7 @@ class BedrockLocalState:
     requests: dict[str, RequestRecord] = field(default_factory=dict)
     attempts: dict[str, int] = field(default_factory=dict)
     bodies: list[dict[str, Any]] = field(default_factory=list)  # as received, with the model id as `modelId`
+    guardrail_calls: list[GuardrailCall] = field(default_factory=list)
 
 
 def directive(body: dict[str, Any]) -> dict[str, Any]:
@@ -207,14 +220,57 @@ def create_bedrock_app(config: BedrockLocalConfig | None = None) -> Starlette:
             return bedrock_error(status, f"mock: status {status}")
         return _ConverseStream(record, body, opts, state.config)  # type: ignore[return-value]
 
+    async def guardrail_calls(request: Request) -> Response:
+        return JSONResponse([asdict(call) for call in state.guardrail_calls])
+
     app = Starlette(
         routes=[
             Route("/model/{model_id:path}/converse-stream", converse_stream, methods=["POST"]),
+            Route(
+                "/guardrail/{guardrail}/version/{version}/apply",
+                functools.partial(apply_guardrail, state),
+                methods=["POST"],
+            ),
+            Route("/mock/guardrail/calls", guardrail_calls, methods=["GET"]),
             *record_routes(state.requests),
         ]
     )
     app.state.bedrock = state
     return app
+
+
+async def apply_guardrail(state: BedrockLocalState, request: Request) -> Response:
+    """`ApplyGuardrail`: the rule set's answer, or the fault the text or the config asks for."""
+    if not signed_for_bedrock(request.headers.get("authorization", "")):
+        return bedrock_error(403, "mock: the request is not SigV4-signed for bedrock", "UnrecognizedClientException")
+    body = json.loads(await request.body())
+    texts = [str(b["text"]["text"]) for b in body.get("content") or [] if isinstance(b.get("text"), dict)]
+    source = body.get("source")
+    if source not in ("INPUT", "OUTPUT") or not texts:
+        return bedrock_error(400, "mock: ApplyGuardrail needs a source (INPUT or OUTPUT) and text content")
+    call = GuardrailCall(
+        request.path_params["guardrail"], request.path_params["version"], source, len(texts), sum(map(len, texts))
+    )
+    state.guardrail_calls.append(call)
+    config = state.config
+    call.fault = fault_for(texts, throttle=config.guardrail_throttle, slow=config.guardrail_slow)
+    if call.fault == "throttle":
+        return bedrock_error(429, "mock: too many requests", THROTTLING_TYPE)
+    if call.fault == "slow" and not await _held(request, config.guardrail_slow_ms / 1000):
+        call.client_left = True
+        return Response(status_code=499)  # nobody reads it
+    answer = apply_rules(config.guardrail_rules, texts)
+    call.action = answer["action"]
+    return JSONResponse(answer)
+
+
+async def _held(request: Request, delay_s: float) -> bool:
+    """Hold the answer back for `delay_s`; False as soon as the client leaves (its timeout) instead."""
+    with anyio.move_on_after(delay_s):
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        return False
+    return True
 
 
 def _refusal(state: BedrockLocalState, opts: dict[str, Any], request_id: str) -> Response | None:
@@ -230,12 +286,12 @@ def _refusal(state: BedrockLocalState, opts: dict[str, Any], request_id: str) ->
 
 
 @contextmanager
-def bedrock_local_in_thread() -> Iterator[str]:
+def bedrock_local_in_thread(config: BedrockLocalConfig | None = None) -> Iterator[str]:
     """The server on an ephemeral loopback port for the length of the block; yields its base URL, the
-    `endpoint_url` of a `bedrock-runtime` client."""
+    `endpoint_url` of a `bedrock-runtime` client (for ConverseStream and ApplyGuardrail alike)."""
     from .serving import serve_in_thread
 
-    with serve_in_thread(create_bedrock_app()) as base:
+    with serve_in_thread(create_bedrock_app(config)) as base:
         yield base
 
 
@@ -245,7 +301,7 @@ def main() -> None:
 
     import uvicorn
 
-    parser = argparse.ArgumentParser(description="Local Amazon Bedrock ConverseStream server")
+    parser = argparse.ArgumentParser(description="Local Amazon Bedrock ConverseStream and ApplyGuardrail server")
     parser.add_argument("port", type=int, nargs="?", default=8082)
     parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args()

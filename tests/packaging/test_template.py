@@ -124,9 +124,21 @@ def test_only_the_configured_upstream_secret_is_readable(template):
     assert others["UpstreamKeyDecrypt"]["Action"] == "kms:Decrypt"
     assert others["UpstreamKeyDecrypt"]["Resource"] == {"Ref": "UpstreamKmsKeyArn"}
     assert "kms:ViaService" in others["UpstreamKeyDecrypt"]["Condition"]["StringEquals"]
-    assert set(others) == {"UpstreamSecret", "UpstreamParameter", "UpstreamKeyDecrypt", "BedrockStream"}
+    assert set(others) == {
+        "UpstreamSecret",
+        "UpstreamParameter",
+        "UpstreamKeyDecrypt",
+        "BedrockStream",
+        "GuardrailApply",
+    }
     conditions = [p["Fn::If"][0] for p in _function(template)["Policies"] if "Fn::If" in p]
-    assert conditions == ["HasUpstreamSecret", "HasUpstreamSsmParameter", "HasUpstreamKmsKey", "HasBedrockModels"]
+    assert conditions == [
+        "HasUpstreamSecret",
+        "HasUpstreamSsmParameter",
+        "HasUpstreamKmsKey",
+        "HasBedrockModels",
+        "HasGuardrail",
+    ]
 
 
 def test_bedrock_streaming_is_granted_on_the_listed_models_only(template):
@@ -139,6 +151,43 @@ def test_bedrock_streaming_is_granted_on_the_listed_models_only(template):
     assert parameter["Type"] == "CommaDelimitedList" and parameter["Default"] == ""
     condition = template["Conditions"]["HasBedrockModels"]
     assert condition == {"Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "BedrockModelArns"}]}, ""]}]}
+
+
+def test_the_guardrail_is_applied_only_when_configured_and_only_that_one(template):
+    # GIVEN the function's policies THEN ApplyGuardrail is granted in exactly one statement, only under HasGuardrail,
+    # and names exactly the configured guardrail (no Bedrock Guardrails access by default)
+    guarded = [
+        p["Fn::If"]
+        for p in _function(template)["Policies"]
+        if "Fn::If" in p and any("bedrock:ApplyGuardrail" in _actions(s) for s in p["Fn::If"][1]["Statement"])
+    ]
+    assert [condition for condition, _, _ in guarded] == ["HasGuardrail"]
+    [(_, granted, otherwise)] = guarded
+    assert otherwise == {"Ref": "AWS::NoValue"}
+    assert granted["Statement"] == [
+        {
+            "Sid": "GuardrailApply",
+            "Effect": "Allow",
+            "Action": "bedrock:ApplyGuardrail",
+            "Resource": {
+                "Fn::Sub": "arn:${AWS::Partition}:bedrock:${AWS::Region}:${AWS::AccountId}:guardrail/${GuardrailId}"
+            },
+        }
+    ]
+    unconditional = [s for p in _function(template)["Policies"] if "Fn::If" not in p for s in p["Statement"]]
+    assert not [s for s in unconditional if any(a.startswith("bedrock:") for a in _actions(s))]
+    assert template["Parameters"]["GuardrailId"]["Default"] == ""
+    assert template["Conditions"]["HasGuardrail"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "GuardrailId"}, ""]}]}
+    # AND the relay reads the guardrail's settings, its id only when one is given
+    variables = _variables(template)
+    assert variables["RELAY_GUARDRAIL_ID"] == {
+        "Fn::If": ["HasGuardrail", {"Ref": "GuardrailId"}, {"Ref": "AWS::NoValue"}]
+    }
+    assert variables["RELAY_GUARDRAIL_VERSION"] == {"Ref": "GuardrailVersion"}
+    assert variables["RELAY_GUARDRAIL_MODE"] == {"Ref": "GuardrailMode"}
+    assert variables["RELAY_GUARDRAIL_ON_ERROR"] == {"Ref": "GuardrailOnError"}
+    assert template["Parameters"]["GuardrailMode"]["AllowedValues"] == ["sync", "async"]
+    assert template["Parameters"]["GuardrailOnError"]["AllowedValues"] == ["fail_closed", "fail_open"]
 
 
 def test_the_upstream_table_replaces_the_url_when_given(template):

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING
 
 import anyio
 import httpx
@@ -40,6 +41,9 @@ from .telemetry import Telemetry
 from .upstream_key import UpstreamKeyProvider
 from .upstreams.router import Upstreams
 from .upstreams.table import UpstreamTable, load_table
+
+if TYPE_CHECKING:
+    from .sanitize.guardrail import Guardrail
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +157,7 @@ def create_app(
         finalizer=Finalizers([limiter, telemetry, *(finalizers or [])]),
         pricer=pricer or prices,
         budgets=limiter if admission is None else None,
+        guardrail=_guardrail(settings),
     )
 
     # Built here, not in the lifespan: a table entry that cannot be built refuses the start (ConfigurationError).
@@ -185,6 +190,17 @@ def create_app(
     _install_models_route(app, pipeline, settings, prices, table)
     app.add_middleware(RequestScopeMiddleware)
     return app
+
+
+def _guardrail(settings: Settings) -> Guardrail | None:
+    """The deployment's Bedrock guardrail (`RELAY_GUARDRAIL_ID`); its module is imported only when one is set."""
+    if settings.guardrail_id is None:
+        return None
+    from .sanitize.guardrail import Guardrail, GuardrailConfig
+
+    config = GuardrailConfig.from_settings(settings)
+    assert config is not None
+    return Guardrail(config)
 
 
 def _install_routes(app: FastAPI, pipeline: Pipeline) -> None:

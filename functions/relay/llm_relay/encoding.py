@@ -75,7 +75,7 @@ def summary_body(request_id: str, model: str, outcome: StreamOutcome, *, sanitiz
         "tpot_ms": _ms(outcome.tpot_s),
         "duration_ms": _ms(outcome.duration_s),
         "chunks": outcome.chunks,
-        **({"redactions": dict(outcome.redactions)} if sanitized else {}),
+        **({"redactions": dict(outcome.redactions), "holdback_chars": outcome.holdback_chars} if sanitized else {}),
     }
 
 
@@ -86,7 +86,7 @@ def error_body(request_id: str, outcome: StreamOutcome) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if outcome.error_code is not None:  # the compliance gate: the entity types (never the values)
         error_type = "invalid_request_error" if outcome.error_code == "content_filtered" else "server_error"
-        extra["entity_types"] = sorted(outcome.redactions)
+        extra["entity_types"] = list(outcome.blocked)
     elif outcome.reason is TerminationReason.CLIENT_CANCELLED:
         error_type, message = "invalid_request_error", "The request was cancelled."
     elif outcome.reason is TerminationReason.BUDGET_EXCEEDED:

@@ -81,6 +81,8 @@ class StreamOutcome:
     redactions: Mapping[str, int] = field(default_factory=dict)  # entity type -> values the output sanitizer caught
     guardrail_action: str | None = None  # the strongest Bedrock guardrail action on the output (None: no guardrail)
     error_code: str | None = None  # the terminal error's own code, where it is not the reason's (`content_filtered`)
+    holdback_chars: int = 0  # the most characters the sanitizer held back at once
+    blocked: tuple[str, ...] = ()  # the types that made the compliance gate end the stream (never values)
 
     @property
     def is_error(self) -> bool:
@@ -102,6 +104,8 @@ def outcome_of(
     billed_as: str = "",
     redactions: Mapping[str, int] | None = None,
     guardrail_action: str | None = None,
+    holdback_chars: int = 0,
+    blocked: tuple[str, ...] = (),
 ) -> StreamOutcome:
     """The outcome of a request, whatever ended it: a stream (its meter), or an upstream that never answered
     2xx (`answered` False, an empty meter). Its cost is the price of `billed_as` (the model of the route that
@@ -126,6 +130,8 @@ def outcome_of(
         redactions=dict(redactions or {}),
         guardrail_action=guardrail_action,
         error_code=ending.code,
+        holdback_chars=holdback_chars,
+        blocked=blocked,
     )
 
 

@@ -36,6 +36,7 @@ from .errors import (
     ModelNotAllowed,
     NotFound,
     PayloadTooLarge,
+    PromptRefused,
     RelayError,
     RequestCancelled,
     ServiceUnavailable,
@@ -58,7 +59,8 @@ from .upstreams.http import OpenedStream
 from .upstreams.router import Plan, Upstreams
 
 if TYPE_CHECKING:
-    from .sanitize.chunks import ChunkSanitizer
+    from .sanitize.gate import OutputGate
+    from .sanitize.guardrail import Guardrail
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +80,7 @@ class Pipeline:
         pricer: Pricer,
         budgets: BudgetExtender | None = None,
         leases: LeaseKeeper | None = None,
+        guardrail: Guardrail | None = None,
     ) -> None:
         self.settings = settings
         self._budgets = budgets
@@ -89,6 +92,7 @@ class Pipeline:
         self._pricer = pricer
         self.leases = leases or LeaseKeeper(requests, settings.lease_s)
         self._policy = settings.sanitize_policy  # the deployment's: the floor of every key's
+        self._guardrail = guardrail  # the deployment's Bedrock guardrail, on every prompt and answer (None: none)
         if self._policy.on:  # at start-up (more CPU than a request gets on Lambda), not on the first request
             from .sanitize.chunks import warm
 
@@ -121,7 +125,7 @@ class Pipeline:
                 pricer=self._pricer,
                 settings=self.settings,
                 budget=self._budget_guard(ctx),
-                sanitizer=self._output_sanitizer(ctx),
+                gate=self._output_gate(ctx),
             )
         except BaseException:  # the stream that would have finalized it never started: finalize it here
             await self._abandon(ctx, opened)
@@ -211,6 +215,9 @@ class Pipeline:
         prompt_redactions: dict[str, int] = {}
         if policy.prompt.on:
             chat, prompt_redactions = self._sanitized_prompt(chat, policy)
+        if self._guardrail is not None:
+            chat, findings = await self._guarded_prompt(self._guardrail, chat)
+            prompt_redactions.update(findings)
         invocation: LambdaInvocation = request.state.lambda_invocation
         now, now_epoch = time.monotonic(), time.time()
         return RequestContext(
@@ -242,15 +249,38 @@ class Pipeline:
         chat, found = sanitize_prompt(chat, policy.prompt, detector, policy.placeholder)
         return chat, dict(found)
 
-    def _output_sanitizer(self, ctx: RequestContext) -> ChunkSanitizer | None:
-        """The output side of the compliance gate for one stream, or None when it is off."""
+    async def _guarded_prompt(self, guardrail: Guardrail, chat: ChatRequest) -> tuple[ChatRequest, dict[str, int]]:
+        """The guardrail's judgement of the prompt, before admission: blocked, a 400 `prompt_blocked` naming the kinds
+        it found; anonymized, the prompt as the guardrail rewrote it; unavailable, its failure policy."""
+        from .sanitize.prompt import prompt_texts, with_prompt_texts
+
+        assessment = await guardrail.judge_prompt(prompt_texts(chat))
+        if assessment is None:
+            return chat, {}
+        findings = {f"guardrail:{kind}": count for kind, count in assessment.findings.items()}
+        if assessment.action == "BLOCKED":
+            kinds = ", ".join(sorted(assessment.findings)) or "unspecified"
+            message = f"The prompt was refused by the content guardrail ({kinds}); the request was not sent."
+            raise PromptRefused(message, code="prompt_blocked", param="messages")
+        if assessment.action == "ANONYMIZED":
+            chat = with_prompt_texts(chat, list(assessment.texts))
+        return chat, findings
+
+    def _output_gate(self, ctx: RequestContext) -> OutputGate | None:
+        """The output side of the compliance gate for one stream: the sanitizer when the policy turns it on, the
+        guardrail when one is configured; None when neither is."""
         side = ctx.policy.output
-        if not side.on:
+        if not side.on and self._guardrail is None:
             return None
         from .sanitize.chunks import ChunkSanitizer, detector_for
+        from .sanitize.gate import OutputGate
 
-        detector = detector_for(side.entities, self.settings.sanitize_phone_region)
-        return ChunkSanitizer(detector, side.mode, ctx.policy.placeholder)
+        sanitizer = None
+        if side.on:
+            detector = detector_for(side.entities, self.settings.sanitize_phone_region)
+            sanitizer = ChunkSanitizer(detector, side.mode, ctx.policy.placeholder)
+        guard = self._guardrail.output_stage() if self._guardrail is not None else None
+        return OutputGate(sanitizer, guard)
 
     async def _plan(self, ctx: RequestContext) -> Plan:
         """Where the request goes (the upstream table), its first request built: refusals here cost nothing."""

@@ -32,7 +32,7 @@ from .upstreams.base import Decoded, Ended, Failed
 from .upstreams.http import OpenedStream
 
 if TYPE_CHECKING:
-    from .sanitize.chunks import ChunkSanitizer
+    from .sanitize.gate import OutputGate
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ CLIENT_WRITE_TIMEOUT_S = 2.0  # longest wait for a client to take the terminal f
 HARD_DEADLINE_SLACK_S = 0.5  # at the deadline, what is left of the margin minus this goes to the terminal frame
 REMAINDER_MAX_BYTES = 8 * 1024 * 1024  # at the deadline, upstream bytes read (not relayed) to count what it billed
 REMAINDER_IDLE_S = 0.25  # ... until it sends nothing for this long (it is still generating: we stop it)
+TAIL_JUDGE_MAX_S = 3.0  # at the end, the longest the gate may take to judge what it holds (a guardrail call)
 REMAINDER_MAX_S = 0.5  # ... and for this long at most: a model still generating is closed, not listened to
 OnEnd = Callable[[StreamOutcome], Awaitable[None]]
 # Endings where the upstream finished the answer itself: the sanitizer judges its tail as complete text.
@@ -73,7 +74,7 @@ class RelayStream(Response):
         settings: Settings,
         clock: Clock = MONOTONIC,
         budget: BudgetGuard | None = None,
-        sanitizer: ChunkSanitizer | None = None,
+        gate: OutputGate | None = None,
     ) -> None:
         super().__init__()
         self.ctx = ctx
@@ -98,33 +99,37 @@ class RelayStream(Response):
         self._ending: Ending | None = None
         self._client_gone = False
         self._budget = budget  # None: no budget reservation to keep within
-        self._sanitizer = sanitizer  # None: the compliance gate is off for this request
+        self._gate = gate  # None: the compliance gate is off for this request's output
         # A gate that may block answers 400 while no byte has been sent: the response starts with the first frame
         # that carries text (or a heartbeat); frames before it (the role chunk) wait in `_early`.
-        self._defer_start = sanitizer is not None and sanitizer.blocks
+        self._defer_start = gate is not None and gate.blocks
         self._started = False
         self._early: list[bytes] = []
         self._answered_whole = False  # the response was one error body (a block before the first byte)
-        self._template: dict[str, Any] | None = None  # the last upstream chunk: the shape of the sanitizer's flushes
-        self._tail: list[dict[str, Any]] = []  # what the sanitizer released at the end, before the terminal frame
+        self._template: dict[str, Any] | None = None  # the last upstream chunk: the shape of the gate's flushes
+        self._tail: list[dict[str, Any]] = []  # what the gate released at the end, before the terminal frame
 
     # --- ASGI ---------------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Relay, then always finish: close the upstream, write the terminal frame, finalize, close the body,
         whatever happened before (client gone before the headers, a failure in the relay itself)."""
         self._send = send
-        try:
-            if self._framing is not None and not self._defer_start:
-                await self._start(200, self._framing.media_type)
-            await self._relay(receive)
-        except _ClientGone:
-            self._conclude(TerminationReason.CLIENT_CANCELLED, source="disconnect")
-        except Exception:
-            logger.exception("relay failed for request %s", self.ctx.request_id)
-            self._conclude(TerminationReason.UPSTREAM_ERROR, "The relay failed while streaming.")
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._finish()
+        async with anyio.create_task_group() as gate_tasks:  # the guardrail's judging outlives the pump
+            if self._gate is not None:
+                self._gate.start(gate_tasks)
+            try:
+                if self._framing is not None and not self._defer_start:
+                    await self._start(200, self._framing.media_type)
+                await self._relay(receive)
+            except _ClientGone:
+                self._conclude(TerminationReason.CLIENT_CANCELLED, source="disconnect")
+            except Exception:
+                logger.exception("relay failed for request %s", self.ctx.request_id)
+                self._conclude(TerminationReason.UPSTREAM_ERROR, "The relay failed while streaming.")
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._finish()
+                gate_tasks.cancel_scope.cancel()
 
     async def _relay(self, receive: Receive) -> None:
         async with anyio.create_task_group() as tg:
@@ -135,13 +140,15 @@ class RelayStream(Response):
                 tg.start_soon(self._heartbeat)
             if self._budget is not None:
                 self._budget.start(tg)
+            if self._gate is not None:
+                tg.start_soon(self._watch_gate, self._gate)
             with anyio.CancelScope() as pump_scope:
                 self._pump_scope = pump_scope
                 await self._pump()
             tg.cancel_scope.cancel()
 
     async def _finish(self) -> None:
-        ending = self._judge_tail(self._ending or Ending(TerminationReason.INCOMPLETE))
+        ending = await self._judge_tail(self._ending or Ending(TerminationReason.INCOMPLETE))
         if ending.reason is TerminationReason.DEADLINE and self.ctx.deadline is not None:
             await self._finish_at_deadline(ending, self.ctx.deadline + self._settings.deadline_margin_s)
             return
@@ -236,7 +243,10 @@ class RelayStream(Response):
             upstream_errors=self._opened.status_errors,
             upstream=self._opened.upstream,
             billed_as=self._opened.billed_as,
-            redactions=self._sanitizer.counts if self._sanitizer is not None else None,
+            redactions=self._gate.counts if self._gate is not None else None,
+            guardrail_action=self._gate.guardrail_action if self._gate is not None else None,
+            holdback_chars=self._gate.max_held if self._gate is not None else 0,
+            blocked=block.types if self._gate is not None and (block := self._gate.block) else (),
         )
 
     async def _close_body(self, outcome: StreamOutcome) -> None:
@@ -304,8 +314,8 @@ class RelayStream(Response):
             return False
         if not self.meter.observe(chunk, now):
             return True
-        if self._sanitizer is not None:  # after the meter: billing counts what the upstream generated
-            return await self._handle_sanitized(self._sanitizer, chunk)
+        if self._gate is not None:  # after the meter: billing counts what the upstream generated
+            return await self._handle_gated(self._gate, chunk)
         if self._aggregator is not None:
             self._aggregator.add(chunk)
             return True
@@ -314,13 +324,13 @@ class RelayStream(Response):
             await self._write(self._framing.chunk(out), nudge=self._settings.flush_nudge)
         return True
 
-    async def _handle_sanitized(self, sanitizer: ChunkSanitizer, chunk: dict[str, Any]) -> bool:
-        """Relay what the sanitizer releases of one chunk; False once a blocked value ended the stream."""
+    async def _handle_gated(self, gate: OutputGate, chunk: dict[str, Any]) -> bool:
+        """Relay what the compliance gate releases of one chunk; False once it blocked (the stream ends)."""
         self._template = chunk
-        for out in sanitizer.chunk(chunk):
+        for out in await gate.chunk(chunk):
             await self._emit(out)
-        if sanitizer.blocked:
-            self._conclude_blocked(sanitizer)
+        if gate.block is not None:
+            self._conclude_blocked(gate)
             return False
         return True
 
@@ -332,37 +342,46 @@ class RelayStream(Response):
         out = self._for_client(chunk)
         if out is None or self._framing is None:
             return
-        assert self._sanitizer is not None
+        assert self._gate is not None
         if out.get("usage") or any(isinstance(c, dict) and c.get("finish_reason") for c in out.get("choices") or ()):
-            out["redactions"] = dict(self._sanitizer.counts)  # the audit so far: final once every choice finished
+            out["redactions"] = dict(self._gate.counts)  # the audit so far: final once every choice finished
         frame = self._framing.chunk(out)
         if not self._started and not _carries_text(out):
             self._early.append(frame)  # the role chunk waits for the first text: a block before it is still a 400
             return
         await self._write(frame, nudge=self._settings.flush_nudge)
 
-    def _judge_tail(self, ending: Ending) -> Ending:
-        """At the end, whatever ended the stream: the sanitizer's held text is judged and kept for the terminal frame;
-        a blocked value found there ends an answer that was ending well as `content_filter` instead."""
-        sanitizer = self._sanitizer
-        if sanitizer is None or self._client_gone:
+    async def _judge_tail(self, ending: Ending) -> Ending:
+        """At the end, whatever ended the stream: the gate's held text is judged and kept for the terminal frame
+        (within a bound: a guardrail that does not answer in time leaves it withheld); a block found there ends an
+        answer that was ending well as `content_filter` instead."""
+        gate = self._gate
+        if gate is None or self._client_gone:
             return ending
-        was_blocked = bool(sanitizer.blocked)
-        self._tail = sanitizer.finish(self._template, complete=ending.reason in _FINISHED)
-        if sanitizer.blocked and not was_blocked:
-            self._conclude_blocked(sanitizer, override=True)
+        was_blocked = gate.block is not None
+        with anyio.move_on_after(TAIL_JUDGE_MAX_S):
+            self._tail = await gate.finish(self._template, complete=ending.reason in _FINISHED)
+        if gate.block is not None and not was_blocked:
+            self._conclude_blocked(gate, override=True)
             return self._ending or ending
         return ending
 
-    def _conclude_blocked(self, sanitizer: ChunkSanitizer, *, override: bool = False) -> None:
-        types = ", ".join(sanitizer.blocked)
-        message = f"The answer contained a value of a blocked type ({types}); the stream was ended."
+    def _conclude_blocked(self, gate: OutputGate, *, override: bool = False) -> None:
+        block = gate.block
+        assert block is not None
         if override and self._ending is not None:
             reason = self._ending.reason
             if reason.is_failure or reason is TerminationReason.CLIENT_CANCELLED:
                 return  # the stream failed or was cancelled: that stays its reason; the held text is withheld
             self._ending = None
-        self._conclude(TerminationReason.CONTENT_FILTER, message, code="content_filtered")
+        self._conclude(TerminationReason.CONTENT_FILTER, block.message, code=block.code)
+
+    async def _watch_gate(self, gate: OutputGate) -> None:
+        """The guardrail's async mode judges behind the stream: its first intervention ends the stream at once."""
+        await gate.wait_intervention()
+        block = gate.block
+        assert block is not None
+        self._end(TerminationReason.CONTENT_FILTER, block.message, code=block.code)
 
     async def _within_budget(self, chunk: dict[str, Any]) -> bool:
         """Whether the chunk's tokens are reserved; if not (an extension was refused), the stream ends here and
@@ -395,9 +414,11 @@ class RelayStream(Response):
         return chunk
 
     # --- how it ends --------------------------------------------------------------------------------
-    def _end(self, reason: TerminationReason, error: str | None = None, source: str | None = None) -> None:
+    def _end(
+        self, reason: TerminationReason, error: str | None = None, source: str | None = None, code: str | None = None
+    ) -> None:
         """A watcher ends the stream: name the reason (first caller wins) and stop the pump at once."""
-        self._conclude(reason, error, source)
+        self._conclude(reason, error, source, code)
         if self._pump_scope is not None:
             self._pump_scope.cancel()
 
@@ -527,13 +548,13 @@ class RelayStream(Response):
         if outcome.is_error:
             frame = framing.error(error_body(self.ctx.request_id, outcome))
         else:
-            sanitized = self._sanitizer is not None
+            sanitized = self._gate is not None
             frame = framing.end(summary_body(self.ctx.request_id, self.ctx.chat.model, outcome, sanitized=sanitized))
         with contextlib.suppress(_ClientGone):
             await self._write(frame)
 
     async def _write_tail(self, framing: Framing, outcome: StreamOutcome) -> None:
-        """What the sanitizer released at the end, then (a blocked answer) each choice's `content_filter` finish."""
+        """What the gate released at the end, then (a blocked answer) each choice's `content_filter` finish."""
         for chunk in self._tail:
             await self._emit(chunk)
         if outcome.error_code is None or self._template is None:

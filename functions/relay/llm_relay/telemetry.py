@@ -58,6 +58,7 @@ class Telemetry:
             "redactions": dict(outcome.redactions) or None,
             "prompt_redactions": dict(ctx.prompt_redactions) or None,
             "guardrail_action": outcome.guardrail_action,
+            "holdback_chars": outcome.holdback_chars or None,
             "sanitize_policy": _policy_text(ctx) if ctx.policy.on else None,
         }
         self.logger.info("request finished", extra={k: v for k, v in fields.items() if v is not None})

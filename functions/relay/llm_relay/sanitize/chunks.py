@@ -78,7 +78,7 @@ class ChunkSanitizer:
                 out.extend(self._flush(chunk, functools.partial(_of_choice, index)))
             if self.blocked:
                 return out
-        if _carries_something(chunk):
+        if carries_something(chunk):
             out.append(chunk)
         return out
 
@@ -159,15 +159,16 @@ class ChunkSanitizer:
                 continue
             text = self._judged(scanner.finish(complete=complete))
             if text:
-                _put(deltas.setdefault(channel[0], {}), channel, text)
-        return [_flush_chunk(template, index, delta) for index, delta in sorted(deltas.items())]
+                put_text(deltas.setdefault(channel[0], {}), channel, text)
+        return [flush_chunk(template, index, delta) for index, delta in sorted(deltas.items())]
 
 
 def _of_choice(index: Any, channel: Channel) -> bool:
     return bool(channel[0] == index)
 
 
-def _put(delta: dict[str, Any], channel: Channel, text: str) -> None:
+def put_text(delta: dict[str, Any], channel: Channel, text: str) -> None:
+    """Put a channel's released text into a delta, where that channel's text goes."""
     kind = channel[1]
     if kind == "tool":
         delta.setdefault("tool_calls", []).append({"index": channel[2], "function": {"arguments": text}})
@@ -177,7 +178,8 @@ def _put(delta: dict[str, Any], channel: Channel, text: str) -> None:
         delta[kind] = text
 
 
-def _flush_chunk(template: dict[str, Any], index: int, delta: dict[str, Any]) -> dict[str, Any]:
+def flush_chunk(template: dict[str, Any], index: int, delta: dict[str, Any]) -> dict[str, Any]:
+    """A chunk of its own for text released at a choice's end, shaped after the stream's chunks."""
     keys = ("id", "object", "created", "model", "system_fingerprint")
     chunk: dict[str, Any] = {key: template[key] for key in keys if key in template}
     chunk.setdefault("object", "chat.completion.chunk")
@@ -185,7 +187,7 @@ def _flush_chunk(template: dict[str, Any], index: int, delta: dict[str, Any]) ->
     return chunk
 
 
-def _carries_something(chunk: dict[str, Any]) -> bool:
+def carries_something(chunk: dict[str, Any]) -> bool:
     """Whether a chunk is still worth sending: usage, or a choice with a delta left or a finish."""
     if chunk.get("usage") or not chunk.get("choices"):
         return True

@@ -38,6 +38,26 @@ def sanitize_prompt(
     return chat.model_copy(update={"messages": messages}), found
 
 
+def prompt_texts(chat: ChatRequest) -> list[str]:
+    """Every text of the prompt, in the order `with_prompt_texts` puts them back (for the guardrail)."""
+    texts: list[str] = []
+
+    def collect(text: str) -> str:
+        texts.append(text)
+        return text
+
+    for message in chat.messages:
+        _message(message, collect)
+    return texts
+
+
+def with_prompt_texts(chat: ChatRequest, texts: list[str]) -> ChatRequest:
+    """The request with the texts of its prompt replaced, in `prompt_texts` order."""
+    replacements = iter(texts)
+    messages = [_message(message, lambda _: next(replacements)) for message in chat.messages]
+    return chat.model_copy(update={"messages": messages})
+
+
 def _message(message: ChatMessage, clean: Any) -> ChatMessage:
     update: dict[str, Any] = {}
     content = message.content

@@ -94,7 +94,9 @@ def _ip(text: str) -> bool:
 
 class _PhoneValidator:
     """A phone number that `phonenumbers`' matcher finds, whole and valid, in the candidate (numbers written without
-    a country code are read as numbers of `region`)."""
+    a country code are read as numbers of `region`). Bare digit groups (no `+`, no trunk `0`, no area code in
+    parentheses) must also be grouped the way the number is written (`STRICT_GROUPING`): read alone, the digits of a
+    date and time (`2024-01-15 10`) or of an order number (`2024-000123`) are often a valid number."""
 
     def __init__(self, region: str) -> None:
         self.region = region
@@ -103,7 +105,8 @@ class _PhoneValidator:
         digits = sum(c.isdigit() for c in text)
         if not 7 <= digits <= 17:
             return False
-        for match in phonenumbers.PhoneNumberMatcher(text, self.region, leniency=phonenumbers.Leniency.VALID):
+        leniency = phonenumbers.Leniency.VALID if text[0] in "+(0" else phonenumbers.Leniency.STRICT_GROUPING
+        for match in phonenumbers.PhoneNumberMatcher(text, self.region, leniency=leniency):
             return match.start == 0 and match.end >= len(text.rstrip())
         return False
 
@@ -139,12 +142,12 @@ _EMAIL = (
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,8}[A-Za-z]{2,24}(?![\w-])"
 )
 _CREDIT_CARD = r"(?<![\w-])\d(?:[ -]?\d){12,18}(?![\w]|-\d)"
-_IBAN = r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?\d{1,3})?(?![A-Za-z0-9])"
+_IBAN = r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9])"
 _US_SSN = r"(?<![\w-])(?!000|666|9\d\d)\d{3}(?P<ssn_sep>[- ])(?!00)\d{2}(?P=ssn_sep)(?!0000)\d{4}(?![\w]|-\d)"
 _IPV4 = r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)"
 _IPV6 = r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])"
 _PHONE = (
-    r"(?<![\w+.-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{1,4}){1,5}"
+    r"(?<![\w+.-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,6}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{1,4}){1,5}"
     r"(?: ?(?:x|ext\.?) ?\d{1,6})?(?![\w]|[.-]\d)"
 )
 
@@ -163,7 +166,7 @@ def builtin(phone_region: str = "US") -> dict[str, Recognizer]:
         "IBAN": Recognizer("IBAN", _IBAN, 43, _iban, gate=r"\d|[A-Z]$"),
         "US_SSN": Recognizer("US_SSN", _US_SSN, 11, gate=r"\d"),
         "IP_ADDRESS": Recognizer("IP_ADDRESS", f"{_IPV4}|{_IPV6}", 50, _ip, gate=r"[\d:]|[0-9A-Fa-f]$"),
-        "PHONE_NUMBER": Recognizer("PHONE_NUMBER", _PHONE, 53, _PhoneValidator(phone_region), gate=r"[\d+(]"),
+        "PHONE_NUMBER": Recognizer("PHONE_NUMBER", _PHONE, 55, _PhoneValidator(phone_region), gate=r"[\d+(]"),
     }
     assert tuple(found) == ENTITY_TYPES
     return found
