@@ -9,8 +9,8 @@ the signature itself is not checked), else 403.
 
 Faults come from a directive: the text of a system block starting with `mock:` and a JSON object, e.g.
     {"system": [{"text": "mock: {\"tokens\": 5, \"exception_after\": 2}"}], ...}
-Keys: `tokens`, `ttft_ms`, `chunk_delay_ms`, `stop_reason` (messageStop's), `tool_call` (a tool name: a toolUse
-block after the text, stop reason `tool_use`), `exception_after` (a modelStreamErrorException after N deltas),
+Keys: `tokens` (or `text` and `chunk_chars`, as the OpenAI mock takes them), `ttft_ms`, `chunk_delay_ms`,
+`stop_reason` (messageStop's), `tool_call` (a tool name: a toolUse block after the text, stop reason `tool_use`), `exception_after` (a modelStreamErrorException after N deltas),
 `cut_before_stop` (the body ends after the deltas), `no_metadata` (messageStop, then the end),
 `throttle` (HTTP 429 ThrottlingException before any event), `fail_first` (429 for the first N attempts with the
 same `id`, default the x-request-id), `status` (that HTTP status with a Bedrock-style JSON error),
@@ -45,9 +45,9 @@ from starlette.types import Receive, Scope, Send
 from .eventstream import encode_event, encode_exception
 from .guardrail_local import GuardrailCall, GuardrailRule, apply_rules, fault_for, rules_from_env
 from .mock_upstream import (
-    WORDS,
     MockFault,
     RequestRecord,
+    answer_pieces,
     hold_headers,
     install_fault_filter,
     record_routes,
@@ -153,7 +153,8 @@ class _ConverseStream:
         """The text deltas; False when a fault ended the stream early."""
         opts = self.opts
         delay = float(opts.get("chunk_delay_ms", self.config.chunk_delay_ms)) / 1000
-        for i in range(int(opts.get("tokens", self.config.tokens))):
+        pieces = answer_pieces(opts, self.config.tokens)
+        for i in range(len(pieces)):
             if i and delay:
                 await anyio.sleep(delay)
             if i == opts.get("drop_after"):
@@ -163,7 +164,7 @@ class _ConverseStream:
             if i == opts.get("exception_after"):
                 await emit(encode_exception("modelStreamErrorException", "mock: the model stream failed"))
                 return False
-            delta = {"delta": {"text": WORDS[i % len(WORDS)]}, "contentBlockIndex": 0}
+            delta = {"delta": {"text": pieces[i]}, "contentBlockIndex": 0}
             await emit(encode_event("contentBlockDelta", delta))
             self.record.chunks_sent += 1
         await emit(encode_event("contentBlockStop", {"contentBlockIndex": 0}))

@@ -147,3 +147,28 @@ def test_a_finished_stream_shows_its_summary_in_chromium(dev: DevServer, browser
     assert _text(browser, "reason") == "stop"
     assert _text(browser, "tokens").endswith("+ 5") and _text(browser, "cost").startswith("0.0")
     assert _text(browser, "ttft").endswith(" ms")
+
+
+def test_the_browser_client_shows_a_redacted_answer_in_chromium(browser: WebDriver) -> None:
+    import json
+
+    from selenium.webdriver.common.by import By
+
+    from tests.integration.test_sanitize_relay import ANSWER, EXPECTED
+
+    # GIVEN `make dev` with the compliance gate redacting, and an answer whose values arrive 3 characters a chunk
+    with dev_server(RELAY_DEV_KEY="lr-demo-sanitize-key", RELAY_SANITIZE="redact") as dev:
+        browser.get(f"{dev.url}/")
+        extra = browser.find_element(By.ID, "extra")
+        extra.clear()
+        mock = {"text": ANSWER, "chunk_chars": 3, "chunk_delay_ms": 1, "ttft_ms": 5}
+        extra.send_keys(json.dumps({"mock": mock}))
+        # WHEN the page streams it through the browser client (NDJSON)
+        browser.find_element(By.ID, "prompt").send_keys("Hi")
+        browser.find_element(By.ID, "send").click()
+        wait_until(lambda: _text(browser, "status") == "done", "the stream done")
+        # THEN the page shows exactly the redacted answer, and none of the values
+        assert _text(browser, "output") == EXPECTED
+        assert "jane.roe" not in browser.page_source and _text(browser, "reason") == "stop"
+        ARTIFACTS.mkdir(exist_ok=True)
+        assert browser.save_screenshot(str(ARTIFACTS / "demo-page-redacted.png"))

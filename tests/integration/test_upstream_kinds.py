@@ -435,3 +435,27 @@ def test_make_dev_routes_a_model_to_each_kind_of_upstream(dev: DevServer, model:
     assert lines[-1]["termination_reason"] == "stop"
     kind = {"llama3.2": "ollama", "inhouse-1": "ndjson", "amazon.nova-lite-v1:0": "bedrock"}.get(model, "openai")
     assert dev.wait_finished(answer.headers["x-request-id"])["upstream"].startswith(kind)
+
+
+# --- the compliance gate is upstream-blind ---------------------------------------------------------------------
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_carries_a_redaction_in_both_formats(
+    make_relay: RelayFactory, upstreams: Upstreams, kind: str
+) -> None:
+    from tests.integration.test_sanitize_relay import ANSWER, EXPECTED
+
+    # GIVEN a relay that redacts answers, routing to every kind, and an answer with values split across chunks
+    relay = make_relay(
+        upstream_url=None, upstreams=json.dumps(upstreams.table()), prices_json=PRICES, sanitize="redact"
+    )
+    faults = {"text": ANSWER, "chunk_chars": 3, "chunk_delay_ms": 0, "ttft_ms": 0}
+    client = openai.OpenAI(base_url=f"{relay.url}/v1", api_key=relay.key, max_retries=0)
+    # WHEN the openai SDK streams it, and a client reads the NDJSON stream
+    stream = client.chat.completions.create(stream=True, **body(MODELS[kind], faults))
+    sdk_text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    ndjson = httpx.post(f"{relay.url}/api/v1/chat/stream", json=body(MODELS[kind], faults), headers=relay.headers())
+    lines = ndjson_lines(ndjson.text)
+    # THEN both read exactly the redacted answer, and the summary counts what was caught
+    assert sdk_text == EXPECTED
+    assert "".join(line["choices"][0]["delta"].get("content") or "" for line in lines[:-1]) == EXPECTED
+    assert lines[-1]["redactions"] == {"EMAIL": 1, "PHONE_NUMBER": 1, "CREDIT_CARD": 1, "IP_ADDRESS": 1}
