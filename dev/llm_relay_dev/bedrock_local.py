@@ -10,7 +10,8 @@ the signature itself is not checked), else 403.
 Faults come from a directive: the text of a system block starting with `mock:` and a JSON object, e.g.
     {"system": [{"text": "mock: {\"tokens\": 5, \"exception_after\": 2}"}], ...}
 Keys: `tokens` (or `text` and `chunk_chars`, as the OpenAI mock takes them), `ttft_ms`, `chunk_delay_ms`,
-`stop_reason` (messageStop's), `tool_call` (a tool name: a toolUse block after the text, stop reason `tool_use`), `exception_after` (a modelStreamErrorException after N deltas),
+`stop_reason` (messageStop's), `tool_call` (a tool name: a toolUse block after the text, stop reason `tool_use`),
+`exception_after` (a modelStreamErrorException after N deltas),
 `cut_before_stop` (the body ends after the deltas), `no_metadata` (messageStop, then the end),
 `throttle` (HTTP 429 ThrottlingException before any event), `fail_first` (429 for the first N attempts with the
 same `id`, default the x-request-id), `status` (that HTTP status with a Bedrock-style JSON error),

@@ -99,7 +99,8 @@ def upstreams(settings: Settings, stack: ExitStack) -> tuple[dict[str, object], 
     mock = stack.enter_context(mock_upstream_in_thread())
     bedrock = stack.enter_context(bedrock_local_in_thread())
     routes = json.dumps(dev_routes(mock, bedrock))
-    return {"upstreams": routes}, "mock upstream and local Bedrock in this process"
+    guardrail = {"guardrail_endpoint": bedrock} if settings.guardrail_id and not settings.guardrail_endpoint else {}
+    return {"upstreams": routes, **guardrail}, "mock upstream and local Bedrock in this process"
 
 
 def banner(settings: Settings, plain: str, key_id: str, upstream: str, dynamodb: str) -> str:
@@ -111,7 +112,7 @@ llm-relay dev server
 {_upstream_lines(settings, upstream)}
   DynamoDB  {settings.dynamodb_endpoint}   ({dynamodb}; table {settings.table_name})
   dev key   {plain}   (key id {key_id})
-
+{_gate_line(settings)}
   curl -N {base}/v1/chat/completions -H 'Authorization: Bearer {plain}' \\
        -H 'Content-Type: application/json' \\
        -d '{{"model":"gpt-4o-mini","stream":true,"messages":[{{"role":"user","content":"Hello"}}]}}'
@@ -120,6 +121,17 @@ llm-relay dev server
        -H 'Content-Type: application/json' \\
        -d '{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"Hello"}}]}}'
 {_other_kinds(settings)}"""
+
+
+def _gate_line(settings: Settings) -> str:
+    """The compliance gate in force for keys without a policy of their own (and the guardrail, if any)."""
+    policy = settings.sanitize_policy
+    line = f"  gate      output {policy.output.mode}, prompt {policy.prompt.mode}"
+    line += "   (RELAY_SANITIZE, RELAY_SANITIZE_PROMPT)"
+    if settings.guardrail_id:
+        how = f"{settings.guardrail_mode}, {settings.guardrail_on_error}"
+        line += f"\n            guardrail {settings.guardrail_id} ({how}) at {settings.guardrail_endpoint or 'AWS'}"
+    return line
 
 
 def _other_kinds(settings: Settings) -> str:

@@ -175,6 +175,8 @@ def create_app(
             upstreams.connect()
             pipeline.upstreams = upstreams
             stack.push_async_callback(upstreams.aclose)
+            if pipeline.guardrail is not None:
+                stack.callback(pipeline.guardrail.client.close)
             tg = await stack.enter_async_context(anyio.create_task_group())
             tg.start_soon(pipeline.cancels.run_poller)
             tg.start_soon(pipeline.leases.run)
@@ -232,7 +234,7 @@ def _install_after_restore_hook(app: FastAPI, pipeline: Pipeline, path: str) -> 
     async def after_restore_hook(request: Request) -> Response:
         if LAMBDA_CONTEXT_HEADER in request.headers:
             raise NotFound("Unknown route.")
-        await snapstart.after_restore(pipeline.upstreams)
+        await snapstart.after_restore(pipeline.upstreams, pipeline.guardrail)
         return Response(status_code=204)
 
     app.add_route(path, after_restore_hook, methods=["POST"])

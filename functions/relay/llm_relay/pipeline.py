@@ -92,7 +92,7 @@ class Pipeline:
         self._pricer = pricer
         self.leases = leases or LeaseKeeper(requests, settings.lease_s)
         self._policy = settings.sanitize_policy  # the deployment's: the floor of every key's
-        self._guardrail = guardrail  # the deployment's Bedrock guardrail, on every prompt and answer (None: none)
+        self.guardrail = guardrail  # the deployment's Bedrock guardrail, on every prompt and answer (None: none)
         if self._policy.on:  # at start-up (more CPU than a request gets on Lambda), not on the first request
             from .sanitize.chunks import warm
 
@@ -215,8 +215,8 @@ class Pipeline:
         prompt_redactions: dict[str, int] = {}
         if policy.prompt.on:
             chat, prompt_redactions = self._sanitized_prompt(chat, policy)
-        if self._guardrail is not None:
-            chat, findings = await self._guarded_prompt(self._guardrail, chat)
+        if self.guardrail is not None:
+            chat, findings = await self._guarded_prompt(self.guardrail, chat)
             prompt_redactions.update(findings)
         invocation: LambdaInvocation = request.state.lambda_invocation
         now, now_epoch = time.monotonic(), time.time()
@@ -255,8 +255,8 @@ class Pipeline:
         from .sanitize.prompt import prompt_texts, with_prompt_texts
 
         assessment = await guardrail.judge_prompt(prompt_texts(chat))
-        if assessment is None:
-            return chat, {}
+        if assessment is None:  # unavailable, failing open: sent unassessed, and the record says so
+            return chat, {"guardrail:unavailable": 1}
         findings = {f"guardrail:{kind}": count for kind, count in assessment.findings.items()}
         if assessment.action == "BLOCKED":
             kinds = ", ".join(sorted(assessment.findings)) or "unspecified"
@@ -270,7 +270,7 @@ class Pipeline:
         """The output side of the compliance gate for one stream: the sanitizer when the policy turns it on, the
         guardrail when one is configured; None when neither is."""
         side = ctx.policy.output
-        if not side.on and self._guardrail is None:
+        if not side.on and self.guardrail is None:
             return None
         from .sanitize.chunks import ChunkSanitizer, detector_for
         from .sanitize.gate import OutputGate
@@ -279,7 +279,7 @@ class Pipeline:
         if side.on:
             detector = detector_for(side.entities, self.settings.sanitize_phone_region)
             sanitizer = ChunkSanitizer(detector, side.mode, ctx.policy.placeholder)
-        guard = self._guardrail.output_stage() if self._guardrail is not None else None
+        guard = self.guardrail.output_stage() if self.guardrail is not None else None
         return OutputGate(sanitizer, guard)
 
     async def _plan(self, ctx: RequestContext) -> Plan:

@@ -18,15 +18,18 @@ import random
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from .sanitize.guardrail import Guardrail
     from .upstreams.router import Upstreams
 
 AFTER_RESTORE_PATH = "/_lwa/after-restore"  # template.yaml sets AWS_LWA_SNAPSTART_AFTER_RESTORE_PATH to it
 
 
-async def after_restore(upstreams: Upstreams | None) -> None:
+async def after_restore(upstreams: Upstreams | None, guardrail: Guardrail | None = None) -> None:
     """Reseed the random state and drop the upstream connection pool (and a Bedrock client's credentials) captured
-    in the snapshot. The DynamoDB client opens no connection during init; a stale one would be retried by botocore
-    (standard retry mode)."""
+    in the snapshot, and the guardrail's client likewise. The DynamoDB client opens no connection during init; a
+    stale one would be retried by botocore (standard retry mode)."""
     random.seed()
+    if guardrail is not None:
+        guardrail.client.renew()
     if upstreams is not None:  # None only before the lifespan opened it
         await upstreams.renew()

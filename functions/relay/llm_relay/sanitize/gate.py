@@ -72,11 +72,15 @@ class OutputGate:
 
     @property
     def guardrail_action(self) -> str | None:
+        """The outcome's: the strongest action the guardrail took, or `unavailable` when it failed (failing closed,
+        it ended the stream; failing open, text went out unassessed). None without a guardrail."""
         guard = self._guard
         if guard is None:
             return None
-        if guard.blocked is not None and guard.blocked.code == "guardrail_unavailable":
-            return "unavailable"
+        if guard.blocked is not None:
+            return "unavailable" if guard.blocked.code == "guardrail_unavailable" else guard.action
+        if guard.failures:
+            return "unavailable"  # failing open: some of the answer went out unassessed, which the audit must show
         return guard.action
 
     def start(self, tg: anyio.abc.TaskGroup) -> None:
@@ -111,8 +115,9 @@ class OutputGate:
         for tail in tails:
             out.extend(await self._guard_chunk(tail))
         out.extend(await self._flush_guard(template or {}, None))
-        if self._guard.asynchronous:
+        if self._guard.asynchronous:  # the last windows were shown: their judgement may still end the stream
             self._guard.close()
+            await self._guard.judged()
         return [] if self.block is not None and not out else out
 
     # --- the guardrail over chunks ---------------------------------------------------------------------------

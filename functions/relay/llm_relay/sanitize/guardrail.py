@@ -12,7 +12,8 @@ The output stage cuts each channel's text (a choice's content, a tool call's arg
   a blocked window is never released, nor anything after it. The latency is one call per window.
 - async mode: text is released at once and judged behind the stream, up to `ASYNC_CALLS` calls at a time; a
   block ends the stream (`intervened`) as soon as it is known, after the window was shown. Anonymization cannot
-  take back what was shown: it is only counted.
+  take back what was shown: it is only counted. The stream's end waits (bounded) for the windows still being
+  judged, so that the last ones too can end it and are counted.
 
 An unavailable guardrail under `fail_closed` ends the stream as a block (`guardrail_unavailable`); under
 `fail_open` the text is released unassessed, and the failure counted and logged. Nothing here logs or keeps
@@ -210,6 +211,7 @@ class OutputGuardrail:
         self._queue: MemoryObjectSendStream[str] | None = None
         self.blocked: GuardrailBlock | None = None
         self.intervened = anyio.Event()
+        self._assessor_ended = anyio.Event()
         self.action: Action | None = None
         self.findings: Counter[str] = Counter()
         self.failures = 0
@@ -235,6 +237,13 @@ class OutputGuardrail:
         drop it). Sync mode: nothing to do."""
         if self._queue is not None:
             self._queue.close()
+
+    async def judged(self) -> None:
+        """Async mode, after `close`: returns once the assessor ended, every queued window judged (or dropped by a
+        block). The stream's end waits for it, so that a block or a failure in its last windows still ends it, and
+        their findings are counted; the caller bounds the wait. Sync mode (or never started): at once."""
+        if self._queue is not None:
+            await self._assessor_ended.wait()
 
     async def feed(self, channel: Hashable, text: str) -> str:
         """Add a channel's text; returns what may be released now (sync: the judged windows; async: `text`)."""
@@ -290,6 +299,7 @@ class OutputGuardrail:
                     tg.start_soon(self._judge_behind, window, limiter, tg.cancel_scope)
         finally:
             self.close()  # ended by a block or a cancel: later text is not queued for nobody
+            self._assessor_ended.set()
 
     async def _judge_behind(self, window: str, limiter: anyio.CapacityLimiter, scope: anyio.CancelScope) -> None:
         async with limiter:
