@@ -46,7 +46,13 @@ def test_totals() -> None:
             completion_tokens=0,
             cost_usd=Decimal(0),
         ),
-        record(request_id="req_d", model="mystery", cost_usd=None),
+        record(
+            request_id="req_d",
+            model="mystery",
+            cost_usd=None,
+            redactions={"EMAIL": 2},
+            prompt_redactions={"EMAIL": 1, "IBAN": 1},
+        ),
     ]
     totals = UsageTotals.of(records).as_json()
     assert totals == {
@@ -58,4 +64,5 @@ def test_totals() -> None:
         "unpriced_requests": 1,
         "cost_usd": "0.0000208",
         "termination_reasons": {"client_cancelled": 1, "rate_limit_exceeded": 1, "stop": 2},
+        "redactions": {"EMAIL": 3, "IBAN": 1},  # the answer's and the prompt's, by entity type
     }
