@@ -74,10 +74,13 @@ class ChunkSanitizer:
             delta = choice.get("delta")
             if isinstance(delta, dict):
                 self._sanitize_delta(index, delta)
-            if choice.get("finish_reason") is not None:
+            if choice.get("finish_reason") is not None and not self.blocked:
                 out.extend(self._flush(chunk, functools.partial(_of_choice, index)))
             if self.blocked:
-                return out
+                break
+        if self.blocked:  # the text before the value goes out; the upstream's finish and usage do not
+            _strip_ending(chunk)
+            return [*out, chunk] if chunk["choices"] else out
         if carries_something(chunk):
             out.append(chunk)
         return out
@@ -161,6 +164,15 @@ class ChunkSanitizer:
             if text:
                 put_text(deltas.setdefault(channel[0], {}), channel, text)
         return [flush_chunk(template, index, delta) for index, delta in sorted(deltas.items())]
+
+
+def _strip_ending(chunk: dict[str, Any]) -> None:
+    """A blocked stream's last chunk keeps its text only: the stream ends `content_filter`, not as the upstream said."""
+    chunk.pop("usage", None)
+    choices = [c for c in chunk.get("choices") or () if isinstance(c, dict) and c.get("delta")]
+    for choice in choices:
+        choice["finish_reason"] = None
+    chunk["choices"] = choices
 
 
 def _of_choice(index: Any, channel: Channel) -> bool:

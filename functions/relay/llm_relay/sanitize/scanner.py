@@ -6,18 +6,19 @@ wins, then the longest, then the recognizer listed first; a chosen value is repl
 
 A stream sees the text in pieces. `Scanner` holds back only the tail in which a value could still begin, and
 releases everything before it, so that the concatenation of what it releases is exactly `redact(text)` for every
-way of cutting the same text into pieces (a property test checks this). The cut point for a text seen so far is
-found in three steps:
-1. The probe, every pattern followed by a never-matching `(?!)` and searched in partial mode, finds the leftmost
-   position from which some pattern could still read past the end: a value there may not be complete yet (or may
-   grow, or a boundary after it may fail), so the cut is at most there. Before it, no pattern's outcome depends on
-   text still to come.
-2. A candidate that starts before the cut and ends after it moves the cut to its start, until none does: the
-   choice between overlapping candidates is then made on one side of the cut only.
-3. The candidates before the cut are confirmed, chosen and replaced; the text up to the cut is released. A few
-   released characters are kept as context for the patterns' look-behind.
-The held tail is therefore never longer than the longest match an enabled recognizer can produce (`bound`), except
-where overlapping candidates chain, each shorter than that.
+way of cutting the same text into pieces (a property test checks this). Each time text arrives:
+1. Each recognizer's probe (its pattern followed by a never-matching `(?!)`, searched in partial mode) finds the
+   leftmost position from which the pattern could still read past the end: a value there may not be complete yet
+   (or may grow, or a boundary after it may fail). The cut is the leftmost of these. Before it, no pattern's
+   outcome can change with text still to come.
+2. Every candidate that starts before the cut is decided now, by the rule above, in order: a chosen value is
+   released whole, even where it reaches past the cut (what lies under it cannot be chosen any more), so the text
+   is released up to the cut or to the end of the last value chosen, whichever is further.
+3. Each recognizer resumes its search where the whole-text search would be: after its last candidate, or at a
+   candidate that crosses the cut. The end of the last value chosen is kept too, so no later candidate that it
+   covers is ever chosen.
+The held tail is therefore never longer than the longest match an enabled recognizer can produce (`bound`) plus
+the character a pattern's boundary check looks at after it.
 """
 
 from __future__ import annotations
@@ -61,54 +62,70 @@ class Detector:
     def entities(self) -> tuple[str, ...]:
         return tuple(r.entity for r in self.recognizers)
 
-    def scan(self, text: str, pos: int, *, final: bool) -> tuple[int, list[Found]]:
-        """The cut (text before it may be released) and the values chosen in `text[pos:cut]`; `final`: nothing more
-        will follow, so everything is decided."""
-        cut = len(text)
-        held = text[pos:]
-        checks = [check for check in self._checks if check[1] is None or check[1].search(held)]
-        if not final:
-            for _, _, _, probe in checks:
-                open_match = probe.search(text, pos, partial=True)
-                if open_match is not None and open_match.start() < cut:
-                    cut = open_match.start()
-        if cut <= pos:
-            return pos, []
+    def scan(self, text: str, base: int, state: ScanState, *, final: bool) -> tuple[int, list[Found]]:
+        """Decide what can be decided: `text` is the channel's text from absolute offset `base` on (it reaches back to
+        every recognizer's resume position); returns the new release point and the values chosen before it, and
+        moves `state` on. `final`: nothing more will follow, so everything is decided."""
+        end = base + len(text)
+        cut = end
+        active: list[tuple[int, regex.Pattern[str], int]] = []
+        for order, gate, pattern, probe in self._checks:
+            at = state.resume[order] - base
+            if gate is not None and not gate.search(text, at):
+                state.resume[order] = max(state.resume[order], state.released)
+                continue  # no match and no beginning of one from here: nothing to do for this one
+            active.append((order, pattern, at))
+            if not final:
+                open_match = probe.search(text, at, partial=True)
+                if open_match is not None and base + open_match.start() < cut:
+                    cut = base + open_match.start()
+        cut = max(cut, state.released)  # positions decided before stay decided (the probe cannot go back)
         candidates: list[tuple[int, int, int]] = []
-        for order, _, pattern, _ in checks:
-            for match in pattern.finditer(text, pos):
-                if match.start() >= cut:
+        for order, pattern, at in active:
+            resume = max(cut, state.resume[order])
+            for match in pattern.finditer(text, at):
+                start, stop = base + match.start(), base + match.end()
+                if start >= cut:
                     break
-                candidates.append((match.start(), match.end(), order))
-        if not candidates:
-            return cut, []  # the common case: nothing that looks like a value
-        cut = _settle_cut(candidates, cut)
-        return cut, self._choose(text, [c for c in candidates if c[1] <= cut])
+                if start >= state.released:  # one before was decided with the text released
+                    candidates.append((start, stop, order))
+                if stop > cut:  # crosses the cut: this recognizer's search goes on from it
+                    resume = start
+                    break
+            state.resume[order] = resume
+        if candidates:
+            state.taken_to, chosen = self._choose(text, base, candidates, state.taken_to)
+        else:
+            chosen = []
+        state.released = max(cut, state.taken_to)
+        return state.released, chosen
 
-    def _choose(self, text: str, candidates: list[tuple[int, int, int]]) -> list[Found]:
-        """Leftmost, then longest, then the recognizer listed first; a candidate its validator refuses is skipped."""
+    def _choose(
+        self, text: str, base: int, candidates: list[tuple[int, int, int]], taken_to: int
+    ) -> tuple[int, list[Found]]:
+        """Leftmost, then longest, then the recognizer listed first; a candidate its validator refuses is skipped,
+        and so is one under a value already chosen (`taken_to`: where the last chosen value ends)."""
         chosen: list[Found] = []
-        taken_to = -1
-        for start, end, order in sorted(candidates, key=lambda c: (c[0], c[0] - c[1], c[2])):
+        for start, stop, order in sorted(candidates, key=lambda c: (c[0], c[0] - c[1], c[2])):
             if start < taken_to:
                 continue
             recognizer = self.recognizers[order]
-            if recognizer.validate is not None and not recognizer.validate(text[start:end]):
+            if recognizer.validate is not None and not recognizer.validate(text[start - base : stop - base]):
                 continue
-            chosen.append(Found(recognizer.entity, start, end))
-            taken_to = end
-        return chosen
+            chosen.append(Found(recognizer.entity, start, stop))
+            taken_to = stop
+        return taken_to, chosen
 
 
-def _settle_cut(candidates: list[tuple[int, int, int]], cut: int) -> int:
-    """Move the cut back to the start of any candidate that crosses it, until none does."""
-    moved = True
-    while moved:
-        moved = False
-        for start, end, _ in candidates:
-            if start < cut < end:
-                cut, moved = start, True
-    return cut
+@dataclass(slots=True)
+class ScanState:
+    """Where one channel's scan stands, in absolute offsets of its text: everything before `released` was
+    released; `taken_to` is where the last chosen value ends; `resume` is, per recognizer, where its search goes
+    on (where the whole-text search would be)."""
+
+    resume: list[int]
+    released: int = 0
+    taken_to: int = 0
 
 
 @dataclass(slots=True)
@@ -131,13 +148,14 @@ class Scanner:
     def __init__(self, detector: Detector, render: Render, text: str = "") -> None:
         self._detector = detector
         self._render = render
-        self._text = text  # a little released context, then the held text
-        self._pos = 0  # where the held text starts in `_text`
+        self._text = text  # the channel's text from `_base` on: some context, then what is held
+        self._base = 0
+        self._state = ScanState(resume=[0] * len(detector.recognizers))
 
     @property
     def held(self) -> int:
         """Characters held back now."""
-        return len(self._text) - self._pos
+        return self._base + len(self._text) - self._state.released
 
     def feed(self, text: str) -> Piece:
         self._text += text
@@ -147,32 +165,32 @@ class Scanner:
         """Decide the held text. `complete`: the text ended where its author ended it, so the tail is judged as it
         is. Otherwise (the stream was cut: a cancel, an error, the deadline) what is decided is released and the
         rest is withheld: it may be the first part of a value, which no recognizer can confirm any more."""
-        if complete:
-            return self._release(final=True)
-        piece = self._release(final=False)
-        self._text, self._pos = "", 0
+        piece = self._release(final=complete)
+        self._state.released = self._base + len(self._text)
+        self._text, self._base = "", self._state.released
         return piece
 
     def _release(self, *, final: bool) -> Piece:
-        text, pos = self._text, self._pos
-        cut, found = self._detector.scan(text, pos, final=final)
+        text, base, state = self._text, self._base, self._state
+        was = state.released
+        released, found = self._detector.scan(text, base, state, final=final)
         piece = Piece()
         if found:
             parts: list[str] = []
-            at = pos
+            at = was
             for value in found:
-                parts.append(text[at : value.start])
+                parts.append(text[at - base : value.start - base])
                 if piece.first_at is None:
                     piece.first_at = sum(len(p) for p in parts)
                 parts.append(self._render(value.entity))
                 piece.entities.append(value.entity)
                 at = value.end
-            parts.append(text[at:cut])
+            parts.append(text[at - base : released - base])
             piece.text = "".join(parts)
         else:
-            piece.text = text[pos:cut]
-        keep = max(0, cut - CONTEXT_CHARS)
-        self._text, self._pos = text[keep:], cut - keep
+            piece.text = text[was - base : released - base]
+        keep = max(base, min(released, *state.resume) - CONTEXT_CHARS)
+        self._text, self._base = text[keep - base :], keep
         return piece
 
 
