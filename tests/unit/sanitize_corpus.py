@@ -272,6 +272,12 @@ def _private_keys() -> list[Positive]:
     found.append(Positive("PRIVATE_KEY", rsa, "pem RSA PRIVATE KEY crlf"))
     pkcs8 = _pem("PRIVATE KEY", _PEM_KINDS[1][1] + _rng.randbytes(1195), 64)
     found.append(Positive("PRIVATE_KEY", json.dumps(pkcs8)[1:-1], "pem PRIVATE KEY json-escaped"))
+    # OpenSSL's legacy encrypted form: header lines between the opening line and the body
+    legacy = _pem("RSA PRIVATE KEY", _PEM_KINDS[0][1] + _rng.randbytes(600), 64).split("\n", 1)
+    headers = "Proc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC," + _rng.randbytes(16).hex().upper() + "\n"
+    found.append(
+        Positive("PRIVATE_KEY", f"{legacy[0]}\n{headers}\n{legacy[1]}", "pem RSA PRIVATE KEY legacy encrypted")
+    )
     return found
 
 

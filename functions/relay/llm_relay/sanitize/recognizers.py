@@ -126,6 +126,7 @@ _PEM_LABEL = r"(?: [A-Z0-9]{1,20}){0,3} PRIVATE KEY-----"
 _PEM_NEWLINE = r"(?:\r?\n|\\n|\\r\\n)"  # a real line break, or an escaped one inside a JSON string
 _PRIVATE_KEY = (
     rf"-----BEGIN{_PEM_LABEL}"
+    rf"(?:(?:{_PEM_NEWLINE}(?:Proc-Type|DEK-Info): [A-Za-z0-9,-]{{1,64}}){{1,2}}{_PEM_NEWLINE})?"  # legacy encryption
     rf"(?:{_PEM_NEWLINE}[A-Za-z0-9+/=]{{1,80}}){{0,120}}"
     rf"(?:{_PEM_NEWLINE}-----END{_PEM_LABEL})?"
 )
@@ -155,7 +156,7 @@ _PHONE = (
 def builtin(phone_region: str = "US") -> dict[str, Recognizer]:
     """Every built-in recognizer by entity type, in `ENTITY_TYPES` order (that order breaks ties)."""
     found = {
-        "PRIVATE_KEY": Recognizer("PRIVATE_KEY", _PRIVATE_KEY, 10_262, gate=starts_with("-----BEGIN")),
+        "PRIVATE_KEY": Recognizer("PRIVATE_KEY", _PRIVATE_KEY, 10_424, gate=starts_with("-----BEGIN")),
         "JWT": Recognizer("JWT", _JWT, 4_008, _jwt, gate=starts_with("eyJ")),
         "AWS_ACCESS_KEY": Recognizer("AWS_ACCESS_KEY", _AWS_ACCESS_KEY, 20, gate="A"),
         "API_KEY": Recognizer("API_KEY", _API_KEY, 215, gate=starts_with("sk-", "AIza")),
