@@ -50,7 +50,7 @@ bench: $(BIN)/.installed ## relay vs direct, 1 and 50 concurrent streams (not pa
 bench-kinds: $(BIN)/.installed ## what each kind of upstream (openai, ollama, ndjson, bedrock) costs the relay (not part of `make test`)
 	$(BIN)/python -m bench.kinds
 
-bench-lambda: $(BIN)/.installed sam ## sam build, then the artifact at 256/512/1024/1769 MB CPU shares (root: cgroup quota; not part of `make test`)
+bench-lambda: $(BIN)/.installed sam ## sam build, then the artifact at 256/512/1024/1769 MB CPU shares (root: cgroup quota; not part of `make test`); figures in bench/results/runs/ (git-ignored)
 	$(SAM) build --build-dir .aws-sam/bench-lambda --cache-dir .aws-sam/bench-lambda-cache
 	$(BIN)/python -m bench.lambda_profile --build .aws-sam/bench-lambda
 

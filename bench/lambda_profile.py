@@ -10,7 +10,10 @@ Lambda conditions, imitated: CPython 3.12 (the runtime) without site-packages, t
 Per size, paired trials (bare app, then relay, alternating): process start to /healthz 200, and the relay's first
 request's TTFT right after its cold start; then, on a warm relay under the same quota, single streams against
 direct, and the peak RSS of one long stream. The mock upstream and the local DynamoDB run in their own processes
-outside the quota. Writes bench/results/lambda.json and prints the table (bench/lambda_cost.py).
+outside the quota. Prints the table (bench/lambda_cost.py) and writes the figures to a new file under
+bench/results/runs/, which git ignores, and says which: a run never shows the clone as modified. The committed
+bench/results/lambda.json is the reference the README's table was taken from; `--out bench/results/lambda.json`
+replaces it on purpose.
 """
 
 from __future__ import annotations
@@ -223,7 +226,7 @@ def main() -> None:
     parser.add_argument("--python312", default=find_python312())
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--sizes", type=int, nargs="*", default=list(lambda_cost.MEMORY_SIZES_MB))
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "lambda.json")
+    parser.add_argument("--out", type=Path, default=None, help="where the figures go (default: a new file in runs/)")
     args = parser.parse_args()
     reason = quota_unavailable()
     if reason:
@@ -262,10 +265,25 @@ def main() -> None:
             helper.wait(timeout=10)
     report = {"load_average": os.getloadavg(), "cpus": os.cpu_count(), "trials": args.trials}
     report["sizes"] = [asdict(r) for r in results]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nload average at the end: {report['load_average']}, {args.trials} paired trials per size (medians)\n")
     print(lambda_cost.format_table(results))
+    write_report(report, args.out or run_file())
+
+
+RUNS = ROOT / "bench" / "results" / "runs"  # git-ignored
+
+
+def run_file(now: float | None = None) -> Path:
+    """A new file for this run's figures under RUNS, named by its UTC time."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+    return RUNS / f"lambda-{stamp}.json"
+
+
+def write_report(report: dict[str, object], out: Path) -> None:
+    """Write the figures to `out` and say where they went."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nfigures written to {out}")
 
 
 def find_python312() -> str | None:

@@ -173,6 +173,21 @@ def invoke(url: str, event: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     return result
 
 
+def load_event(path: Path) -> dict[str, Any]:
+    """The event in `path`, or SystemExit with one line saying why not (a traceback would hide the file's name)."""
+    try:
+        event = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SystemExit(f"make invoke: no event file {path} (the events are in {REPO / 'events'})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SystemExit(f"make invoke: cannot read {path}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"make invoke: {path} is not JSON: {exc}") from None
+    if not isinstance(event, dict):
+        raise SystemExit(f"make invoke: {path} is not an event (a JSON object)")
+    return event
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("events", nargs="+", type=Path, help="function-URL (payload 2.0) event files")
@@ -186,7 +201,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    events = [json.loads(path.read_text(encoding="utf-8")) for path in args.events]
+    events = [load_event(path) for path in args.events]
     rie = args.rie or find_rie(args.sam_venv)
     timeout, memory = function_settings(load_template(REPO / "template.yaml"))
     dev_key = os.environ.get("RELAY_DEV_KEY") or DEFAULT_DEV_KEY

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from llm_relay.serve import listening_socket
+from llm_relay.serve import http_protocol, listening_socket
 
 
 def free_port() -> int:
@@ -53,6 +53,7 @@ def serve(app: Any, *, timeout_keep_alive: int = 5, **options: Any) -> Iterator[
     uvicorn's Config (`ssl_certfile` and `ssl_keyfile` serve https)."""
     sock = listening_socket("127.0.0.1", 0)  # production's: a bounded send buffer
     port = sock.getsockname()[1]
+    options.setdefault("http", http_protocol())  # production's too: the bounded write buffer of each connection
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, lifespan="on", timeout_keep_alive=timeout_keep_alive, **options
     )

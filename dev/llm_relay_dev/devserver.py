@@ -12,8 +12,6 @@ The production app has no such fallback: it refuses to start without an upstream
 disconnect passed on, the invocation deadline from `RELAY_FUNCTION_TIMEOUT_S`, 6 MB request cap, 2 MB/s after
 6 MB, one request per environment, up to `RELAY_DEV_LAMBDA_ENVIRONMENTS` (4) environments started on demand.
 
-Prints one human line per finished request, the figures the CloudWatch dashboard would show.
-
 Prints one human line per finished request, the figures the CloudWatch dashboard would show, and warnings;
 `RELAY_DEV_LOG=json` adds the JSON log lines and EMF documents Lambda would print (`human_log`).
 """
@@ -22,14 +20,19 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from contextlib import ExitStack
 
 import uvicorn
+from botocore.exceptions import BotoCoreError, ClientError
+from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from llm_relay.app import create_app
 from llm_relay.dynamo import Stores
+from llm_relay.errors import StoreUnavailable
 from llm_relay.outcome import RequestContext, StreamOutcome
+from llm_relay.serve import http_protocol, listening_socket, refusing_to_start
 from llm_relay.settings import Settings
 
 from . import human_log
@@ -113,6 +116,7 @@ llm-relay dev server
   DynamoDB  {settings.dynamodb_endpoint}   ({dynamodb}; table {settings.table_name})
   dev key   {plain}   (key id {key_id})
 {_gate_line(settings)}
+
   curl -N {base}/v1/chat/completions -H 'Authorization: Bearer {plain}' \\
        -H 'Content-Type: application/json' \\
        -d '{{"model":"gpt-4o-mini","stream":true,"messages":[{{"role":"user","content":"Hello"}}]}}'
@@ -168,25 +172,56 @@ def main() -> None:
         endpoint, dynamodb = dynamodb_endpoint(settings.dynamodb_endpoint, stack)
         routed, upstream = upstreams(settings, stack)
         settings = settings.model_copy(update={"dynamodb_endpoint": endpoint, **routed})
-        stores = Stores.from_settings(settings)
-        create_table(stores.client, settings.table_name)
-        plain, key = ensure_dev_key(stores.keys, settings.dev_key)
-        print(banner(settings, plain, key.key_id, upstream, dynamodb), flush=True)
-        app = create_app(settings, stores=stores, finalizers=[DevEcho()])
-        install_demo(app, plain, DEMO_MOCK_OPTIONS if upstream.startswith("mock") else None)
+        create_app(settings)  # every refusal of the relay's, before anything uses the settings (LAMBDA=1 builds later)
+        stores, plain, key_id = prepare_dynamodb(settings)
+        print(banner(settings, plain, key_id, upstream, dynamodb), flush=True)
+        demo_options = DEMO_MOCK_OPTIONS if upstream.startswith("mock") else None
+
+        def relay() -> FastAPI:
+            app = create_app(settings, stores=stores, finalizers=[DevEcho()])
+            install_demo(app, plain, demo_options)
+            return app
+
         if log_mode == "human":
             human_log.install(settings.service_name)
         log_config = None if log_mode == "human" else uvicorn.config.LOGGING_CONFIG
-        served: ASGIApp = app
-        if os.environ.get("RELAY_DEV_LAMBDA", "") not in ("", "0"):
-            served = lambda_front(settings, stores)
+        lambda_mode = os.environ.get("RELAY_DEV_LAMBDA", "") not in ("", "0")
+        served: ASGIApp = lambda_front(settings, relay) if lambda_mode else relay()
+        # The production entry point's socket and protocol (small send buffers): a slow reader still gets the
+        # terminal frame at the deadline, as on Lambda.
+        sock = listening_socket(settings.host, settings.port)
         uvicorn.run(
-            served, host=settings.host, port=settings.port, log_level="warning", access_log=False, log_config=log_config
+            served,
+            fd=sock.fileno(),
+            log_level="warning",
+            access_log=False,
+            log_config=log_config,
+            http=http_protocol(),
         )
 
 
-def lambda_front(settings: Settings, stores: Stores) -> FunctionUrlFront:
-    """The function-URL front, each of its execution environments a relay of its own (own poller, own state)."""
+def prepare_dynamodb(settings: Settings) -> tuple[Stores, str, str]:
+    """The stores, the table and the dev key (plain, key id); a DynamoDB that cannot be used ends `make dev` with
+    one line naming its endpoint (botocore's retries would otherwise end in screens of tracebacks)."""
+    try:
+        stores = Stores.from_settings(settings)
+        create_table(stores.client, settings.table_name)
+        plain, key = ensure_dev_key(stores.keys, settings.dev_key)
+    except (BotoCoreError, ClientError, StoreUnavailable, ValueError) as exc:
+        raise SystemExit(
+            f"make dev: DynamoDB at {settings.dynamodb_endpoint} cannot be used: {_one_line(exc)}"
+            " (check RELAY_DYNAMODB_ENDPOINT, or unset it to use a moto server started here)"
+        ) from None
+    return stores, plain, key.key_id
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def lambda_front(settings: Settings, relay: Callable[[], FastAPI]) -> FunctionUrlFront:
+    """The function-URL front, each of its execution environments a relay of its own (own poller, own state),
+    with the demo page like the relay without the front."""
     limits = FrontLimits(
         function_timeout_s=settings.function_timeout_s,
         max_environments=int(os.environ.get("RELAY_DEV_LAMBDA_ENVIRONMENTS", "4")),
@@ -196,10 +231,9 @@ def lambda_front(settings: Settings, stores: Stores) -> FunctionUrlFront:
         f"function timeout {limits.function_timeout_s:g} s (RELAY_FUNCTION_TIMEOUT_S)",
         flush=True,
     )
-    return FunctionUrlFront(
-        lambda: serve_in_thread(create_app(settings, stores=stores, finalizers=[DevEcho()]), lifespan="on"), limits
-    )
+    return FunctionUrlFront(lambda: serve_in_thread(relay(), lifespan="on"), limits)
 
 
 if __name__ == "__main__":
-    main()
+    with refusing_to_start():  # a configuration the relay refuses: one line and exit 2, as in production
+        main()

@@ -12,7 +12,9 @@ and heartbeats, in front of relays started on demand ("execution environments"):
 - a request body over 6 MB is refused with 413, as Lambda's front refuses it, before any environment sees it;
 - the response goes at full speed for its first 6 MB, then at 2 MB/s;
 - one request at a time per environment; another request starts another environment, up to a limit (then 429,
-  Lambda's throttle).
+  Lambda's throttle). Every invocation gives its environment back when it ends, however it ends: an environment
+  that failed to start, or that the front could not reach, is counted off and replaced on demand, and the client
+  gets 502 (Lambda's answer to a function error), so a failure never eats a slot for good.
 
 What it cannot imitate: the web adapter itself (it relays over loopback like the front does, but its buffering,
 readiness check and error answers are not reproduced), the sandbox freeze between invocations, cold starts, the
@@ -22,6 +24,7 @@ readiness check and error answers are not reproduced), the sandbox freeze betwee
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import time
 import uuid
@@ -37,7 +40,10 @@ from starlette.types import Message, Receive, Scope, Send
 MB = 1024 * 1024
 HOP_BY_HOP = {b"host", b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"x-amzn-lambda-context"}
 
+logger = logging.getLogger(__name__)
+
 RELAY_RECEIVE_BUFFER = 64 * 1024
+FUNCTION_ERROR = "Internal Server Error"  # what a function URL answers when the function itself failed
 StartEnvironment = Callable[[], AbstractContextManager[str]]  # starts one relay, yields its base URL
 
 
@@ -56,9 +62,9 @@ class FunctionUrlFront:
     def __init__(self, start_environment: StartEnvironment, limits: FrontLimits | None = None) -> None:
         self.limits = limits or FrontLimits()
         self._start_environment = start_environment
-        self._stack = ExitStack()
-        self._idle: list[str] = []
-        self.environments = 0  # started so far
+        self._idle: list[_Environment] = []
+        self._running: set[_Environment] = set()
+        self.environments = 0  # alive now: idle or running an invocation
         self._lock = anyio.Lock()
         self._client: httpx.AsyncClient | None = None
 
@@ -77,28 +83,47 @@ class FunctionUrlFront:
         if body is None:
             await _answer(send, 413, "Request must be smaller than 6291456 bytes for the InvokeFunction operation")
             return
-        environment = await self._acquire()
+        try:
+            environment = await self._acquire()
+        except Exception as exc:  # any failure to start is the function's error, answered as such
+            logger.error("an execution environment failed to start (%s: %s)", type(exc).__name__, exc)
+            await _answer(send, 502, FUNCTION_ERROR)
+            return
         if environment is None:
             await _answer(send, 429, "Rate Exceeded.")
             return
+        out = _Downstream(send, self.limits)
+        reachable = True
         try:
-            invocation_id = str(uuid.uuid4())
-            with anyio.move_on_after(self.limits.function_timeout_s):  # the function timeout ends the invocation
-                await self._relay(environment, scope, body, invocation_id, send)
+            reachable = await self._run(environment.url, scope, body, out)
         finally:
-            self._idle.append(environment)
+            await self._release(environment, keep=reachable)
+        if not out.started:  # failed, or timed out, before the relay answered
+            await _answer(send, 502, FUNCTION_ERROR)
 
-    async def _relay(self, environment: str, scope: Scope, body: bytes, invocation_id: str, send: Send) -> None:
+    async def _run(self, environment: str, scope: Scope, body: bytes, out: _Downstream) -> bool:
+        """The invocation until it ends, whichever way; False if the environment could not be reached at all."""
+        try:
+            with anyio.move_on_after(self.limits.function_timeout_s):  # the function timeout ends the invocation
+                await self._relay(environment, scope, body, out)
+        except httpx.ConnectError as exc:
+            logger.error("execution environment %s unreachable (%s); replaced on demand", environment, exc)
+            return False
+        except Exception as exc:  # the relay failed mid-answer: the function's error
+            logger.error("invocation failed in %s (%s: %s)", environment, type(exc).__name__, exc)
+        return True
+
+    async def _relay(self, environment: str, scope: Scope, body: bytes, out: _Downstream) -> None:
         """Pass the request on with the invocation's context; pass the answer back, throttled; keep reading it to
         its end even when the client has gone (then discard it)."""
         assert self._client is not None
+        invocation_id = str(uuid.uuid4())
         url = environment + scope["path"] + (f"?{scope['query_string'].decode()}" if scope.get("query_string") else "")
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in HOP_BY_HOP]
         context = {"request_id": invocation_id, "deadline": int((time.time() + self.limits.function_timeout_s) * 1000)}
         headers.append((b"x-amzn-lambda-context", json.dumps(context).encode()))
         request = self._client.build_request(scope["method"], url, headers=headers, content=body)
         response = await self._client.send(request, stream=True)
-        out = _Downstream(send, self.limits)
         try:
             response_headers = [(k, v) for k, v in response.headers.raw if k.lower() not in HOP_BY_HOP]
             response_headers.append((b"x-amzn-requestid", invocation_id.encode()))
@@ -109,15 +134,30 @@ class FunctionUrlFront:
         finally:
             await response.aclose()
 
-    async def _acquire(self) -> str | None:
-        """An idle environment, or a new one while under the limit; None: throttled."""
+    async def _acquire(self) -> _Environment | None:
+        """An idle environment, or a new one while under the limit; None: throttled. A start that fails is not
+        counted: the next request tries again."""
         async with self._lock:
             if self._idle:
-                return self._idle.pop()
-            if self.environments >= self.limits.max_environments:
+                environment = self._idle.pop()
+            elif self.environments >= self.limits.max_environments:
                 return None
-            self.environments += 1
-            return await anyio.to_thread.run_sync(self._stack.enter_context, self._start_environment())
+            else:
+                environment = await anyio.to_thread.run_sync(_Environment.start, self._start_environment)
+                self.environments += 1
+            self._running.add(environment)
+            return environment
+
+    async def _release(self, environment: _Environment, *, keep: bool) -> None:
+        """Back to the idle ones, or (`keep` False: it could not be reached) stopped and counted off."""
+        with anyio.CancelScope(shield=True):  # also when the invocation was cancelled: the slot is never lost
+            async with self._lock:
+                self._running.discard(environment)
+                if keep:
+                    self._idle.append(environment)
+                    return
+                self.environments -= 1
+            await anyio.to_thread.run_sync(environment.stop)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -128,9 +168,27 @@ class FunctionUrlFront:
             elif message["type"] == "lifespan.shutdown":
                 if self._client is not None:
                     await self._client.aclose()
-                await anyio.to_thread.run_sync(self._stack.close)
+                for environment in [*self._idle, *self._running]:
+                    await anyio.to_thread.run_sync(environment.stop)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+@dataclass(eq=False)
+class _Environment:
+    """One started relay: its base URL and what stops it."""
+
+    url: str
+    _stack: ExitStack
+
+    @classmethod
+    def start(cls, start_environment: StartEnvironment) -> _Environment:
+        with ExitStack() as stack:
+            url = stack.enter_context(start_environment())
+            return cls(url, stack.pop_all())
+
+    def stop(self) -> None:
+        self._stack.close()
 
 
 def _relay_client() -> httpx.AsyncClient:
@@ -149,6 +207,7 @@ class _Downstream:
         self._send = send
         self._limits = limits
         self.sent = 0
+        self.started = False  # the response's start went to the client (or would have, had it stayed)
         self.gone = False
         self._throttled_since: float | None = None
 
@@ -169,6 +228,8 @@ class _Downstream:
         await anyio.sleep(max(0.0, allowed_at - time.monotonic()))
 
     async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
         if self.gone:
             return
         try:

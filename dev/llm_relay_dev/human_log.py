@@ -11,6 +11,7 @@ import sys
 MODES = ("human", "json")
 REJECTED = "request rejected"  # llm_relay.telemetry's message for a refused request
 _UVICORN = ("uvicorn", "uvicorn.error", "uvicorn.access")
+_SILENT = logging.CRITICAL + 1  # a handler at this level passes nothing on
 
 
 def escape(text: str) -> str:
@@ -38,20 +39,36 @@ class HumanFormatter(logging.Formatter):
 
 def install(service_logger: str) -> None:
     """Route every logger (the relay's Powertools logger named `service_logger`, library loggers, uvicorn's) to
-    one stdout handler at WARNING with the human format."""
+    one stdout handler at WARNING with the human format.
+
+    The relay's logger keeps the JSON handler Powertools gave it, silenced: every `create_app` builds a Powertools
+    `Logger` for the service again (one per execution environment behind the function-URL front), and Powertools
+    takes a logger it configured to still hold that handler: without it, the next `Logger` fails to build
+    (`IndexError`). Configuring it here first makes the order irrelevant: an app built after this adds no JSON
+    handler of its own."""
+    from aws_lambda_powertools import Logger
+
+    Logger(service=service_logger)  # configured once per process; a no-op if an app was built already
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(HumanFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
-    for name in (service_logger, *_UVICORN):
+    for name in _UVICORN:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
         logger.setLevel(logging.WARNING)
     # Finished requests have the dev server's own line; refused ones get theirs from the relay's INFO record.
     relay = logging.getLogger(service_logger)
+    for own in relay.handlers:
+        own.setLevel(_SILENT)
+    relay.propagate = True
     relay.setLevel(logging.INFO)
-    relay.addFilter(lambda record: record.levelno >= logging.WARNING or record.getMessage() == REJECTED)
+    relay.addFilter(_warnings_and_refusals)
     handler.setLevel(logging.INFO)
     logging.getLogger("uvicorn.access").disabled = True
+
+
+def _warnings_and_refusals(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or record.getMessage() == REJECTED

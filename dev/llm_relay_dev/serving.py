@@ -13,6 +13,8 @@ from typing import Literal
 import uvicorn
 from starlette.types import ASGIApp
 
+from llm_relay.serve import http_protocol
+
 
 @contextmanager
 def serve_in_thread(
@@ -20,13 +22,18 @@ def serve_in_thread(
 ) -> Iterator[str]:
     """Serve `app` on `host`:<ephemeral port> until the block exits; yields the base URL. The thread has its
     own event loop and installs no signal handlers (uvicorn only does so in the main thread), so the relay
-    in the main thread keeps its loop and its Ctrl-C handling to itself. `lifespan="on"` for an app that needs
-    its start-up (a relay behind the function-URL front)."""
+    in the main thread keeps its loop and its Ctrl-C handling to itself, and it leaves the process's logging as the
+    main server set it (uvicorn's default configuration would give its loggers their own handlers again, past
+    `make dev`'s console). `lifespan="on"` for an app that needs its start-up (a relay behind the function-URL
+    front)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan=lifespan, access_log=False))
+    config = uvicorn.Config(
+        app, log_level="warning", lifespan=lifespan, access_log=False, log_config=None, http=http_protocol()
+    )
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="dev-server", daemon=True)
     thread.start()
     try:

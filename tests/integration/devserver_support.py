@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,21 +58,29 @@ def _pump(stream: Any, sink: list[str]) -> None:
         sink.append(line.rstrip("\n"))
 
 
+def dev_server(**env: str) -> AbstractContextManager[DevServer]:
+    """`make dev` on free ports; `env` overrides (e.g. RELAY_DYNAMODB_ENDPOINT: use that, start no moto). It logs
+    the JSON lines and EMF the tests read, unless `env` names another RELAY_DEV_LOG."""
+    return _dev_server(env, console=False)
+
+
+def default_console_dev_server(**env: str) -> AbstractContextManager[DevServer]:
+    """`make dev` as a user starts it: no RELAY_DEV_LOG at all, so the console a person reads."""
+    return _dev_server(env, console=True)
+
+
 @contextmanager
-def dev_server(**env: str) -> Iterator[DevServer]:
-    """`make dev` on free ports; `env` overrides (e.g. RELAY_DYNAMODB_ENDPOINT: use that, start no moto)."""
+def _dev_server(env: dict[str, str], *, console: bool) -> Iterator[DevServer]:
     port, moto_port = free_port(), free_port()
-    inherited = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("RELAY_DYNAMODB_ENDPOINT", "RELAY_UPSTREAM_URL", "RELAY_UPSTREAMS")
-    }
+    dropped = ("RELAY_DYNAMODB_ENDPOINT", "RELAY_UPSTREAM_URL", "RELAY_UPSTREAMS", "RELAY_DEV_LOG")
+    inherited = {k: v for k, v in os.environ.items() if k not in dropped}
+    log = {} if console else {"RELAY_DEV_LOG": env.pop("RELAY_DEV_LOG", "json")}
     full_env = {
         **inherited,
         "PORT": str(port),
         "RELAY_MOTO_PORT": str(moto_port),
         "RELAY_DEV_KEY": env.pop("RELAY_DEV_KEY", "lr-dev-test-key"),
-        "RELAY_DEV_LOG": env.pop("RELAY_DEV_LOG", "json"),  # the JSON log lines and EMF the tests read
+        **log,
         **env,
     }
     proc = subprocess.Popen(

@@ -14,7 +14,7 @@ from llm_relay.app import create_app
 from llm_relay.dynamo import Stores
 from llm_relay.settings import Settings
 from llm_relay_dev.dev_key import ensure_dev_key
-from llm_relay_dev.function_url import FrontLimits, FunctionUrlFront
+from llm_relay_dev.function_url import FrontLimits, FunctionUrlFront, StartEnvironment
 from tests.conftest import Upstream
 from tests.integration.helpers import RecordingFinalizer
 from tests.servers import serve
@@ -37,12 +37,16 @@ LambdaRelayFactory = Callable[..., LambdaRelay]
 
 @pytest.fixture
 def make_lambda_relay(stores: Stores, upstream: Upstream, moto_endpoint: str) -> Iterator[LambdaRelayFactory]:
-    """A function-URL front; `limits` for the front, the rest are relay settings (defaults as deployed, except the
-    test's table, upstream and fast retries)."""
+    """A function-URL front; `limits` for the front, `start` to wrap how it starts an environment (a relay), the
+    rest are relay settings (defaults as deployed, except the test's table, upstream and fast retries)."""
     plain, _ = ensure_dev_key(stores.keys)
     with ExitStack() as stack:
 
-        def factory(limits: FrontLimits | None = None, **overrides: Any) -> LambdaRelay:
+        def factory(
+            limits: FrontLimits | None = None,
+            start: Callable[[StartEnvironment], StartEnvironment] | None = None,
+            **overrides: Any,
+        ) -> LambdaRelay:
             settings = Settings(
                 **{
                     "upstream_url": upstream.url,
@@ -57,7 +61,7 @@ def make_lambda_relay(stores: Stores, upstream: Upstream, moto_endpoint: str) ->
             def environment() -> AbstractContextManager[str]:
                 return serve(create_app(settings, stores=stores, finalizers=[recorder]))
 
-            front = FunctionUrlFront(environment, limits)
+            front = FunctionUrlFront(start(environment) if start else environment, limits)
             url = stack.enter_context(serve(front))
             return LambdaRelay(url, plain, front, recorder, stores)
 

@@ -94,6 +94,7 @@ def test_no_input_produces_a_traceback(stores: Stores, moto_endpoint: str) -> No
         ("keys", "create", "--name", "x", "--daily-budget-usd", "1e-400"): "decimal places",
         ("keys", "create", "--name", "x", "--rpm", "NaN"): "finite",
         ("keys", "create", "--name", "x", "--expires-at", "2025-02-30"): "cannot read expiry",
+        ("keys", "create", "--name", "x", "--expires-at", "2001-01-01"): "2001-01-01T00:00:00Z is already past",
         ("keys", "create", "--name", "x", "--models", ","): "at least one model",
         ("keys", "set-limits", key_id, "--expires-at", "tomorrow"): "cannot read expiry",
         ("keys", "revoke", "not-a-key-id"): "is not a key id",
@@ -207,6 +208,28 @@ def test_usage_by_model_key_and_day(stores: Stores, moto_endpoint: str) -> None:
     assert [r["REQUEST ID"] for r in csv.DictReader(io.StringIO(one))] == ["req_1", "req_2"]
 
 
+def test_usage_csv_has_numbers_in_numeric_columns(stores: Stores, moto_endpoint: str) -> None:
+    # GIVEN usage records, one with estimated tokens and one of an unpriced model
+    _seed_usage(stores)
+    # WHEN they are printed as CSV
+    done = cli(stores, moto_endpoint, "usage", "--since", "3d", "--format", "csv")
+    assert done.returncode == 0, done.stderr
+    rows = {row["REQUEST ID"]: row for row in csv.DictReader(io.StringIO(done.stdout))}
+    # THEN every numeric cell is a number or empty (nothing known), and how tokens were counted has its own column
+    for row in rows.values():
+        for column in ("PROMPT", "COMPLETION", "COST USD", "TTFT MS", "DURATION MS"):
+            assert row[column] == "" or Decimal(row[column]).is_finite(), (column, row)
+    assert (rows["req_3"]["PROMPT"], rows["req_3"]["COMPLETION"], rows["req_3"]["USAGE SOURCE"]) == (
+        "30",
+        "7",
+        "estimated",
+    )
+    assert rows["req_1"]["USAGE SOURCE"] == "upstream" and rows["req_4"]["COST USD"] == ""
+    # AND the table for a person still marks the estimate beside the number
+    table = cli(stores, moto_endpoint, "usage", "--since", "3d").stdout
+    assert "30 (est)" in table
+
+
 @pytest.fixture
 def instant_relay(make_relay: RelayFactory) -> Relay:
     return make_relay(auth_cache_ttl_s=0.0)
@@ -220,27 +243,32 @@ def _status(relay: Relay, key: str) -> tuple[int, str | None]:
 
 def test_an_expired_key_is_refused(instant_relay: Relay, moto_endpoint: str) -> None:
     relay = instant_relay
-    # GIVEN a key that expires in a day and one that expired in the past
+    # GIVEN a key that expires in a day
     later = json.loads(
         cli(relay.stores, moto_endpoint, "keys", "create", "--name", "later", "--expires-at", "+1d", "--json").stdout
     )
-    past = json.loads(
-        cli(
-            relay.stores, moto_endpoint, "keys", "create", "--name", "past", "--expires-at", "2001-01-01", "--json"
-        ).stdout
-    )
-    assert past["status"] == "expired" and past["expires_at"] == "2001-01-01T00:00:00Z"
-    # THEN the first works, the second is an invalid key
     assert _status(relay, later["key"]) == (200, None)
-    assert _status(relay, past["key"]) == (401, "invalid_api_key")
-    # WHEN the first's expiry is moved into the past, it is refused too; `never` brings it back
-    moved = cli(relay.stores, moto_endpoint, "keys", "set-limits", later["key_id"], "--expires-at", "2020-06-01")
+    # WHEN its expiry is moved into the past
+    moved = cli(
+        relay.stores, moto_endpoint, "keys", "set-limits", later["key_id"], "--expires-at", "2020-06-01", "--json"
+    )
+    # THEN the change is made, with a warning on stderr (the JSON on stdout stays whole), and the key is refused
     assert moved.returncode == 0, moved.stderr
+    assert json.loads(moved.stdout)["status"] == "expired"
+    assert moved.stderr.startswith("llm-relay: warning: ") and "2020-06-01T00:00:00Z, already past" in moved.stderr
     assert _status(relay, later["key"]) == (401, "invalid_api_key")
-    assert (
-        cli(relay.stores, moto_endpoint, "keys", "set-limits", later["key_id"], "--expires-at", "never").returncode == 0
-    )
+    # AND `never` brings it back, without a warning
+    back = cli(relay.stores, moto_endpoint, "keys", "set-limits", later["key_id"], "--expires-at", "never")
+    assert back.returncode == 0 and back.stderr == ""
     assert _status(relay, later["key"]) == (200, None)
+
+
+def test_a_key_is_not_created_already_expired(stores: Stores, moto_endpoint: str) -> None:
+    # WHEN a key is created with an expiry that has passed
+    done = cli(stores, moto_endpoint, "keys", "create", "--name", "past", "--expires-at", "2001-01-01", "--json")
+    # THEN it is refused in one line, before anything is written: no secret printed, no key stored
+    assert done.returncode == 2 and done.stdout == "" and "already past" in done.stderr
+    assert list(stores.keys.list_all()) == []
 
 
 def test_rotation_keeps_the_old_secret_for_the_grace_period(instant_relay: Relay, moto_endpoint: str) -> None:

@@ -3,13 +3,17 @@ mock faults without tracebacks; control characters escaped, so a model name cann
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from urllib.parse import urlsplit
 
 import httpx
 
 from tests.integration.devserver_support import DevServer, dev_server
-from tests.waiting import wait_until
+from tests.servers import free_port
+from tests.waiting import PATIENCE_S, wait_until
 
 FORGED = "gpt\n[relay] req_forged rk_forged gpt-4o-mini sse: stop"
 
@@ -68,3 +72,18 @@ def test_one_line_per_request_warnings_and_nothing_else() -> None:
         # AND the newline in the model name is escaped: no line was forged
         assert not any(line.startswith("[relay] req_forged") for line in console)
         assert sum("gpt\\n[relay] req_forged" in line for line in relay_lines) == 1
+
+
+def test_an_unreachable_dynamodb_is_one_line_naming_it() -> None:
+    # GIVEN `make dev` as a user starts it, pointed at a DynamoDB endpoint where nothing listens
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env.update({"PORT": str(free_port()), "RELAY_DYNAMODB_ENDPOINT": endpoint})
+    # WHEN it starts
+    done = subprocess.run(
+        [sys.executable, "-m", "llm_relay_dev.devserver"], env=env, capture_output=True, text=True, timeout=PATIENCE_S
+    )
+    # THEN it exits non-zero with one line that names the endpoint, and no traceback
+    printed = (done.stdout + done.stderr).strip().splitlines()
+    assert done.returncode != 0
+    assert len(printed) == 1 and endpoint in printed[0] and "RELAY_DYNAMODB_ENDPOINT" in printed[0], printed

@@ -1,5 +1,6 @@
 """Cancellation, deadline and heartbeats the way Lambda behaves: through the local function-URL front, which does
-not pass a client's disconnect on (issue 11). The direct-path tests (test_cancel, test_failures) stay as well."""
+not pass a client's disconnect on. The direct-path tests (test_cancel, test_failures) stay as well. `make dev
+LAMBDA=1` is tested through its own entry point in the console a user gets by default, and with JSON logs."""
 
 from __future__ import annotations
 
@@ -7,15 +8,18 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 import httpx
 import pytest
 
-from llm_relay_dev.function_url import FrontLimits
+from llm_relay_dev.function_url import FrontLimits, StartEnvironment
 from tests.conftest import Upstream
-from tests.integration.devserver_support import dev_server
+from tests.integration.devserver_support import DevServer, default_console_dev_server, dev_server
 from tests.integration.function_url_support import LambdaRelay, LambdaRelayFactory, make_lambda_relay
 from tests.integration.helpers import chat_body, sse_events
+from tests.servers import free_port
 from tests.waiting import wait_until
 
 HEAVILY_LOADED_BOUND_S = 5.0
@@ -162,3 +166,69 @@ def test_make_dev_lambda_serves_behind_the_front() -> None:
         assert response.status_code == 200 and sse_events(response.text)[-1] == "[DONE]"
         finished = dev.wait_finished(response.headers["x-request-id"])
         assert finished["lambda_request_id"] == response.headers["x-amzn-requestid"]
+
+
+def _fails_to_start() -> AbstractContextManager[str]:
+    raise RuntimeError("environment could not start")
+
+
+@contextmanager
+def _unreachable() -> Iterator[str]:
+    yield f"http://127.0.0.1:{free_port()}"  # started, then gone: nothing listens there
+
+
+def test_an_environment_that_failed_is_given_back(make_lambda_relay: LambdaRelayFactory) -> None:
+    # GIVEN a front allowed one environment, whose first start fails and whose second relay cannot be reached
+    def flaky(real: StartEnvironment) -> StartEnvironment:
+        starts = iter([_fails_to_start, _unreachable])
+        return lambda: next(starts, real)()
+
+    relay = make_lambda_relay(limits=FrontLimits(max_environments=1), start=flaky)
+    # WHEN three requests come one after another
+    answers = [
+        httpx.post(f"{relay.url}/v1/chat/completions", json=chat_body(), headers=relay.headers(), timeout=30)
+        for _ in range(3)
+    ]
+    # THEN the failures are the function's error in Lambda's shape, and the third gets a fresh environment: the
+    # failed ones did not keep the only slot
+    assert [answer.status_code for answer in answers] == [502, 502, 200], [answer.text for answer in answers]
+    assert answers[0].json() == {"Message": "Internal Server Error"}
+    assert relay.front.environments == 1
+
+
+def _console(dev: DevServer) -> list[str]:
+    """What the server printed after its banner (whose lines are indented, but for its title)."""
+    return [line for line in list(dev.stdout) if line and not line.startswith(" ") and line != "llm-relay dev server"]
+
+
+def test_make_dev_lambda_cancels_by_client_id_in_its_default_console() -> None:
+    # GIVEN `make dev LAMBDA=1` as a user starts it: the default console (no RELAY_DEV_LOG)
+    with default_console_dev_server(RELAY_DEV_LAMBDA="1", RELAY_DEV_KEY="lr-dev-console-key") as dev:
+        dev.wait_for_output("function URL front")
+        headers = {"authorization": f"Bearer {dev.key}"}
+        client_id = f"console-{uuid.uuid4()}"
+        body = chat_body(stream=True, mock={"tokens": 2000, "chunk_delay_ms": 10})
+        # WHEN a 20 s stream named by its client starts, the client leaves after one chunk and cancels by that name
+        with (
+            httpx.Client(timeout=30) as client,
+            client.stream(
+                "POST",
+                f"{dev.url}/v1/chat/completions",
+                json=body,
+                headers={**headers, "x-client-request-id": client_id},
+            ) as response,
+        ):
+            assert response.status_code == 200, response.read()
+            request_id = response.headers["x-request-id"]
+            next(line for line in response.iter_lines() if line.startswith("data: {"))
+        cancel = httpx.post(f"{dev.url}/v1/requests/{client_id}/cancel", headers=headers, timeout=30)
+        # THEN another environment takes the cancel, and the stream ends client_cancelled, not at its 20 s end
+        assert cancel.status_code == 202, cancel.text
+        assert ": client_cancelled " in dev.wait_for_output(f"[relay] {request_id} ")
+        # AND the demo page the banner advertises is served through the front
+        page = httpx.get(f"{dev.url}/", timeout=30)
+        assert page.status_code == 200 and dev.key in page.text
+        # AND the console holds the request's line and nothing else: no error, no traceback
+        assert _console(dev) == [dev.wait_for_output(f"[relay] {request_id} ")], _console(dev)
+        everything = "\n".join(list(dev.stdout) + list(dev.stderr))
+        assert "Traceback" not in everything and not dev.stderr, everything

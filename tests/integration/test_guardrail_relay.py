@@ -282,7 +282,8 @@ async def test_async_mode_releases_text_before_it_is_judged(guarded: Any, record
             # THEN the whole answer arrived (200) though no window of it had been judged: nothing waited for the
             # guardrail (sync mode would have sent nothing: its first window is never judged)
             assert response.status_code == 200 and _content(received) == text
-            assert not [c for c in g.output_calls() if c.action is not None]  # made yet or not, none answered
+            # (the first window's call, made yet or not, has not answered; later windows may be judged meanwhile)
+            assert not [c for c in g.output_calls() if c.fault == "slow" and c.action is not None]
             received += [json.loads(line) async for line in lines if line.strip()]
     # AND the call that never answered ends the stream failing closed, after the text was shown
     assert received[-1]["error"]["code"] == "guardrail_unavailable"

@@ -152,8 +152,8 @@ def test_third_concurrent_stream_is_refused_until_one_ends(relay: Relay, capfd: 
 
 
 def test_budget_stops_the_key_once_spent_and_costs_agree(relay: Relay) -> None:
-    # GIVEN a daily budget that covers one request of max_tokens 20 (its worst case: 8 prompt tokens at $0.15/M
-    # plus 20 completion tokens of gpt-4o-mini at $0.60/M = $0.0000132) but not two
+    # GIVEN a daily budget that covers one request of max_tokens 20 (its worst case: 14 prompt tokens at $0.15/M
+    # plus 20 completion tokens of gpt-4o-mini at $0.60/M = $0.0000141) but not two
     plain, key = new_key(relay.stores, daily_budget_usd="0.00002")
     with httpx.Client(timeout=10) as client:
         # WHEN the first request runs: admitted (nothing spent yet)

@@ -65,7 +65,9 @@ def test_the_handler_refuses_without_an_upstream_url(
     assert lambda_handler._adapter is None
 
 
-def test_buffered_invocations_are_sanitized_by_the_same_code(fresh_handler, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_buffered_invocations_are_sanitized_by_the_same_code(
+    fresh_handler: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # GIVEN a sandbox whose deployment redacts answers, and an answer with an e-mail address split across chunks
     monkeypatch.setenv("RELAY_SANITIZE", "redact")
     text = "Write to jane.roe@example.org today."

@@ -105,6 +105,17 @@ def test_every_relay_variable_is_a_settings_field(template):
     assert {"RELAY_TABLE_NAME", "RELAY_UPSTREAM_URL", "RELAY_ALLOWED_MODELS"} <= relay_variables
 
 
+def test_ambiguous_upstream_attempts_are_not_retried_unless_the_stack_says_so(template, monkeypatch):
+    # GIVEN the template's parameter for retrying a 408, a 504 or a close without an answer
+    parameter = template["Parameters"]["RetryAmbiguous"]
+    # THEN the function reads it, and it defaults to what the settings default to: off (a model may have generated)
+    assert _variables(template)["RELAY_RETRY_AMBIGUOUS"] == {"Ref": "RetryAmbiguous"}
+    assert (parameter["Default"], parameter["AllowedValues"]) == ("false", ["true", "false"])
+    assert Settings.model_fields["retry_ambiguous"].default is False
+    monkeypatch.setenv("RELAY_RETRY_AMBIGUOUS", "true")
+    assert Settings().retry_ambiguous is True
+
+
 def test_powertools_service_log_level_and_namespace_are_configured(template):
     variables = _variables(template)
     assert variables["POWERTOOLS_SERVICE_NAME"] == "llm-relay"

@@ -1,6 +1,8 @@
 """The stream's budget guard, driven through the real `RelayStream` with the fakes of test_stream.py: the next
-increment is asked for ahead of need while tokens keep flowing; a refused extension ends the stream at the
-reserved tokens (SSE terminal error, stream: false 429), none beyond them reaching the client."""
+increment is asked for ahead of need while tokens keep flowing, never past the request's max_tokens; a refused
+extension ends the stream at the reserved tokens (SSE terminal error, stream: false 429), none beyond them reaching
+the client, though the record counts the chunk the upstream generated; a write still pending at the end does not
+hold the terminal frame back, and finalization waits for its answer."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any
 import anyio
 
 from llm_relay.budget_extension import BudgetGuard, tokens_in
-from llm_relay.budgets import BudgetPeriod, Reservation
+from llm_relay.budgets import OVERRUN_TOKENS, BudgetPeriod, Reservation, tokens_cost
 from llm_relay.metering import StreamMeter
 from llm_relay.pricing import ModelPrice
 from llm_relay.termination import TerminationReason
@@ -34,14 +36,15 @@ class FakeExtender:
         self.asked.append(reservation.tokens)
         self.asked_event.set()
         if self.gate is not None:
-            await self.gate.wait()
+            with anyio.fail_after(5):  # bounded, as the limiter bounds the write: a failing test ends, never hangs
+                await self.gate.wait()
         if self.grant:
             reservation.grant(tokens, reservation.cost_of(tokens))
         return self.grant
 
 
-def guard(extender: FakeExtender, tokens: int = 8) -> BudgetGuard:
-    reservation = Reservation.open(PRICE, (DAY,), prompt_tokens=1, max_tokens=None, increment=tokens)
+def guard(extender: FakeExtender, tokens: int = 8, max_tokens: int | None = None) -> BudgetGuard:
+    reservation = Reservation.open(PRICE, (DAY,), prompt_tokens=1, max_tokens=max_tokens, increment=tokens)
     return BudgetGuard(reservation, extender)
 
 
@@ -84,9 +87,10 @@ def test_a_refused_extension_ends_the_stream_at_the_reserved_tokens() -> None:
     assert client_tokens(run) == [f"t{i}" for i in range(8)]
     last = json.loads(run.client.body.split("\n\n")[-2].removeprefix("data: "))
     assert last["error"]["code"] == "budget_exceeded" and "[DONE]" not in run.client.body
-    # AND the upstream was closed, and the outcome counts what the client got
+    # AND the upstream was closed, and the outcome counts what the upstream generated: the client's 8 tokens and
+    # the 9th, which found the reservation used up (the provider bills it; the client never saw it)
     assert run.body.closed.is_set()
-    assert run.outcome.reason is TerminationReason.BUDGET_EXCEEDED and run.outcome.usage.completion_tokens == 8
+    assert run.outcome.reason is TerminationReason.BUDGET_EXCEEDED and run.outcome.usage.completion_tokens == 9
 
 
 def test_stream_false_gets_429_budget_exceeded_when_an_extension_is_refused() -> None:
@@ -98,7 +102,7 @@ def test_stream_false_gets_429_budget_exceeded_when_an_extension_is_refused() ->
     run = relay(drive, framing=None, stream=False, budget=budget)
     assert run.client.status == 429
     assert json.loads(run.client.body)["error"]["code"] == "budget_exceeded"
-    assert run.outcome.usage.completion_tokens == 8
+    assert run.outcome.usage.completion_tokens == 9
 
 
 def test_the_pump_waits_for_an_extension_only_at_the_end_of_the_reservation() -> None:
@@ -169,3 +173,100 @@ def test_a_chunk_worth_several_increments_waits_for_as_many_extensions() -> None
     assert client_tokens(run) == [long_text]
     assert extender.asked == [8, 16] and budget.reservation.tokens == 24
     assert run.outcome.reason is TerminationReason.STOP
+
+
+def test_the_refused_chunk_and_what_came_with_it_are_counted_but_never_sent() -> None:
+    # GIVEN 8 reserved tokens, a store that refuses the next increment, and an upstream read that holds the 8th to
+    # the 11th tokens and its usage report (the provider counted 11)
+    budget = guard(FakeExtender(grant=False))
+    usage = {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 11}}
+
+    async def drive(run: Run) -> None:
+        run.body.feed(*[chunk(f"t{i}") for i in range(7)])
+        run.body.feed_together(*[chunk(f"t{i}") for i in range(7, 11)], usage)
+
+    run = relay(drive, framing=SSE, budget=budget, include_usage=True)
+    # THEN the client got the 8 reserved tokens and no usage chunk (the stream ended before it)
+    assert client_tokens(run) == [f"t{i}" for i in range(8)]
+    assert '"usage"' not in run.client.body.split("\n\n")[-3]
+    # AND the record counts what the upstream generated and reported: 11, not the 8 the client saw
+    assert run.outcome.reason is TerminationReason.BUDGET_EXCEEDED
+    assert (run.outcome.usage.completion_tokens, run.outcome.usage.source) == (11, "upstream")
+
+
+def test_an_extension_never_reserves_past_max_tokens() -> None:
+    # GIVEN increments of 8 and a request with max_tokens 10: 8 reserved at admission
+    extender = FakeExtender()
+    budget = guard(extender, max_tokens=10)
+
+    async def drive(run: Run) -> None:
+        run.body.feed(*[chunk(f"t{i}") for i in range(10)], chunk(finish="length"), "[DONE]")
+        run.body.end()
+
+    run = relay(drive, framing=SSE, budget=budget)
+    # THEN one extension was asked for, for the 2 tokens left of the cap, and the stream ran to it
+    assert client_tokens(run) == [f"t{i}" for i in range(10)]
+    assert run.outcome.reason is TerminationReason.LENGTH
+    assert extender.asked == [8]
+    assert (budget.reservation.tokens, budget.reservation.usd) == (10, tokens_cost(PRICE, 1, 10))
+
+
+def test_a_request_whose_cap_admission_covered_asks_for_no_extension() -> None:
+    # GIVEN the default increment (1024) and a request with max_tokens 100: all of it reserved at admission
+    extender = FakeExtender()
+    budget = guard(extender, tokens=1024, max_tokens=100)
+
+    async def drive(run: Run) -> None:
+        for i in range(0, 100, 10):
+            run.body.feed_together(*[chunk(f"t{j}") for j in range(i, i + 10)])
+        run.body.feed(chunk(finish="length"), "[DONE]")
+        run.body.end()
+
+    run = relay(drive, framing=SSE, budget=budget)
+    # THEN the 100 tokens streamed without a single extension write (none at the first token)
+    assert len(client_tokens(run)) == 100 and run.outcome.reason is TerminationReason.LENGTH
+    assert extender.asked == []
+    assert budget.reservation.tokens == 100
+
+
+def test_an_upstream_that_overruns_its_cap_waits_for_a_small_step_reserved_at_need() -> None:
+    # GIVEN max_tokens 4 (all reserved at admission), increments of 8, and an upstream that sends 6 tokens anyway
+    extender = FakeExtender(gate=anyio.Event())
+    budget = guard(extender, max_tokens=4)
+
+    async def drive(run: Run) -> None:
+        run.body.feed(*[chunk(f"t{i}") for i in range(6)], chunk(finish="stop"), "[DONE]")
+        run.body.end()
+        # WHEN the 4 reserved tokens are out
+        await extender.asked_event.wait()
+        # THEN the extension was asked for only then (not ahead of need), and the 5th waits for it
+        assert client_tokens(run) == [f"t{i}" for i in range(4)]
+        assert extender.gate is not None
+        extender.gate.set()
+
+    run = relay(drive, framing=SSE, budget=budget)
+    assert client_tokens(run) == [f"t{i}" for i in range(6)]
+    assert extender.asked == [4] and budget.reservation.tokens == 4 + min(OVERRUN_TOKENS, 8)
+
+
+def test_a_pending_extension_does_not_hold_the_terminal_frame_back() -> None:
+    # GIVEN increments of 8 and a store that answers the extension only when the test lets it
+    extender = FakeExtender(gate=anyio.Event())
+    budget = guard(extender)
+
+    async def drive(run: Run) -> None:
+        # WHEN the answer ends (7 tokens) while the extension asked for at the 6th is still pending
+        run.body.feed(*[chunk(f"t{i}") for i in range(7)], chunk(finish="stop"), "[DONE]")
+        run.body.end()
+        await extender.asked_event.wait()
+        # THEN the terminal frame reaches the client without waiting for it
+        with anyio.fail_after(5):
+            await run.client.wait_for("[DONE]")
+        # AND finalization waits for the write's answer (settlement swaps the whole reservation)
+        assert run.ended == []
+        assert extender.gate is not None
+        extender.gate.set()
+
+    run = relay(drive, framing=SSE, budget=budget)
+    assert run.outcome.reason is TerminationReason.STOP and run.client.closed
+    assert budget.reservation.tokens == 16

@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 
 from llm_relay.budgets import (
+    OVERRUN_TOKENS,
     BudgetPeriod,
     Reservation,
     conservative_prompt_tokens,
@@ -49,9 +50,42 @@ def test_the_prompt_estimate_is_conservative_for_english_and_dense_scripts() -> 
     assert conservative_prompt_tokens(english) > estimate_prompt_tokens(english)
     # AND CJK text: at least one token a character
     assert conservative_prompt_tokens(cjk) >= len(cjk[0]["content"])
-    # AND content parts count their text
+    # AND content parts count their text, plus a message's framing and the reply's
     parts = [{"role": "user", "content": [{"type": "text", "text": "abcdef"}]}]
-    assert conservative_prompt_tokens(parts) == 2 + 4
+    assert conservative_prompt_tokens(parts) == 2 + 5 + 5
+    # AND so do a message's name and its tool calls' names and arguments
+    call = {"id": "c1", "type": "function", "function": {"name": "abc", "arguments": '{"a":1}'}}
+    named = [{"role": "assistant", "name": "abcdef", "content": None, "tool_calls": [call]}]
+    assert conservative_prompt_tokens(named) == -(-(6 + 3 + 7) // 3) + 5 + 5
+
+
+# What the priced providers' chat templates make of a short prompt (text tokens + framing), one user message and
+# the reply's priming unless said otherwise:
+BILLED = [
+    # OpenAI (gpt-4o, gpt-4, gpt-3.5; the tiktoken cookbook): 3 a message + the role + the text, 3 for the reply
+    ("openai: hi", [{"role": "user", "content": "hi"}], 3 + 1 + 1 + 3),
+    # Llama 3 (Meta's template: Bedrock, Fireworks, Databricks, Cloudflare): <|begin_of_text|>, a message's header
+    # (<|start_header_id|> role <|end_header_id|> and the blank line) and <|eot_id|>, the assistant's header
+    ("llama 3: hi", [{"role": "user", "content": "hi"}], 1 + (4 + 1 + 1) + 4),
+    ("llama 3: three turns", [{"role": r, "content": "hi"} for r in ("user", "assistant", "user")], 1 + 3 * 6 + 4),
+    # ChatML (Qwen, and other open models): <|im_start|> role newline, the text, <|im_end|> newline; the reply's
+    ("chatml: hi", [{"role": "user", "content": "hi"}], (3 + 1 + 2) + 3),
+    # Anthropic: its token counting documentation's example, a system prompt and one message
+    (
+        "anthropic: documented example",
+        [{"role": "system", "content": "You are a scientist"}, {"role": "user", "content": "Hello, Claude"}],
+        14,
+    ),
+]
+
+
+@pytest.mark.parametrize(("messages", "billed"), [(m, b) for _, m, b in BILLED], ids=[name for name, _, _ in BILLED])
+def test_a_very_short_prompt_is_reserved_at_least_at_what_the_priced_providers_bill(
+    messages: list[dict[str, str]], billed: int
+) -> None:
+    # GIVEN a prompt whose text is a token or two: the chat template's framing is most of what is billed
+    # THEN the reservation's estimate is at least what the provider's template bills for it
+    assert conservative_prompt_tokens(messages) >= billed
 
 
 def test_a_reservation_costs_its_prompt_at_the_input_price_and_its_completion_at_the_output_price() -> None:
@@ -69,10 +103,24 @@ def test_an_extension_is_asked_for_a_quarter_increment_ahead_and_never_past_the_
     assert (reservation.tokens, reservation.extend_at, reservation.next_tokens()) == (100, 75, 100)
     reservation.grant(100, reservation.cost_of(100))
     assert (reservation.tokens, reservation.extend_at, reservation.next_tokens()) == (200, 175, 50)
-    # AND past the cap (an upstream that overruns it) whole increments, still reserved first
+    # AND at the cap nothing more ahead of need: only an upstream that overruns it (or a count that rounds past it)
+    # asks, once the reserved tokens are used up, for a small step, still reserved first
     reservation.grant(50, reservation.cost_of(50))
-    assert reservation.next_tokens() == 100
+    assert (reservation.tokens, reservation.extend_at, reservation.next_tokens()) == (250, 251, OVERRUN_TOKENS)
     assert reservation.usd == tokens_cost(MINI, 1, 250) and reservation.extensions == 2
+
+
+@pytest.mark.parametrize("max_tokens", [1, 100, 256, 1023])
+def test_a_request_capped_below_one_increment_reserves_its_cap_at_admission_and_never_extends_ahead(
+    max_tokens: int,
+) -> None:
+    # GIVEN a request whose max_tokens is below one increment (of 1024)
+    reservation = Reservation.open(MINI, (DAY,), prompt_tokens=1, max_tokens=max_tokens, increment=1024)
+    # THEN admission reserved its whole cap, and no extension is asked for before all of it is used
+    assert reservation.tokens == max_tokens
+    assert reservation.extend_at == max_tokens + 1
+    # AND one asked for past it (an upstream that overruns its cap) is a small step, not a whole increment
+    assert reservation.next_tokens() == OVERRUN_TOKENS
 
 
 def test_periods_are_the_day_and_month_whenever_the_key_has_a_budget() -> None:

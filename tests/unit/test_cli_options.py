@@ -45,6 +45,18 @@ def test_dates_ages_and_expiries():
         options.expiry("tomorrow")
 
 
+def test_a_new_key_expires_in_the_future_or_never():
+    assert options.future_expiry("9999-12-31") == "9999-12-31T00:00:00Z" and options.future_expiry("never") is None
+    assert options.future_expiry("+1h") > options.future_expiry("+1s")  # type: ignore[operator]
+    # an expiry already past is refused (a key created with it could never be used); one changed later may be past
+    for past in ("2001-01-01", "2020-06-01T12:00Z"):
+        with pytest.raises(argparse.ArgumentTypeError, match="already past"):
+            options.future_expiry(past)
+        assert options.expiry(past) is not None
+    with pytest.raises(argparse.ArgumentTypeError, match="cannot read expiry"):
+        options.future_expiry("tomorrow")
+
+
 def test_key_ids():
     assert options.key_id(" rk_1a2b3c4d5e6f ") == "rk_1a2b3c4d5e6f"
     for bad in ("1a2b", "rk_", "rk_a b", "rk_" + "a" * 65):

@@ -85,3 +85,13 @@ def test_unknown_cost_is_absent_and_the_record_round_trips() -> None:
     back = usage_record(item)
     assert back == original
     assert iso_ms(back.started_epoch) == "2025-03-04T05:06:07.089Z"
+
+
+def test_attempts_that_may_have_been_billed_are_kept_on_the_record_item() -> None:
+    # GIVEN a record whose upstream failed twice in a way a model may have answered (a 504, a close without answer)
+    original = record(attempts_maybe_billed=2)
+    item = usage_item(original, 1)
+    # THEN the item says so, and reads back the same; a record without such attempts carries no attribute
+    assert item["attempts_maybe_billed"] == 2 and usage_record(item) == original
+    assert "attempts_maybe_billed" not in usage_item(record(), 1)
+    assert original.as_json()["attempts_maybe_billed"] == 2

@@ -11,6 +11,7 @@ import pytest
 from llm_relay.limits import (
     CONCURRENCY,
     DAILY,
+    LIVE_HOLDER_RETRY_MS,
     MONTHLY,
     PREV,
     RATE,
@@ -20,6 +21,7 @@ from llm_relay.limits import (
     Limits,
     Refusal,
     Window,
+    concurrency_wait_ms,
     format_duration,
     judge,
     next_day_epoch,
@@ -212,7 +214,34 @@ def test_a_full_concurrency_count_is_a_refusal_whatever_the_item_holds() -> None
     # WHEN the admission's concurrency part refused
     refused = judge(plan(limits, at=at), {CONCURRENCY: held})
     # THEN it is a refusal with a short retry, never a plan to try the same write again
-    assert isinstance(refused, Refusal) and refused.limits == ("max_concurrent",) and refused.retry_after_ms == 1000
+    assert isinstance(refused, Refusal) and refused.limits == ("max_concurrent",)
+    assert refused.retry_after_ms == LIVE_HOLDER_RETRY_MS
+
+
+LEASE_S = 60.0
+
+
+@pytest.mark.parametrize(
+    ("left_s", "wait_ms"),
+    [
+        ((LEASE_S,), LIVE_HOLDER_RETRY_MS),  # just admitted or renewed
+        ((LEASE_S / 2 + 1,), LIVE_HOLDER_RETRY_MS),  # renewed in the last round, a slow one
+        ((LEASE_S / 2,), 30_000),  # a round and a half without renewal: its holder stopped; its slot comes back then
+        ((12.5,), 12_500),
+        ((12.5, 5.0), 5_000),  # several stopped holders: the earliest expiry
+        ((5.0, 45.0), LIVE_HOLDER_RETRY_MS),  # a stopped holder and a live one: the live one may end any moment
+        ((0.2,), 1000),  # about to expire: at least a second
+        ((-3.0,), 1000),  # expired (the reconciler could not settle it yet): try again soon
+        ((), LIVE_HOLDER_RETRY_MS),  # no lease found: a slot was just given back
+    ],
+)
+def test_a_concurrency_refusal_waits_briefly_for_a_live_holder_and_for_the_lease_of_a_stopped_one(
+    left_s: tuple[float, ...], wait_ms: int
+) -> None:
+    # GIVEN the key's earliest leases, each with `left_s` to run; WHEN a refusal asks how long to wait
+    # THEN a lease renewed on schedule (more than half of it left) is a live stream: a short wait; leases no one
+    # renews any more: their earliest expiry
+    assert concurrency_wait_ms([T0 + left for left in left_s], T0, LEASE_S) == wait_ms
 
 
 def test_budget_refusal_waits_for_the_period_and_uses_its_own_code() -> None:

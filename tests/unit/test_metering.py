@@ -353,3 +353,17 @@ def test_without_upstream_usage_a_long_delta_is_estimated_by_its_text() -> None:
     # THEN the estimate counts the text (1 + 10 + 6), not the chunks (3)
     usage = meter.usage([{"role": "user", "content": "q"}])
     assert (meter.content_chunks, usage.completion_tokens, usage.estimated) == (3, 17, True)
+
+
+@pytest.mark.parametrize("reported", [{"completion_tokens": 4}, {"prompt_tokens": None, "completion_tokens": 4}])
+def test_a_usage_report_without_a_prompt_count_has_its_prompt_estimated(reported: dict[str, Any]) -> None:
+    # GIVEN an upstream whose usage counts the output only (a generic NDJSON server)
+    meter = StreamMeter(started_at=0.0)
+    meter.observe(chunk({"content": "Hi"}), 0.1)
+    meter.observe({"choices": [], "usage": reported}, 0.2)
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    # THEN the output count is the upstream's, the prompt is estimated as for any missing count, and the usage says
+    # it is estimated (never a prompt billed as 0)
+    usage = meter.usage(messages)
+    assert (usage.prompt_tokens, usage.completion_tokens) == (estimate_prompt_tokens(messages), 4)
+    assert usage.prompt_tokens > 0 and usage.source == "estimated"

@@ -379,3 +379,12 @@ def test_another_relays_counts_of_an_unfinished_stream_are_kept() -> None:
     # THEN those counts are what the record bills, then the stream fails
     assert _usage(items) == [usage]
     assert isinstance(items[-1], Failed)
+
+
+def test_generic_final_line_without_a_prompt_count_reports_the_output_count_alone() -> None:
+    # GIVEN a server whose final line counts its output only
+    raw = _lines({"token": "a"}, {"stop": True, "out": 4})
+    items = _run(NDJSONDecoder("m", 0, FieldPaths.parse(TOKEN_FIELDS)), raw)
+    # THEN the usage chunk carries the output count and no prompt count (not a prompt of 0 tokens): the relay
+    # estimates the prompt
+    assert _usage(items) == [{"completion_tokens": 4}] and items[-1] is END

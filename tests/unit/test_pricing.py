@@ -94,6 +94,8 @@ def test_override_as_a_file(tmp_path: Path) -> None:
         ('{"m": {"input": true, "output": 1}}', "invalid"),
         ("/nonexistent/prices.json", "cannot read"),
         ('{"models": []}', "'models' must be an object"),
+        ('[{"m": {"input": 1, "output": 1}}]', "expected a JSON object"),  # JSON text, not a file name
+        ('{"m": ' * 5000 + "1" + "}" * 5000, "nested too deeply"),  # past the parser's recursion limit
     ],
 )
 def test_a_bad_override_fails_at_start_up(override: str, message: str) -> None:

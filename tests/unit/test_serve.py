@@ -3,12 +3,16 @@ built without an upstream URL, and a refused configuration is one line on stderr
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
+import io
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+from uvicorn.server import ServerState
 
 from llm_relay import serve
 from llm_relay.app import create_app
@@ -111,6 +115,8 @@ def test_uvicorn_gets_the_options_run_sh_always_passed(no_relay_env: None, monke
     assert call["host"] == "127.0.0.1" and call["port"] == 9123
     assert bound == [("127.0.0.1", 9123)] and call["fd"] == _FakeSocket.FD  # the socket with the bounded send buffer
     assert call["access_log"] is False and call["timeout_keep_alive"] == 60
+    # AND its connections get the bounded write buffer
+    assert isinstance(call["http"], type) and call["http"].__name__ == "BoundedWritesProtocol"
 
 
 class _FakeSocket:
@@ -143,3 +149,39 @@ def test_start_up_runs_without_the_garbage_collector_then_freezes_what_it_built(
     finally:
         gc.unfreeze()
         gc.enable()
+
+
+class _RecordingTransport:
+    """A transport as uvloop's are: the methods of asyncio's, without being an `asyncio.Transport` subclass."""
+
+    def __init__(self) -> None:
+        self.high_water: int | None = None
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.high_water = high
+
+
+def test_each_connection_pauses_writing_past_the_bounded_write_buffer() -> None:
+    # GIVEN the HTTP protocol the entry point gives uvicorn (uvicorn's own, as `http="auto"` picks it)
+    protocol = serve.http_protocol()
+    assert not isinstance(protocol, str), "uvicorn moved its HTTP protocols: the write buffer is unbounded again"
+    transport = _RecordingTransport()
+
+    async def connect() -> None:
+        config = uvicorn.Config(lambda scope, receive, send: None, log_config=None)
+        made = protocol(config=config, server_state=ServerState(), app_state={})  # type: ignore[call-arg]
+        made.connection_made(transport)  # type: ignore[arg-type]
+
+    # WHEN a connection is made
+    asyncio.run(connect())
+    # THEN its transport holds at most WRITE_BUFFER_BYTES before a write waits for the reader
+    assert transport.high_water == serve.WRITE_BUFFER_BYTES
+
+
+def test_a_refusal_is_one_line_even_for_a_message_of_several() -> None:
+    with pytest.raises(SystemExit) as exited, contextlib.redirect_stderr(io.StringIO()) as err:
+        serve.refuse("first\n  second")
+    assert exited.value.code == 2 and err.getvalue() == "llm-relay: refusing to start: first second\n"

@@ -48,6 +48,7 @@ def test_unknown_finish_reason_is_stop_not_a_failure() -> None:
         (TerminationReason.INCOMPLETE, True),
         (TerminationReason.BUDGET_EXCEEDED, True),
         (TerminationReason.LOST, False),  # never streamed: the reconciler writes it after the relay died
+        (TerminationReason.LEDGER_UNAVAILABLE, True),  # its lease could not be renewed: a terminal error frame
     ],
 )
 def test_is_failure(reason: TerminationReason, failure: bool) -> None:
@@ -68,6 +69,7 @@ def test_every_reason_is_classified() -> None:
         "incomplete",
         "budget_exceeded",
         "lost",
+        "ledger_unavailable",
     }
 
 

@@ -16,9 +16,11 @@ import pytest
 from llm_relay.errors import UpstreamError, UpstreamTimeout
 from llm_relay.settings import Settings
 from llm_relay.upstreams.http import (
+    AMBIGUOUS_STATUS,
     RETRYABLE_STATUS,
     HttpExchange,
     OpenedStream,
+    Progress,
     backoff_s,
     parse_retry_after,
     status_class,
@@ -148,7 +150,8 @@ def test_status_class(status: int, expected: str) -> None:
 
 
 def test_retryable_statuses() -> None:
-    assert frozenset({408, 429, 500, 502, 503, 504}) == RETRYABLE_STATUS
+    assert frozenset({429, 500, 502, 503}) == RETRYABLE_STATUS
+    assert frozenset({408, 504}) == AMBIGUOUS_STATUS  # a model may have generated: retried only when configured
     assert 409 not in RETRYABLE_STATUS  # a conflict is not transient
     assert 400 not in RETRYABLE_STATUS
     assert 401 not in RETRYABLE_STATUS
@@ -224,12 +227,10 @@ def _retry_delays(caplog: pytest.LogCaptureFixture) -> list[float]:
         (httpx.ConnectError, "connect"),
         (httpx.ConnectTimeout, "timeout"),
         (httpx.PoolTimeout, "timeout"),
-        (408, "4xx"),
         (429, "4xx"),
         (500, "5xx"),
         (502, "5xx"),
         (503, "5xx"),
-        (504, "5xx"),
     ],
 )
 def test_transient_failures_before_the_request_was_taken_are_retried(
@@ -239,9 +240,9 @@ def test_transient_failures_before_the_request_was_taken_are_retried(
     handler = Scripted(cause, cause)
     # WHEN the stream is opened with 2 retries allowed
     opened = _open(handler)
-    # THEN the third attempt's stream is returned, with the history of the two failures
+    # THEN the third attempt's stream is returned, with the history of the two failures (none of them billed)
     assert opened.response.status_code == 200
-    assert (opened.retries, opened.status_errors) == (2, {failure_class: 2})
+    assert (opened.retries, opened.status_errors, opened.maybe_billed) == (2, {failure_class: 2}, 0)
     # AND every attempt sent the same request
     assert len(handler.requests) == 3
     assert len({request.content for request in handler.requests}) == 1
@@ -271,6 +272,74 @@ def test_never_retried_once_the_request_may_have_reached_the_model(
     assert len(handler.requests) == 1
     assert type(error) is error_type
     assert (error.retries, error.failures) == (0, {failure_class: 1})
+
+
+AMBIGUOUS: list[type[httpx.TransportError] | int] = [408, 504, httpx.RemoteProtocolError]
+
+
+def _open_counting(handler: Scripted, **overrides: Any) -> tuple[OpenedStream | UpstreamError, Progress]:
+    """Open through a fresh adapter with a `Progress` the test keeps; the stream, or the failure."""
+
+    async def run() -> tuple[OpenedStream | UpstreamError, Progress]:
+        progress = Progress()
+        upstream = HttpExchange(_settings(**overrides), httpx.MockTransport(handler), ZeroRandom())
+        dialect = OpenAIDialect("http://upstream.test/v1", _key)
+        try:
+            prepared = await dialect.request(BODY, str(BODY["model"]), "req_test")
+            opened = await upstream.open(prepared, dialect, str(BODY["model"]), progress)
+            await opened.response.aclose()
+            return opened, progress
+        except UpstreamError as failure:
+            return failure, progress
+        finally:
+            await upstream.aclose()
+
+    return anyio.run(run)
+
+
+@pytest.mark.parametrize("cause", AMBIGUOUS)
+def test_an_attempt_a_model_may_have_answered_is_not_retried_by_default_and_is_counted(
+    cause: type[httpx.TransportError] | int,
+) -> None:
+    # GIVEN an upstream answering a 408, a 504, or closing without an answer: a model may have generated for it
+    handler = Scripted(cause)
+    # WHEN the stream is opened with the defaults (2 retries, RELAY_RETRY_AMBIGUOUS off)
+    failure, progress = _open_counting(handler)
+    # THEN there was one attempt, no second generation paid for, and it is counted as maybe billed
+    assert isinstance(failure, UpstreamError) and not failure.fallback_ok
+    assert len(handler.requests) == 1
+    assert (progress.attempts, progress.maybe_billed) == (1, 1)
+
+
+@pytest.mark.parametrize("cause", AMBIGUOUS)
+def test_with_retry_ambiguous_such_attempts_are_retried_and_each_is_counted(
+    cause: type[httpx.TransportError] | int,
+) -> None:
+    # GIVEN RELAY_RETRY_AMBIGUOUS=true and an upstream failing twice that way, then answering
+    handler = Scripted(cause, cause)
+    # WHEN the stream is opened
+    opened, progress = _open_counting(handler, retry_ambiguous=True)
+    # THEN the third attempt answered, and the two before it are on the record as maybe billed
+    assert isinstance(opened, OpenedStream) and opened.response.status_code == 200
+    assert len(handler.requests) == 3
+    assert (opened.retries, opened.maybe_billed, progress.maybe_billed) == (2, 2, 2)
+
+
+@pytest.mark.parametrize("cause", [httpx.ReadError, httpx.ReadTimeout])
+def test_a_read_failure_after_sending_is_counted_as_maybe_billed_and_never_retried(
+    cause: type[httpx.TransportError],
+) -> None:
+    # GIVEN an upstream whose answer fails to arrive after the request was sent, even with RELAY_RETRY_AMBIGUOUS
+    handler = Scripted(cause)
+    failure, progress = _open_counting(handler, retry_ambiguous=True)
+    # THEN one attempt, counted as maybe billed
+    assert isinstance(failure, UpstreamError)
+    assert len(handler.requests) == 1 and progress.maybe_billed == 1
+
+
+def test_attempts_no_model_can_have_seen_are_not_counted_as_maybe_billed() -> None:
+    failure, progress = _open_counting(Scripted(httpx.ConnectError, 503, 429), upstream_max_retries=2)
+    assert isinstance(failure, UpstreamError) and (progress.attempts, progress.maybe_billed) == (3, 0)
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 422])

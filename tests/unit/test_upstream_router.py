@@ -48,8 +48,15 @@ class Hosts:
         return httpx.Response(step, json={"error": {"message": f"scripted {step}"}})
 
 
-def _open(hosts: Hosts, *, model: str = "gpt-x", factory: Any = None, retries: int = 1) -> OpenedStream:
-    settings = Settings(upstream_retry_base_s=0.001, upstream_retry_max_s=0.002, upstream_max_retries=retries)
+def _open(
+    hosts: Hosts, *, model: str = "gpt-x", factory: Any = None, retries: int = 1, retry_ambiguous: bool = False
+) -> OpenedStream:
+    settings = Settings(
+        upstream_retry_base_s=0.001,
+        upstream_retry_max_s=0.002,
+        upstream_max_retries=retries,
+        retry_ambiguous=retry_ambiguous,
+    )
 
     async def run() -> OpenedStream:
         upstreams = Upstreams(
@@ -235,9 +242,10 @@ def test_each_route_is_billed_as_the_model_it_sends_when_that_has_a_price() -> N
 
 @pytest.mark.parametrize("first", [504, 408, httpx.RemoteProtocolError])
 def test_no_fallback_once_any_attempt_may_have_reached_a_model(first: Any) -> None:
-    # GIVEN a primary whose first attempt may have reached a model, and whose retry then fails before any could
+    # GIVEN a primary whose first attempt may have reached a model, retried (RELAY_RETRY_AMBIGUOUS), and whose retry
+    # then fails before any could
     hosts = Hosts(primary=[first, 503])
     # THEN the open fails there: a fallback could generate the answer a second time
     with pytest.raises(UpstreamError) as failed:
-        _open(hosts)
+        _open(hosts, retry_ambiguous=True)
     assert [host for host, _ in hosts.seen] == ["primary", "primary"] and failed.value.upstream == "primary"

@@ -79,6 +79,7 @@ def test_literal_models_are_listed() -> None:
     ("entries", "env", "message"),
     [
         ("not json", ENV, "RELAY_UPSTREAMS is not valid JSON"),
+        ("[" * 5000 + "]" * 5000, ENV, "RELAY_UPSTREAMS is nested too deeply"),  # past the parser's recursion limit
         ({"name": "a"}, ENV, "must be a JSON list"),
         ([], ENV, "RELAY_UPSTREAMS is empty"),
         ([{"name": "a", "kind": "grpc", "url": "http://a", "models": ["*"]}], ENV, "RELAY_UPSTREAMS[0]: kind"),

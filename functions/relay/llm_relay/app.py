@@ -24,13 +24,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import client_request_id, snapstart
 from .admission import Admission
 from .auth import Authenticator
-from .cancellation import CancelRegistry
+from .cancellation import CancelCalls, CancelRegistry
 from .dynamo import Stores
-from .errors import InvalidRequest, NotFound, RelayError
+from .errors import ConfigurationError, InvalidRequest, NotFound, RelayError
 from .finalize import Finalizers
 from .lambda_context import HEADER as LAMBDA_CONTEXT_HEADER
 from .lambda_context import LambdaInvocation
-from .limiter import Limiter
+from .limiter import Limiter, default_limits
 from .metrics import REJECTION_REASONS, MetricsEmitter
 from .model_list import model_list, usable_models
 from .outcome import Finalizer
@@ -121,6 +121,15 @@ def require_upstream(settings: Settings, transport: httpx.AsyncBaseTransport | N
     return load_table(settings.upstreams, settings.upstream_url, relay_key_stored=stored)
 
 
+def load_prices(settings: Settings) -> PriceTable:
+    """The price table, or `ConfigurationError` for a `RELAY_PRICES_JSON` that cannot be used (not JSON, a negative
+    price, ...): a relay that priced requests wrongly would bill and budget them wrongly without a word."""
+    try:
+        return PriceTable.load(settings.prices_json)
+    except ValueError as exc:
+        raise ConfigurationError(f"RELAY_PRICES_JSON: {str(exc).removeprefix('prices: ')}") from None
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -135,7 +144,7 @@ def create_app(
     settings = settings or Settings()
     table = require_upstream(settings, upstream_transport)
     stores = stores or Stores.from_settings(settings)
-    prices = PriceTable.load(settings.prices_json)
+    prices = load_prices(settings)
     telemetry = Telemetry(
         MetricsEmitter(settings.metrics_namespace, settings.service_name, _known_models(settings, prices)),
         Logger(service=settings.service_name, level=settings.log_level),
@@ -147,13 +156,14 @@ def create_app(
         pricer=pricer or prices,
         price_of=prices.price_of,
         log=telemetry.logger,
+        telemetry=telemetry,
     )
     pipeline = Pipeline(
         settings,
         requests=stores.requests,
         auth=Authenticator(stores.keys, settings.auth_cache_ttl_s),
         admission=admission or limiter,
-        cancels=CancelRegistry(stores.requests, settings.cancel_poll_interval_s),
+        cancels=CancelRegistry(stores.requests, settings.cancel_poll_interval_s, CancelCalls(default_limits(settings))),
         finalizer=Finalizers([limiter, telemetry, *(finalizers or [])]),
         pricer=pricer or prices,
         budgets=limiter if admission is None else None,

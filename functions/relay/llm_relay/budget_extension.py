@@ -1,11 +1,15 @@
-"""The stream's side of a budget reservation (DESIGN §4): let a completion token through only if it was
-reserved, and reserve the next increment ahead of need, off the token path.
+"""The stream's side of a budget reservation: let a completion token through only if it was reserved, and reserve
+the next increment ahead of need, off the token path.
 
 The pump asks `allow(n)` before it passes on the n-th completion token (one content chunk ≈ one token, as the
-meter counts them). At `Reservation.extend_at` the guard starts the extension write in the stream's task group
+meter counts them). At `Reservation.extend_at` the guard starts the extension write in the response's task group
 and returns at once; the pump waits only if it reaches the end of what is reserved before the write answered
 (a very fast upstream, or a slow store). A refused extension ends the stream when the reserved tokens are used
-up: `allow` answers False, and that token never reaches the client.
+up: `allow` answers False, and that token never reaches the client (the record counts it: it was generated).
+
+A write still pending when the stream ends does not hold the terminal frame back: the guard runs in the
+response's task group, which outlives the pump, and finalization waits for the write (`settled`) before it swaps
+the reservation for the cost.
 """
 
 from __future__ import annotations
@@ -57,8 +61,16 @@ class BudgetGuard:
         self.refused = False
 
     def start(self, tg: TaskGroup) -> None:
-        """Extensions run in the stream's task group (so they end with it, never after finalization)."""
+        """Extensions run in the response's task group: it outlives the pump (a pending write does not delay the
+        terminal frame) and ends with the response, never after finalization (`settled`)."""
         self._tg = tg
+
+    async def settled(self) -> None:
+        """Wait for the extension in flight, if any: settlement swaps the whole reservation, so it needs that
+        write's answer (bounded by the write's own timeout, `RELAY_ADMISSION_TIMEOUT_S`)."""
+        pending = self._pending
+        if pending is not None:
+            await pending.wait()
 
     async def allow(self, produced: int) -> bool:
         """Whether the `produced`-th completion token is covered by the reservation; asks for the next

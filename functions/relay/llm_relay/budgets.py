@@ -1,11 +1,14 @@
 """Budget reservations (pure): what a request may cost at worst, reserved before its tokens are produced.
 
-A budget is checked against `committed_usd` = spend + outstanding reservations (DESIGN §4). Admission reserves
-the request's worst case: its prompt (a conservative estimate) at the input price, plus the completion tokens
-it may produce before its next reservation at the output price. Those are `max_tokens` (times `n`) when the request
-sets a cap below one increment, else one increment (`RELAY_BUDGET_INCREMENT_TOKENS`). While it streams, the next
-increment is reserved ahead of need (`extend_at`, a quarter of an increment before the reserved tokens run out),
-so the stream never waits for it; settlement swaps the whole reservation for the actual cost.
+A budget is checked against `committed_usd` = spend + outstanding reservations. Admission reserves the
+request's worst case: its prompt (an upper estimate, `conservative_prompt_tokens`) at the input price, plus the
+completion tokens it may produce before its next reservation at the output price. Those are `max_tokens` (times
+`n`) when the request sets a cap below one increment, else one increment (`RELAY_BUDGET_INCREMENT_TOKENS`). While
+it streams, the next increment is reserved ahead of need (`extend_at`, a quarter of an increment before the reserved
+tokens run out), so the stream never waits for it, but never past the request's cap: what the cap allows was
+reserved by then, and a request that reserved its whole cap at admission writes nothing more unless its upstream
+overruns the cap (then at need only, `OVERRUN_TOKENS` at a time). Settlement swaps the whole reservation for the
+actual cost.
 
 DynamoDB conditions cannot add, so "committed + amount <= budget" is written `committed <= budget - amount`
 (`room`). No I/O, no clocks: the caller passes the day and month in.
@@ -22,7 +25,13 @@ from .pricing import PER_TOKENS, ModelPrice
 
 DEFAULT_INCREMENT_TOKENS = 1024
 PROMPT_BYTES_PER_TOKEN = 3  # conservative: English runs ~4 characters a token, CJK about 1 (3 UTF-8 bytes)
-PROMPT_TOKENS_PER_MESSAGE = 4  # the chat template's framing per message
+# The chat template's framing, the most of the priced providers' templates: per message, Llama 3's header and
+# end-of-turn (`<|start_header_id|>`, the role, `<|end_header_id|>`, the blank line, `<|eot_id|>`: 5; ChatML's is 5,
+# OpenAI's 3 and the role); per request, Llama 3's `<|begin_of_text|>` and the assistant header that primes the
+# reply (5; OpenAI's priming is 3). "hi" is then 11, what Llama 3 bills for it (OpenAI bills 8).
+PROMPT_TOKENS_PER_MESSAGE = 5
+PROMPT_TOKENS_PER_REQUEST = 5
+OVERRUN_TOKENS = 64  # past the request's cap, at need only: a step that a tokenizer's rounding rarely needs twice
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,16 +56,30 @@ def periods_of(limits: Limits, now_s: float) -> tuple[BudgetPeriod, ...]:
 
 
 def conservative_prompt_tokens(messages: list[dict[str, Any]]) -> int:
-    """An upper estimate of the prompt's tokens from its text: UTF-8 bytes / 3 plus framing per message. It
-    over-reserves English by about a third (released at settlement) and covers scripts that tokenize densely."""
-    size = 0
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, str):
-            size += len(content.encode())
-        elif isinstance(content, list):
-            size += sum(len(str(part.get("text", "")).encode()) for part in content if isinstance(part, dict))
-    return max(1, -(-size // PROMPT_BYTES_PER_TOKEN) + PROMPT_TOKENS_PER_MESSAGE * len(messages))
+    """An upper estimate of the prompt's tokens: each message's text (content, name, tool calls) at UTF-8 bytes / 3,
+    rounded up (a short text is a whole token), plus the chat template's framing (`PROMPT_TOKENS_PER_MESSAGE`,
+    `PROMPT_TOKENS_PER_REQUEST`). It over-reserves English by about a third (released at settlement), covers
+    scripts that tokenize densely, and reserves a very short prompt at least at what the priced providers'
+    templates make of it. docs/limits.md says where it can still be low (tool definitions, images, text a provider
+    adds to the prompt itself)."""
+    text = sum(-(-_text_bytes(message) // PROMPT_BYTES_PER_TOKEN) for message in messages)
+    return text + PROMPT_TOKENS_PER_MESSAGE * len(messages) + PROMPT_TOKENS_PER_REQUEST
+
+
+def _text_bytes(message: dict[str, Any]) -> int:
+    """The UTF-8 size of the text a message puts in the prompt: its content (or content parts), its name, and its
+    tool calls' names and arguments."""
+    content = message.get("content")
+    texts = [content] if isinstance(content, str) else []
+    if isinstance(content, list):
+        texts += [str(part.get("text", "")) for part in content if isinstance(part, dict)]
+    if isinstance(message.get("name"), str):
+        texts.append(message["name"])
+    for call in message.get("tool_calls") or ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            texts += [value for value in function.values() if isinstance(value, str)]
+    return sum(len(text.encode()) for text in texts)
 
 
 def first_completion_reservation(max_tokens: int | None, increment: int, choices: int = 1) -> int:
@@ -107,15 +130,20 @@ class Reservation:
 
     @property
     def extend_at(self) -> int:
-        """Tokens produced at which the next increment is asked for: a quarter increment before the end."""
+        """Tokens produced at which the next extension is asked for: a quarter increment before the reserved tokens
+        run out, while they are below the request's cap; at the cap, only once they are used up (an upstream that
+        overruns its cap, or a count that rounds past it), never ahead of need."""
+        if self.cap is not None and self.tokens >= self.cap:
+            return self.tokens + 1
         return max(0, self.tokens - max(1, self.increment // 4))
 
     def next_tokens(self) -> int:
         """The size of the next extension: one increment, or what is left of the request's cap when that is
-        smaller (an upstream that overruns its cap gets whole increments, still reserved first)."""
-        if self.cap is not None and 0 < self.cap - self.tokens < self.increment:
-            return self.cap - self.tokens
-        return self.increment
+        smaller; past the cap, `OVERRUN_TOKENS` (still reserved before they pass)."""
+        if self.cap is None:
+            return self.increment
+        left = self.cap - self.tokens
+        return min(left if left > 0 else OVERRUN_TOKENS, self.increment)
 
     def cost_of(self, tokens: int) -> Decimal:
         return tokens_cost(self.price, 0, tokens)

@@ -8,6 +8,7 @@
     llm-relay usage [--key KEY_ID] [--since WHEN] [--until WHEN] [--by key|model|day] [--format table|json|csv]
     llm-relay prices [MODEL]     the per-million prices the relay charges, and their source (no DynamoDB)
     llm-relay reconcile          settle requests whose relay stopped (expired leases) as `lost`
+    llm-relay migrate [--dry-run]   bring a table written by relay 0.1 to this version's layout
 
 The global options default to the environment (`AWS_REGION`, `AWS_PROFILE`, `RELAY_TABLE_NAME`,
 `RELAY_DYNAMODB_ENDPOINT`), like the AWS CLI's. Input is checked before anything is written. Every failure is
@@ -29,7 +30,7 @@ from botocore.exceptions import BotoCoreError, NoRegionError, ProfileNotFound
 from pydantic import ValidationError
 
 from . import __version__
-from .commands import keys, prices, reconcile, usage
+from .commands import keys, migrate, prices, reconcile, usage
 from .commands.common import CliError, Register
 from .dynamo import Stores, make_client
 from .errors import StoreUnavailable
@@ -41,6 +42,7 @@ COMMANDS: tuple[Register, ...] = (
     usage.register,
     prices.register,
     reconcile.register,
+    migrate.register,
 )
 
 GLOBAL_OPTIONS = {  # option: (settings field or None, environment variable, what it is)

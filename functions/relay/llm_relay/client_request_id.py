@@ -1,9 +1,16 @@
 """*Pure*: the client-chosen request id (`X-Client-Request-Id`, the header OpenAI's SDKs send for the same
-purpose). A client that names its request can cancel it before any response header exists (issue 11), so the
-id must be safe to echo, log and store: printable ASCII, at most 512 characters, else 400.
+purpose). A client that names its request can cancel it before any response header exists, so the id must be safe
+to echo, log and store: printable ASCII, at most 512 characters, else 400.
 
-The relay's own ids begin with `req_`; a client id may not, so `POST /v1/requests/{id}/cancel` can tell the two
-apart without a lookup (an unknown relay id is a 404; an unknown client id is a cancel kept for later).
+Every id the relay accepts must also be one the client can cancel, as one path segment of
+`POST /v1/requests/{id}/cancel` (percent-encoded as any path segment is):
+- no `/`: servers decode `%2F` before routing, so the id would split the path and the cancel would miss its route;
+- not `.` or `..`: URL parsers resolve those segments (even written `%2E`) before the request leaves the client;
+- leading and trailing spaces are not part of an id: HTTP drops them from a header value before the relay sees it,
+  so the cancel ignores them too, and `" x "` names the same request as `"x"`.
+
+The relay's own ids begin with `req_`; a client id may not, so the cancel call can tell the two apart without a
+lookup (an unknown relay id is a 404; an unknown client id is a cancel kept for later).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from .errors import InvalidRequest
 HEADER = "x-client-request-id"
 MAX_LENGTH = 512
 RELAY_ID_PREFIX = "req_"
+DOT_SEGMENTS = frozenset({".", ".."})
 
 
 def is_relay_id(request_id: str) -> bool:
@@ -23,7 +31,9 @@ def is_relay_id(request_id: str) -> bool:
 
 
 def validate(value: str) -> str:
-    """The id as given, or `InvalidRequest` (400) naming what is wrong with it."""
+    """The id without the spaces around it (HTTP's reading of a header value), or `InvalidRequest` (400) naming
+    what is wrong with it."""
+    value = value.strip(" \t")
     if not value:
         raise InvalidRequest(f"{HEADER} must not be empty.", param=HEADER)
     if len(value) > MAX_LENGTH:
@@ -32,6 +42,10 @@ def validate(value: str) -> str:
         raise InvalidRequest(f"{HEADER} must be printable ASCII.", param=HEADER)
     if is_relay_id(value):
         raise InvalidRequest(f"{HEADER} must not begin with '{RELAY_ID_PREFIX}' (the relay's own ids).", param=HEADER)
+    if "/" in value or value in DOT_SEGMENTS:
+        raise InvalidRequest(
+            f"{HEADER} must not contain '/' or be '.' or '..': the cancel call's path could not carry it.", param=HEADER
+        )
     return value
 
 

@@ -139,3 +139,10 @@ def renewal_interval(lease_s: float) -> float:
 
 def lease_until(now_s: float, lease_s: float) -> int:
     return math.ceil(now_s + lease_s)
+
+
+def stream_end_by(held_until: float, lease_s: float) -> float:
+    """When a stream whose lease is surely held until `held_until` (epoch s) must end itself: half a renewal interval
+    before it, so that a loaded machine's delays, the terminal frame and the end of relaying all fit before the lease
+    can expire and a reconciler settle the request (as `lost`) under a stream that still runs."""
+    return held_until - renewal_interval(lease_s) / 2

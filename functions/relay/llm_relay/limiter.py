@@ -11,20 +11,23 @@ Every DynamoDB wait is bounded (DESIGN §4, the ledger): admission gives up afte
 gives back what the admission may have taken (idempotent, by request id; in the background if DynamoDB still
 does not answer) and answers 503. A concurrency refusal reads the key's earliest lease (one small Query on the
 sparse `leases` index): expired leases are reconciled on the spot and the admission retried; otherwise
-Retry-After is the time to that lease's expiry.
+Retry-After is 2 s while a holder renews its lease (a live stream may end at any moment), and the earliest expiry
+once none does.
 
 Finalization: one TransactWriteItems before the response body closes: the usage record, the day's and
 month's spend, the lease release and the token settlement (`ledger.settlement_of`, shared with the reconciler),
 conditional on the request not being finished. Bounded by `RELAY_FINALIZE_TIMEOUT_S`; if it fails, the record is
-logged in full as one structured line (Powertools Logger, no secrets) and the request is left to the reconciler;
-the stream is never broken by it.
+logged in full as one structured line (Powertools Logger, no secrets), and the same transaction (same client request
+token: applied once) is retried from a background thread after the response, until it is written or the reconciler
+settled the request as `lost` from its last checkpoint; the stream is never broken by it. A settlement refused because
+another party settled the request first (a reconciler, while this process was paused) logs its full record beside
+what the ledger holds, and the request's telemetry says what the ledger holds (`telemetry.LedgerNote`).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import math
 import random
 import threading
 import time
@@ -40,10 +43,10 @@ from aws_lambda_powertools import Logger
 from . import metrics
 from .admission import Ticket
 from .budgets import Reservation, conservative_prompt_tokens, periods_of
-from .dynamo import Stores, request_item
+from .dynamo import Settlement, Stores, request_item
 from .dynamo.limits_store import REQUEST
 from .errors import ModelNotPriced, RateLimited, ServiceUnavailable, StoreUnavailable
-from .ledger import admitted_item, settlement_of
+from .ledger import admitted_item, lost_record, settlement_of
 from .limits import (
     CONCURRENCY,
     RATE,
@@ -51,6 +54,7 @@ from .limits import (
     Limits,
     Refusal,
     Window,
+    concurrency_wait_ms,
     judge,
     lease_attr,
     rate_headers,
@@ -64,7 +68,9 @@ from .outcome import RequestContext, StreamOutcome
 from .pricing import ModelPrice, Pricer, PriceTable, highest
 from .reconciler import Reconciler
 from .settings import Settings
-from .usage import record_for, refused_record
+from .telemetry import LedgerNote, Telemetry
+from .termination import TerminationReason
+from .usage import UsageRecord, record_for, refused_record
 
 T = TypeVar("T")
 PriceOf = Callable[[str], ModelPrice | None]
@@ -124,16 +130,19 @@ class Limiter:
         pricer: Pricer | None = None,
         price_of: PriceOf | None = None,
         log: Logger | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._stores = stores
+        self._telemetry = telemetry  # counts the requests this limiter settles as `lost`, hears of refused settlements
         self._price_of = price_of
         self._settings = settings
         self._defaults = default_limits(settings)
         self._clock = clock
         self._metrics = metrics
         self._log = log or Logger(service=settings.service_name, level=settings.log_level)
-        pricer = pricer or PriceTable.load(settings.prices_json)
-        self._reconciler = Reconciler(stores, pricer, settings.usage_retention_days, clock=clock)
+        self._pricer = pricer = pricer or PriceTable.load(settings.prices_json)
+        on_lost = telemetry.settled_lost if telemetry is not None else None
+        self._reconciler = Reconciler(stores, pricer, settings.usage_retention_days, clock=clock, on_lost=on_lost)
         self._seen: dict[tuple[str, int], _Seen] = {}
         self._pruned_at = 0
 
@@ -242,8 +251,8 @@ class Limiter:
 
     async def _expired_or_wait(self, plan: AdmissionPlan, refused: Refusal, deadline: float) -> Refusal | None:
         """A concurrency refusal: the key's earliest leases (one small Query). Expired ones are settled as `lost`
-        (their relay stopped) and None returned, to try again; else the refusal, with Retry-After the time to
-        the earliest expiry (at least 1 s)."""
+        (their relay stopped) and None returned, to try again; else the refusal, with Retry-After short while a
+        holder renews its lease, and the earliest expiry once none does (`limits.concurrency_wait_ms`)."""
         try:
             leases = await self._bounded(self._stores.requests.earliest_leases, plan.key_id, until=deadline)
             now = self._clock()
@@ -253,10 +262,9 @@ class Limiter:
         except StoreUnavailable as exc:
             logger.warning("earliest lease of key %s unknown: %s", plan.key_id, exc)
             return refused
-        live = [until for _, until in leases if until >= now]
-        if not live or refused.retry_after_ms is None:
+        if refused.retry_after_ms is None:
             return refused
-        wait = max(1000, math.ceil((min(live) - now) * 1000))
+        wait = concurrency_wait_ms([until for _, until in leases], now, self._settings.lease_s)
         return replace(refused, retry_after_ms=max(refused.retry_after_ms, wait))
 
     def _reservation(self, ctx: RequestContext, limits: Limits) -> Reservation | None:
@@ -393,11 +401,13 @@ class Limiter:
 
     # --- finalization --------------------------------------------------------------------------------------
     async def finalize(self, ctx: RequestContext, outcome: StreamOutcome) -> None:
-        """Settle the request, within `RELAY_FINALIZE_TIMEOUT_S`; past it the record is logged and the request
-        left to the reconciler (it settles it as `lost` once the lease, no longer renewed, expires)."""
+        """Settle the request, within `RELAY_FINALIZE_TIMEOUT_S`; past it the record is logged and the settlement
+        retried after the response (`_settle_later`), racing the reconciler (it settles the request as `lost` once
+        the lease, no longer renewed, expires): the ledger takes exactly one of the two."""
         record = record_for(ctx, outcome)
         ticket = ctx.ticket
         until = time.monotonic() + self._settings.finalize_timeout_s
+        settlement: Settlement | None = None
         try:
             reserved = await self._reserved(ctx, until)
             settlement = settlement_of(record, ticket, self._settings.usage_retention_days, self._clock(), reserved)
@@ -405,12 +415,72 @@ class Limiter:
             settled = await self._bounded(settle, until=until)
         except StoreUnavailable as exc:
             self._lost(record.as_json(), exc)
+            self._note(ctx.request_id, LedgerNote("pending"))
+            if settlement is not None:
+                later = (ctx, outcome, settlement)
+                threading.Thread(target=self._settle_later, args=later, daemon=True).start()
             return
         if not settled:
-            logger.warning("request %s was settled before its finalization (by the reconciler)", ctx.request_id)
+            held = await self._ledger_holds(ctx.request_id, until)
+            self._refused_late(record, held)
+            self._note(ctx.request_id, held)
             return
         if settlement.tokens_minute is not None and settlement.tokens_delta:
             self._seen_at(ctx.key.key_id, settlement.tokens_minute).own_tokens += settlement.tokens_delta
+
+    def _settle_later(self, ctx: RequestContext, outcome: StreamOutcome, settlement: Settlement) -> None:
+        """The settlement DynamoDB did not take in time, retried from a thread after the response (on Lambda, in
+        this environment's next invocations) with the same client request token, so an attempt that was applied
+        unseen is answered as applied, not booked twice. Refused: another party settled the request first."""
+        rid = settlement.record.request_id
+        give_up = time.monotonic() + RELEASE_LATER_S
+        for attempt in range(1000):
+            try:
+                settled = self._stores.limits.settle(settlement, attempts=1)
+            except StoreUnavailable as exc:
+                if time.monotonic() > give_up:
+                    logger.error("could not settle %s (%s); the reconciler settles it as lost", rid, exc)
+                    return
+                time.sleep(min(5.0, 0.2 * 2**attempt))
+                continue
+            except Exception:  # a thread's failure must not go unseen, nor end it as an unhandled exception
+                logger.exception("settling %s later failed; the reconciler settles it as lost", rid)
+                return
+            if settled:
+                if self._telemetry is not None:
+                    self._telemetry.counted_late(ctx, outcome, settlement.record)
+            else:
+                self._refused_late(settlement.record, self._ledger_holds_now(rid))
+            return
+
+    async def _ledger_holds(self, request_id: str, until: float) -> LedgerNote:
+        """What the ledger holds for a request whose settlement it refused (one consistent read)."""
+        try:
+            return await self._bounded(self._ledger_holds_now, request_id, until=until)
+        except StoreUnavailable:
+            return LedgerNote("refused")
+
+    def _ledger_holds_now(self, request_id: str) -> LedgerNote:
+        try:
+            item = self._stores.requests.get(request_id) or {}
+        except StoreUnavailable:
+            return LedgerNote("refused")
+        reason = item.get("termination_reason")
+        if reason == TerminationReason.LOST.value:  # the reconciler's, rebuilt as it wrote it: its last checkpoint
+            return LedgerNote("refused", reason, lost_record(item, self._pricer))
+        return LedgerNote("refused", None if reason is None else str(reason))
+
+    def _refused_late(self, record: UsageRecord, held: LedgerNote) -> None:
+        """A settlement the ledger refused (another party settled the request first): the record this relay would
+        have written, in full, beside what the ledger holds, to correct it from the logs if need be."""
+        extra: dict[str, Any] = {"usage_record": record.as_json(), "ledger_reason": held.reason}
+        if held.record is not None:
+            extra["ledger_record"] = held.record.as_json()
+        self._log.warning("late settlement refused", extra=extra)
+
+    def _note(self, request_id: str, note: LedgerNote) -> None:
+        if self._telemetry is not None:
+            self._telemetry.note(request_id, note)
 
     # --- budget extensions ---------------------------------------------------------------------------------
     async def extend_budget(self, ctx: RequestContext, reservation: Reservation, tokens: int) -> bool:

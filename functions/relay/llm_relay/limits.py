@@ -20,7 +20,7 @@ from __future__ import annotations
 import calendar
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -182,6 +182,35 @@ def rate_headers(kind: str, limit: int, cur: int, prev: int, elapsed_ms: int) ->
     }
 
 
+# --- cancel calls -----------------------------------------------------------------------------------------
+CANCELS_PER_REQUEST = 2  # by relay id and by client id, or one call retried
+MIN_CANCEL_BURST = 4
+UNLIMITED_CANCELS_PER_MINUTE = 600  # a key without an RPM: cancels still write to DynamoDB
+UNLIMITED_CANCEL_BURST = 100  # ... and without a concurrency limit either
+
+
+@dataclass(frozen=True, slots=True)
+class CancelAllowance:
+    """A key's cancel calls: `burst` at once, refilled at `per_minute`."""
+
+    burst: int
+    per_minute: int
+
+
+def cancel_allowance(limits: Limits) -> CancelAllowance:
+    """The cancel calls a key may make. Each writes to DynamoDB (a mark on the request, or a pending mark kept a few
+    minutes for a client id), so a key cancels at the pace it may start requests: twice per request of its RPM, in
+    bursts of twice its concurrent streams (without a concurrency limit, a minute's worth, at most 100), and never
+    fewer than 4 at once; a key without an RPM, 600 a minute."""
+    rpm = limits.rpm
+    per_minute = UNLIMITED_CANCELS_PER_MINUTE if rpm is None else max(1, CANCELS_PER_REQUEST * rpm)
+    if limits.max_concurrent is not None:
+        burst = CANCELS_PER_REQUEST * limits.max_concurrent
+    else:
+        burst = min(per_minute, UNLIMITED_CANCEL_BURST)
+    return CancelAllowance(max(MIN_CANCEL_BURST, burst), per_minute)
+
+
 # --- budgets ----------------------------------------------------------------------------------------------
 def day_of(epoch_s: float) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(epoch_s))
@@ -202,6 +231,25 @@ def next_month_epoch(epoch_s: float) -> int:
 
 
 # --- concurrency leases -----------------------------------------------------------------------------------
+#: A concurrency refusal's wait while a holder of the key's slots is alive: a running stream may end at any moment,
+#: and its lease (renewed while it runs) says only when a crashed holder would be reclaimed. Two seconds, so that the
+#: OpenAI SDKs' two default retries span four seconds.
+LIVE_HOLDER_RETRY_MS = 2000
+
+
+def concurrency_wait_ms(lease_expiries: Sequence[float], now_s: float, lease_s: float) -> int:
+    """How long a caller refused by the concurrency limit should wait, from the expiries (epoch s) of the key's
+    earliest leases. Leases are renewed every third of `lease_s` while their streams run, so one with more than half
+    left was renewed in the last round (however slow): a live stream, which may end at any moment, hence a short wait
+    (`LIVE_HOLDER_RETRY_MS`), as for no lease found (a slot was just given back). When every lease seen has half or
+    less left, their holders stopped renewing (a relay paused or gone): their slots come back when the earliest
+    expires and the reconciler settles it, so the wait is that expiry, at least 1 s (1 s for one already expired)."""
+    renewed_after = now_s + lease_s / 2
+    if not lease_expiries or any(until > renewed_after for until in lease_expiries):
+        return LIVE_HOLDER_RETRY_MS
+    return max(1000, math.ceil((min(lease_expiries) - now_s) * 1000))
+
+
 def lease_attr(request_id: str) -> str:
     """The attribute of the key's concurrency item that holds this request's lease (its expiry, epoch s)."""
     return LEASE_PREFIX + request_id
@@ -328,7 +376,7 @@ def refusal(plan: AdmissionPlan, refused: tuple[str, ...], cur_requests: int, cu
         elif name == "tpm" and plan.limits.tpm is not None:
             waits.append(wait_ms(cur_tokens, plan.prev_tokens, e, plan.limits.tpm - plan.reserve))
         elif name == "max_concurrent":
-            waits.append(None if plan.limits.max_concurrent == 0 else 1000)
+            waits.append(None if plan.limits.max_concurrent == 0 else LIVE_HOLDER_RETRY_MS)
         elif name == "daily_budget_usd":
             waits.append(
                 None

@@ -5,7 +5,7 @@ Times are passed in by the caller (monotonic seconds), so the arithmetic is test
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -90,6 +90,7 @@ class StreamMeter:
     estimated_tokens: int = 0  # completion tokens by `delta_tokens`: the count when the upstream gives none
     finish_reason: str | None = None
     upstream_usage: Usage | None = None
+    _prompt_reported: bool = field(default=True, repr=False)  # whether the upstream's usage counted the prompt
     _finished_choices: set[Any] = field(default_factory=set, repr=False)
 
     def observe(self, chunk: dict[str, Any], now: float) -> bool:
@@ -104,6 +105,7 @@ class StreamMeter:
         self.chunks += 1
         if usage:
             self.upstream_usage = _parse_usage(usage)
+            self._prompt_reported = isinstance(usage, dict) and _is_count(usage.get("prompt_tokens"))
         for choice in choices:
             if not isinstance(choice, dict):
                 continue
@@ -151,10 +153,15 @@ class StreamMeter:
         return self.estimated_tokens
 
     def usage(self, messages: list[dict[str, Any]]) -> Usage:
-        """Upstream-reported usage when it arrived, else an estimate (`delta_tokens`)."""
-        if self.upstream_usage is not None:
-            return self.upstream_usage
-        return Usage(estimate_prompt_tokens(messages), self.estimated_tokens, estimated=True)
+        """Upstream-reported usage when it arrived, else an estimate (`delta_tokens`). A count the upstream left
+        out of its usage (an NDJSON server that reports its output only) is estimated like any missing count, and
+        the usage marked estimated: never billed as 0."""
+        reported = self.upstream_usage
+        if reported is None:
+            return Usage(estimate_prompt_tokens(messages), self.estimated_tokens, estimated=True)
+        if not self._prompt_reported:
+            return replace(reported, prompt_tokens=estimate_prompt_tokens(messages), estimated=True)
+        return reported
 
 
 def _parse_usage(raw: Any) -> Usage:
@@ -169,5 +176,9 @@ def _parse_usage(raw: Any) -> Usage:
     )
 
 
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _as_int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+    return value if _is_count(value) else 0

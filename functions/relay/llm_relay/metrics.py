@@ -37,7 +37,7 @@ ADMISSION_STORE_ERROR = "AdmissionStoreError"
 ADMISSION_ATTEMPTS = "AdmissionAttempts"
 USAGE_WRITE_FAILED = "UsageWriteFailed"
 BUDGET_EXTENSIONS = "BudgetExtensions"
-RECONCILED_LOST = "RequestsReconciledLost"  # requests the reconciler settled as `lost` (alarm: above zero)
+RECONCILED_LOST = "RequestsReconciledLost"  # requests settled as `lost`, whoever settled them (alarm: above zero)
 REDACTIONS = "Redactions"  # values the compliance gate caught, by entity type and side (prompt or output)
 GUARDRAIL = "GuardrailInterventions"  # Bedrock guardrail outcomes other than none: ANONYMIZED, BLOCKED, unavailable
 

@@ -77,6 +77,7 @@ class StreamOutcome:
     finish_reason: str | None = None  # the upstream's own, as it sent it
     retries: int = 0  # upstream attempts after the first
     upstream_errors: dict[str, int] = field(default_factory=dict)  # failed attempts by class ("5xx", "connect")
+    attempts_maybe_billed: int = 0  # failed attempts that may have reached a model (408, 504, no answer): not in cost
     upstream: str = ""  # the upstream that answered (or failed last); "" when none was tried
     redactions: Mapping[str, int] = field(default_factory=dict)  # entity type -> values the output sanitizer caught
     guardrail_action: str | None = None  # the strongest Bedrock guardrail action on the output (None: no guardrail)
@@ -100,6 +101,7 @@ def outcome_of(
     pricer: Pricer,
     retries: int = 0,
     upstream_errors: dict[str, int] | None = None,
+    attempts_maybe_billed: int = 0,
     upstream: str = "",
     billed_as: str = "",
     redactions: Mapping[str, int] | None = None,
@@ -126,6 +128,7 @@ def outcome_of(
         finish_reason=meter.finish_reason,
         retries=retries,
         upstream_errors=dict(upstream_errors or {}),
+        attempts_maybe_billed=attempts_maybe_billed,
         upstream=upstream,
         redactions=dict(redactions or {}),
         guardrail_action=guardrail_action,

@@ -112,7 +112,8 @@ class Pipeline:
         except BaseException:
             self.cancels.unregister(ctx.request_id)
             raise
-        self.leases.track(ctx.request_id, dict)  # renewed from admission on; no progress before the stream
+        # renewed from admission on (no progress before the stream); held at most as long as admission made it
+        lease = self.leases.track(ctx.request_id, dict, since=ctx.started_epoch)
         opened = await self._open_upstream(ctx, plan, cancel, request.receive)
         framing = NDJSONFraming() if ndjson else (SSEFraming() if ctx.chat.stream else None)
         try:
@@ -126,6 +127,7 @@ class Pipeline:
                 settings=self.settings,
                 budget=self._budget_guard(ctx),
                 gate=self._output_gate(ctx),
+                lease=lease,
             )
         except BaseException:  # the stream that would have finalized it never started: finalize it here
             await self._abandon(ctx, opened)
@@ -155,6 +157,7 @@ class Pipeline:
         retries: int = 0,
         upstream_errors: dict[str, int] | None = None,
         upstream: str = "",
+        attempts_maybe_billed: int = 0,
     ) -> None:
         """Finalize a request that ended before any chunk was relayed (an empty meter)."""
         meter = StreamMeter(started_at=ctx.started_at)
@@ -167,6 +170,7 @@ class Pipeline:
             pricer=self._pricer,
             retries=retries,
             upstream_errors=upstream_errors,
+            attempts_maybe_billed=attempts_maybe_billed,
             upstream=upstream,
         )
         await self._finalize(ctx, outcome)
@@ -179,6 +183,7 @@ class Pipeline:
         """The explicit cancel: mark the request in DynamoDB (any instance may run it), stop it here at once
         if it runs in this process. `request_id` is the relay's id or the caller's own X-Client-Request-Id."""
         key = await self._auth.authenticate(request.headers)
+        self.cancels.calls.take(key)  # each call writes to DynamoDB: past the key's allowance, 429 and no write
         if not client_request_id.is_relay_id(request_id):
             return await self._cancel_client_id(key, client_request_id.validate(request_id))
         try:
@@ -327,7 +332,13 @@ class Pipeline:
             retries, errors, upstream = progress.retries, dict(progress.failures), progress.upstream or plan.upstream
             ending = Ending(reason_for(failure), failure.message, *_cancel_source(failure, cancel, gone))
             await self._finalize_unstreamed(
-                ctx, ending, answered=False, retries=retries, upstream_errors=errors, upstream=upstream
+                ctx,
+                ending,
+                answered=False,
+                retries=retries,
+                upstream_errors=errors,
+                upstream=upstream,
+                attempts_maybe_billed=progress.maybe_billed,
             )
             if not isinstance(exc, Exception):  # cancelled (the server is shutting down): finalized, passed on
                 raise

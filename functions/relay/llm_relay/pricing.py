@@ -138,6 +138,8 @@ def parse_prices(text: str) -> dict[str, ModelPrice]:
         data = json.loads(text, parse_float=Decimal)
     except ValueError as exc:
         raise ValueError(f"prices: not valid JSON ({exc})") from None
+    except RecursionError:  # the parser recurses once per level: no price table nests that deep
+        raise ValueError("prices: nested too deeply to be a price table") from None
     if not isinstance(data, dict):
         raise ValueError("prices: expected a JSON object")
     models = data.get("models", data)
@@ -161,7 +163,7 @@ def _usd(name: str, field: str, raw: Any) -> Decimal:
     except InvalidOperation:
         value = None
     if value is None or not value.is_finite() or value < 0:
-        raise ValueError(f"prices: model {name!r} has an invalid {field} price {raw!r}")
+        raise ValueError(f"prices: model {name!r} has an invalid {field} price {raw!r} (USD per million tokens, >= 0)")
     return value
 
 
@@ -170,7 +172,7 @@ def _packaged_text() -> str:
 
 
 def _override_text(override: str) -> str:
-    if override.startswith("{"):
+    if override.startswith(("{", "[")):  # JSON text (a list is refused as such, not looked for as a file)
         return override
     path = Path(override)
     try:

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     upstream_max_retries: int = Field(default=2, ge=0, le=10)
     upstream_retry_base_s: float = Field(default=0.2, gt=0)
     upstream_retry_max_s: float = Field(default=4.0, gt=0)
+    # Retry the same upstream after a 408, a 504 or a close without an answer: a model may have generated (and its
+    # provider billed) for such an attempt, so by default the request fails instead (`attempts_maybe_billed`).
+    retry_ambiguous: bool = False
 
     allowed_models: str = "*"
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)

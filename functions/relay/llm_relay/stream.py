@@ -32,6 +32,7 @@ from .upstreams.base import Decoded, Ended, Failed
 from .upstreams.http import OpenedStream
 
 if TYPE_CHECKING:
+    from .leases import Lease
     from .sanitize.gate import OutputGate
 
 logger = logging.getLogger(__name__)
@@ -75,8 +76,10 @@ class RelayStream(Response):
         clock: Clock = MONOTONIC,
         budget: BudgetGuard | None = None,
         gate: OutputGate | None = None,
+        lease: Lease | None = None,
     ) -> None:
         super().__init__()
+        self._lease = lease  # None: no lease to stay within (a test's stream)
         self.ctx = ctx
         self._opened = opened
         self._framing = framing  # None: answer one JSON body (stream: false)
@@ -117,6 +120,8 @@ class RelayStream(Response):
         async with anyio.create_task_group() as gate_tasks:  # the guardrail's judging outlives the pump
             if self._gate is not None:
                 self._gate.start(gate_tasks)
+            if self._budget is not None:  # here, not beside the pump: a pending extension must not delay the end
+                self._budget.start(gate_tasks)
             try:
                 if self._framing is not None and not self._defer_start:
                     await self._start(200, self._framing.media_type)
@@ -136,10 +141,10 @@ class RelayStream(Response):
             tg.start_soon(self._watch_disconnect, receive)
             tg.start_soon(self._watch_cancel)
             tg.start_soon(self._watch_timers)
+            if self._lease is not None:
+                tg.start_soon(self._watch_lease, self._lease)
             if self._framing is not None:
                 tg.start_soon(self._heartbeat)
-            if self._budget is not None:
-                self._budget.start(tg)
             if self._gate is not None:
                 tg.start_soon(self._watch_gate, self._gate)
             with anyio.CancelScope() as pump_scope:
@@ -227,6 +232,8 @@ class RelayStream(Response):
     async def _finalize(self, outcome: StreamOutcome) -> None:
         """The pipeline's finalization, before the body closes; its failure is logged, never the client's."""
         try:
+            if self._budget is not None:
+                await self._budget.settled()  # settlement swaps the whole reservation: the pending write's too
             await self._on_end(outcome)
         except Exception:
             logger.exception("finalize failed for request %s", self.ctx.request_id)
@@ -241,6 +248,7 @@ class RelayStream(Response):
             pricer=self._pricer,
             retries=self._opened.retries,
             upstream_errors=self._opened.status_errors,
+            attempts_maybe_billed=self._opened.maybe_billed,
             upstream=self._opened.upstream,
             billed_as=self._opened.billed_as,
             redactions=self._gate.counts if self._gate is not None else None,
@@ -310,6 +318,10 @@ class RelayStream(Response):
             self._conclude(TerminationReason.UPSTREAM_ERROR, item.message)
             return False
         chunk = item
+        if self._lease is not None and self._lease.lapsed():  # checked per chunk: a resumed process relays none
+            self._observe_unrelayed([chunk, *self._pending])  # generated, so billed: counted, never sent
+            self._conclude(TerminationReason.LEDGER_UNAVAILABLE, _lease_message(self._lease))
+            return False
         if self._budget is not None and not await self._within_budget(chunk):
             return False
         if not self.meter.observe(chunk, now):
@@ -384,12 +396,14 @@ class RelayStream(Response):
         self._end(TerminationReason.CONTENT_FILTER, block.message, code=block.code)
 
     async def _within_budget(self, chunk: dict[str, Any]) -> bool:
-        """Whether the chunk's tokens are reserved; if not (an extension was refused), the stream ends here and
-        the chunk is neither passed on nor counted."""
+        """Whether the chunk's tokens are reserved; if not (an extension was refused), the stream ends here: the
+        chunk is not passed on, but it is counted, with what was decoded after it, since the upstream generated
+        them and the provider bills them."""
         assert self._budget is not None
         tokens = tokens_in(chunk)  # as the meter counts the chunks relayed so far (`estimated_tokens`)
         if not tokens or await self._budget.allow(self.meter.estimated_tokens + tokens):
             return True
+        self._observe_unrelayed([chunk, *self._pending])
         self._conclude(
             TerminationReason.BUDGET_EXCEEDED,
             "The key's budget cannot cover more of this answer; the stream was ended at the reserved tokens.",
@@ -456,6 +470,13 @@ class RelayStream(Response):
     async def _watch_cancel(self) -> None:
         await self._cancel.event.wait()
         self._end(TerminationReason.CLIENT_CANCELLED, source="cancel_call")
+
+    async def _watch_lease(self, lease: Lease) -> None:
+        """A stream never outlives its lease: past it, a reconciler may settle the request as `lost` while the stream
+        runs (its slot freed, its later tokens unrecorded). So it ends itself before the lease can expire unrenewed,
+        and at once when a renewal finds the request settled already (the process was paused past its lease)."""
+        await lease.wait_lapsed()
+        self._end(TerminationReason.LEDGER_UNAVAILABLE, _lease_message(lease))
 
     async def _watch_timers(self) -> None:
         """The deadline; until the first token the first-token timeout, after it the idle timeout (the pump
@@ -590,6 +611,16 @@ class RelayStream(Response):
         with contextlib.suppress(_ClientGone):
             await self._start(status, "application/json", extra)
             await self._raw_send({"type": "http.response.body", "body": dumps(body).encode(), "more_body": False})
+
+
+def _lease_message(lease: Lease) -> str:
+    """The terminal error's message of a stream its lease ended."""
+    if lease.settled_elsewhere:
+        return "The usage ledger settled this request while the relay was paused; the stream was ended."
+    return (
+        "This request's lease in the usage ledger could not be renewed in time (the ledger was unreachable, or the "
+        "relay was paused); the stream was ended."
+    )
 
 
 def _carries_text(chunk: dict[str, Any]) -> bool:

@@ -21,6 +21,9 @@ class TerminationReason(StrEnum):
     INCOMPLETE = "incomplete"
     BUDGET_EXCEEDED = "budget_exceeded"
     LOST = "lost"  # written by the reconciler: the relay stopped without finalizing (killed, out of memory)
+    # The stream ended itself before its lease could expire unrenewed (DynamoDB unreachable for most of a lease, or
+    # the process paused past it): past the lease a reconciler may settle the request under a running stream.
+    LEDGER_UNAVAILABLE = "ledger_unavailable"
 
     @property
     def is_failure(self) -> bool:
@@ -35,6 +38,7 @@ _FAILURES = frozenset(
         TerminationReason.DEADLINE,
         TerminationReason.INCOMPLETE,
         TerminationReason.BUDGET_EXCEEDED,
+        TerminationReason.LEDGER_UNAVAILABLE,
     }
 )
 
@@ -84,6 +88,7 @@ HTTP_STATUS = {
     TerminationReason.DEADLINE: 504,
     TerminationReason.CLIENT_CANCELLED: 409,
     TerminationReason.BUDGET_EXCEEDED: 429,
+    TerminationReason.LEDGER_UNAVAILABLE: 503,
 }
 
 # The terminal error's own code -> the HTTP status of a request that it ends before its first byte (a `stream: false`

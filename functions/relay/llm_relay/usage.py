@@ -44,6 +44,9 @@ class UsageRecord:
     mode: str = ""
     cancel_source: str | None = None
     upstream: str | None = None  # the name of the upstream that answered (or failed last); None: none was tried
+    # Failed upstream attempts that may have reached a model (a 408, a 504, no answer after the request was sent):
+    # the provider may have billed them; the record's cost cannot say what for.
+    attempts_maybe_billed: int = 0
     # The compliance gate's audit trail, never the values: entity type -> count, in the answer and in the prompt;
     # the strongest guardrail action; the version of the sanitizer's rules (None: the gate was off).
     redactions: dict[str, int] = field(default_factory=dict)
@@ -76,6 +79,7 @@ class UsageRecord:
             "mode": self.mode,
             "cancel_source": self.cancel_source,
             "upstream": self.upstream,
+            "attempts_maybe_billed": self.attempts_maybe_billed,
             "redactions": dict(self.redactions),
             "prompt_redactions": dict(self.prompt_redactions),
             "guardrail_action": self.guardrail_action,
@@ -102,6 +106,7 @@ def record_for(ctx: RequestContext, outcome: StreamOutcome) -> UsageRecord:
         mode=ctx.mode,
         cancel_source=outcome.cancel_source,
         upstream=outcome.upstream or None,
+        attempts_maybe_billed=outcome.attempts_maybe_billed,
         redactions=dict(outcome.redactions),
         prompt_redactions=dict(ctx.prompt_redactions),
         guardrail_action=outcome.guardrail_action,

@@ -5,6 +5,7 @@ deployment's: its limits replace the configured defaults, its sanitizer policy c
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import replace
 from decimal import Decimal
@@ -29,7 +30,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     create = sub.add_parser("create", help="create a key; prints the plain key once")
     create.add_argument("--name", required=True, type=options.name, help="who or what the key is for")
     create.add_argument("--models", type=options.models, default=None, help="comma-separated allow-list (default: all)")
-    create.add_argument("--expires-at", type=options.expiry, default=None, help=options.EXPIRY_HELP)
+    create.add_argument("--expires-at", type=options.future_expiry, default=None, help=options.EXPIRY_HELP)
     options.limit_options(create)
     options.sanitize_options(create)
     create.set_defaults(run=_create)
@@ -231,7 +232,18 @@ def _change(args: argparse.Namespace, stores: Stores, nothing: str) -> ApiKey:
         sanitize=_sanitize_with(key.sanitize, sanitize),
     )
     stores.keys.replace(key, key_hash)
+    if hasattr(args, "expires_at") and key.active and key.expired(time.time()):
+        _warn(
+            f"key {key.key_id} expires at {key.expires_at}, already past: relays refuse it (`--expires-at never` or a "
+            "later date gives it back)"
+        )
     return key
+
+
+def _warn(message: str) -> None:
+    """A change that was made but may not be what was meant: said on stderr, so --json output stays parseable.
+    Setting an expiry in the past is allowed (it ends a key at once without revoking it), but never silently."""
+    print(f"llm-relay: warning: {message}", file=sys.stderr)
 
 
 def _change_flags(args: argparse.Namespace) -> list[str]:

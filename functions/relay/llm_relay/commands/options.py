@@ -152,6 +152,26 @@ def when(text: str) -> float:
 
 def expiry(text: str) -> str | None:
     """An expiry as stored (ISO UTC second): a date/time, `+30d` from now, or `never` (None)."""
+    epoch = _expiry_epoch(text)
+    return None if epoch is None else time.strftime(ISO, time.gmtime(epoch))
+
+
+def future_expiry(text: str) -> str | None:
+    """An expiry for a new key: as `expiry`, and not already past. A key created expired could never be used,
+    while its secret, shown only once, would look valid; the mistake would surface later as 401s."""
+    epoch = _expiry_epoch(text)
+    if epoch is None:
+        return None
+    if epoch <= time.time():
+        stored = time.strftime(ISO, time.gmtime(epoch))
+        raise argparse.ArgumentTypeError(
+            f"expiry {stored} is already past: a key created with it could never be used (give a later date or +30d)"
+        )
+    return time.strftime(ISO, time.gmtime(epoch))
+
+
+def _expiry_epoch(text: str) -> float | None:
+    """The instant an expiry names (None for `never`), or the one-line refusal of what it cannot read."""
     value = text.strip()
     if value == "never":
         return None
@@ -159,7 +179,7 @@ def expiry(text: str) -> str | None:
     epoch = time.time() + float(age.group(1)) * _UNITS[age.group(2)] if age else _iso(value)
     if epoch is None or not EARLIEST <= epoch <= LATEST:
         raise argparse.ArgumentTypeError(f"cannot read expiry {text!r}: use 2026-12-31, 2026-12-31T18:00Z or +30d")
-    return time.strftime(ISO, time.gmtime(epoch))
+    return epoch
 
 
 def _iso(value: str) -> float | None:

@@ -25,6 +25,7 @@ GROUPS: dict[str, Callable[[UsageRecord], str]] = {
 }
 RECORD_HEADERS = ["TIME", "KEY ID", "REQUEST ID", "MODEL", "REASON", "PROMPT", "COMPLETION", "COST USD", "TTFT MS"]
 RECORD_HEADERS += ["DURATION MS", "REDACTIONS"]
+RECORD_CSV_HEADERS = [*RECORD_HEADERS[:7], "USAGE SOURCE", *RECORD_HEADERS[7:]]
 TOTAL_HEADERS = ["REQUESTS", "PROMPT", "COMPLETION", "TOTAL", "COST USD", "ESTIMATED", "UNPRICED", "REDACTIONS"]
 
 
@@ -52,7 +53,7 @@ def _usage(args: argparse.Namespace, settings: Settings, stores: Stores) -> int:
     if fmt == "json":
         print_json(_as_json(args, records, since, until))
     elif fmt == "csv":
-        print_csv(*_rows(args, records))
+        print_csv(*_rows(args, records, csv=True))
     else:
         scope = f"key {args.key_id}" if args.key_id else "all keys"
         print(f"usage for {scope}, {iso_ms(since)} .. {iso_ms(until)}")
@@ -85,13 +86,18 @@ def _as_json(args: argparse.Namespace, records: list[UsageRecord], since: float,
     return body
 
 
-def _rows(args: argparse.Namespace, records: list[UsageRecord]) -> tuple[list[str], list[list[str]]]:
-    """Headers and rows: one per group with --by, one per request otherwise; totals only: one row."""
+def _rows(
+    args: argparse.Namespace, records: list[UsageRecord], *, csv: bool = False
+) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows: one per group with --by, one per request otherwise; totals only: one row. `csv`: records
+    as `record_csv_cells` (numbers only in numeric columns)."""
     if args.by:
         groups = grouped(records, args.by)
         return [args.by.upper(), *TOTAL_HEADERS], [[printable(name), *_total_cells(t)] for name, t in groups.items()]
     if args.totals_only:
         return TOTAL_HEADERS, [_total_cells(UsageTotals.of(records))]
+    if csv:
+        return RECORD_CSV_HEADERS, [record_csv_cells(record) for record in records]
     return RECORD_HEADERS, [record_cells(record) for record in records]
 
 
@@ -119,6 +125,25 @@ def record_cells(record: UsageRecord) -> list[str]:
         "unknown" if record.cost_usd is None else plain(record.cost_usd),
         "-" if record.ttft_ms is None else f"{record.ttft_ms:.0f}",
         "-" if record.duration_ms is None else f"{record.duration_ms:.0f}",
+        redactions_text(record.redactions, record.prompt_redactions),
+    ]
+
+
+def record_csv_cells(record: UsageRecord) -> list[str]:
+    """One usage record for a spreadsheet: every numeric column a number or empty (cost unknown, no first token),
+    and how the tokens were counted in a column of its own (`usage_source`, as in the JSON record)."""
+    return [
+        record.timestamp,
+        record.key_id,
+        record.request_id,
+        printable(record.model),
+        record.termination_reason,
+        str(record.prompt_tokens),
+        str(record.completion_tokens),
+        record.usage_source,
+        "" if record.cost_usd is None else plain(record.cost_usd),
+        "" if record.ttft_ms is None else f"{record.ttft_ms:.0f}",
+        "" if record.duration_ms is None else f"{record.duration_ms:.0f}",
         redactions_text(record.redactions, record.prompt_redactions),
     ]
 

@@ -40,7 +40,8 @@ key's earliest lease, for a concurrency refusal's Retry-After).
                                                    gsi1pk SPEND#D#<day>, gsi1sk <key_id>
     KEY#<key_id>      SPEND#M#<yyyy-mm>            the same per month (not indexed)                  retention + 32 days
     KEY#<key_id>      USAGE#<iso ms>#<request_id>  one usage record a request (UsageRecord's         retention (2)
-                                                   fields; cost_usd absent when unpriced);
+                                                   fields; cost_usd absent when unpriced,
+                                                   attempts_maybe_billed when not 0);
                                                    gsi1pk USAGE#<yyyy-mm-dd>, gsi1sk <iso ms>#<request_id>
 
 (1) RELAY_REQUEST_TTL_S after admission; one day after the start when settlement creates the item (admission
@@ -277,6 +278,7 @@ def usage_item(record: UsageRecord, retention_days: int) -> dict[str, Any]:
         "duration_ms": record.duration_ms,
         "cancel_source": record.cancel_source,
         "upstream": record.upstream,
+        "attempts_maybe_billed": record.attempts_maybe_billed or None,
         "guardrail_action": record.guardrail_action,
         "policy_version": record.policy_version,
         "redactions": dict(record.redactions) or None,
@@ -310,6 +312,7 @@ def usage_record(item: dict[str, Any]) -> UsageRecord:
         mode=str(item.get("mode", "")),
         cancel_source=item.get("cancel_source"),
         upstream=item.get("upstream"),
+        attempts_maybe_billed=int(item.get("attempts_maybe_billed", 0)),
         redactions={str(k): int(v) for k, v in (item.get("redactions") or {}).items()},
         prompt_redactions={str(k): int(v) for k, v in (item.get("prompt_redactions") or {}).items()},
         guardrail_action=item.get("guardrail_action"),

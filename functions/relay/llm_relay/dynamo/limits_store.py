@@ -39,6 +39,8 @@ USAGE, SPEND_DAY, SPEND_MONTH, RELEASE, SETTLE_TOKENS = "usage", "spend_day", "s
 FINISH = "finish"
 RELEASED = "released"  # the termination reason of a request item whose admission was given back
 _CONTENTION = frozenset({"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"})
+V01_LEASE_PREFIX = "l_"  # 0.1 kept each stream's lease on the key's count item: `l_<request id>` = its expiry
+_DROP_BATCH = 100  # 0.1 lease attributes removed per UpdateItem (an update expression holds at most 4 KB)
 
 
 @dataclass(slots=True)
@@ -297,6 +299,59 @@ class LimitsStore:
         for name, sk in parts:
             out[name] = self._get(key_id, sk) or {}
         return out
+
+    # --- migration of a 0.1 table (`llm-relay migrate`) -----------------------------------------------------
+    def concurrency_key_ids(self) -> list[str]:
+        """The key id of every concurrency count item: one paginated Scan (a one-off: it reads the whole table)."""
+        found: list[str] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "FilterExpression": "sk = :conc",
+            "ProjectionExpression": "pk",
+            "ExpressionAttributeValues": serialize({":conc": layout.CONC_SK}),
+        }
+        while True:
+            with store_call("Scan"):
+                page = self.client.scan(**kwargs)
+            found += [str(deserialize(raw)["pk"]).removeprefix("KEY#") for raw in page.get("Items", [])]
+            if "LastEvaluatedKey" not in page:
+                return found
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def concurrency_item(self, key_id: str) -> dict[str, Any] | None:
+        """A key's concurrency count item as it is (consistent read), 0.1's lease attributes included."""
+        return self._get(key_id, layout.CONC_SK)
+
+    def recount(self, key_id: str, active: int, seen: int | None, drop: list[str]) -> bool:
+        """Set a key's count to `active` and remove 0.1's lease attributes `drop`, if the count is still `seen` (None:
+        absent): an admission or settlement meanwhile refuses it (False), to be counted again. Several writes for
+        many attributes (an update expression holds at most 4 KB), each with the same condition."""
+        batches = [drop[start : start + _DROP_BATCH] for start in range(0, len(drop), _DROP_BATCH)] or [[]]
+        for batch in batches:
+            names = {f"#l{i}": name for i, name in enumerate(batch)}
+            update = "SET active = :n" + (" REMOVE " + ", ".join(names) if names else "")
+            values: dict[str, Any] = {":n": active}
+            if seen is None:
+                condition = "attribute_not_exists(active)"
+            else:
+                condition, values[":seen"] = "active = :seen", seen
+            key = serialize({"pk": layout.partition(key_id), "sk": layout.CONC_SK})
+            try:
+                with store_call("UpdateItem"):
+                    self.client.update_item(
+                        TableName=self.table_name,
+                        Key=key,
+                        UpdateExpression=update,
+                        ConditionExpression=condition,
+                        ExpressionAttributeValues=serialize(values),
+                        **({"ExpressionAttributeNames": names} if names else {}),  # type: ignore[arg-type]
+                    )
+            except ClientError as exc:
+                if error_code(exc) == CONDITION_FAILED:
+                    return False
+                raise
+            seen = active
+        return True
 
     # --- plumbing ------------------------------------------------------------------------------------------
     def _op(

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 _BATCH = 100  # BatchGetItem's and TransactWriteItems' limit
+SETTLED = "settled"  # a renewal refused: another party (a reconciler) settled the request
+UNLEASED = "unleased"  # a renewal refused: the request has no lease (admitted without its item, failing open)
 _UNFINISHED = "attribute_exists(lease_until) AND attribute_not_exists(finished_at)"
 
 
@@ -136,23 +138,26 @@ class RequestStore:
         raw = out.get("Item")
         return layout.deserialize(raw) if raw else None
 
-    def renew(self, lease_until: int, checkpoints: Mapping[str, Mapping[str, Any]]) -> set[str]:
+    def renew(self, lease_until: int, checkpoints: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
         """Extend the leases of these unfinished requests to `lease_until` and store each one's checkpoint
         (`cp_*` attributes): one TransactWriteItems per 100 requests, however many streams the process runs
         (BatchWriteItem cannot update, and a Put would drop a cancel mark). Each update is conditional on the
-        request being unfinished; the requests that are not (a reconciler settled them) are returned, and the
-        rest renewed without them."""
-        gone: set[str] = set()
+        request being unfinished; the requests that are not are returned, each with why (`SETTLED`: another party,
+        a reconciler, settled it; `UNLEASED`: it has no lease to renew, admitted without its item), and the rest
+        renewed without them."""
+        gone: dict[str, str] = {}
         ids = list(checkpoints)
         for start in range(0, len(ids), _BATCH):
             batch = ids[start : start + _BATCH]
             while batch:
                 refused = self._renew_batch(lease_until, batch, checkpoints)
-                gone |= refused
+                gone.update(refused)
                 batch = [rid for rid in batch if rid not in refused] if refused else []
         return gone
 
-    def _renew_batch(self, lease_until: int, ids: list[str], checkpoints: Mapping[str, Mapping[str, Any]]) -> set[str]:
+    def _renew_batch(
+        self, lease_until: int, ids: list[str], checkpoints: Mapping[str, Mapping[str, Any]]
+    ) -> dict[str, str]:
         items: list[dict[str, Any]] = []
         for rid in ids:
             values = {":lease": lease_until, **{f":{name}": value for name, value in checkpoints[rid].items()}}
@@ -163,6 +168,7 @@ class RequestStore:
                 "UpdateExpression": "SET " + ", ".join(sets),
                 "ConditionExpression": _UNFINISHED,
                 "ExpressionAttributeValues": layout.serialize(values),
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",  # why it was refused, without a second read
             }
             items.append({"Update": update})
         try:
@@ -172,12 +178,16 @@ class RequestStore:
             if error_code(exc) != TRANSACTION_CANCELLED:
                 raise
             reasons = exc.response.get("CancellationReasons", [])
-            refused = {rid for rid, r in zip(ids, reasons, strict=False) if r.get("Code") == "ConditionalCheckFailed"}
+            refused = {
+                rid: SETTLED if "finished_at" in (reason.get("Item") or {}) else UNLEASED
+                for rid, reason in zip(ids, reasons, strict=False)
+                if reason.get("Code") == "ConditionalCheckFailed"
+            }
             if not refused:  # a conflicting write (a cancel mark, a settlement): the next round renews
                 codes = [str(r.get("Code", "None")) for r in reasons]
                 raise unavailable("TransactWriteItems", f"renewal cancelled: {codes}") from exc
             return refused
-        return set()
+        return {}
 
     def expired(self, shard: str, now_s: float, limit: int = 100) -> list[str]:
         """Unfinished requests of one open-index shard whose lease ended before `now_s`, earliest first: one
@@ -205,6 +215,43 @@ class RequestStore:
             )
         found = [layout.deserialize(raw) for raw in out.get("Items", [])]
         return [(layout.request_id_of(str(item["pk"])), int(item["lease_until"])) for item in found]
+
+    def slot_holders(self, key_id: str) -> list[str]:
+        """Every unfinished request of a key that holds one of its concurrency slots (what its count must be): the
+        key's entries on the sparse `leases` index, every page, each confirmed by a consistent read (the index is
+        eventually consistent: a request settled an instant ago may still be on it)."""
+        ids: list[str] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "IndexName": layout.LEASE_INDEX,
+            "KeyConditionExpression": "lease_key = :k",
+            "ExpressionAttributeValues": layout.serialize({":k": key_id}),
+        }
+        while True:
+            with store_call("Query"):
+                page = self.client.query(**kwargs)
+            ids += [layout.request_id_of(str(layout.deserialize(raw)["pk"])) for raw in page.get("Items", [])]
+            if "LastEvaluatedKey" not in page:
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return [rid for rid, item in self._items(ids).items() if item.get("slot") and "finished_at" not in item]
+
+    def _items(self, request_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """These request items (consistent reads, one BatchGetItem per 100), by request id; missing ones left out."""
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(request_ids), _BATCH):
+            keys = [layout.serialize(layout.request_key(rid)) for rid in request_ids[start : start + _BATCH]]
+            request: dict[str, Any] = {
+                self.table_name: {"Keys": keys, "ConsistentRead": True, "ProjectionExpression": "pk, slot, finished_at"}
+            }
+            while request:
+                with store_call("BatchGetItem"):
+                    out = self.client.batch_get_item(RequestItems=request)
+                for raw in out.get("Responses", {}).get(self.table_name, []):
+                    item = layout.deserialize(raw)
+                    found[layout.request_id_of(str(item["pk"]))] = item
+                request = dict(out.get("UnprocessedKeys") or {})
+        return found
 
 
 def _live_mark(item: dict[str, Any]) -> bool:

@@ -1,6 +1,11 @@
 """The HTTP exchange every kind of upstream shares: one `httpx.AsyncClient` (keep-alive reused across requests
-and upstreams), opening a streamed chat completion with retries (connect errors, 429, 5xx; `Retry-After`
+and upstreams), opening a streamed chat completion with retries (connect errors, 429, 500, 502, 503; `Retry-After`
 honoured; exponential backoff with full jitter) only while nothing can have reached a model.
+
+A 408, a 504 or a server that closed without answering may come after a model generated for the request (and its
+provider billed it): such an attempt is counted (`attempts_maybe_billed` on the usage record), and retried only with
+`RELAY_RETRY_AMBIGUOUS=true`. A read timeout or a reset after the request was sent is counted too, never retried:
+the upstream may still be generating.
 
 What differs by kind (the request, the body's decoding) is the `Dialect` (`upstreams.base`). The read timeout of
 the client bounds the wait for the response headers; the stream enforces the idle timeout between body reads, so
@@ -27,15 +32,20 @@ from .pool import use_fair_pool
 
 logger = logging.getLogger(__name__)
 
-RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-# Retried transport failures: those where the upstream cannot have started generating. A read timeout or a
-# reset after the request was sent is not retried: the upstream may be generating (and billing) already.
-RETRYABLE_TRANSPORT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.RemoteProtocolError)
-# A fallback to another upstream is stricter than a retry of the same one: only failures where no model can have
-# seen the request. A RemoteProtocolError (the server closed without answering) may come after the whole request
-# was sent; a 408 or 504 may mean a model timed out generating.
-FALLBACK_TRANSPORT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-FALLBACK_STATUS = frozenset({429, 500, 502, 503})
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503})
+# Retried transport failures: those where the upstream cannot have started generating.
+RETRYABLE_TRANSPORT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# Failures after which a model may have generated (and billed): a gateway or model timeout, a close without an
+# answer (possibly after the whole request was sent). Retried only with `RELAY_RETRY_AMBIGUOUS`.
+AMBIGUOUS_STATUS = frozenset({408, 504})
+AMBIGUOUS_TRANSPORT = (httpx.RemoteProtocolError,)
+# Transport failures once the request was sent, counted as maybe billed; a read timeout or a reset is never retried
+# (the upstream may be generating still).
+UNANSWERED_TRANSPORT = (httpx.RemoteProtocolError, httpx.ReadError, httpx.ReadTimeout)
+# A fallback to another upstream takes only failures where no model can have seen the request, whatever
+# `RELAY_RETRY_AMBIGUOUS` says: another upstream could generate the answer a second time.
+FALLBACK_TRANSPORT = RETRYABLE_TRANSPORT
+FALLBACK_STATUS = RETRYABLE_STATUS
 
 
 @dataclass(slots=True)
@@ -46,6 +56,7 @@ class Progress:
     attempts: int = 0
     failures: dict[str, int] = field(default_factory=dict)  # failed attempts by class ("5xx", "connect")
     upstream: str = ""  # the upstream tried last
+    maybe_billed: int = 0  # failed attempts that may have reached a model (408, 504, no answer after sending)
 
     @property
     def retries(self) -> int:
@@ -63,6 +74,7 @@ class OpenedStream:
     decoder: Decoder
     retries: int = 0  # attempts after the first, over every upstream tried
     status_errors: dict[str, int] = field(default_factory=dict)  # failed attempts by class, over every upstream
+    maybe_billed: int = 0  # failed attempts that may have reached a model, over every upstream
     upstream: str = ""  # the name of the upstream that answered (routing)
     billed_as: str = ""  # the model name its answer is priced as (routing; "" : the client's)
     renamed: str = ""  # set when the route sent another model name: the client's, for the chunks it relays
@@ -107,6 +119,9 @@ class HttpExchange:
         self._settings = settings
         self._rng = rng or random.Random()
         self._transport = transport
+        ambiguous = settings.retry_ambiguous
+        self._retry_status = RETRYABLE_STATUS | AMBIGUOUS_STATUS if ambiguous else RETRYABLE_STATUS
+        self._retry_transport = RETRYABLE_TRANSPORT + AMBIGUOUS_TRANSPORT if ambiguous else RETRYABLE_TRANSPORT
         self.client = self._new_client()
 
     def _new_client(self) -> httpx.AsyncClient:
@@ -157,21 +172,21 @@ class HttpExchange:
                 )
                 maybe_seen = maybe_seen or not isinstance(exc, FALLBACK_TRANSPORT)
                 failure.fallback_ok = not maybe_seen
-                if not isinstance(exc, RETRYABLE_TRANSPORT):
+                progress.maybe_billed += isinstance(exc, UNANSWERED_TRANSPORT)
+                if not isinstance(exc, self._retry_transport):
                     raise _with_history(failure, progress) from None
             else:
                 if response.is_success:
-                    untimed_body(response)  # the stream's watcher bounds the body's reads
-                    decoder = dialect.decoder(model, int(time.time()))
-                    return OpenedStream(response, decoder, progress.retries, dict(progress.failures))
+                    return _opened(response, dialect.decoder(model, int(time.time())), progress)
                 progress.failed(status_class(response.status_code))
+                progress.maybe_billed += response.status_code in AMBIGUOUS_STATUS
                 failure = await _failure_from_response(response)
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
                 if response.status_code == 429 and retry_after is not None:
                     failure.headers["retry-after"] = str(max(1, round(retry_after)))  # the client's own wait
                 maybe_seen = maybe_seen or response.status_code not in FALLBACK_STATUS
                 failure.fallback_ok = not maybe_seen
-                if response.status_code not in RETRYABLE_STATUS:
+                if response.status_code not in self._retry_status:
                     raise _with_history(failure, progress)
             if attempt >= self._settings.upstream_max_retries:
                 raise _with_history(failure, progress)
@@ -185,6 +200,13 @@ class HttpExchange:
             logger.info("upstream attempt %d failed (%s); retrying in %.3fs", attempt + 1, failure.code, delay)
             attempt += 1
             await anyio.sleep(delay)
+
+
+def _opened(response: httpx.Response, decoder: Decoder, progress: Progress) -> OpenedStream:
+    """A 2xx response, with the history of the attempts before it."""
+    untimed_body(response)  # the stream's watcher bounds the body's reads
+    failures = dict(progress.failures)
+    return OpenedStream(response, decoder, progress.retries, failures, maybe_billed=progress.maybe_billed)
 
 
 def _with_history(failure: UpstreamError, progress: Progress) -> UpstreamError:
@@ -213,6 +235,8 @@ async def _failure_from_response(response: httpx.Response) -> UpstreamError:
         return failure
     if status in (401, 403):
         return UpstreamError("Upstream rejected the relay's credentials.", upstream_status=status)
+    if status == 408:  # the upstream (or a proxy before it) gave up waiting: not the client's request at fault
+        return UpstreamTimeout(f"Upstream timed out: {message}", upstream_status=status)
     if 400 <= status < 500:
         failure = UpstreamError(
             f"Upstream refused the request: {message}", upstream_status=status, code="upstream_invalid_request"

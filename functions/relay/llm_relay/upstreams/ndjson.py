@@ -124,10 +124,14 @@ class _LineDecoder:
 
     def _usage(self, prompt: int | None, completion: int | None) -> list[Decoded]:
         """The usage chunk of the upstream's counts; none without the output count (the relay estimates then,
-        never billing the output as 0)."""
+        never billing the output as 0). Without the prompt count it carries the output count alone: the meter
+        estimates the prompt (and marks the usage estimated) rather than bill it as 0."""
         if completion is None:
             return []
-        return [usage_chunk(self._model, self._created, prompt or 0, completion)]
+        usage = usage_chunk(self._model, self._created, prompt or 0, completion)
+        if prompt is None:
+            usage["usage"] = {"completion_tokens": completion}
+        return [usage]
 
 
 class OllamaDecoder(_LineDecoder):

@@ -1,7 +1,8 @@
 """Opening a request's upstream stream: the table's route for the model, then its fallbacks, over the shared HTTP
 exchange. A fallback is taken, after that upstream's own retries, only when none of its attempts can have reached
-a model (`http.FALLBACK_TRANSPORT`, `http.FALLBACK_STATUS`: stricter than the retries); never once a response
-started, and never after a 4xx (the request itself is at fault, or the relay's credentials)."""
+a model (`http.FALLBACK_TRANSPORT`, `http.FALLBACK_STATUS`: stricter than the retries with
+`RELAY_RETRY_AMBIGUOUS`); never once a response started, and never after a 4xx (the request itself is at fault, or
+the relay's credentials)."""
 
 from __future__ import annotations
 

@@ -173,6 +173,8 @@ def parse_specs(text: str) -> list[UpstreamSpec]:
         raw = json.loads(text)
     except ValueError as exc:
         raise ConfigurationError(f"RELAY_UPSTREAMS is not valid JSON ({exc})") from None
+    except RecursionError:  # the parser recurses once per level: no upstream table nests that deep
+        raise ConfigurationError("RELAY_UPSTREAMS is nested too deeply to be an upstream table") from None
     if not isinstance(raw, list):
         raise ConfigurationError("RELAY_UPSTREAMS must be a JSON list of upstream objects")
     specs = []
