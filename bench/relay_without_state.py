@@ -29,8 +29,8 @@ class _NoLeases:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         pass
 
-    def track(self, *args: Any) -> None:
-        return None
+    def track(self, *args: Any, **kwargs: Any) -> None:
+        return None  # no lease: the stream has none to stay within
 
     def untrack(self, *args: Any) -> None:
         return None

@@ -32,7 +32,7 @@ from llm_relay.app import create_app
 from llm_relay.dynamo import Stores
 from llm_relay.errors import StoreUnavailable
 from llm_relay.outcome import RequestContext, StreamOutcome
-from llm_relay.serve import http_protocol, listening_socket, refusing_to_start
+from llm_relay.serve import http_server, refusing_to_start
 from llm_relay.settings import Settings
 
 from . import human_log
@@ -187,17 +187,10 @@ def main() -> None:
         log_config = None if log_mode == "human" else uvicorn.config.LOGGING_CONFIG
         lambda_mode = os.environ.get("RELAY_DEV_LAMBDA", "") not in ("", "0")
         served: ASGIApp = lambda_front(settings, relay) if lambda_mode else relay()
-        # The production entry point's socket and protocol (small send buffers): a slow reader still gets the
-        # terminal frame at the deadline, as on Lambda.
-        sock = listening_socket(settings.host, settings.port)
-        uvicorn.run(
-            served,
-            fd=sock.fileno(),
-            log_level="warning",
-            access_log=False,
-            log_config=log_config,
-            http=http_protocol(),
-        )
+        # The production entry point's server: its socket and protocol (small send buffers: a slow reader still gets
+        # the terminal frame at the deadline, as on Lambda).
+        server, sock = http_server(served, settings.host, settings.port, log_level="warning", log_config=log_config)
+        server.run(sockets=[sock])
 
 
 def prepare_dynamodb(settings: Settings) -> tuple[Stores, str, str]:

@@ -99,8 +99,8 @@ def test_uvicorn_gets_the_options_run_sh_always_passed(no_relay_env: None, monke
     # GIVEN a valid configuration on port 9123
     monkeypatch.setenv("RELAY_UPSTREAM_URL", "http://upstream.invalid/v1")
     monkeypatch.setenv("PORT", "9123")
-    calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append({"app": app, **options}))
+    runs: list[tuple[uvicorn.Config, list[Any]]] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: runs.append((self.config, sockets)))
     bound: list[tuple[str, int]] = []
 
     def listening_socket(host: str, port: int) -> _FakeSocket:
@@ -111,12 +111,15 @@ def test_uvicorn_gets_the_options_run_sh_always_passed(no_relay_env: None, monke
     # WHEN the entry point runs
     serve.main()
     # THEN uvicorn serves the app on loopback, that port, no access log, one-minute keep-alive
-    (call,) = calls
-    assert call["host"] == "127.0.0.1" and call["port"] == 9123
-    assert bound == [("127.0.0.1", 9123)] and call["fd"] == _FakeSocket.FD  # the socket with the bounded send buffer
-    assert call["access_log"] is False and call["timeout_keep_alive"] == 60
+    ((config, sockets),) = runs
+    assert config.host == "127.0.0.1" and config.port == 9123
+    # on the socket with the bounded send buffer, given as the socket object (a file descriptor would be taken for a
+    # Unix socket: no TCP_NODELAY on its connections)
+    assert bound == [("127.0.0.1", 9123)] and len(sockets) == 1 and isinstance(sockets[0], _FakeSocket)
+    assert config.fd is None
+    assert config.access_log is False and config.timeout_keep_alive == 60
     # AND its connections get the bounded write buffer
-    assert isinstance(call["http"], type) and call["http"].__name__ == "BoundedWritesProtocol"
+    assert isinstance(config.http, type) and config.http.__name__ == "BoundedWritesProtocol"
 
 
 class _FakeSocket:
@@ -138,7 +141,9 @@ def test_start_up_runs_without_the_garbage_collector_then_freezes_what_it_built(
 
     monkeypatch.setattr(serve, "build_app", build_app)
     monkeypatch.setattr(serve, "listening_socket", lambda host, port: _FakeSocket())
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: seen.update(collector_on_while_serving=gc.isenabled()))
+    monkeypatch.setattr(
+        uvicorn.Server, "run", lambda self, sockets=None: seen.update(collector_on_while_serving=gc.isenabled())
+    )
     frozen_before = gc.get_freeze_count()
     try:
         # WHEN it runs

@@ -29,11 +29,12 @@ import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, NoReturn, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 if TYPE_CHECKING:
     import asyncio
 
+    import uvicorn
     from starlette.applications import Starlette
 
     from .settings import Settings
@@ -112,21 +113,23 @@ def http_protocol() -> type[asyncio.Protocol] | str:
 def main() -> None:
     """`python -m llm_relay.serve`: what run.sh execs."""
     gc.disable()
-    import uvicorn
-
     app, settings = build_app()
-    sock = listening_socket(HOST, settings.port)
+    server, sock = http_server(app, HOST, settings.port)
     gc.freeze()
     gc.enable()
-    uvicorn.run(
-        app,
-        fd=sock.fileno(),
-        host=HOST,
-        port=settings.port,
-        access_log=False,
-        timeout_keep_alive=KEEP_ALIVE_S,
-        http=http_protocol(),
+    server.run(sockets=[sock])
+
+
+def http_server(app: Any, host: str, port: int, **options: Any) -> tuple[uvicorn.Server, socket.socket]:
+    """uvicorn on our own listening socket, given as the socket object: uvicorn's `fd=` would wrap it as a Unix
+    socket, and the event loop sets TCP_NODELAY only on TCP connections, so every small write (a token) would wait
+    for the client's delayed ACK (about 20 ms more to the first token, measured)."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app, host=host, port=port, access_log=False, timeout_keep_alive=KEEP_ALIVE_S, http=http_protocol(), **options
     )
+    return uvicorn.Server(config), listening_socket(host, port)
 
 
 if __name__ == "__main__":
