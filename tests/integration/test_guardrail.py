@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -25,9 +25,9 @@ from llm_relay.sanitize.guardrail import (
     assess_prompt,
 )
 from llm_relay.sanitize.windows import WindowRule, split_windows
-from llm_relay_dev.bedrock_local import BedrockLocalConfig, BedrockLocalState, create_bedrock_app
-from llm_relay_dev.guardrail_local import GuardrailCall, GuardrailRule
-from tests.servers import serve
+from llm_relay_dev.guardrail_local import GuardrailRule
+from tests.integration.guardrail_support import LocalBedrock as Local
+from tests.integration.guardrail_support import local_bedrock, use_static_credentials
 from tests.waiting import PATIENCE_S, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -42,15 +42,6 @@ SLOW_MS = 30_000.0  # a slow answer is held this long unless the client leaves f
 WINDOW = 20
 
 
-@dataclass
-class Local:
-    base: str
-    state: BedrockLocalState
-
-    def calls(self, guardrail: str) -> list[GuardrailCall]:
-        return [call for call in self.state.guardrail_calls if call.guardrail == guardrail]
-
-
 @pytest.fixture(scope="module")
 def anyio_backend() -> str:
     return "asyncio"
@@ -58,17 +49,13 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="module")
 def bedrock() -> Iterator[Local]:
-    app = create_bedrock_app(BedrockLocalConfig(guardrail_rules=RULES, guardrail_slow_ms=SLOW_MS))
-    with serve(app) as base:
-        yield Local(base, app.state.bedrock)
+    with local_bedrock(RULES, SLOW_MS) as local:
+        yield local
 
 
 @pytest.fixture(autouse=True)
 def _static_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    use_static_credentials(monkeypatch)
 
 
 @pytest.fixture

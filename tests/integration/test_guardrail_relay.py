@@ -20,11 +20,11 @@ import pytest
 
 from llm_relay.outcome import StreamOutcome
 from llm_relay.sanitize.windows import WindowRule, split_windows
-from llm_relay_dev.bedrock_local import BedrockLocalConfig, BedrockLocalState, create_bedrock_app
 from llm_relay_dev.guardrail_local import DEFAULT_RULES, GuardrailCall
 from tests.conftest import Relay, RelayFactory, Upstream
+from tests.integration.guardrail_support import LocalBedrock as Local
+from tests.integration.guardrail_support import local_bedrock, use_static_credentials
 from tests.integration.helpers import RecordingFinalizer, chat_body, ndjson_lines, sse_events
-from tests.servers import serve
 from tests.waiting import PATIENCE_S, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -46,15 +46,6 @@ TOPIC_WORDS = ("tulip", "bulbs", "Anyway", "forecast for the rest")  # nothing o
 NAMED = "Please send the minutes to Jane Doe before the meeting. She will share them with the team on Friday.\nThanks."
 
 
-@dataclass
-class Local:
-    base: str
-    state: BedrockLocalState
-
-    def calls(self, guardrail: str, source: str) -> list[GuardrailCall]:
-        return [c for c in self.state.guardrail_calls if c.guardrail == guardrail and c.source == source]
-
-
 @pytest.fixture(scope="module")
 def anyio_backend() -> str:
     return "asyncio"
@@ -62,17 +53,13 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="module")
 def bedrock() -> Iterator[Local]:
-    app = create_bedrock_app(BedrockLocalConfig(guardrail_rules=DEFAULT_RULES, guardrail_slow_ms=SLOW_MS))
-    with serve(app) as base:
-        yield Local(base, app.state.bedrock)
+    with local_bedrock(DEFAULT_RULES, SLOW_MS) as local:
+        yield local
 
 
 @pytest.fixture(autouse=True)
 def _static_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    use_static_credentials(monkeypatch)
 
 
 @pytest.fixture
