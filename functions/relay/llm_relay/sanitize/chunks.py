@@ -22,7 +22,7 @@ from .policy import Mode
 from .recognizers import builtin
 from .scanner import Detector, Piece, Scanner, redact
 
-_TEXT_FIELDS = ("content", "refusal", "reasoning_content")
+TEXT_FIELDS = ("content", "refusal", "reasoning_content")  # the text channels of a delta
 Channel = tuple[Any, ...]  # (choice index, field) or (choice index, "tool", tool-call index)
 
 
@@ -94,7 +94,7 @@ class ChunkSanitizer:
 
     # --- text channels ----------------------------------------------------------------------------------------
     def _sanitize_delta(self, index: int, delta: dict[str, Any]) -> None:
-        for name in _TEXT_FIELDS:
+        for name in TEXT_FIELDS:
             text = delta.get(name)
             if isinstance(text, str) and text:
                 released = self._feed((index, name), text)

@@ -16,14 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .chunks import Channel, ChunkSanitizer, carries_something, flush_chunk, put_text
+from .chunks import TEXT_FIELDS, Channel, ChunkSanitizer, carries_something, flush_chunk, put_text
 
 if TYPE_CHECKING:
     import anyio.abc
 
     from .guardrail import OutputGuardrail
-
-_TEXT_FIELDS = ("content", "refusal", "reasoning_content")
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +137,7 @@ class OutputGate:
         return out
 
     async def _guard_delta(self, index: int, delta: dict[str, Any]) -> None:
-        for name in _TEXT_FIELDS:
+        for name in TEXT_FIELDS:
             text = delta.get(name)
             if isinstance(text, str) and text:
                 delta[name] = await self._feed((index, name), text)
