@@ -80,14 +80,15 @@ def dev_routes(mock_v1: str, bedrock: str) -> list[dict[str, object]]:
     """The upstream table of `make dev` without a given upstream: a model routed to each kind, all served here."""
     root = mock_v1.removesuffix("/v1")
     return [
-        {"name": "ollama-mock", "kind": "ollama", "url": root, "models": ["llama*"]},
-        {"name": "ndjson-mock", "kind": "ndjson", "url": f"{root}/ndjson/chat", "models": ["inhouse-*"]},
+        # A literal name is listed by /v1/models; a glob routes every name it matches.
+        {"name": "ollama-mock", "kind": "ollama", "url": root, "models": ["llama3.2", "llama*"]},
+        {"name": "ndjson-mock", "kind": "ndjson", "url": f"{root}/ndjson/chat", "models": ["inhouse-1", "inhouse-*"]},
         {
             "name": "bedrock-local",
             "kind": "bedrock",
             "url": bedrock,
             "region": "us-east-1",
-            "models": ["amazon.*", "anthropic.*"],
+            "models": ["amazon.nova-lite-v1:0", "amazon.*", "anthropic.*"],
         },
         {"name": "openai-mock", "kind": "openai", "url": mock_v1, "models": ["*"]},
     ]

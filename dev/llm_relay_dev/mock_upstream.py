@@ -1,7 +1,8 @@
 """Mock upstream: a chat server for `make dev`, tests and the benchmark, in three shapes with the same words,
 faults and records: OpenAI SSE at `POST /v1/chat/completions`, Ollama's NDJSON at `POST /api/chat` (the Ollama
 root is the base URL without `/v1`), and this project's own NDJSON output at `POST /ndjson/chat` (see
-`mock_ndjson`). The NDJSON modes always stream.
+`mock_ndjson`). The NDJSON modes always stream. Embeddings, in OpenAI's shape at `POST /v1/embeddings` and Ollama's
+at `POST /api/embed`, take the same faults and are recorded the same (see `mock_embeddings`).
 
 Behaviour comes from `MockConfig` defaults, overridden per request by an optional `mock` object in the
 request body (the relay forwards unknown fields to the openai kind), e.g.
@@ -107,8 +108,11 @@ async def stream_watching_disconnect(
 
 
 def record_routes(requests: dict[str, RequestRecord]) -> list[Route]:
-    """`GET /mock/requests/{id}` (what a test server recorded of a request, 404 when it never saw it) and
-    `GET /healthz`: the same on every test server."""
+    """`GET /mock/requests/{id}` (what a test server recorded of a request, 404 when it never saw it), `GET
+    /mock/requests` (the ids of every request it got, in order) and `GET /healthz`: the same on every test server."""
+
+    async def list_records(request: Request) -> Response:
+        return JSONResponse(list(requests))
 
     async def get_record(request: Request) -> Response:
         record = requests.get(request.path_params["request_id"])
@@ -120,6 +124,7 @@ def record_routes(requests: dict[str, RequestRecord]) -> list[Route]:
         return JSONResponse({"status": "ok"})
 
     return [
+        Route("/mock/requests", list_records, methods=["GET"]),
         Route("/mock/requests/{request_id}", get_record, methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),
     ]
@@ -314,6 +319,8 @@ class _MockStream:
 
 
 def create_mock_app(config: MockConfig | None = None) -> Starlette:
+    from .mock_embeddings import embedding_routes  # it imports this module: imported once this one is loaded
+
     install_fault_filter()
     state = MockState(config=config or MockConfig())
 
@@ -328,6 +335,7 @@ def create_mock_app(config: MockConfig | None = None) -> Starlette:
             Route("/v1/chat/completions", chat(SSEShape, always_streams=False), methods=["POST"]),
             Route("/api/chat", chat(OllamaShape, always_streams=True), methods=["POST"]),
             Route("/ndjson/chat", chat(RelayNDJSONShape, always_streams=True), methods=["POST"]),
+            *embedding_routes(state),
             *record_routes(state.requests),
         ]
     )
@@ -354,16 +362,16 @@ async def _answer(request: Request, state: MockState, shape_of: ShapeFactory, al
         client_port=request.client.port if request.client else None,
     )
     state.requests[request_id] = record
-    refusal = await _refusal(request, state, shape, opts, record)
-    if refusal is not None:
-        return refusal
+    refused = await refusal(request, state, shape, opts, record)
+    if refused is not None:
+        return refused
     stream = _MockStream(record, body, opts, state.config, shape)
     if streams:
         return stream  # type: ignore[return-value]
     return await _non_streaming(stream)
 
 
-async def _refusal(
+async def refusal(
     request: Request, state: MockState, shape: Shape, opts: dict[str, Any], record: RequestRecord
 ) -> Response | None:
     """The faults that answer before any body: `fail_first`, `headers_delay_ms` (a client that left), `status`."""

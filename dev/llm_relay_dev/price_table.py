@@ -11,7 +11,8 @@ USD per million input, cached-input and output tokens. A price that depends on t
 off-peak hours) keeps its highest rate, so a budget is never undercharged. The date is fixed, not today, so the
 table (and the test that regenerates it) depends only on the pinned version: move `AS_OF` with the version, and
 prices the library schedules after it count from then. Tiered prices keep their base tier (see docs/limits.md,
-the worst case). Models without both an input and an output token price (image, audio) are left out.
+the worst case). Models without both an input and an output token price (image, audio) are left out, except
+embedding models (an input price, and "embed" in the name), priced with output at 0: they bill input tokens only.
 
 Amazon Bedrock's models (the library's `aws` provider) are only found when the provider is named, so they are
 added apart, under the ids Bedrock's API takes: the library's `regional.` prefix stands for a cross-region
@@ -41,6 +42,18 @@ TABLE = Path(__file__).resolve().parents[2] / "functions" / "relay" / "llm_relay
 SOURCE = f"genai-prices {genai_prices.__version__}"
 AS_OF = datetime(2026, 11, 30, tzinfo=UTC)  # the day genai-prices 0.2.3 was pinned
 _HALF_HOURS = [AS_OF + timedelta(minutes=30 * i) for i in range(48)]
+
+
+def embedding_models() -> dict[str, str]:
+    """Embedding models (`embed` in the id) by provider: the library finds OpenAI's `text-embedding-3-small` only
+    when told its provider, since no provider claims the name by its pattern."""
+    return {
+        model.id: provider.id
+        for provider in data_snapshot.get_snapshot().providers
+        if provider.id != BEDROCK
+        for model in provider.models
+        if "embed" in model.id
+    }
 
 
 def model_names() -> list[str]:
@@ -89,8 +102,10 @@ def price_of(name: str, provider_id: str | None = None) -> dict[str, str] | None
     if _varies_by_time_of_day(first.model):
         prices = [calc.model_price for at in _HALF_HOURS if (calc := _calc(name, at, provider_id)) is not None]
     values = {field: _highest(prices, field) for field in ("input_mtok", "output_mtok", "cache_read_mtok")}
-    if values["input_mtok"] is None or values["output_mtok"] is None:
+    if values["input_mtok"] is None or (values["output_mtok"] is None and "embed" not in name):
         return None
+    if values["output_mtok"] is None:  # an embedding model: input tokens only (`POST /v1/embeddings`)
+        values["output_mtok"] = Decimal(0)
     entry = {"input": format(values["input_mtok"], "f"), "output": format(values["output_mtok"], "f")}
     cached = values["cache_read_mtok"]
     if cached is not None and cached != values["input_mtok"]:
@@ -130,6 +145,9 @@ def generate() -> dict[str, Any]:
     for api_id, name in bedrock_names().items():
         if api_id not in models and (entry := price_of(name, BEDROCK)) is not None:
             models[api_id] = entry
+    for name, provider in embedding_models().items():  # found only when their provider is named
+        if name not in models and (entry := price_of(name, provider)) is not None:
+            models[name] = entry
     models = dict(sorted(models.items()))
     return {
         "_source": SOURCE,

@@ -4,6 +4,7 @@ the operator's `llm-relay reconcile` settling what the dead left behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -34,20 +35,34 @@ def _records(stores: Stores, key_id: str) -> list[Any]:
     return stores.usage.for_key(key_id, 0, 2e10)
 
 
+def _long_stream(api: str) -> tuple[str, dict[str, Any]]:
+    """(path, body) of a long stream in one of the APIs the relay speaks: each is the same chat stream inside."""
+    mock = f"mock: {json.dumps(LONG)}"
+    user = [{"role": "user", "content": "Hello there"}]
+    if api == "responses":
+        return "/v1/responses", {"model": "gpt-4o-mini", "instructions": mock, "input": "Hello there", "stream": True}
+    if api == "messages":
+        return "/v1/messages", {
+            "model": "gpt-4o-mini",
+            "max_tokens": 4096,
+            "system": mock,
+            "messages": user,
+            "stream": True,
+        }
+    return "/v1/chat/completions", chat_body(stream=True, mock=LONG)
+
+
 def _open_streams(stack: ExitStack, url: str, plain: str, n: int) -> list[str]:
-    """Start `n` long streams, each past its first chunk; their request ids. (Their line iterators are kept: a
-    discarded one closes its response, which the relay would see as the client going away.)"""
+    """Start `n` long streams, each past its first chunk, in turn in each API (chat completions, Responses, Anthropic
+    Messages); their request ids. (Their line iterators are kept: a discarded one closes its response, which the
+    relay would see as the client going away.)"""
     client = stack.enter_context(httpx.Client(timeout=30))
     ids = []
     readers: list[Any] = []
-    for _ in range(n):
+    for i in range(n):
+        path, body = _long_stream(("chat", "responses", "messages")[i % 3])
         stream = stack.enter_context(
-            client.stream(
-                "POST",
-                f"{url}/v1/chat/completions",
-                json=chat_body(stream=True, mock=LONG),
-                headers={"authorization": f"Bearer {plain}"},
-            )
+            client.stream("POST", f"{url}{path}", json=body, headers={"authorization": f"Bearer {plain}"})
         )
         assert stream.status_code == 200
         readers.append(stream.iter_lines())

@@ -71,3 +71,12 @@ def test_the_function_never_imports_genai_prices() -> None:
     # THEN the library was never imported, and the function's layer does not carry it
     assert out.stdout.strip() == "False"
     assert "genai" not in (ROOT / "layers" / "deps" / "requirements.txt").read_text()
+
+
+def test_embedding_models_are_priced_by_their_input_tokens() -> None:
+    # GIVEN OpenAI's embedding model, which the library prices only when told its provider, with no output price
+    usage = genai_prices.Usage(input_tokens=10**6)
+    calc = genai_prices.calc_price(usage, "text-embedding-3-small", provider_id="openai")
+    # THEN the relay's table has it, at the library's input price and nothing for output
+    price = PriceTable.load().price_of("text-embedding-3-small")
+    assert price is not None and (price.input, price.output) == (calc.input_price, Decimal(0))

@@ -173,7 +173,6 @@ def test_response_format_is_format(response_format: dict[str, Any], expected: An
         ({"tool_choice": "required"}, "tool_choice"),
         ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
         ({"response_format": {"type": "xml"}}, "response_format"),
-        ({"user": "u-1"}, "user"),
         ({"mock": {"tokens": 3}}, "mock"),
         ({"tools": [{"type": "custom", "custom": {"name": "f"}}]}, "tools.0.type"),
         ({"messages": [{"role": "user", "content": "x", "name": "ann"}]}, "messages.0.name"),

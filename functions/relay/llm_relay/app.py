@@ -7,9 +7,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
@@ -23,6 +23,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import client_request_id, snapstart
 from .admission import Admission
+from .apis.base import Api
+from .apis.chat import ChatApi
+from .apis.messages import MessagesApi
+from .apis.responses import ResponsesApi
 from .auth import Authenticator
 from .cancellation import CancelCalls, CancelRegistry
 from .dynamo import Stores
@@ -32,7 +36,7 @@ from .lambda_context import HEADER as LAMBDA_CONTEXT_HEADER
 from .lambda_context import LambdaInvocation
 from .limiter import Limiter, default_limits
 from .metrics import REJECTION_REASONS, MetricsEmitter
-from .model_list import model_list, usable_models
+from .model_list import model_list, model_object, usable_models
 from .outcome import Finalizer
 from .pipeline import Pipeline
 from .pricing import Pricer, PriceTable
@@ -219,19 +223,26 @@ def _install_routes(app: FastAPI, pipeline: Pipeline) -> None:
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
-    async def chat_completions(request: Request) -> Response:
-        return await pipeline.chat(request, ndjson=False)
+    def relayed(api: Api) -> Callable[[Request], Awaitable[Response]]:
+        async def route(request: Request) -> Response:
+            request.state.api = api  # errors answered before the stream are rendered in the API's shape
+            return await pipeline.relay(request, api)
 
-    async def chat_stream_ndjson(request: Request) -> Response:
-        return await pipeline.chat(request, ndjson=True)
+        return route
+
+    async def embeddings(request: Request) -> Response:
+        return await pipeline.embeddings(request)
 
     async def cancel(request: Request) -> JSONResponse:
         request_id = str(request.path_params["request_id"])
         return JSONResponse(await pipeline.cancel(request, request_id), status_code=202)
 
     app.add_route("/healthz", healthz, methods=["GET"])
-    app.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
-    app.add_route("/api/v1/chat/stream", chat_stream_ndjson, methods=["POST"])
+    app.add_route("/v1/chat/completions", relayed(ChatApi()), methods=["POST"])
+    app.add_route("/api/v1/chat/stream", relayed(ChatApi(ndjson=True)), methods=["POST"])
+    app.add_route("/v1/responses", relayed(ResponsesApi()), methods=["POST"])
+    app.add_route("/v1/messages", relayed(MessagesApi()), methods=["POST"])
+    app.add_route("/v1/embeddings", embeddings, methods=["POST"])
     app.add_route("/v1/requests/{request_id}/cancel", cancel, methods=["POST"])
     if pipeline.settings.snapstart_after_restore_path:
         _install_after_restore_hook(app, pipeline, pipeline.settings.snapstart_after_restore_path)
@@ -261,9 +272,19 @@ def _install_models_route(
         names = usable_models(settings.allowed_model_set, key.allowed_models, candidates)
         return JSONResponse(model_list([name for name in names if table.serves(name)], created))
 
+    async def one_model(request: Request) -> JSONResponse:
+        """One model the key can reach (listed or not: a glob in the table routes names no list can spell out)."""
+        key = await pipeline.authenticate(request)
+        name = str(request.path_params["model"])
+        allowed = settings.allowed_model_set
+        if (allowed is not None and name not in allowed) or not key.allows_model(name) or not table.serves(name):
+            raise NotFound(f"The model '{name}' does not exist or this key cannot use it.", code="model_not_found")
+        return JSONResponse(model_object(name, created))
+
     # A plain route like the others: FastAPI's own (`@app.get`) would build a response model from the return type
     # at start-up, and to check whether it is a pydantic v1 model it imports `pydantic.v1` (~20 ms at full core).
     app.add_route("/v1/models", models, methods=["GET"])
+    app.add_route("/v1/models/{model:path}", one_model, methods=["GET"])
 
 
 def _install_error_handlers(app: FastAPI, telemetry: Telemetry) -> None:
@@ -273,7 +294,7 @@ def _install_error_handlers(app: FastAPI, telemetry: Telemetry) -> None:
             request_id = getattr(request.state, "request_id", None)
             invocation = getattr(request.state, "lambda_invocation", None) or LambdaInvocation()
             telemetry.rejected(exc.rejection, exc.status_code, exc.code, request_id, invocation.request_id)
-        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers or None)
+        return JSONResponse(_shaped(request, exc.body(), exc.status_code), exc.status_code, exc.headers or None)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
@@ -281,7 +302,13 @@ def _install_error_handlers(app: FastAPI, telemetry: Telemetry) -> None:
         error.status_code = exc.status_code
         if exc.status_code == 405:
             error.code = "method_not_allowed"
-        return JSONResponse(error.body(), status_code=exc.status_code)
+        return JSONResponse(_shaped(request, error.body(), exc.status_code), status_code=exc.status_code)
 
     app.add_exception_handler(RelayError, relay_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+
+
+def _shaped(request: Request, body: dict[str, Any], status: int) -> dict[str, Any]:
+    """An error body in the shape of the API the route speaks (Anthropic's for `/v1/messages`), OpenAI's otherwise."""
+    api: Api | None = getattr(request.state, "api", None)
+    return body if api is None else api.error(body, status)

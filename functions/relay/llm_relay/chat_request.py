@@ -40,6 +40,9 @@ class ChatRequest(BaseModel):
     n: int = Field(default=1, ge=1, le=8)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
+    # Spend attribution (`attribution.py` checks their bounds): the end user, and tags in OpenAI's `metadata` shape.
+    user: str | None = None
+    metadata: dict[str, Any] | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -49,8 +52,13 @@ class ChatRequest(BaseModel):
         return [m.model_dump(exclude_none=True) for m in self.messages]
 
     def upstream_body(self) -> dict[str, Any]:
-        """The body sent upstream: always streamed, always with usage, whatever the client asked."""
+        """The body sent upstream: always streamed, always with usage, whatever the client asked. `user` goes along
+        (providers use it for abuse monitoring); `metadata` is the relay's attribution and stays here unless the
+        client asked the provider to store the completion (`store: true`, the only case where OpenAI keeps it; a
+        provider that stores nothing may refuse the field)."""
         body = self.model_dump(exclude_none=True)
+        if (self.model_extra or {}).get("store") is not True:
+            body.pop("metadata", None)
         body["stream"] = True
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         return body
@@ -59,6 +67,11 @@ class ChatRequest(BaseModel):
 def parse_chat_request(raw: bytes, *, max_tokens_cap: int, allowed_models: frozenset[str] | None) -> ChatRequest:
     """Parse and validate a request body, raising `InvalidRequest` / `ModelNotAllowed` with a message a
     client can act on."""
+    return validate_chat_request(load_object(raw), max_tokens_cap=max_tokens_cap, allowed_models=allowed_models)
+
+
+def load_object(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object, or `InvalidRequest` (`invalid_json`) saying why not."""
     try:
         payload = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -67,6 +80,14 @@ def parse_chat_request(raw: bytes, *, max_tokens_cap: int, allowed_models: froze
         raise InvalidRequest("Request body is nested too deeply.", code="invalid_json") from None
     if not isinstance(payload, dict):
         raise InvalidRequest("Request body must be a JSON object.", code="invalid_json")
+    return payload
+
+
+def validate_chat_request(
+    payload: dict[str, Any], *, max_tokens_cap: int, allowed_models: frozenset[str] | None
+) -> ChatRequest:
+    """A chat request's JSON object validated (as OpenAI does: strict types, a message naming the field); another
+    API's request translated into this form is validated here too."""
     try:
         request = ChatRequest.model_validate(payload)
     except ValidationError as exc:

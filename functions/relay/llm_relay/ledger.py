@@ -17,6 +17,7 @@ from typing import Any
 
 from . import dynamo
 from .admission import Ticket
+from .attribution import from_item as attribution_from_item
 from .dynamo import layout
 from .limits import Window
 from .metering import StreamMeter, Usage
@@ -109,6 +110,7 @@ def lost_record(item: Mapping[str, Any], pricer: Pricer) -> UsageRecord:
         duration_ms=None if last is None else Decimal(str(round((float(last) - started) * 1000, 3))),
         mode=str(item.get("mode", "")),
         upstream=item.get("cp_upstream"),
+        attribution=attribution_from_item(item),  # admission wrote the request's user and tags on the item
     )
 
 

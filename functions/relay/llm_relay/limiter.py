@@ -40,7 +40,7 @@ import anyio
 import anyio.to_thread
 from aws_lambda_powertools import Logger
 
-from . import metrics
+from . import attribution, metrics
 from .admission import Ticket
 from .budgets import Reservation, conservative_prompt_tokens, periods_of
 from .dynamo import Settlement, Stores, request_item
@@ -215,6 +215,7 @@ class Limiter:
             base["reserved_usd"] = reservation.usd  # what a reconciler releases if this request never finalizes
         if ctx.billed_as and ctx.billed_as[0] != ctx.chat.model:
             base["billed_as"] = ctx.billed_as[0]  # the first route's model: what a lost request is priced as
+        base.update(attribution.as_item(ctx.attribution))  # so a request settled as `lost` keeps its user and tags
         return admitted_item(
             base,
             lease_until=plan.lease_expiry,

@@ -1,5 +1,7 @@
 """`GET /v1/models` (pure): the models one key may use, in OpenAI's list shape, so that the SDKs'
-`client.models.list()` and chat front-ends, which call it first, offer only models the relay will accept."""
+`client.models.list()` and chat front-ends, which call it first, offer only models the relay will accept. The
+candidates are the priced models and the names the upstream table spells out (a glob routes, a literal name is
+also listed), each kept only if an upstream serves it."""
 
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ def usable_models(
 
 def model_list(models: Iterable[str], created: int) -> dict[str, Any]:
     """OpenAI's `list` object of `model` objects (`created`: epoch seconds, here when the relay started)."""
-    return {
-        "object": "list",
-        "data": [{"id": name, "object": "model", "created": created, "owned_by": OWNER} for name in models],
-    }
+    return {"object": "list", "data": [model_object(name, created) for name in models]}
+
+
+def model_object(name: str, created: int) -> dict[str, Any]:
+    """One `model` object (`GET /v1/models/{model}`, and each entry of the list)."""
+    return {"id": name, "object": "model", "created": created, "owned_by": OWNER}

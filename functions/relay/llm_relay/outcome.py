@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Protocol
 
+from .attribution import NO_ATTRIBUTION, Attribution
 from .chat_request import ChatRequest
 from .keys import ApiKey
 from .metering import StreamMeter, Usage
@@ -49,6 +50,8 @@ class RequestContext:
     billed_as: tuple[str, ...] = ()
     policy: Policy = OFF  # the sanitizer policy in force for this request (the key's, floored by the deployment's)
     prompt_redactions: Mapping[str, int] = field(default_factory=dict)  # entity type -> values redacted in the prompt
+    attribution: Attribution = NO_ATTRIBUTION  # end user and tags: on the usage record, never a metric or log field
+    api: str = "chat"  # the API the client spoke (`apis`): "chat", "responses", "messages" or "embeddings"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """One request, one pipeline (DESIGN §2): authenticate → parse → admit → open the upstream → stream → finalize.
 
 Read `Pipeline.chat` top to bottom. Errors before admission are raised to the app's exception handlers and
-cost nothing. From admission on the request is finalized exactly once, by `_finalize`, whatever ends it: the
+cost nothing. From admission on the request is finalized exactly once, by `finalize`, whatever ends it: the
 stream's own end (`RelayStream` calls it before the response body closes), or an upstream open that failed,
 was cancelled or ran out of time.
 """
@@ -13,8 +13,9 @@ import functools
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -25,12 +26,14 @@ from starlette.types import Receive
 
 from . import client_request_id
 from .admission import Admission, Ticket
+from .apis.base import Api
+from .apis.chat import ChatApi
+from .attribution import attribution_of, tags_header
 from .auth import Authenticator
 from .budget_extension import BudgetExtender, BudgetGuard
 from .cancellation import CancelRegistry, CancelSignal
-from .chat_request import ChatRequest, parse_chat_request
+from .chat_request import ChatRequest
 from .dynamo import RequestStore
-from .encoding import NDJSONFraming, SSEFraming
 from .errors import (
     InvalidRequest,
     ModelNotAllowed,
@@ -48,14 +51,14 @@ from .keys import ApiKey
 from .lambda_context import LambdaInvocation
 from .leases import LeaseKeeper
 from .ledger import checkpoint
-from .metering import StreamMeter
+from .metering import StreamMeter, Usage
 from .outcome import Ending, Finalizer, RequestContext, StreamOutcome, outcome_of
 from .pricing import Pricer
-from .sanitize.policy import Policy
+from .sanitize.policy import KeyPolicy, Policy
 from .settings import Settings
 from .stream import RelayStream
 from .termination import TerminationReason, reason_for
-from .upstreams.http import OpenedStream
+from .upstreams.http import OpenedStream, Progress
 from .upstreams.router import Plan, Upstreams
 
 if TYPE_CHECKING:
@@ -63,6 +66,7 @@ if TYPE_CHECKING:
     from .sanitize.guardrail import Guardrail
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Pipeline:
@@ -89,7 +93,7 @@ class Pipeline:
         self._admission = admission
         self.cancels = cancels
         self._finalizer = finalizer
-        self._pricer = pricer
+        self.pricer = pricer
         self.leases = leases or LeaseKeeper(requests, settings.lease_s)
         self._policy = settings.sanitize_policy  # the deployment's: the floor of every key's
         self.guardrail = guardrail  # the deployment's Bedrock guardrail, on every prompt and answer (None: none)
@@ -101,29 +105,36 @@ class Pipeline:
 
     async def chat(self, request: Request, *, ndjson: bool) -> Response:
         """A chat completion, answered as SSE, NDJSON or one JSON body."""
+        return await self.relay(request, ChatApi(ndjson=ndjson))
+
+    async def relay(self, request: Request, api: Api) -> Response:
+        """A request in one of the APIs the relay speaks (`apis`), relayed as a chat completion and answered in the
+        API's own shape: its stream of events, or one JSON body."""
         key = await self._auth.authenticate(request.headers)
-        ctx = await self._parse(request, key, ndjson=ndjson)
+        ctx = await self._parse(request, key, api)
         plan = await self._plan(ctx)
         ctx = replace(ctx, billed_as=plan.billed_as)  # what admission reserves for: every model that may answer
         client = (key.key_id, ctx.client_request_id) if ctx.client_request_id else None
         cancel = self.cancels.register(ctx.request_id, client)
         try:
-            ctx = await self._admit(ctx, cancel)
+            ctx = await self.admit(ctx, cancel)
         except BaseException:
             self.cancels.unregister(ctx.request_id)
             raise
         # renewed from admission on (no progress before the stream); held at most as long as admission made it
         lease = self.leases.track(ctx.request_id, dict, since=ctx.started_epoch)
         opened = await self._open_upstream(ctx, plan, cancel, request.receive)
-        framing = NDJSONFraming() if ndjson else (SSEFraming() if ctx.chat.stream else None)
+        streamed = ctx.mode != "json"
+        framing = api.framing(ctx.request_id, ctx.chat.model, int(ctx.started_epoch)) if streamed else None
         try:
             stream = RelayStream(
                 ctx,
                 opened,
                 framing=framing,
+                api=api,
                 cancel=cancel,
-                on_end=functools.partial(self._finalize, ctx),
-                pricer=self._pricer,
+                on_end=functools.partial(self.finalize, ctx),
+                pricer=self.pricer,
                 settings=self.settings,
                 budget=self._budget_guard(ctx),
                 gate=self._output_gate(ctx),
@@ -167,13 +178,26 @@ class Pipeline:
             meter,
             ended_at=time.monotonic(),
             answered=answered,
-            pricer=self._pricer,
+            pricer=self.pricer,
             retries=retries,
             upstream_errors=upstream_errors,
             attempts_maybe_billed=attempts_maybe_billed,
             upstream=upstream,
         )
-        await self._finalize(ctx, outcome)
+        await self.finalize(ctx, outcome)
+
+    def policy_for(self, key_policy: KeyPolicy | None) -> Policy:
+        """The compliance gate's policy for a key: its own, floored by the deployment's."""
+        return self._policy.for_key(key_policy)
+
+    def priced(self, model: str) -> bool:
+        return self.pricer(model, Usage(0, 0)) is not None
+
+    async def embeddings(self, request: Request) -> Response:
+        """Embeddings (`embeddings_flow`), through the same authentication, limits, ledger, cancel and deadline."""
+        from .embeddings_flow import relay_embeddings
+
+        return await relay_embeddings(self, request)
 
     async def authenticate(self, request: Request) -> ApiKey:
         """The caller's key (401 otherwise), for routes that need no more of the pipeline (`/v1/models`)."""
@@ -207,21 +231,22 @@ class Pipeline:
         return {"id": client_id, "object": "relay.cancel", "status": "cancelling" if running_here else "pending"}
 
     # --- the steps ---------------------------------------------------------------------------------------
-    async def _parse(self, request: Request, key: ApiKey, *, ndjson: bool) -> RequestContext:
+    async def _parse(self, request: Request, key: ApiKey, api: Api) -> RequestContext:
         settings = self.settings
-        chat = parse_chat_request(
+        chat = api.parse(
             await read_body(request, settings.max_body_bytes),
             max_tokens_cap=settings.max_tokens_cap,
             allowed_models=settings.allowed_model_set,
         )
         if not key.allows_model(chat.model):
             raise ModelNotAllowed(f"This key may not use the model '{chat.model}'.", param="model")
-        policy = self._policy.for_key(key.sanitize)
+        attribution = attribution_of(chat.user, chat.metadata, tags_header(request.headers))  # before any cost
+        policy = self.policy_for(key.sanitize)
         prompt_redactions: dict[str, int] = {}
         if policy.prompt.on:
-            chat, prompt_redactions = self._sanitized_prompt(chat, policy)
+            chat, prompt_redactions = self.sanitized_prompt(chat, policy)
         if self.guardrail is not None:
-            chat, findings = await self._guarded_prompt(self.guardrail, chat)
+            chat, findings = await self.guarded_prompt(self.guardrail, chat)
             prompt_redactions.update(findings)
         invocation: LambdaInvocation = request.state.lambda_invocation
         now, now_epoch = time.monotonic(), time.time()
@@ -229,7 +254,8 @@ class Pipeline:
             request_id=request.state.request_id,
             key=key,
             chat=chat,
-            mode="ndjson" if ndjson else ("sse" if chat.stream else "json"),
+            mode="ndjson" if isinstance(api, ChatApi) and api.ndjson else ("sse" if chat.stream else "json"),
+            api=api.name,
             started_at=now,
             started_epoch=now_epoch,
             deadline=invocation.deadline(
@@ -242,9 +268,10 @@ class Pipeline:
             client_request_id=client_request_id.from_headers(request.headers),
             policy=policy,
             prompt_redactions=prompt_redactions,
+            attribution=attribution,
         )
 
-    def _sanitized_prompt(self, chat: ChatRequest, policy: Policy) -> tuple[ChatRequest, dict[str, int]]:
+    def sanitized_prompt(self, chat: ChatRequest, policy: Policy) -> tuple[ChatRequest, dict[str, int]]:
         """The prompt side of the compliance gate, before anything is admitted or sent (a refusal costs nothing).
         Imported here: a relay whose policy is off never loads the recognizers."""
         from .sanitize.chunks import detector_for
@@ -254,7 +281,7 @@ class Pipeline:
         chat, found = sanitize_prompt(chat, policy.prompt, detector, policy.placeholder)
         return chat, dict(found)
 
-    async def _guarded_prompt(self, guardrail: Guardrail, chat: ChatRequest) -> tuple[ChatRequest, dict[str, int]]:
+    async def guarded_prompt(self, guardrail: Guardrail, chat: ChatRequest) -> tuple[ChatRequest, dict[str, int]]:
         """The guardrail's judgement of the prompt, before admission: blocked, a 400 `prompt_blocked` naming the kinds
         it found; anonymized, the prompt as the guardrail rewrote it; unavailable, its failure policy."""
         from .sanitize.prompt import prompt_texts, with_prompt_texts
@@ -292,7 +319,7 @@ class Pipeline:
         assert self.upstreams is not None
         return await self.upstreams.plan(ctx.chat.upstream_body(), ctx.chat.model, ctx.request_id)
 
-    async def _admit(self, ctx: RequestContext, cancel: CancelSignal) -> RequestContext:
+    async def admit(self, ctx: RequestContext, cancel: CancelSignal) -> RequestContext:
         """Admission, and beside it (same time, no added latency) the one read of a cancel that may have come
         for the client's id before the request did; only requests with an X-Client-Request-Id pay for it."""
         if ctx.client_request_id is None:
@@ -321,23 +348,36 @@ class Pipeline:
     async def _open_upstream(
         self, ctx: RequestContext, plan: Plan, cancel: CancelSignal, receive: Receive
     ) -> OpenedStream:
-        """Open the upstream stream (with its retries); an open that fails, is cancelled or runs out of time
-        is finalized here and answered as an error (with the admission's rate-limit headers)."""
+        """Open the upstream stream (with its retries, and its fallbacks)."""
+        assert self.upstreams is not None
+        call = functools.partial(self.upstreams.open, plan)
+        return await self.call_upstream(ctx, call, cancel, receive, plan.progress, plan.upstream)
+
+    async def call_upstream(
+        self,
+        ctx: RequestContext,
+        call: Callable[[], Awaitable[T]],
+        cancel: CancelSignal,
+        receive: Receive,
+        progress: Progress,
+        upstream: str = "",
+    ) -> T:
+        """An admitted request's upstream call (the open of a stream, an embeddings request); one that fails, is
+        cancelled or runs out of time is finalized here and answered as an error (with the admission's rate-limit
+        headers). `progress` counts every attempt, even of a call that a cancel or the deadline stopped."""
         gone = anyio.Event()
         try:
-            return await self._bounded_open(ctx, plan, cancel, receive, gone)
+            return await self._bounded(ctx, call, cancel, receive, gone)
         except BaseException as exc:
             failure = _as_relay_error(exc, ctx.request_id)
-            progress = plan.progress  # every attempt, even of an open that a cancel or the deadline stopped
-            retries, errors, upstream = progress.retries, dict(progress.failures), progress.upstream or plan.upstream
             ending = Ending(reason_for(failure), failure.message, *_cancel_source(failure, cancel, gone))
             await self._finalize_unstreamed(
                 ctx,
                 ending,
                 answered=False,
-                retries=retries,
-                upstream_errors=errors,
-                upstream=upstream,
+                retries=progress.retries,
+                upstream_errors=dict(progress.failures),
+                upstream=progress.upstream or upstream,
                 attempts_maybe_billed=progress.maybe_billed,
             )
             if not isinstance(exc, Exception):  # cancelled (the server is shutting down): finalized, passed on
@@ -347,14 +387,18 @@ class Pipeline:
                 raise
             raise failure from exc
 
-    async def _bounded_open(
-        self, ctx: RequestContext, plan: Plan, cancel: CancelSignal, receive: Receive, gone: anyio.Event
-    ) -> OpenedStream:
-        """The open itself (every retry), unless the client cancels or leaves, or the deadline comes first: the
-        stream's watchers do not run yet, so this wait is bounded here. A cancel that came before (at admission)
-        stops it before the first attempt."""
-        assert self.upstreams is not None
-        opened: OpenedStream | None = None
+    async def _bounded(
+        self,
+        ctx: RequestContext,
+        call: Callable[[], Awaitable[T]],
+        cancel: CancelSignal,
+        receive: Receive,
+        gone: anyio.Event,
+    ) -> T:
+        """An upstream call (the open of a stream with every retry, an embeddings request), unless the client cancels
+        or leaves, or the deadline comes first: no stream's watchers run yet, so this wait is bounded here. A cancel
+        that came before (at admission) stops it before the first attempt."""
+        opened: T | None = None
         failure: Exception | None = None  # raised after the task group, which would wrap it in an ExceptionGroup
         async with anyio.create_task_group() as tg:
 
@@ -374,7 +418,7 @@ class Pipeline:
             with anyio.move_on_after(max(0.0, (ctx.deadline or math.inf) - time.monotonic())):
                 await anyio.lowlevel.checkpoint()  # a cancel already set ends the open before any attempt
                 try:
-                    opened = await self.upstreams.open(plan)
+                    opened = await call()
                 except Exception as exc:
                     failure = exc
             tg.cancel_scope.cancel()
@@ -393,7 +437,7 @@ class Pipeline:
             return None
         return BudgetGuard(reservation, functools.partial(self._budgets.extend_budget, ctx))
 
-    async def _finalize(self, ctx: RequestContext, outcome: StreamOutcome) -> None:
+    async def finalize(self, ctx: RequestContext, outcome: StreamOutcome) -> None:
         """The one end of every admitted request: usage and limits, telemetry; then it can no longer be
         cancelled here. Its lease is no longer renewed: if finalization cannot reach DynamoDB, the reconciler
         settles the request once the lease expires."""

@@ -19,6 +19,8 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from .aggregate import CompletionAggregator
+from .apis.base import Api
+from .apis.chat import ChatApi
 from .budget_extension import BudgetGuard, tokens_in
 from .cancellation import CancelSignal
 from .clock import MONOTONIC, Clock
@@ -70,6 +72,7 @@ class RelayStream(Response):
         *,
         framing: Framing | None,
         cancel: CancelSignal,
+        api: Api | None = None,
         on_end: OnEnd,
         pricer: Pricer,
         settings: Settings,
@@ -83,6 +86,7 @@ class RelayStream(Response):
         self.ctx = ctx
         self._opened = opened
         self._framing = framing  # None: answer one JSON body (stream: false)
+        self._api = api or ChatApi()  # the shape of the `stream: false` body and of an error answered whole
         self._cancel = cancel
         self._on_end = on_end
         self._pricer = pricer
@@ -588,7 +592,7 @@ class RelayStream(Response):
 
     async def _send_error(self, status: int, outcome: StreamOutcome) -> None:
         await self._start(status, "application/json")
-        body = dumps(error_body(self.ctx.request_id, outcome)).encode()
+        body = dumps(self._api.error(error_body(self.ctx.request_id, outcome), status)).encode()
         await self._raw_send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _send_json(self, outcome: StreamOutcome) -> None:
@@ -601,11 +605,12 @@ class RelayStream(Response):
         if status == 200:
             assert self._aggregator is not None
             ctx = self.ctx
-            body = self._aggregator.completion(
+            completion = self._aggregator.completion(
                 ctx.request_id, ctx.chat.model, outcome.usage.as_openai(), int(ctx.started_epoch)
             )
+            body = self._api.answer(completion)
         else:
-            body = error_body(self.ctx.request_id, outcome)
+            body = self._api.error(error_body(self.ctx.request_id, outcome), status)
         cost = outcome.cost_usd
         extra = {"x-relay-cost-usd": format(cost, "f")} if cost is not None else {}
         with contextlib.suppress(_ClientGone):

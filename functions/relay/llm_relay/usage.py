@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from .attribution import NO_ATTRIBUTION, Attribution
 from .outcome import RequestContext, StreamOutcome
 from .sanitize.policy import POLICY_VERSION
 
@@ -53,6 +54,9 @@ class UsageRecord:
     prompt_redactions: dict[str, int] = field(default_factory=dict)
     guardrail_action: str | None = None
     policy_version: int | None = None
+    # Whom the spend is for beyond the key (`attribution.py`): the caller's end user and tags. Stored and read back
+    # here only: never a metric dimension or a per-request log field (their cardinality is the client's to choose).
+    attribution: Attribution = NO_ATTRIBUTION
 
     @property
     def timestamp(self) -> str:
@@ -84,6 +88,8 @@ class UsageRecord:
             "prompt_redactions": dict(self.prompt_redactions),
             "guardrail_action": self.guardrail_action,
             "policy_version": self.policy_version,
+            "user": self.attribution.user,
+            "tags": dict(self.attribution.tags),
         }
 
 
@@ -111,6 +117,7 @@ def record_for(ctx: RequestContext, outcome: StreamOutcome) -> UsageRecord:
         prompt_redactions=dict(ctx.prompt_redactions),
         guardrail_action=outcome.guardrail_action,
         policy_version=POLICY_VERSION if ctx.policy.on else None,
+        attribution=ctx.attribution,
     )
 
 
@@ -126,6 +133,7 @@ def refused_record(ctx: RequestContext, reason: str, duration_s: float) -> Usage
         cost_usd=Decimal(0),
         duration_ms=_ms(duration_s),
         mode=ctx.mode,
+        attribution=ctx.attribution,
     )
 
 

@@ -1,5 +1,5 @@
 """`llm-relay usage`: usage records and totals over a time range, for one key or all, optionally grouped by key,
-model or day, as a table, JSON or CSV."""
+model, day, upstream, end user or the value of one tag, as a table, JSON or CSV."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..attribution import MAX_KEY_CHARS
 from ..usage import UsageRecord, UsageTotals, iso_ms
 from . import options
 from .common import CliError
@@ -22,9 +23,11 @@ GROUPS: dict[str, Callable[[UsageRecord], str]] = {
     "model": lambda record: record.model,
     "day": lambda record: record.timestamp[:10],
     "upstream": lambda record: record.upstream or "-",  # "-": refused before any upstream was tried
+    "user": lambda record: record.attribution.user or "-",  # "-": the request named no end user
 }
+TAG_PREFIX = "tag:"  # `--by tag:<name>`: by the value of one tag ("-": records without it)
 RECORD_HEADERS = ["TIME", "KEY ID", "REQUEST ID", "MODEL", "REASON", "PROMPT", "COMPLETION", "COST USD", "TTFT MS"]
-RECORD_HEADERS += ["DURATION MS", "REDACTIONS"]
+RECORD_HEADERS += ["DURATION MS", "USER", "TAGS", "REDACTIONS"]
 RECORD_CSV_HEADERS = [*RECORD_HEADERS[:7], "USAGE SOURCE", *RECORD_HEADERS[7:]]
 TOTAL_HEADERS = ["REQUESTS", "PROMPT", "COMPLETION", "TOTAL", "COST USD", "ESTIMATED", "UNPRICED", "REDACTIONS"]
 
@@ -35,7 +38,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     usage.add_argument("--since", type=options.when, help="ISO date/time (UTC) or age like 30m, 6h, 7d (default: 24h)")
     usage.add_argument("--until", type=options.when, help="ISO date/time (UTC) or age (default: now)")
     usage.add_argument(
-        "--by", choices=sorted(GROUPS), help="totals per key, model, day or upstream instead of every request"
+        "--by",
+        type=group_by,
+        metavar="{" + ",".join(sorted(GROUPS)) + f",{TAG_PREFIX}<name>}}",
+        help="totals per key, model, day, upstream, end user or the value of one tag instead of every request",
     )
     usage.add_argument("--totals-only", action="store_true", help="print the totals, not every request")
     usage.add_argument("--format", choices=("table", "json", "csv"), default=None, help="output format (table)")
@@ -63,12 +69,40 @@ def _usage(args: argparse.Namespace, settings: Settings, stores: Stores) -> int:
     return 0
 
 
+def group_by(text: str) -> str:
+    """A `--by` value: a name of `GROUPS`, or `tag:<name>` (a tag's name as a request gives it)."""
+    if text in GROUPS:
+        return text
+    if text.startswith(TAG_PREFIX):
+        name = text.removeprefix(TAG_PREFIX)
+        if name and len(name) <= MAX_KEY_CHARS:
+            return text
+        raise argparse.ArgumentTypeError(f"{TAG_PREFIX}<name> needs a tag name of 1 to {MAX_KEY_CHARS} characters")
+    choices = ", ".join([*sorted(GROUPS), f"{TAG_PREFIX}<name>"])
+    raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {choices})")
+
+
+def group_of(by: str) -> Callable[[UsageRecord], str]:
+    """What a record is grouped under for a `group_by` value."""
+    if by.startswith(TAG_PREFIX):
+        name = by.removeprefix(TAG_PREFIX)
+        return lambda record: record.attribution.tags.get(name) or "-"
+    return GROUPS[by]
+
+
 def grouped(records: list[UsageRecord], by: str) -> dict[str, UsageTotals]:
     """Totals per group value, in order of the value."""
+    key = group_of(by)
     groups: dict[str, UsageTotals] = {}
     for record in records:
-        groups.setdefault(GROUPS[by](record), UsageTotals()).add(record)
+        groups.setdefault(key(record), UsageTotals()).add(record)
     return dict(sorted(groups.items()))
+
+
+def _group_header(by: str) -> str:
+    if by.startswith(TAG_PREFIX):
+        return "TAG:" + printable(by.removeprefix(TAG_PREFIX))  # the tag's name as requests spell it
+    return by.upper()
 
 
 def _as_json(args: argparse.Namespace, records: list[UsageRecord], since: float, until: float) -> dict[str, Any]:
@@ -93,7 +127,7 @@ def _rows(
     as `record_csv_cells` (numbers only in numeric columns)."""
     if args.by:
         groups = grouped(records, args.by)
-        return [args.by.upper(), *TOTAL_HEADERS], [[printable(name), *_total_cells(t)] for name, t in groups.items()]
+        return [_group_header(args.by), *TOTAL_HEADERS], [[printable(k), *_total_cells(t)] for k, t in groups.items()]
     if args.totals_only:
         return TOTAL_HEADERS, [_total_cells(UsageTotals.of(records))]
     if csv:
@@ -125,6 +159,7 @@ def record_cells(record: UsageRecord) -> list[str]:
         "unknown" if record.cost_usd is None else plain(record.cost_usd),
         "-" if record.ttft_ms is None else f"{record.ttft_ms:.0f}",
         "-" if record.duration_ms is None else f"{record.duration_ms:.0f}",
+        *attribution_cells(record),
         redactions_text(record.redactions, record.prompt_redactions),
     ]
 
@@ -144,8 +179,15 @@ def record_csv_cells(record: UsageRecord) -> list[str]:
         "" if record.cost_usd is None else plain(record.cost_usd),
         "" if record.ttft_ms is None else f"{record.ttft_ms:.0f}",
         "" if record.duration_ms is None else f"{record.duration_ms:.0f}",
+        *attribution_cells(record),
         redactions_text(record.redactions, record.prompt_redactions),
     ]
+
+
+def attribution_cells(record: UsageRecord) -> list[str]:
+    """The end user and the tags (`team=search feature=autocomplete`), each `-` when the request named none."""
+    tags = " ".join(f"{printable(name)}={printable(value)}" for name, value in record.attribution.tags.items())
+    return [printable(record.attribution.user or "-"), tags or "-"]
 
 
 def redactions_text(output: Mapping[str, int], prompt: Mapping[str, int] | None = None) -> str:

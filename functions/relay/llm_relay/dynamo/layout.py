@@ -26,6 +26,7 @@ key's earliest lease, for a concurrency refusal's Retry-After).
                                                    slot, rate_minute, reserve, settle_tokens (what
                                                    admission took), cp_* (the last checkpoint)
                                                    client_request_id (X-Client-Request-Id, if sent)
+                                                   user, tags (attribution.py, if sent)
     CCANCEL#<key_id>#<client id>  CANCEL           a cancel for a client-chosen id (pending: the         now + 5 min (3)
                                                    request may not exist yet): key_id,
                                                    client_request_id, cancel_requested_at
@@ -41,7 +42,8 @@ key's earliest lease, for a concurrency refusal's Retry-After).
     KEY#<key_id>      SPEND#M#<yyyy-mm>            the same per month (not indexed)                  retention + 32 days
     KEY#<key_id>      USAGE#<iso ms>#<request_id>  one usage record a request (UsageRecord's         retention (2)
                                                    fields; cost_usd absent when unpriced,
-                                                   attempts_maybe_billed when not 0);
+                                                   attempts_maybe_billed when not 0, user and
+                                                   tags when sent);
                                                    gsi1pk USAGE#<yyyy-mm-dd>, gsi1sk <iso ms>#<request_id>
 
 (1) RELAY_REQUEST_TTL_S after admission; one day after the start when settlement creates the item (admission
@@ -64,6 +66,8 @@ from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
+from ..attribution import as_item as attribution_attributes
+from ..attribution import from_item as attribution_from_item
 from ..keys import ISO, ApiKey, now_iso
 from ..sanitize.policy import KeyPolicy
 from ..usage import SECONDS_PER_DAY, UsageRecord, iso_ms
@@ -285,6 +289,7 @@ def usage_item(record: UsageRecord, retention_days: int) -> dict[str, Any]:
         "prompt_redactions": dict(record.prompt_redactions) or None,
     }
     item.update({name: value for name, value in optional.items() if value is not None})
+    item.update(attribution_attributes(record.attribution))  # `user`, `tags` (a map), each only when present
     return item
 
 
@@ -317,4 +322,5 @@ def usage_record(item: dict[str, Any]) -> UsageRecord:
         prompt_redactions={str(k): int(v) for k, v in (item.get("prompt_redactions") or {}).items()},
         guardrail_action=item.get("guardrail_action"),
         policy_version=int(item["policy_version"]) if "policy_version" in item else None,
+        attribution=attribution_from_item(item),
     )

@@ -17,7 +17,8 @@ from ..errors import InvalidRequest
 
 __all__ = ["ollama_body"]
 
-_UNUSED = frozenset({"model", "messages", "stream", "stream_options"})  # set by the relay, or translated apart
+# Set by the relay, translated apart, or the caller's end user (spend attribution, not a generation parameter).
+_UNUSED = frozenset({"model", "messages", "stream", "stream_options", "user"})
 _OPTIONS = {"temperature": float, "top_p": float, "presence_penalty": float, "frequency_penalty": float, "seed": int}
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 _MESSAGE_KEYS = frozenset({"role", "content", "name", "tool_calls", "tool_call_id"})

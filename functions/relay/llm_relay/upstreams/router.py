@@ -14,9 +14,18 @@ from typing import Any
 
 import httpx
 
+from ..embeddings_request import EmbeddingsRequest
 from ..errors import ConfigurationError, InvalidRequest, UpstreamError
 from ..settings import Settings
-from .base import Dialect, KeyProvider, UpstreamRequest
+from .base import Dialect, KeyProvider, UpstreamRequest, http_headers
+from .embeddings import (
+    ACCEPT,
+    EmbeddingsResult,
+    embeddings_body,
+    embeddings_http_request,
+    post_embeddings,
+    read_embeddings_answer,
+)
 from .http import HttpExchange, OpenedStream, Progress
 from .table import RELAY_KEY_ENV, Route, UpstreamSpec, UpstreamTable
 
@@ -57,6 +66,7 @@ class Upstreams:
         self._priced = priced or (lambda model: False)
         self._settings = settings
         self._transport = transport
+        self._default_key = default_key  # the relay's own key, for the entries whose api_key_env names it
         self.exchange = HttpExchange(settings, transport=transport)
         build = dialect_factory or (lambda spec: dialect_for(spec, default_key))
         self._dialects: dict[str, Dialect] = {}
@@ -115,6 +125,45 @@ class Upstreams:
         except (InvalidRequest, UpstreamError) as refused:
             logger.warning("fallback %s cannot take %s: %s", route.name, plan.request_id, refused.message)
             return None
+
+    def embeddings_route(self, request: EmbeddingsRequest) -> Route:
+        """The route of an embeddings request: the table's first for its model, and no fallback (another upstream's
+        vectors lie in another space; mixed into one index they would be wrong without a sign). Raises before
+        admission, at no cost: `ModelNotAllowed` when no upstream serves the model, `InvalidRequest` when its kind
+        has no embeddings API (param `model`) or cannot honour a field of the request (naming it)."""
+        route = self.table.routes(request.model)[0]
+        embeddings_body(route.spec.kind, request, route.model)
+        return route
+
+    async def embed(
+        self, request: EmbeddingsRequest, request_id: str, progress: Progress | None = None
+    ) -> EmbeddingsResult:
+        """The embeddings of `request` from its route's upstream, in OpenAI's answer naming the client's model.
+        `UpstreamError` (its `upstream` set) after the exchange's retries, or when a 2xx answer cannot be used
+        (then counted in `progress.maybe_billed`: the model did answer). `progress` counts the attempts as they
+        happen, whatever ends the call; the caller's cancel scope bounds it."""
+        route = self.embeddings_route(request)
+        spec = route.spec
+        assert spec.url is not None  # the kinds with embeddings are HTTP kinds
+        key = self._default_key if spec.api_key_env == RELAY_KEY_ENV else _env_key(spec.api_key_env)
+        prepared = embeddings_http_request(
+            spec.kind, spec.url, request, route.model, await http_headers(key, request_id, ACCEPT)
+        )
+        progress = progress if progress is not None else Progress()
+        progress.upstream = route.name
+        try:
+            idle_s = self._settings.upstream_idle_timeout_s
+            raw = await post_embeddings(self.exchange, prepared, idle_timeout_s=idle_s, progress=progress)
+            try:
+                result = await read_embeddings_answer(spec.kind, raw, request, request.model)
+            except UpstreamError:
+                progress.maybe_billed += 1
+                raise
+        except UpstreamError as failure:
+            failure.upstream = route.name
+            raise
+        billed_as = route.model if self._priced(route.model) else request.model
+        return EmbeddingsResult(result.body, result.prompt_tokens, route.name, billed_as)
 
     def connect(self) -> None:
         """A fresh HTTP exchange, if the last one was closed: an app's lifespan may run more than once (Mangum runs

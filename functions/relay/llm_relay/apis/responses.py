@@ -1,0 +1,40 @@
+"""OpenAI's Responses API (`POST /v1/responses`) over the relay's chat pipeline (pure): requests translated into
+chat requests (`responses_request`), answers rendered from chat chunks (`responses_events`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..chat_request import ChatRequest, load_object, validate_chat_request
+from ..errors import InvalidRequest
+from .responses_events import ResponsesFraming, responses_answer, responses_error
+from .responses_request import to_chat_payload
+
+__all__ = ["ResponsesApi"]
+
+
+class ResponsesApi:
+    """`/v1/responses`: stateless (no stored responses), function tools only, streamed as the API's SSE events."""
+
+    name = "responses"
+
+    def parse(self, raw: bytes, *, max_tokens_cap: int, allowed_models: frozenset[str] | None) -> ChatRequest:
+        chat = to_chat_payload(load_object(raw), max_tokens_cap=max_tokens_cap)
+        try:
+            return validate_chat_request(chat, max_tokens_cap=max_tokens_cap, allowed_models=allowed_models)
+        except InvalidRequest as exc:
+            if not (exc.param or "").startswith("messages"):
+                raise
+            # The translation checked every item, so what is left is the conversation as a whole (its length):
+            # named as the client wrote it, not as the relay's chat request.
+            detail = exc.message.split(": ", 1)[-1]
+            raise InvalidRequest(f"Invalid value for 'input': {detail}", param="input") from None
+
+    def framing(self, request_id: str, model: str, created: int) -> ResponsesFraming:
+        return ResponsesFraming(request_id, model, created)
+
+    def answer(self, completion: dict[str, Any]) -> dict[str, Any]:
+        return responses_answer(completion)
+
+    def error(self, body: dict[str, Any], status: int) -> dict[str, Any]:
+        return responses_error(body, status)

@@ -1,0 +1,164 @@
+"""`POST /v1/embeddings` through the same pipeline as a chat completion (DESIGN's one pipeline per request):
+authenticate → parse → route → prompt gate → admit → call the upstream → finalize, answered as one JSON body.
+
+Nothing is streamed, but the call is cancellable (a disconnect, the cancel call by relay or client id) and bounded
+by the deadline, like the open of a stream. Limits, budgets and the ledger see an embeddings request as a
+prompt-only chat request (`admission_request`): its inputs are the prompt, and one output token is reserved (the
+least a chat request may ask); settlement counts what the upstream reports (`prompt_tokens`) and nothing else.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from . import client_request_id
+from .attribution import attribution_of, tags_header
+from .chat_request import ChatRequest
+from .embeddings_request import EmbeddingsRequest, parse_embeddings_request
+from .errors import InvalidRequest, ModelNotAllowed
+from .lambda_context import LambdaInvocation
+from .metering import StreamMeter
+from .outcome import Ending, RequestContext, outcome_of
+from .sanitize.policy import KeyPolicy, Policy
+from .termination import TerminationReason
+from .upstreams.base import usage_chunk
+from .upstreams.http import Progress
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
+
+# A token list has no text to measure: each id stands in the admission request as four ASCII bytes, which both
+# estimators count as at least one token (chars / 4, and bytes / 3 rounded up).
+_TOKEN_STAND_IN = "tok "  # noqa: S105 - not a password: a stand-in for one token id
+
+
+def admission_request(request: EmbeddingsRequest) -> ChatRequest:
+    """The chat form limits, budgets and the ledger read: one user message per input, one output token."""
+    contents = [
+        item if isinstance(item, str) else _TOKEN_STAND_IN * len(item) or _TOKEN_STAND_IN for item in request.items
+    ]
+    messages: list[Any] = [{"role": "user", "content": content} for content in contents]
+    return ChatRequest.model_validate({"model": request.model, "messages": messages, "max_tokens": 1})
+
+
+def with_texts(request: EmbeddingsRequest, chat: ChatRequest) -> EmbeddingsRequest:
+    """The request with its text inputs as the prompt gate left them (redacted, or rewritten by the guardrail)."""
+    new = [str(message.content) for message in chat.messages]
+    if new == list(request.items):
+        return request
+    single = isinstance(request.input, str)
+    return replace(request, input=new[0] if single else tuple(new), items=tuple(new))
+
+
+async def relay_embeddings(pipeline: Pipeline, request: Request) -> Response:
+    """One embeddings request, answered in OpenAI's shape (or as the upstream's error, or the relay's)."""
+    key = await pipeline.authenticate(request)
+    settings = pipeline.settings
+    body = await _read(request, settings.max_body_bytes)
+    embed = parse_embeddings_request(body, allowed_models=settings.allowed_model_set)
+    if not key.allows_model(embed.model):
+        raise ModelNotAllowed(f"This key may not use the model '{embed.model}'.", param="model")
+    assert pipeline.upstreams is not None
+    route = pipeline.upstreams.embeddings_route(embed)  # a kind without embeddings: 400 before anything is counted
+    attribution = attribution_of(embed.user, embed.metadata, tags_header(request.headers))
+    chat, embed, prompt_redactions, policy = await _gated(pipeline, key.sanitize, embed)
+    invocation: LambdaInvocation = request.state.lambda_invocation
+    now, now_epoch = time.monotonic(), time.time()
+    priced = pipeline.priced(route.model)
+    ctx = RequestContext(
+        request_id=request.state.request_id,
+        key=key,
+        chat=chat,
+        mode="json",
+        started_at=now,
+        started_epoch=now_epoch,
+        deadline=invocation.deadline(
+            now_epoch=now_epoch,
+            now_monotonic=now,
+            timeout_s=settings.function_timeout_s,
+            margin_s=settings.deadline_margin_s,
+        ),
+        lambda_request_id=invocation.request_id,
+        client_request_id=client_request_id.from_headers(request.headers),
+        billed_as=(route.model if priced else embed.model,),
+        policy=policy,
+        prompt_redactions=prompt_redactions,
+        api="embeddings",
+        attribution=attribution,
+    )
+    return await _admitted(pipeline, ctx, embed, request)
+
+
+async def _read(request: Request, cap: int) -> bytes:
+    from .pipeline import read_body
+
+    return await read_body(request, cap)
+
+
+async def _gated(
+    pipeline: Pipeline, sanitize: KeyPolicy | None, embed: EmbeddingsRequest
+) -> tuple[ChatRequest, EmbeddingsRequest, dict[str, int], Policy]:
+    """The compliance gate's prompt side over the inputs: redacted (and sent so), or refused, before admission."""
+    policy = pipeline.policy_for(sanitize)
+    chat = admission_request(embed)
+    gated = policy.prompt.on or pipeline.guardrail is not None
+    if gated and embed.tokens:
+        raise InvalidRequest(
+            "Token-id input cannot be checked by this relay's compliance gate; send the text instead.", param="input"
+        )
+    found: dict[str, int] = {}
+    if policy.prompt.on:
+        chat, found = pipeline.sanitized_prompt(chat, policy)
+    if pipeline.guardrail is not None:
+        chat, findings = await pipeline.guarded_prompt(pipeline.guardrail, chat)
+        found.update(findings)
+    if found:
+        embed = with_texts(embed, chat)
+    return chat, embed, found, policy
+
+
+async def _admitted(pipeline: Pipeline, ctx: RequestContext, embed: EmbeddingsRequest, request: Request) -> Response:
+    """Admit, call the upstream (cancellable, within the deadline), finalize, answer."""
+    client = (ctx.key.key_id, ctx.client_request_id) if ctx.client_request_id else None
+    cancel = pipeline.cancels.register(ctx.request_id, client)
+    try:
+        ctx = await pipeline.admit(ctx, cancel)
+    except BaseException:
+        pipeline.cancels.unregister(ctx.request_id)
+        raise
+    pipeline.leases.track(ctx.request_id, dict, since=ctx.started_epoch)
+    assert pipeline.upstreams is not None
+    progress = Progress()
+    call = functools.partial(pipeline.upstreams.embed, embed, ctx.request_id, progress)
+    result = await pipeline.call_upstream(ctx, call, cancel, request.receive, progress)
+    meter = StreamMeter(started_at=ctx.started_at)
+    if result.prompt_tokens is not None:
+        meter.observe(usage_chunk(embed.model, int(ctx.started_epoch), result.prompt_tokens, 0), time.monotonic())
+    outcome = outcome_of(
+        ctx,
+        Ending(TerminationReason.STOP),
+        meter,
+        ended_at=time.monotonic(),
+        answered=True,
+        pricer=pipeline.pricer,
+        retries=progress.retries,
+        upstream_errors=dict(progress.failures),
+        attempts_maybe_billed=progress.maybe_billed,
+        upstream=result.upstream,
+        billed_as=result.billed_as,
+    )
+    outcome = replace(outcome, finish_reason="stop")
+    with anyio.CancelScope(shield=True):
+        await pipeline.finalize(ctx, outcome)
+    headers = dict(ctx.ticket.headers if ctx.ticket else {})
+    if outcome.cost_usd is not None:
+        headers["x-relay-cost-usd"] = format(outcome.cost_usd, "f")
+    tokens = outcome.usage.prompt_tokens  # what the record bills: the upstream's count, else the relay's estimate
+    return JSONResponse({**result.body, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}, headers=headers)
