@@ -153,9 +153,11 @@ def _upstream_lines(settings: Settings, how: str) -> str:
     if not settings.upstreams:
         return f"  upstream  {settings.upstream_url}   ({how})"
     lines = [f"  upstreams ({how}):"]
-    for entry in json.loads(settings.upstreams):
+    entries = json.loads(settings.upstreams)
+    width = max(22, *(len(", ".join(entry["models"])) for entry in entries))
+    for entry in entries:
         where = entry.get("url") or entry.get("region") or ""
-        lines.append(f"    {', '.join(entry['models']):<22} -> {entry['name']} ({entry['kind']}) {where}")
+        lines.append(f"    {', '.join(entry['models']):<{width}} -> {entry['name']} ({entry['kind']}) {where}")
     return "\n".join(lines)
 
 

@@ -2,7 +2,8 @@
 faults and records: OpenAI SSE at `POST /v1/chat/completions`, Ollama's NDJSON at `POST /api/chat` (the Ollama
 root is the base URL without `/v1`), and this project's own NDJSON output at `POST /ndjson/chat` (see
 `mock_ndjson`). The NDJSON modes always stream. Embeddings, in OpenAI's shape at `POST /v1/embeddings` and Ollama's
-at `POST /api/embed`, take the same faults and are recorded the same (see `mock_embeddings`).
+at `POST /api/embed`, and OpenAI's Responses stream at `POST /v1/responses` (see `mock_responses`), take the same
+faults and are recorded the same.
 
 Behaviour comes from `MockConfig` defaults, overridden per request by an optional `mock` object in the
 request body (the relay forwards unknown fields to the openai kind), e.g.
@@ -319,7 +320,8 @@ class _MockStream:
 
 
 def create_mock_app(config: MockConfig | None = None) -> Starlette:
-    from .mock_embeddings import embedding_routes  # it imports this module: imported once this one is loaded
+    from .mock_embeddings import embedding_routes  # they import this module: imported once this one is loaded
+    from .mock_responses import responses_routes
 
     install_fault_filter()
     state = MockState(config=config or MockConfig())
@@ -336,6 +338,7 @@ def create_mock_app(config: MockConfig | None = None) -> Starlette:
             Route("/api/chat", chat(OllamaShape, always_streams=True), methods=["POST"]),
             Route("/ndjson/chat", chat(RelayNDJSONShape, always_streams=True), methods=["POST"]),
             *embedding_routes(state),
+            *responses_routes(state),
             *record_routes(state.requests),
         ]
     )

@@ -59,6 +59,7 @@ def test_embeddings_create_gets_the_vectors_usage_record_and_cost(embedder: Rela
     request_id = raw.headers["x-request-id"]
     record = record_of(embedder, request_id)
     assert (record.upstream, record.termination_reason, record.usage_source) == (kind, "stop", "upstream")
+    assert (record.api, record.mode) == ("embeddings", "json")
     assert (record.prompt_tokens, record.completion_tokens, record.attribution.user) == (9, 0, "end-user-7")
     assert record.cost_usd == Decimal("0.00000018") == Decimal(raw.headers["x-relay-cost-usd"])  # 9 x 0.02/M
 

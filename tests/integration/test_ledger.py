@@ -81,6 +81,7 @@ def test_a_killed_relays_streams_are_settled_as_lost_once_and_its_slots_come_bac
         with dev_server(**env) as doomed, dev_server(**env) as survivor:
             # GIVEN N streams in flight on one relay process, each checkpointed by a lease renewal at least once
             ids = _open_streams(streams, doomed.url, plain, N)
+            apis = dict(zip(ids, ("chat", "responses", "messages"), strict=True))
 
             def checkpointed() -> bool:
                 return all(int((stores.requests.get(rid) or {}).get("cp_completion", 0)) > 0 for rid in ids)
@@ -123,6 +124,7 @@ def test_a_killed_relays_streams_are_settled_as_lost_once_and_its_slots_come_bac
         for record in records:
             point = last[record.request_id]
             assert (record.termination_reason, record.usage_source) == ("lost", "estimated")
+            assert record.api == apis[record.request_id]
             assert record.completion_tokens == int(point["cp_completion"]) > 0
             assert record.cost_usd == prices(record.model, Usage(int(point["cp_prompt"]), record.completion_tokens))
         # AND the day's spend holds them exactly once (with the N short requests after)

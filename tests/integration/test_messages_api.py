@@ -82,6 +82,7 @@ def test_messages_stream_gets_the_text_usage_record_and_cost_from_every_kind(rou
     # AND the record is a chat completion's: the upstream, its counts and the cost
     record = record_of(routed, final.id.removeprefix("msg_"))
     assert (record.upstream, record.termination_reason, record.usage_source) == (kind, "stop", "upstream")
+    assert (record.api, record.mode) == ("messages", "sse")
     assert (record.prompt_tokens, record.completion_tokens) == (4, 12)
     assert record.cost_usd == Decimal("0.0000078")  # 4 x 0.15/M + 12 x 0.60/M
 

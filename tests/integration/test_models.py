@@ -3,6 +3,8 @@ lists the models the key may use."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
@@ -44,3 +46,36 @@ def test_models_needs_a_valid_key(make_relay: RelayFactory) -> None:
         _list(relay.url, "lr-nope")
     response = httpx.get(f"{relay.url}/v1/models")
     assert response.status_code == 401 and response.json()["error"]["code"] == "missing_api_key"
+
+
+def test_the_routed_models_of_the_upstream_table_are_listed_and_each_can_be_retrieved(
+    make_relay: RelayFactory,
+) -> None:
+    # GIVEN an upstream table that spells out one model and routes others by a glob, and any model allowed
+    table = [
+        {"name": "local", "kind": "ollama", "url": "http://127.0.0.1:9", "models": ["llama3.2", "llama*"]},
+        {"name": "cloud", "kind": "openai", "url": "http://127.0.0.1:9/v1", "models": ["gpt-*"]},
+    ]
+    relay = make_relay(upstream_url=None, upstreams=json.dumps(table), allowed_models="*")
+    relay.stores.keys.put(
+        ApiKey("rk_models0001", "models", allowed_models=frozenset({"llama3.2"})), hash_key("lr-llama-only")
+    )
+    # WHEN the SDK lists the models
+    ids = [m.id for m in _list(relay.url, relay.key)]
+    # THEN the literal routed model is listed beside the priced ones the table serves, and no priced model that no
+    # upstream serves
+    assert "llama3.2" in ids and "gpt-4o-mini" in ids
+    assert "claude-3-5-haiku" not in ids
+    with openai.OpenAI(base_url=f"{relay.url}/v1", api_key=relay.key, max_retries=0) as client:
+        # AND one model is answered, listed or reached by a glob only
+        assert client.models.retrieve("llama3.2").id == "llama3.2"
+        assert client.models.retrieve("llama3.1:8b").owned_by == "llm-relay"
+        # AND a model no upstream serves is not found
+        with pytest.raises(openai.NotFoundError) as missing:
+            client.models.retrieve("claude-3-5-haiku")
+    assert missing.value.code == "model_not_found"
+    with openai.OpenAI(base_url=f"{relay.url}/v1", api_key="lr-llama-only", max_retries=0) as limited:
+        # AND a key limited to one model sees that one only
+        assert [m.id for m in limited.models.list()] == ["llama3.2"]
+        with pytest.raises(openai.NotFoundError):
+            limited.models.retrieve("gpt-4o-mini")

@@ -6,6 +6,7 @@ rendered as the API's own error event, and the mock's faults. Faults are asked o
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 from openai.types.responses import Response
 
 from llm_relay.dynamo import Stores
+from llm_relay_dev.mock_upstream import create_mock_app
 from tests.conftest import Relay, RelayFactory
 from tests.integration.test_budgets import assert_settled
 from tests.integration.test_limits_relay import new_key
@@ -31,6 +33,7 @@ from tests.integration.test_upstream_kinds import (
     routed,
     upstreams,
 )
+from tests.servers import serve
 from tests.waiting import wait_until
 
 __all__ = ["routed", "upstreams"]  # the fixtures, shared with the chat tests of every kind
@@ -73,6 +76,7 @@ def test_responses_stream_gets_the_text_usage_record_and_cost_from_every_kind(ro
     # AND the record is a chat completion's: the upstream, its counts, the cost, and the API it was asked in
     record = record_of(routed, final.id)
     assert (record.upstream, record.termination_reason, record.usage_source) == (kind, "stop", "upstream")
+    assert (record.api, record.mode) == ("responses", "sse")
     assert (record.prompt_tokens, record.completion_tokens) == (4, 12)
     assert record.cost_usd == Decimal("0.0000078")  # 4 x 0.15/M + 12 x 0.60/M
 
@@ -207,3 +211,64 @@ def test_what_the_relay_cannot_honour_is_refused_naming_the_field(
     with _client(routed) as client, pytest.raises(openai.BadRequestError) as caught:
         client.responses.create(model="gpt-4o-mini", input=PROMPT, **extra)
     assert caught.value.param == param
+
+
+# --- an openai upstream: its own stream, passed through --------------------------------------------------------
+
+
+@pytest.fixture
+def mock_app() -> Iterator[tuple[str, Any]]:
+    app = create_mock_app()
+    with serve(app) as base:
+        yield base, app.state.mock
+
+
+def test_an_openai_upstream_gets_the_responses_request_and_its_events_pass_through(
+    make_relay: RelayFactory, mock_app: tuple[str, Any]
+) -> None:
+    # GIVEN a relay whose model is served by an upstream of the openai kind, with the compliance gate off
+    base, state = mock_app
+    relay = make_relay(upstream_url=f"{base}/v1")
+    tool = {"type": "function", "name": "mock_tool", "parameters": {"type": "object"}}
+    faults = {**SHORT, "tool_args": '{"city": "Paris"}'}
+    # WHEN the SDK streams a response that calls a tool
+    with httpx.Client(timeout=30) as client:
+        raw = client.post(
+            f"{relay.url}/v1/responses",
+            json=_request("openai", faults, tools=[tool], reasoning={"effort": "low"}, stream=True),
+            headers=relay.headers(),
+        )
+        text = raw.text
+    # THEN the provider was sent the Responses request itself (not a chat completion), storing nothing
+    [sent] = state.bodies
+    assert sent["input"] == PROMPT and sent["reasoning"] == {"effort": "low"} and sent["store"] is False
+    assert "messages" not in sent
+    # AND its events came through under the relay's ids and numbering, none of the provider's ids left
+    events = _events(text)
+    request_id = raw.headers["x-request-id"]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert "resp_mock" not in text and "msg_mock" not in text and "fc_mock" not in text
+    assert {e["response"]["id"] for e in events if "response" in e} == {request_id}
+    assert "_events" not in text
+    completed = events[-1]
+    assert completed["type"] == "response.completed"
+    [message, call] = completed["response"]["output"]
+    assert "".join(part["text"] for part in message["content"]) == TEXT
+    assert (call["type"], call["name"], call["arguments"]) == ("function_call", "mock_tool", '{"city": "Paris"}')
+    # AND the record counts the provider's usage from response.completed
+    record = record_of(relay, request_id)
+    usage = completed["response"]["usage"]
+    assert (record.prompt_tokens, record.completion_tokens) == (usage["input_tokens"], usage["output_tokens"])
+    assert (record.termination_reason, record.usage_source, record.api) == ("tool_calls", "upstream", "responses")
+
+
+def test_with_the_compliance_gate_on_an_openai_upstream_is_sent_the_translated_request(
+    make_relay: RelayFactory, mock_app: tuple[str, Any]
+) -> None:
+    base, state = mock_app
+    relay = make_relay(upstream_url=f"{base}/v1", sanitize="redact")
+    with _client(relay) as client:
+        response = client.responses.create(**_request("openai", {**SHORT, "text": "Mail me at jo@example.com"}))
+    [sent] = state.bodies
+    assert "messages" in sent and "input" not in sent  # the gate must see every delta: chat, not pass-through
+    assert response.output_text == "Mail me at [EMAIL]"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from .errors import InvalidRequest, ModelNotAllowed
 
@@ -43,6 +43,19 @@ class ChatRequest(BaseModel):
     # Spend attribution (`attribution.py` checks their bounds): the end user, and tags in OpenAI's `metadata` shape.
     user: str | None = None
     metadata: dict[str, Any] | None = None
+    # The request in the client's own API, where an upstream may be sent it as it is (a Responses request to an
+    # `openai` upstream); never part of the chat body. None: a chat request, or one only the translation may send.
+    _native: dict[str, Any] | None = PrivateAttr(default=None)
+
+    @property
+    def native(self) -> dict[str, Any] | None:
+        return self._native
+
+    def with_native(self, body: dict[str, Any]) -> ChatRequest:
+        """This request, carrying the client's own (validated) request in its API."""
+        copy = self.model_copy()
+        copy._native = body
+        return copy
 
     @property
     def include_usage(self) -> bool:

@@ -111,6 +111,7 @@ def lost_record(item: Mapping[str, Any], pricer: Pricer) -> UsageRecord:
         mode=str(item.get("mode", "")),
         upstream=item.get("cp_upstream"),
         attribution=attribution_from_item(item),  # admission wrote the request's user and tags on the item
+        api=str(item.get("api", "chat")),
     )
 
 

@@ -216,6 +216,8 @@ class Limiter:
         if ctx.billed_as and ctx.billed_as[0] != ctx.chat.model:
             base["billed_as"] = ctx.billed_as[0]  # the first route's model: what a lost request is priced as
         base.update(attribution.as_item(ctx.attribution))  # so a request settled as `lost` keeps its user and tags
+        if ctx.api != "chat":
+            base["api"] = ctx.api  # ... and the API it was asked in
         return admitted_item(
             base,
             lease_until=plan.lease_expiry,

@@ -317,7 +317,9 @@ class Pipeline:
     async def _plan(self, ctx: RequestContext) -> Plan:
         """Where the request goes (the upstream table), its first request built: refusals here cost nothing."""
         assert self.upstreams is not None
-        return await self.upstreams.plan(ctx.chat.upstream_body(), ctx.chat.model, ctx.request_id)
+        gated = ctx.policy.on or self.guardrail is not None  # the gate must see (and may change) every text first
+        native = None if gated else ctx.chat.native
+        return await self.upstreams.plan(ctx.chat.upstream_body(), ctx.chat.model, ctx.request_id, native)
 
     async def admit(self, ctx: RequestContext, cancel: CancelSignal) -> RequestContext:
         """Admission, and beside it (same time, no added latency) the one read of a cancel that may have come

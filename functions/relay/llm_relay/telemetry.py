@@ -113,6 +113,7 @@ class Telemetry:
             "key_id": ctx.key.key_id,
             "model": ctx.chat.model,
             "mode": ctx.mode,
+            "api": ctx.api,
             "upstream": outcome.upstream or None,
             "reason": outcome.reason.value,
             "prompt_tokens": outcome.usage.prompt_tokens,

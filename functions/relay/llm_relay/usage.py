@@ -57,6 +57,7 @@ class UsageRecord:
     # Whom the spend is for beyond the key (`attribution.py`): the caller's end user and tags. Stored and read back
     # here only: never a metric dimension or a per-request log field (their cardinality is the client's to choose).
     attribution: Attribution = NO_ATTRIBUTION
+    api: str = "chat"  # the API the client spoke: "chat", "responses", "messages" or "embeddings"
 
     @property
     def timestamp(self) -> str:
@@ -81,6 +82,7 @@ class UsageRecord:
             "ttft_ms": None if self.ttft_ms is None else float(self.ttft_ms),
             "duration_ms": None if self.duration_ms is None else float(self.duration_ms),
             "mode": self.mode,
+            "api": self.api,
             "cancel_source": self.cancel_source,
             "upstream": self.upstream,
             "attempts_maybe_billed": self.attempts_maybe_billed,
@@ -118,6 +120,7 @@ def record_for(ctx: RequestContext, outcome: StreamOutcome) -> UsageRecord:
         guardrail_action=outcome.guardrail_action,
         policy_version=POLICY_VERSION if ctx.policy.on else None,
         attribution=ctx.attribution,
+        api=ctx.api,
     )
 
 
@@ -134,6 +137,7 @@ def refused_record(ctx: RequestContext, reason: str, duration_s: float) -> Usage
         duration_ms=_ms(duration_s),
         mode=ctx.mode,
         attribution=ctx.attribution,
+        api=ctx.api,
     )
 
 

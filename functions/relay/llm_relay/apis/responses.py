@@ -19,9 +19,10 @@ class ResponsesApi:
     name = "responses"
 
     def parse(self, raw: bytes, *, max_tokens_cap: int, allowed_models: frozenset[str] | None) -> ChatRequest:
-        chat = to_chat_payload(load_object(raw), max_tokens_cap=max_tokens_cap)
+        payload = load_object(raw)
+        chat = to_chat_payload(payload, max_tokens_cap=max_tokens_cap)
         try:
-            return validate_chat_request(chat, max_tokens_cap=max_tokens_cap, allowed_models=allowed_models)
+            request = validate_chat_request(chat, max_tokens_cap=max_tokens_cap, allowed_models=allowed_models)
         except InvalidRequest as exc:
             if not (exc.param or "").startswith("messages"):
                 raise
@@ -29,6 +30,7 @@ class ResponsesApi:
             # named as the client wrote it, not as the relay's chat request.
             detail = exc.message.split(": ", 1)[-1]
             raise InvalidRequest(f"Invalid value for 'input': {detail}", param="input") from None
+        return request.with_native(payload)  # validated: an `openai` upstream may be sent it as it is
 
     def framing(self, request_id: str, model: str, created: int) -> ResponsesFraming:
         return ResponsesFraming(request_id, model, created)

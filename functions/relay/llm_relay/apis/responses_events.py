@@ -18,6 +18,12 @@ How a stream ends:
   (its `code` the relay's) on it, so a client reading the stream cannot miss the failure.
 The relay's codes (`budget_exceeded`, `content_filtered`, `upstream_timeout`...) are kept in `response.error.code`
 although OpenAI's schema lists its own: the SDKs read the field leniently, and the code is what a client acts on.
+
+Pass-through: a chunk that carries a provider's own Responses events (`RAW_EVENTS`, from the `openai` kind's
+Responses decoder) is rendered as those events, rewritten to the relay's ids and numbering (`responses_passthrough`),
+and from then on the stream is the provider's: a chunk without events adds nothing. The provider's
+`response.completed`/`response.incomplete` ends it (`end()` then writes nothing); when the relay ends it first, the
+open items are closed and the terminal events written as above, with the output the provider's events built.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..encoding import dumps
+from ..upstreams.openai_responses import RAW_EVENTS
+from .responses_passthrough import PassThrough
 
 __all__ = ["ResponsesFraming", "responses_answer", "responses_error", "responses_usage"]
 
@@ -70,9 +78,13 @@ class _Output:
 
     def emit(self, kind: str, **fields: Any) -> None:
         """One event, serialized at once: the items it shows keep changing after it is sent."""
+        self.emit_event({"type": kind, **fields})
+
+    def emit_event(self, event: dict[str, Any]) -> None:
+        """An event object (its `type` a name safe on the `event:` line), numbered and serialized at once."""
         if self.wire is not None:
-            event = {"type": kind, **fields, "sequence_number": self._sequence}
-            self.wire.append(f"event: {kind}\ndata: {dumps(event)}\n\n")
+            event = {**event, "sequence_number": self._sequence}
+            self.wire.append(f"event: {event['type']}\ndata: {dumps(event)}\n\n")
         self._sequence += 1
 
     def response(self, status: str, **fields: Any) -> dict[str, Any]:
@@ -224,12 +236,15 @@ class ResponsesFraming:
 
     def __init__(self, response_id: str, model: str, created: int) -> None:
         self._output = _Output(response_id, model, created, wire=True)
+        self._relayed: PassThrough | None = None  # set by the first chunk carrying provider events
         self._started = False
         self._ended = False
 
     def chunk(self, chunk: dict[str, Any]) -> bytes:
         if self._ended:
             return b""
+        if RAW_EVENTS in chunk or self._relayed is not None:
+            return self._pass_through(chunk.get(RAW_EVENTS))
         self._start()
         for choice in chunk.get("choices") or []:
             if isinstance(choice, dict) and isinstance(choice.get("delta"), dict):
@@ -242,10 +257,10 @@ class ResponsesFraming:
         self._start()
         reason = summary.get("termination_reason") or summary.get("finish_reason")
         status, fields = _ending(reason)
-        self._output.close("completed" if status == "completed" else "incomplete")
+        self._close("completed" if status == "completed" else "incomplete")
         kind = "response.completed" if status == "completed" else "response.incomplete"
         usage = responses_usage(summary.get("usage"))
-        self._output.emit(kind, response=self._output.response(status, usage=usage, **fields))
+        self._output.emit(kind, response=self._response(status, usage=usage, **fields))
         self._ended = True
         return self._flush()
 
@@ -256,12 +271,44 @@ class ResponsesFraming:
         body = _object(error.get("error"))
         code, message = body.get("code") or "server_error", body.get("message") or "The response failed."
         failure = {"code": code, "message": message, "param": body.get("param"), "type": body.get("type")}
-        self._output.close("incomplete")
-        self._output.emit("response.failed", response=self._output.response("failed", error=failure))
+        self._close("incomplete")
+        self._output.emit("response.failed", response=self._response("failed", error=failure))
         nested = {**body, "code": code, "message": message}
         self._output.emit("error", code=code, message=message, param=body.get("param"), error=nested)
         self._ended = True
         return self._flush()
+
+    def _pass_through(self, events: Any) -> bytes:
+        """The provider's events, as the relay's; its terminal event ends the stream."""
+        if self._relayed is None:
+            out = self._output
+            self._relayed = PassThrough(out.response_id, out.model, _id_stem(out.response_id), out.emit_event)
+        relayed = self._relayed
+        for event in events if isinstance(events, list) else ():
+            if not isinstance(event, dict):
+                continue
+            if not self._started and event.get("type") != "response.created":
+                self._start()  # a client's accumulator needs `response.created` first
+            elif event.get("type") == "response.created" and self._started:
+                continue  # one response, created once
+            self._started = True
+            relayed.relay(event)
+            if relayed.terminal:
+                self._ended = True
+                break
+        return self._flush()
+
+    def _close(self, status: str) -> None:
+        """Close the open items: the provider's in pass-through, else the relay's own."""
+        if self._relayed is not None:
+            self._relayed.close(status)
+        else:
+            self._output.close(status)
+
+    def _response(self, status: str, **fields: Any) -> dict[str, Any]:
+        """The Response object of a terminal event: in pass-through, the provider's last with the output so far."""
+        own = self._output.response(status, **fields)
+        return self._relayed.response(own, status, **fields) if self._relayed is not None else own
 
     def _start(self) -> None:
         if self._started:

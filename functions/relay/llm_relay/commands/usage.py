@@ -23,6 +23,7 @@ GROUPS: dict[str, Callable[[UsageRecord], str]] = {
     "model": lambda record: record.model,
     "day": lambda record: record.timestamp[:10],
     "upstream": lambda record: record.upstream or "-",  # "-": refused before any upstream was tried
+    "api": lambda record: record.api,
     "user": lambda record: record.attribution.user or "-",  # "-": the request named no end user
 }
 TAG_PREFIX = "tag:"  # `--by tag:<name>`: by the value of one tag ("-": records without it)

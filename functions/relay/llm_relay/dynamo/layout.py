@@ -274,6 +274,7 @@ def usage_item(record: UsageRecord, retention_days: int) -> dict[str, Any]:
         "cached_tokens": record.cached_tokens,
         "usage_source": record.usage_source,
         "mode": record.mode,
+        "api": record.api,
         "expires_at": int(record.started_epoch) + retention_days * SECONDS_PER_DAY,
     }
     optional = {
@@ -323,4 +324,5 @@ def usage_record(item: dict[str, Any]) -> UsageRecord:
         guardrail_action=item.get("guardrail_action"),
         policy_version=int(item["policy_version"]) if "policy_version" in item else None,
         attribution=attribution_from_item(item),
+        api=str(item.get("api", "chat")),  # records written before the other APIs were all chat completions
     )

@@ -43,6 +43,9 @@ class Plan:
     request_id: str = ""
     progress: Progress = field(default_factory=Progress)
     billed_as: tuple[str, ...] = ()  # per route: the model it sends where that has a price, else the client's
+    # The client's request in its own API (a Responses request), for routes whose upstream speaks that API (the
+    # `openai` kind): sent as it is, its events relayed as they come. None, or another kind: `body`, translated.
+    native: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def upstream(self) -> str:
@@ -70,6 +73,7 @@ class Upstreams:
         self.exchange = HttpExchange(settings, transport=transport)
         build = dialect_factory or (lambda spec: dialect_for(spec, default_key))
         self._dialects: dict[str, Dialect] = {}
+        self._native_dialects: dict[str, Dialect] = {}  # the Responses API of `openai` upstreams, built when used
         for spec in table.specs:
             try:
                 dialect = build(spec)
@@ -80,13 +84,36 @@ class Upstreams:
                 raise ConfigurationError(f"RELAY_UPSTREAMS: upstream {spec.name!r}: {exc}") from None
             self._dialects[spec.name] = dialect
 
-    async def plan(self, body: dict[str, Any], model: str, request_id: str) -> Plan:
+    async def plan(
+        self, body: dict[str, Any], model: str, request_id: str, native: dict[str, Any] | None = None
+    ) -> Plan:
         """The routes for `model`, and the first one's request built: a model no upstream serves, or a field its
-        upstream cannot honour, is refused here, before admission (a 400 that costs nothing)."""
+        upstream cannot honour, is refused here, before admission (a 400 that costs nothing). `native`: the
+        client's Responses request, sent as it is to a route of the `openai` kind."""
         routes = self.table.routes(model)
-        first = await self._dialects[routes[0].name].request(body, routes[0].model, request_id)
+        dialect, sent = self._dialect(routes[0], body, native)
+        first = await dialect.request(sent, routes[0].model, request_id)
         billed = tuple(route.model if self._priced(route.model) else model for route in routes)
-        return Plan(routes, first, body, request_id, billed_as=billed)
+        return Plan(routes, first, body, request_id, billed_as=billed, native=native)
+
+    def _dialect(
+        self, route: Route, body: dict[str, Any], native: dict[str, Any] | None
+    ) -> tuple[Dialect, dict[str, Any]]:
+        """The dialect and the body for one route: the Responses request as it is for an `openai` upstream, else
+        the chat request."""
+        if native is not None and route.spec.kind == "openai":
+            return self._responses_dialect(route.spec), native
+        return self._dialects[route.name], body
+
+    def _responses_dialect(self, spec: UpstreamSpec) -> Dialect:
+        dialect = self._native_dialects.get(spec.name)
+        if dialect is None:
+            from .openai_responses import OpenAIResponsesDialect
+
+            assert spec.url is not None
+            key = self._default_key if spec.api_key_env == RELAY_KEY_ENV else _env_key(spec.api_key_env)
+            dialect = self._native_dialects[spec.name] = OpenAIResponsesDialect(spec.url, key)
+        return dialect
 
     async def open(self, plan: Plan) -> OpenedStream:
         """The first route that answers 2xx. A route's failure, after its own retries, moves on to the next route
@@ -97,8 +124,8 @@ class Upstreams:
         model = str(plan.body.get("model") or plan.routes[0].model)  # the client's name, in every chunk it gets
         last: UpstreamError | None = None
         for index, route in enumerate(plan.routes):
-            dialect = self._dialects[route.name]
-            prepared = plan.first if index == 0 else await self._fallback_request(plan, route, dialect)
+            dialect, body = self._dialect(route, plan.body, plan.native)
+            prepared = plan.first if index == 0 else await self._fallback_request(plan, route, dialect, body)
             if prepared is None:
                 continue
             progress.upstream = route.name
@@ -118,10 +145,12 @@ class Upstreams:
         assert last is not None  # the first route is always tried
         raise last
 
-    async def _fallback_request(self, plan: Plan, route: Route, dialect: Dialect) -> UpstreamRequest | None:
+    async def _fallback_request(
+        self, plan: Plan, route: Route, dialect: Dialect, body: dict[str, Any]
+    ) -> UpstreamRequest | None:
         """A fallback's request, or None when it cannot take this one (it is skipped, and logged)."""
         try:
-            return await dialect.request(plan.body, route.model, plan.request_id)
+            return await dialect.request(body, route.model, plan.request_id)
         except (InvalidRequest, UpstreamError) as refused:
             logger.warning("fallback %s cannot take %s: %s", route.name, plan.request_id, refused.message)
             return None
