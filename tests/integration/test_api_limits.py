@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from llm_relay.keys import ApiKey
-from tests.conftest import Relay
+from tests.conftest import Relay, RelayFactory
 from tests.integration.test_limits_relay import SHORT, in_one_minute_window, new_key, records_of
 
 MOCK = f"mock: {json.dumps(SHORT)}"
@@ -66,3 +66,35 @@ def test_rpm_5_admits_exactly_5_of_20_concurrent_requests_in_two_apis(relay: Rel
     # AND every one of the 20 has a usage record
     reasons = sorted(r.termination_reason for r in records_of(relay.stores, key.key_id, 20))
     assert reasons == ["rate_limit_exceeded"] * 15 + ["stop"] * 5
+
+
+def test_the_deadline_ends_a_stream_and_an_embeddings_call_in_every_api(make_relay: RelayFactory) -> None:
+    # GIVEN a function timeout of 2 s with a 1 s margin, and answers that would take 10 s
+    relay = make_relay(function_timeout_s=2.0, deadline_margin_s=1.0)
+    slow = {"tokens": 100, "chunk_delay_ms": 100, "ttft_ms": 0}
+    headers = {**relay.headers(), "anthropic-version": "2023-06-01"}
+    with httpx.Client(timeout=30) as client:
+        responses = client.post(
+            f"{relay.url}/v1/responses",
+            json={**RESPONSES, "instructions": f"mock: {json.dumps(slow)}", "stream": True},
+            headers=headers,
+        )
+        messages = client.post(
+            f"{relay.url}/v1/messages", json={**MESSAGES, "system": f"mock: {json.dumps(slow)}"}, headers=headers
+        )
+        embeddings = client.post(
+            f"{relay.url}/v1/embeddings",
+            json={"model": "text-embedding-3-small", "input": "Hello", "mock": {"headers_delay_ms": 10_000}},
+            headers=headers,
+        )
+    # THEN each ends as `deadline` before Lambda would cut it off, in its API's own shape
+    assert '"code":"deadline"' in responses.text.rsplit("event: error", 1)[-1]
+    assert messages.text.rstrip().splitlines()[-2] == "event: error" and '"code":"deadline"' in messages.text
+    assert (embeddings.status_code, embeddings.json()["error"]["code"]) == (504, "deadline")
+    records = {r.api: r for r in records_of(relay.stores, relay.api_key.key_id, 3)}
+    assert {api: r.termination_reason for api, r in records.items()} == {
+        "responses": "deadline",
+        "messages": "deadline",
+        "embeddings": "deadline",
+    }
+    assert all(record.duration_ms is not None and record.duration_ms < 2000 for record in records.values())
