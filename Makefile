@@ -13,7 +13,7 @@ SAM := SAM_CLI_TELEMETRY=0 $(SAM_VENV)/bin/sam
 EVENT ?= events/chat-streamed.json
 INVOKE_DEV_KEY ?= lr-dev-local-key
 
-.PHONY: dev dynamodb test lint typecheck unit bench clean sam build invoke prices bench-lambda bench-kinds
+.PHONY: dev dynamodb test lint typecheck unit bench clean sam build invoke prices bench-lambda bench-kinds docs docs-build docs-reference
 
 # constraints.txt pins every package (`pip freeze` of a working .venv), so CI installs what was tested.
 $(BIN)/.installed: pyproject.toml constraints.txt
@@ -38,10 +38,25 @@ lint: $(BIN)/.installed
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
+# The documentation site (mkdocs.yml). Its pages under docs/reference/ are generated from the code, and docs-build
+# fails when they are out of date. Port 8001: `make dynamodb` holds mkdocs' default, 8000.
+DOCS_PORT ?= 8001
+export NO_MKDOCS_2_WARNING := 1
+
+docs: $(BIN)/.installed ## serve the documentation site on 127.0.0.1:$(DOCS_PORT), rebuilt as pages change
+	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)
+
+docs-reference: $(BIN)/.installed ## rewrite docs/reference/ from the code (settings, CLI, errors, metrics, template.yaml)
+	$(BIN)/python -m llm_relay_dev.docs_reference
+
+docs-build: $(BIN)/.installed ## check the generated pages, then build the site strictly (a broken link fails) into .venv/site
+	$(BIN)/python -m llm_relay_dev.docs_reference --check
+	$(BIN)/mkdocs build --strict --site-dir $(VENV)/site
+
 unit: $(BIN)/.installed
 	$(BIN)/pytest tests/unit -q
 
-test: lint typecheck sam ## lint, types, then every test (tests/packaging runs sam validate --lint and sam build)
+test: lint typecheck docs-build sam ## lint, types, the documentation site, then every test (tests/packaging runs sam validate --lint and sam build)
 	$(BIN)/pytest -q
 
 bench: $(BIN)/.installed ## relay vs direct, 1 and 50 concurrent streams (not part of `make test`)

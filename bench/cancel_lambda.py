@@ -1,5 +1,5 @@
 """Cancel latency the way Lambda behaves: through the local function-URL front (llm_relay_dev.function_url), which
-does not pass a client's disconnect on, so only the explicit cancel stops the upstream (issue 11).
+does not pass a client's disconnect on, so only the explicit cancel stops the upstream.
 
     .venv/bin/python -m bench.cancel_lambda [--trials 20]
 
@@ -7,7 +7,7 @@ One relay environment streams, a second takes the cancel calls (as another Lambd
 default poll interval (RELAY_CANCEL_POLL_INTERVAL_S, 0.2 s); DynamoDB is the local moto. Two cases, each `--trials`
 times: a client that read one chunk, left, and cancelled with its own X-Client-Request-Id; and a cancel sent while
 the upstream still holds its response headers (3 s). Measured: the cancel call's start to the mock upstream seeing
-its request closed. Budget (issue 11): p99 < 400 ms. Writes bench/results/cancel_lambda.json.
+its request closed. Budget: p99 < 400 ms. Writes bench/results/cancel_lambda.json.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Benchmark: what each kind of upstream costs the relay (issue 14), one relay routing a model to each.
+"""Benchmark: what each kind of upstream costs the relay, one relay routing a model to each.
 
     make bench-kinds      (or: .venv/bin/python -m bench.kinds --streams 20)
 

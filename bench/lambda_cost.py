@@ -68,7 +68,7 @@ def paired_ratio(relay: list[float], bare: list[float]) -> float:
 
 
 def format_table(results: list[SizeResult]) -> str:
-    """The Markdown table README shows."""
+    """The Markdown table docs/benchmarks.md shows."""
     lines = [
         "| memory (CPU share) | bare app ready | relay ready | ratio | first-request TTFT | 1-stream TTFT overhead "
         f"| duration vs direct | peak RSS (+{ADAPTER_RSS_STAND_IN_MB:.0f} MB adapter stand-in) "

@@ -12,7 +12,7 @@ request's TTFT right after its cold start; then, on a warm relay under the same 
 direct, and the peak RSS of one long stream. The mock upstream and the local DynamoDB run in their own processes
 outside the quota. Prints the table (bench/lambda_cost.py) and writes the figures to a new file under
 bench/results/runs/, which git ignores, and says which: a run never shows the clone as modified. The committed
-bench/results/lambda.json is the reference the README's table was taken from; `--out bench/results/lambda.json`
+bench/results/lambda.json is the reference docs/benchmarks.md's table was taken from; `--out bench/results/lambda.json`
 replaces it on purpose.
 """
 

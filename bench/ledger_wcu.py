@@ -9,7 +9,7 @@ transaction, ConditionCheck counted like a write; an index entry write costs 1 W
 2 when its key changes). Moto does not report consumed capacity, so the units are computed, not measured.
 
 What must hold: the per-request cost is the same at 1 and at 1,000 streams (no item grows with the streams in
-flight), and the units on the key's own partition give the per-key ceiling in README ("What is guaranteed").
+flight), and the units on the key's own partition give the per-key ceiling in docs/limits.md ("What is guaranteed").
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ costs. waitress serves the same WSGI app with keep-alive connections.
 In front of moto, `request_tokens.LedgerFront` honours TransactWriteItems' `ClientRequestToken` as DynamoDB does,
 and lets tests inject "applied, then the response was lost".
 
-With requests serialized, a transaction no longer needs the whole-table copy (which makes every transaction
-cost time proportional to the table: ~80 ms at 1000 items, so a long `make dev` session slowed down): this
+With requests serialized, a transaction needs no copy of the whole table (moto's own copy makes every transaction
+cost time proportional to the table: ~80 ms at 1000 items, so a long-running `make dev` would slow down): this
 module swaps in a TransactWriteItems that checks every condition first, then applies the items, restoring
 just the touched items if applying fails.
 

@@ -1,4 +1,4 @@
-"""Cancellation, both channels of DESIGN "Cancellation on Lambda": the client's disconnect, and the explicit
+"""Cancellation, both channels (docs/design.md, "Cancellation on Lambda"): the client's disconnect, and the explicit
 cancel call, taken by another relay instance and sent from another process. Either way the upstream
 request is closed at once, the reason is client_cancelled and finalization still runs."""
 

@@ -1,4 +1,4 @@
-"""A slow reader at the deadline (issue 11): it still gets the `deadline` terminal frame, and the record counts what
+"""A slow reader at the deadline: it still gets the `deadline` terminal frame, and the record counts what
 the upstream sent (read without relaying), directly and through the local function-URL front."""
 
 from __future__ import annotations

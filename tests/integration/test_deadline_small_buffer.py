@@ -15,7 +15,7 @@ from tests.integration.helpers import chat_body, sse_events
 FUNCTION_TIMEOUT_S = 7.0  # with the default 5 s margin, the relay ends the stream 2 s in
 RECEIVE_BUFFER = 8 * 1024
 READ_BYTES, READ_EVERY_S = 1024, 0.25  # 4 KB/s
-READ_FOR_AT_MOST_S = 40.0  # the body is ~40 KB with the fix (10 s of reading); a cut body is read to its end too
+READ_FOR_AT_MOST_S = 40.0  # the body is ~40 KB when bounded (10 s of reading); a cut body is read to its end too
 TOKENS = 20000  # about 4 MB of SSE, sent by the mock as fast as it can: the reader is always behind
 
 

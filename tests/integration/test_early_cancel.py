@@ -1,4 +1,4 @@
-"""Cancel from the first moment (issue 11): a client-chosen id (`X-Client-Request-Id`) lets a client cancel
+"""Cancel from the first moment: a client-chosen id (`X-Client-Request-Id`) lets a client cancel
 before any response header exists, even before its request reached the relay; cancel and disconnect are
 watched from admission on, through the upstream open and its retries."""
 

@@ -129,3 +129,32 @@ def test_an_upstream_failure_is_passed_on_and_recorded(embedder: Relay) -> None:
     assert answer.status_code == 502, answer.text
     record = record_of(embedder, answer.headers["x-request-id"])
     assert (record.termination_reason, record.upstream, record.cost_usd) == ("upstream_error", "openai", 0)
+
+
+def test_an_answer_the_relay_refuses_is_still_billed_at_the_estimate(embedder: Relay) -> None:
+    # GIVEN an upstream that answers 200 with one vector fewer than the inputs (the provider billed the call)
+    with httpx.Client(timeout=30) as client:
+        answer = client.post(
+            f"{embedder.url}/v1/embeddings",
+            json={"model": MODELS["openai"], "input": TEXTS, "mock": {"wrong_count": True}},
+            headers=embedder.headers(),
+        )
+    # THEN the client gets a 502, never vectors in the wrong place, and the record bills the inputs' estimate
+    assert answer.status_code == 502, answer.text
+    record = record_of(embedder, answer.headers["x-request-id"])
+    assert (record.termination_reason, record.usage_source) == ("upstream_error", "estimated")
+    assert record.prompt_tokens > 0 and record.cost_usd is not None and record.cost_usd > 0
+
+
+def test_without_the_upstreams_count_the_inputs_are_billed_at_the_relays_estimate(embedder: Relay) -> None:
+    # GIVEN an upstream that gives no token count, and 4,000 CJK characters (about a token each)
+    text = "漢字" * 2000
+    with _client(embedder) as client:
+        raw = client.embeddings.with_raw_response.create(
+            model=MODELS["openai"], input=text, extra_body={"mock": {"no_usage": True}}
+        )
+        answer = raw.parse()
+    # THEN the usage and the record are the relay's estimate, marked so, and not a quarter of it
+    record = record_of(embedder, raw.headers["x-request-id"])
+    assert answer.usage.prompt_tokens == record.prompt_tokens >= 4000
+    assert record.usage_source == "estimated"

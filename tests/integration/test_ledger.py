@@ -1,4 +1,4 @@
-"""The ledger loses nothing (issue 10), broken for real: relay processes (`make dev`'s entry point) SIGKILLed with
+"""The ledger loses nothing, broken for real: relay processes (`make dev`'s entry point) SIGKILLed with
 streams in flight, the local DynamoDB in its own process frozen (SIGSTOP) at admission and at finalization, and
 the operator's `llm-relay reconcile` settling what the dead left behind."""
 

@@ -14,6 +14,7 @@ import httpx
 import openai
 import pytest
 from openai.types.responses import Response
+from starlette.applications import Starlette
 
 from llm_relay.dynamo import Stores
 from llm_relay_dev.mock_upstream import create_mock_app
@@ -272,3 +273,22 @@ def test_with_the_compliance_gate_on_an_openai_upstream_is_sent_the_translated_r
     [sent] = state.bodies
     assert "messages" in sent and "input" not in sent  # the gate must see every delta: chat, not pass-through
     assert response.output_text == "Mail me at [EMAIL]"
+
+
+def test_an_openai_compatible_server_without_the_responses_api_is_sent_the_translated_request(
+    make_relay: RelayFactory,
+) -> None:
+    # GIVEN an OpenAI-compatible upstream that has chat completions but no /v1/responses (vLLM, LiteLLM, Ollama)
+    mock = create_mock_app()
+    chat_only = Starlette(routes=[r for r in mock.routes if getattr(r, "path", "") != "/v1/responses"])
+    with serve(chat_only) as base:
+        relay = make_relay(upstream_url=f"{base}/v1")
+        # WHEN the SDK streams two responses
+        with _client(relay) as client:
+            texts = []
+            for _ in range(2):
+                with client.responses.stream(**_request("openai", SHORT)) as stream:
+                    texts.append(stream.get_final_response().output_text)
+    # THEN both are answered, from the translated chat request, and the upstream got chat requests only
+    assert texts == [TEXT, TEXT]
+    assert [("messages" in body, "input" in body) for body in mock.state.mock.bodies] == [(True, False)] * 2

@@ -1,4 +1,4 @@
-"""The documented answer to every event in events/ (README.md), checked the same way whichever path ran
+"""The documented answer to every event in events/ (docs/lambda-local.md), checked the same way whichever path ran
 the event: the Mangum handler in-process, the built `sam build` artifact, the Runtime Interface Emulator
 (`make invoke`), or uvicorn under `run.sh` (the streaming path), whose HTTP answer is put in the same shape."""
 

@@ -58,7 +58,7 @@ def test_every_event_has_a_documented_answer():
     from tests.packaging.expected import CHECKS
 
     assert set(event_names()) == set(CHECKS)
-    docs = (REPO / "README.md").read_text(encoding="utf-8")
+    docs = (REPO / "docs" / "lambda-local.md").read_text(encoding="utf-8")
     assert all(f"events/{name}.json" in docs for name in event_names())
 
 

@@ -315,3 +315,17 @@ def test_upstream_body_exact() -> None:
         "temperature": 0.2,
         "seed": 1,
     }
+
+
+@pytest.mark.parametrize("tier", ["auto", "default", "flex"])
+def test_a_service_tier_billed_at_standard_rates_or_less_is_forwarded(tier: str) -> None:
+    raw = json.dumps({"model": "m", "messages": [{"role": "user", "content": "Hi"}], "service_tier": tier}).encode()
+    assert parse_chat_request(raw, max_tokens_cap=100, allowed_models=None).upstream_body()["service_tier"] == tier
+
+
+@pytest.mark.parametrize("tier", ["priority", "scale", 3, {"a": 1}, ["x"]])
+def test_a_dearer_service_tier_is_refused_as_budgets_price_standard_rates(tier: object) -> None:
+    raw = json.dumps({"model": "m", "messages": [{"role": "user", "content": "Hi"}], "service_tier": tier}).encode()
+    with pytest.raises(InvalidRequest) as caught:
+        parse_chat_request(raw, max_tokens_cap=100, allowed_models=None)
+    assert caught.value.param == "service_tier"

@@ -53,7 +53,7 @@ def test_a_minimal_request_becomes_a_chat_request_with_max_tokens() -> None:
     # WHEN translated
     chat = translate(request())
     # THEN it is the chat request with the same model, output limit and user message, nothing more
-    assert chat == {"model": "claude-x", "max_tokens": 256, "messages": [{"role": "user", "content": "Hi"}]}
+    assert chat == {"model": "claude-x", "max_completion_tokens": 256, "messages": [{"role": "user", "content": "Hi"}]}
 
 
 def test_every_top_level_parameter_is_translated() -> None:
@@ -260,7 +260,7 @@ def test_what_changes_no_answer_is_accepted_and_dropped(fields: dict[str, Any]) 
     # THEN it is the minimal chat request
     assert translate(request(**fields)) == {
         "model": "claude-x",
-        "max_tokens": 256,
+        "max_completion_tokens": 256,
         "messages": [{"role": "user", "content": "Hi"}],
     }
 
@@ -390,7 +390,7 @@ def test_parse_validates_the_translated_request() -> None:
     # GIVEN a streaming Messages request as bytes
     chat = parse(request(stream=True, system="S", tools=[WEATHER_TOOL]), allowed=frozenset({"claude-x"}))
     # THEN it is the relay's validated chat request
-    assert (chat.model, chat.stream, chat.max_tokens) == ("claude-x", True, 256)
+    assert (chat.model, chat.stream, chat.max_completion_tokens) == ("claude-x", True, 256)
     assert [m.role for m in chat.messages] == ["system", "user"]
     assert chat.upstream_body()["tools"][0]["function"]["name"] == "get_weather"
 

@@ -345,3 +345,24 @@ def test_the_decoder_never_raises_on_fields_of_unexpected_types(value: Any) -> N
     for event in shapes:
         items = decode(sse([event]))
         assert all(isinstance(item, dict | Ended | Failed) for item in items)
+
+
+def test_the_provider_is_not_sent_the_relays_item_ids_nor_reasoning_items() -> None:
+    body = {
+        "model": "m",
+        "input": [
+            {"role": "user", "content": "Hi"},
+            {"type": "reasoning", "id": "rs_abc_0", "summary": []},
+            {"type": "function_call", "id": "fc_abc_1", "call_id": "call_1", "name": "f", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "42"},
+        ],
+        "metadata": {"team": "a"},
+    }
+    prepared = anyio.run(OpenAIResponsesDialect("http://up/v1").request, body, "m2", "req_1")
+    sent = json.loads(prepared.content)
+    assert sent["input"] == [
+        {"role": "user", "content": "Hi"},
+        {"type": "function_call", "call_id": "call_1", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_1", "output": "42"},
+    ]
+    assert (sent["model"], sent["stream"], sent["store"], "metadata" in sent) == ("m2", True, False, False)

@@ -283,7 +283,6 @@ USER_WITH = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content":
         ({"tool_choice": {"type": "file_search"}}, "tool_choice.type"),
         ({"text": {"format": {"type": "xml"}}}, "text.format.type"),
         ({"input": [*USER_WITH, {"type": "item_reference", "id": "msg_1"}]}, "input.2.type"),
-        ({"input": [*USER_WITH, {"type": "reasoning", "id": "rs_1", "summary": []}]}, "input.2.type"),
         ({"input": [{"type": "file_search_call", "id": "fs_1"}]}, "input.0.type"),
         (
             {"input": [{"role": "user", "content": [{"type": "input_text", "text": "Read"}, {"type": "input_file"}]}]},
@@ -333,3 +332,15 @@ def test_what_the_relay_cannot_honour_is_refused_naming_the_field(fields: dict[s
 def test_wrong_types_are_refused_naming_the_field(fields: dict[str, Any], param: str, message: str) -> None:
     error = refused(request(**fields))
     assert (error.param, message in error.message) == (param, True), error.message
+
+
+def test_reasoning_items_sent_back_as_input_are_left_out() -> None:
+    # GIVEN a response's output sent back (the SDK's tool loop), holding the model's reasoning before its call
+    output = [
+        {"type": "reasoning", "id": "rs_1", "summary": []},
+        {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_1", "output": "42"},
+    ]
+    chat = to_chat_payload({"model": "m", "input": [{"role": "user", "content": "Hi"}, *output]})
+    # THEN the reasoning is dropped, and the call and its output go on
+    assert [m["role"] for m in chat["messages"]] == ["user", "assistant", "tool"]

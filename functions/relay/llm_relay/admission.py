@@ -1,4 +1,5 @@
-"""Admission (DESIGN §2 step 3): the seam where per-key limits decide before the upstream call.
+"""Admission: the seam where per-key limits decide before the upstream call (docs/design.md, "Admission in one
+DynamoDB transaction").
 
 The implementation is `limiter.Limiter`: one atomic conditional DynamoDB write that also registers the
 in-flight request (so the explicit cancel can find it). Tests may pass their own to `create_app`.

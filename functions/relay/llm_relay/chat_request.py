@@ -13,6 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from .errors import InvalidRequest, ModelNotAllowed
 
+# Service tiers billed at most at the standard rates the relay prices with (`flex` is cheaper: a budget is never
+# overspent by it); `priority` and `scale` cost more or are billed apart.
+PRICED_TIERS = frozenset({"auto", "default", "flex"})
+
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 
@@ -111,6 +115,13 @@ def validate_chat_request(
         value = getattr(request, name)
         if value is not None and value > max_tokens_cap:
             raise InvalidRequest(f"'{name}' is {value}; this relay allows at most {max_tokens_cap}.", param=name)
+    tier = (request.model_extra or {}).get("service_tier")
+    if tier is not None and (not isinstance(tier, str) or tier not in PRICED_TIERS):
+        raise InvalidRequest(
+            f"'service_tier' {tier!r} is not supported: this relay prices, budgets and records every request at the "
+            "provider's standard rates, which a dearer tier would exceed. Use 'auto', 'default' or 'flex'.",
+            param="service_tier",
+        )
     if allowed_models is not None and request.model not in allowed_models:
         raise ModelNotAllowed(f"The model '{request.model}' is not allowed on this relay.", param="model")
     return request

@@ -1,5 +1,6 @@
-"""`POST /v1/embeddings` through the same pipeline as a chat completion (DESIGN's one pipeline per request):
-authenticate → parse → route → prompt gate → admit → call the upstream → finalize, answered as one JSON body.
+"""`POST /v1/embeddings` through the same pipeline as a chat completion (docs/design.md, "One pipeline per
+request"): authenticate → parse → route → prompt gate → admit → call the upstream → finalize, answered as one JSON
+body.
 
 Nothing is streamed, but the call is cancellable (a disconnect, the cancel call by relay or client id) and bounded
 by the deadline, like the open of a stream. Limits, budgets and the ledger see an embeddings request as a
@@ -12,7 +13,7 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 from starlette.requests import Request
@@ -21,18 +22,15 @@ from starlette.responses import JSONResponse, Response
 from . import client_request_id
 from .attribution import attribution_of, tags_header
 from .chat_request import ChatRequest
-from .embeddings_request import EmbeddingsRequest, parse_embeddings_request
+from .embeddings_request import EmbeddingsRequest, estimate_input_tokens, parse_embeddings_request
 from .errors import InvalidRequest, ModelNotAllowed
 from .lambda_context import LambdaInvocation
-from .metering import StreamMeter
-from .outcome import Ending, RequestContext, outcome_of
+from .metering import StreamMeter, Usage
+from .outcome import Ending, RequestContext, StreamOutcome, outcome_of
+from .pipeline import Pipeline, as_relay_error, cancel_source, read_body
 from .sanitize.policy import KeyPolicy, Policy
-from .termination import TerminationReason
-from .upstreams.base import usage_chunk
+from .termination import TerminationReason, reason_for
 from .upstreams.http import Progress
-
-if TYPE_CHECKING:
-    from .pipeline import Pipeline
 
 # A token list has no text to measure: each id stands in the admission request as four ASCII bytes, which both
 # estimators count as at least one token (chars / 4, and bytes / 3 rounded up).
@@ -61,7 +59,7 @@ async def relay_embeddings(pipeline: Pipeline, request: Request) -> Response:
     """One embeddings request, answered in OpenAI's shape (or as the upstream's error, or the relay's)."""
     key = await pipeline.authenticate(request)
     settings = pipeline.settings
-    body = await _read(request, settings.max_body_bytes)
+    body = await read_body(request, settings.max_body_bytes)
     embed = parse_embeddings_request(body, allowed_models=settings.allowed_model_set)
     if not key.allows_model(embed.model):
         raise ModelNotAllowed(f"This key may not use the model '{embed.model}'.", param="model")
@@ -94,12 +92,6 @@ async def relay_embeddings(pipeline: Pipeline, request: Request) -> Response:
         attribution=attribution,
     )
     return await _admitted(pipeline, ctx, embed, request)
-
-
-async def _read(request: Request, cap: int) -> bytes:
-    from .pipeline import read_body
-
-    return await read_body(request, cap)
 
 
 async def _gated(
@@ -137,28 +129,67 @@ async def _admitted(pipeline: Pipeline, ctx: RequestContext, embed: EmbeddingsRe
     assert pipeline.upstreams is not None
     progress = Progress()
     call = functools.partial(pipeline.upstreams.embed, embed, ctx.request_id, progress)
-    result = await pipeline.call_upstream(ctx, call, cancel, request.receive, progress)
-    meter = StreamMeter(started_at=ctx.started_at)
-    if result.prompt_tokens is not None:
-        meter.observe(usage_chunk(embed.model, int(ctx.started_epoch), result.prompt_tokens, 0), time.monotonic())
+    gone = anyio.Event()
+    try:
+        result = await pipeline.bounded(ctx, call, cancel, request.receive, gone)
+    except BaseException as exc:
+        failure = as_relay_error(exc, ctx.request_id)
+        ending = Ending(reason_for(failure), failure.message, *cancel_source(failure, cancel, gone))
+        # A 2xx answer the relay could not use, or stopped reading (a cancel, the deadline): the provider billed it.
+        usage = _estimated(embed) if progress.answered else None
+        await _finalize(pipeline, ctx, ending, progress, usage, progress.upstream, "")
+        if not isinstance(exc, Exception):  # cancelled (the server is shutting down): finalized, passed on
+            raise
+        failure.headers.update(ctx.ticket.headers if ctx.ticket else {})
+        if failure is exc:
+            raise
+        raise failure from exc
+    counted = result.prompt_tokens
+    usage = _estimated(embed) if counted is None else Usage(counted, 0)
+    outcome = await _finalize(
+        pipeline, ctx, Ending(TerminationReason.STOP), progress, usage, result.upstream, result.billed_as
+    )
+    headers = dict(ctx.ticket.headers if ctx.ticket else {})
+    if outcome.cost_usd is not None:
+        headers["x-relay-cost-usd"] = format(outcome.cost_usd, "f")
+    tokens = usage.prompt_tokens  # what the record bills: the upstream's count, else the relay's estimate
+    return JSONResponse({**result.body, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}, headers=headers)
+
+
+def _estimated(embed: EmbeddingsRequest) -> Usage:
+    """The inputs' tokens as the relay estimates them, when the upstream gave no count of what it billed."""
+    return Usage(estimate_input_tokens(embed), 0, estimated=True)
+
+
+async def _finalize(
+    pipeline: Pipeline,
+    ctx: RequestContext,
+    ending: Ending,
+    progress: Progress,
+    usage: Usage | None,
+    upstream: str,
+    billed_as: str,
+) -> StreamOutcome:
+    """The request's one finalization. `usage` None: no answer came, so nothing was billed."""
     outcome = outcome_of(
         ctx,
-        Ending(TerminationReason.STOP),
-        meter,
+        ending,
+        StreamMeter(started_at=ctx.started_at),
         ended_at=time.monotonic(),
-        answered=True,
+        answered=usage is not None,
         pricer=pipeline.pricer,
         retries=progress.retries,
         upstream_errors=dict(progress.failures),
         attempts_maybe_billed=progress.maybe_billed,
-        upstream=result.upstream,
-        billed_as=result.billed_as,
+        upstream=upstream,
+        billed_as=billed_as,
     )
-    outcome = replace(outcome, finish_reason="stop")
+    if usage is not None:
+        priced_as = billed_as or (ctx.billed_as[0] if ctx.billed_as else ctx.chat.model)
+        cost = pipeline.pricer(priced_as, usage)
+        outcome = replace(outcome, usage=usage, cost_usd=cost)
+    if ending.reason is TerminationReason.STOP:
+        outcome = replace(outcome, finish_reason="stop")
     with anyio.CancelScope(shield=True):
         await pipeline.finalize(ctx, outcome)
-    headers = dict(ctx.ticket.headers if ctx.ticket else {})
-    if outcome.cost_usd is not None:
-        headers["x-relay-cost-usd"] = format(outcome.cost_usd, "f")
-    tokens = outcome.usage.prompt_tokens  # what the record bills: the upstream's count, else the relay's estimate
-    return JSONResponse({**result.body, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}, headers=headers)
+    return outcome

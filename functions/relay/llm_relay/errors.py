@@ -40,6 +40,9 @@ class SSELineTooLong(LLMRelayError, ValueError):
 
 
 class RelayError(LLMRelayError):
+    """A bug in the relay, answered as a 500 `internal_error`: the base of every error a client can see, each
+    subclass giving a kind of refusal or failure its HTTP status, error `type` and default `code`."""
+
     status_code = 500
     error_type = "server_error"
     code: str | None = "internal_error"
@@ -59,6 +62,9 @@ class RelayError(LLMRelayError):
 
 
 class InvalidRequest(RelayError):
+    """The request cannot be served as sent (`param` names the field): wrong types or values (`invalid_request`), or
+    a body that is not a JSON object (`invalid_json`)."""
+
     status_code = 400
     error_type = "invalid_request_error"
     code = "invalid_request"
@@ -73,6 +79,8 @@ class ModelNotPriced(InvalidRequest):
 
 
 class PayloadTooLarge(InvalidRequest):
+    """The body is larger than `RELAY_MAX_BODY_BYTES`, checked while it is read."""
+
     status_code = 413
     code = "payload_too_large"
 
@@ -86,6 +94,8 @@ class PromptRefused(InvalidRequest):
 
 
 class Unauthorized(RelayError):
+    """No key (`missing_api_key`), or one that is malformed, unknown, revoked or expired (`invalid_api_key`)."""
+
     status_code = 401
     error_type = "invalid_request_error"
     code = "invalid_api_key"
@@ -93,6 +103,8 @@ class Unauthorized(RelayError):
 
 
 class ModelNotAllowed(RelayError):
+    """The model is outside `RELAY_ALLOWED_MODELS` or the key's own model list."""
+
     status_code = 403
     error_type = "invalid_request_error"
     code = "model_not_allowed"
@@ -100,6 +112,8 @@ class ModelNotAllowed(RelayError):
 
 
 class NotFound(RelayError):
+    """An unknown route (`not_found`), or a model that does not exist or this key cannot use (`model_not_found`)."""
+
     status_code = 404
     error_type = "invalid_request_error"
     code = "not_found"
@@ -107,6 +121,8 @@ class NotFound(RelayError):
 
 
 class RequestCancelled(RelayError):
+    """The request was cancelled before its answer started."""
+
     status_code = 409
     error_type = "invalid_request_error"
     code = "client_cancelled"
@@ -114,6 +130,10 @@ class RequestCancelled(RelayError):
 
 
 class RateLimited(RelayError):
+    """A limit of the key refused the request: its requests or tokens per minute or its concurrent streams
+    (`rate_limit_exceeded`), or its daily or monthly budget (`budget_exceeded`). `Retry-After` gives the wait when
+    it is known."""
+
     status_code = 429
     error_type = "rate_limit_error"
     code = "rate_limit_exceeded"
@@ -121,6 +141,8 @@ class RateLimited(RelayError):
 
 
 class ServiceUnavailable(RelayError):
+    """A service the relay needs is down, and it fails closed rather than serve unchecked: try again shortly."""
+
     status_code = 503
     error_type = "server_error"
     code = "service_unavailable"
@@ -160,7 +182,8 @@ class GuardrailUnavailable(ServiceUnavailable):
 
 
 class UpstreamError(RelayError):
-    """The upstream failed before anything was sent to the client (after retries)."""
+    """The upstream failed before anything was sent to the client (after retries). Its own rate limit is a 429
+    (`upstream_rate_limited`), its refusal of the request a 400 or 404 (`upstream_invalid_request`)."""
 
     status_code = 502
     error_type = "upstream_error"
@@ -177,6 +200,9 @@ class UpstreamError(RelayError):
 
 
 class UpstreamTimeout(UpstreamError):
+    """The upstream did not answer in time (`upstream_timeout`), or the relay's own time limit came first
+    (`deadline`)."""
+
     status_code = 504
     code = "upstream_timeout"
 

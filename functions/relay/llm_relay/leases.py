@@ -1,6 +1,7 @@
-"""Lease renewal (DESIGN §4): while a request runs, its lease on the request item is extended every third of
-`RELAY_LEASE_S`, and its progress checkpointed in the same write. One renewal round per process covers all of
-its requests (one TransactWriteItems per 100), so the cost per request does not grow with the streams in flight.
+"""Lease renewal (docs/design.md, "The ledger loses nothing"): while a request runs, its lease on the request item is
+extended every third of `RELAY_LEASE_S`, and its progress checkpointed in the same write. One renewal round per process
+covers all of its requests (one TransactWriteItems per 100), so the cost per request does not grow with the streams in
+flight.
 
 A relay that dies stops renewing; its requests' leases run out within one lease and the reconciler settles them
 as `lost` from their last checkpoint (reconciler.py).

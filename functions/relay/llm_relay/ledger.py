@@ -1,4 +1,4 @@
-"""The ledger's pure parts (DESIGN §4, "the ledger loses nothing"): what the request item holds so that a request
+"""The ledger's pure parts (docs/design.md, "The ledger loses nothing"): what the request item holds so that a request
 whose relay died can still be settled, and the one settlement builder finalization and the reconciler share.
 
 A request item carries, from admission until it is finished: its lease (`lease_until`, epoch s, renewed every

@@ -1,5 +1,5 @@
-"""Per-key limits and cost accounting (DESIGN §2 steps 3 and 7, §4): the relay's default `Admission` and
-one of its `Finalizer`s.
+"""Per-key limits and cost accounting (docs/design.md, "Admission in one DynamoDB transaction"): the relay's default
+`Admission` and one of its `Finalizer`s.
 
 Admission: one DynamoDB TransactWriteItems before the upstream call (see limits.py for the algorithm and
 dynamo/limits_store.py for the writes). A refusal answers 429 with `Retry-After` and the `x-ratelimit-*` headers,
@@ -7,12 +7,12 @@ and is recorded as a usage record. A refused write is retried only when its ALL_
 succeed (a stale cached previous minute; expired leases, once the reconciler settled them) or on contention.
 If DynamoDB is unreachable or keeps throttling: 503 (fail closed) unless `RELAY_ADMISSION_FAIL_OPEN`.
 
-Every DynamoDB wait is bounded (DESIGN §4, the ledger): admission gives up after `RELAY_ADMISSION_TIMEOUT_S`,
-gives back what the admission may have taken (idempotent, by request id; in the background if DynamoDB still
-does not answer) and answers 503. A concurrency refusal reads the key's earliest lease (one small Query on the
-sparse `leases` index): expired leases are reconciled on the spot and the admission retried; otherwise
-Retry-After is 2 s while a holder renews its lease (a live stream may end at any moment), and the earliest expiry
-once none does.
+Every DynamoDB wait is bounded (docs/design.md, "The ledger loses nothing"): admission gives up after
+`RELAY_ADMISSION_TIMEOUT_S`, gives back what the admission may have taken (idempotent, by request id; in the background
+if DynamoDB still does not answer) and answers 503. A concurrency refusal reads the key's earliest lease (one small
+Query on the sparse `leases` index): expired leases are reconciled on the spot and the admission retried; otherwise
+Retry-After is 2 s while a holder renews its lease (a live stream may end at any moment), and the earliest expiry once
+none does.
 
 Finalization: one TransactWriteItems before the response body closes: the usage record, the day's and
 month's spend, the lease release and the token settlement (`ledger.settlement_of`, shared with the reconciler),

@@ -37,9 +37,9 @@ ADMISSION_STORE_ERROR = "AdmissionStoreError"
 ADMISSION_ATTEMPTS = "AdmissionAttempts"
 USAGE_WRITE_FAILED = "UsageWriteFailed"
 BUDGET_EXTENSIONS = "BudgetExtensions"
-RECONCILED_LOST = "RequestsReconciledLost"  # requests settled as `lost`, whoever settled them (alarm: above zero)
-REDACTIONS = "Redactions"  # values the compliance gate caught, by entity type and side (prompt or output)
-GUARDRAIL = "GuardrailInterventions"  # Bedrock guardrail outcomes other than none: ANONYMIZED, BLOCKED, unavailable
+RECONCILED_LOST = "RequestsReconciledLost"
+REDACTIONS = "Redactions"
+GUARDRAIL = "GuardrailInterventions"
 
 # Dimension names.
 REASON = "reason"
@@ -52,6 +52,7 @@ RESULT = "result"
 ENTITY = "entity"
 SIDE = "side"
 ACTION = "action"
+SERVICE = "service"
 
 OTHER_MODEL = "other"
 
@@ -67,7 +68,27 @@ REJECTION_REASONS = (
 )
 
 
-SERVICE = "service"
+#: What each dimension holds (the metrics reference, docs/reference/metrics.md, shows it).
+DIMENSIONS = {
+    REASON: "The termination reason (`StreamsTerminated`) or the rejection reason (`RequestsRejected`: "
+    + ", ".join(f"`{reason}`" for reason in REJECTION_REASONS)
+    + ").",
+    MODEL: "The model the request named when it is a known one (in the allow-list or the price table), else `other`, "
+    "so its values stay a bounded set whatever clients send.",
+    STATUS_CLASS: "What a failed upstream attempt ended with: its HTTP status class (`4xx`, `5xx`), `timeout` or "
+    "`connect`.",
+    CHANNEL: "How the cancel reached the relay: `disconnect` (the client went away) or `cancel_call` (the cancel "
+    "endpoint).",
+    LIMIT: "The limit that refused the request: `rpm`, `tpm`, `max_concurrent`, `daily_budget_usd` or "
+    "`monthly_budget_usd`.",
+    POLICY: "What admission did without DynamoDB: `fail_closed` (503) or `fail_open` (admitted).",
+    RESULT: "A budget extension's result: `granted`, `refused` or `store_error`.",
+    ENTITY: "The entity type the compliance gate caught (`EMAIL`, `CREDIT_CARD`, ...): a fixed, built-in set.",
+    SIDE: "Where the gate caught it: `prompt` or `output`.",
+    ACTION: "The guardrail's outcome: `ANONYMIZED`, `BLOCKED` or `unavailable`.",
+    SERVICE: "The service name (`POWERTOOLS_SERVICE_NAME`): on every metric, alone in the roll-ups alarms use.",
+}
+
 BY_SERVICE = (SERVICE,)
 BY_MODEL = (MODEL, SERVICE)
 
@@ -80,29 +101,70 @@ class MetricSpec:
     name: str
     unit: MetricUnit
     dimension_sets: tuple[tuple[str, ...], ...]
+    description: str
 
 
+_COUNT, _MS = MetricUnit.Count, MetricUnit.Milliseconds
 CATALOGUE: tuple[MetricSpec, ...] = (
-    MetricSpec(STREAMS, MetricUnit.Count, ((REASON, SERVICE),)),
-    MetricSpec(REJECTIONS, MetricUnit.Count, ((REASON, SERVICE),)),
-    MetricSpec(TTFT, MetricUnit.Milliseconds, (BY_MODEL, BY_SERVICE)),
-    MetricSpec(TPOT, MetricUnit.Milliseconds, (BY_MODEL, BY_SERVICE)),
-    MetricSpec(DURATION, MetricUnit.Milliseconds, (BY_MODEL, BY_SERVICE)),
-    MetricSpec(PROMPT_TOKENS, MetricUnit.Count, (BY_MODEL, BY_SERVICE)),
-    MetricSpec(COMPLETION_TOKENS, MetricUnit.Count, (BY_MODEL, BY_SERVICE)),
-    MetricSpec(COST, MetricUnit.NoUnit, (BY_MODEL, BY_SERVICE)),
-    MetricSpec(UNPRICED, MetricUnit.Count, (BY_MODEL, BY_SERVICE)),
-    MetricSpec(RETRIES, MetricUnit.Count, (BY_SERVICE,)),
-    MetricSpec(UPSTREAM_ERRORS, MetricUnit.Count, ((STATUS_CLASS, SERVICE),)),
-    MetricSpec(CANCEL_LATENCY, MetricUnit.Milliseconds, ((CHANNEL, SERVICE),)),
-    MetricSpec(ADMISSION_REJECTED, MetricUnit.Count, ((LIMIT, SERVICE),)),
-    MetricSpec(ADMISSION_STORE_ERROR, MetricUnit.Count, ((POLICY, SERVICE),)),
-    MetricSpec(ADMISSION_ATTEMPTS, MetricUnit.Count, (BY_SERVICE,)),
-    MetricSpec(USAGE_WRITE_FAILED, MetricUnit.Count, (BY_SERVICE,)),
-    MetricSpec(BUDGET_EXTENSIONS, MetricUnit.Count, ((RESULT, SERVICE),)),
-    MetricSpec(RECONCILED_LOST, MetricUnit.Count, (BY_SERVICE,)),
-    MetricSpec(REDACTIONS, MetricUnit.Count, ((ENTITY, SIDE, SERVICE),)),
-    MetricSpec(GUARDRAIL, MetricUnit.Count, ((ACTION, SERVICE),)),
+    MetricSpec(STREAMS, _COUNT, ((REASON, SERVICE),), "Requests that were admitted and ended, by termination reason."),
+    MetricSpec(REJECTIONS, _COUNT, ((REASON, SERVICE),), "Requests refused before or at admission, by reason."),
+    MetricSpec(TTFT, _MS, (BY_MODEL, BY_SERVICE), "Time to the first token, from the request's arrival."),
+    MetricSpec(TPOT, _MS, (BY_MODEL, BY_SERVICE), "Mean time per output token after the first."),
+    MetricSpec(DURATION, _MS, (BY_MODEL, BY_SERVICE), "How long a request took, from arrival to its end."),
+    MetricSpec(PROMPT_TOKENS, _COUNT, (BY_MODEL, BY_SERVICE), "A request's prompt tokens."),
+    MetricSpec(COMPLETION_TOKENS, _COUNT, (BY_MODEL, BY_SERVICE), "A request's completion tokens."),
+    MetricSpec(COST, MetricUnit.NoUnit, (BY_MODEL, BY_SERVICE), "A priced request's cost, in USD."),
+    MetricSpec(UNPRICED, _COUNT, (BY_MODEL, BY_SERVICE), "Requests for a model without a price (cost unknown)."),
+    MetricSpec(RETRIES, _COUNT, (BY_SERVICE,), "Upstream attempts retried before a request's first byte."),
+    MetricSpec(
+        UPSTREAM_ERRORS, _COUNT, ((STATUS_CLASS, SERVICE),), "Failed upstream attempts, by what they ended with."
+    ),
+    MetricSpec(
+        CANCEL_LATENCY,
+        _MS,
+        ((CHANNEL, SERVICE),),
+        "From a cancel (or a disconnect) to the upstream's close, by channel.",
+    ),
+    MetricSpec(ADMISSION_REJECTED, _COUNT, ((LIMIT, SERVICE),), "Admissions refused, by the limit that refused them."),
+    MetricSpec(
+        ADMISSION_STORE_ERROR,
+        _COUNT,
+        ((POLICY, SERVICE),),
+        "Admissions that could not reach DynamoDB, by what was done instead.",
+    ),
+    MetricSpec(
+        ADMISSION_ATTEMPTS,
+        _COUNT,
+        (BY_SERVICE,),
+        "Transactions an admission took (above 1: it conflicted with concurrent writes and tried again).",
+    ),
+    MetricSpec(
+        USAGE_WRITE_FAILED,
+        _COUNT,
+        (BY_SERVICE,),
+        "Usage records that could not be written in time: logged whole and left to the reconciler.",
+    ),
+    MetricSpec(
+        BUDGET_EXTENSIONS, _COUNT, ((RESULT, SERVICE),), "Budget reservations extended while streaming, by result."
+    ),
+    MetricSpec(
+        RECONCILED_LOST,
+        _COUNT,
+        (BY_SERVICE,),
+        "Requests settled as `lost`, whoever settled them: the relay stopped without finalizing (alarm: above zero).",
+    ),
+    MetricSpec(
+        REDACTIONS,
+        _COUNT,
+        ((ENTITY, SIDE, SERVICE),),
+        "Values the compliance gate caught, by entity type and side (prompt or output).",
+    ),
+    MetricSpec(
+        GUARDRAIL,
+        _COUNT,
+        ((ACTION, SERVICE),),
+        "Bedrock guardrail outcomes other than none: `ANONYMIZED`, `BLOCKED`, `unavailable`.",
+    ),
 )
 SPECS = {spec.name: spec for spec in CATALOGUE}
 

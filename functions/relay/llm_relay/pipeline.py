@@ -1,4 +1,5 @@
-"""One request, one pipeline (DESIGN §2): authenticate → parse → admit → open the upstream → stream → finalize.
+"""One request, one pipeline (docs/design.md, "One pipeline per request"): authenticate → parse → admit → open the
+upstream → stream → finalize.
 
 Read `Pipeline.chat` top to bottom. Errors before admission are raised to the app's exception handlers and
 cost nothing. From admission on the request is finalized exactly once, by `finalize`, whatever ends it: the
@@ -369,10 +370,10 @@ class Pipeline:
         headers). `progress` counts every attempt, even of a call that a cancel or the deadline stopped."""
         gone = anyio.Event()
         try:
-            return await self._bounded(ctx, call, cancel, receive, gone)
+            return await self.bounded(ctx, call, cancel, receive, gone)
         except BaseException as exc:
-            failure = _as_relay_error(exc, ctx.request_id)
-            ending = Ending(reason_for(failure), failure.message, *_cancel_source(failure, cancel, gone))
+            failure = as_relay_error(exc, ctx.request_id)
+            ending = Ending(reason_for(failure), failure.message, *cancel_source(failure, cancel, gone))
             await self._finalize_unstreamed(
                 ctx,
                 ending,
@@ -389,7 +390,7 @@ class Pipeline:
                 raise
             raise failure from exc
 
-    async def _bounded(
+    async def bounded(
         self,
         ctx: RequestContext,
         call: Callable[[], Awaitable[T]],
@@ -451,7 +452,7 @@ class Pipeline:
             self.cancels.unregister(ctx.request_id)
 
 
-def _cancel_source(failure: RelayError, cancel: CancelSignal, gone: anyio.Event) -> tuple[str | None, float | None]:
+def cancel_source(failure: RelayError, cancel: CancelSignal, gone: anyio.Event) -> tuple[str | None, float | None]:
     """Which channel cancelled an open (the Ending's cancel source and start), if one did."""
     if not isinstance(failure, RequestCancelled):
         return None, None
@@ -460,7 +461,7 @@ def _cancel_source(failure: RelayError, cancel: CancelSignal, gone: anyio.Event)
     return ("disconnect", time.monotonic()) if gone.is_set() else (None, None)
 
 
-def _as_relay_error(exc: BaseException, request_id: str) -> RelayError:
+def as_relay_error(exc: BaseException, request_id: str) -> RelayError:
     """What the client is told about a failed open: the upstream's own error, or a 502 for anything else."""
     if isinstance(exc, UpstreamError | RequestCancelled):
         return exc

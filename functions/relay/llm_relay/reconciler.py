@@ -1,8 +1,8 @@
-"""The reconciler (DESIGN §4): settles requests whose relay stopped without finalizing (killed, out of memory, a
-timeout past the deadline margin). It finds unfinished requests whose lease ran out on the sparse `open` index
-(one Query per shard, no table scan), confirms each with a consistent read, and settles it as `lost` from its last
-checkpoint through the same settlement as finalization: usage record, spend, token counters, the slot, the item
-finished. The settlement is conditional on "not finished" and carries a client request token, so two reconcilers,
+"""The reconciler (docs/design.md, "The ledger loses nothing"): settles requests whose relay stopped without finalizing
+(killed, out of memory, a timeout past the deadline margin). It finds unfinished requests whose lease ran out on the
+sparse `open` index (one Query per shard, no table scan), confirms each with a consistent read, and settles it as `lost`
+from its last checkpoint through the same settlement as finalization: usage record, spend, token counters, the slot, the
+item finished. The settlement is conditional on "not finished" and carries a client request token, so two reconcilers,
 or a reconciler and a late finalization, settle a request exactly once.
 
 Runs as `llm-relay reconcile`, on a schedule (reconcile_handler.py), and from admission for one key's expired

@@ -1,5 +1,5 @@
 """Production entry point (`run.sh`, under the Lambda Web Adapter): build the settings and the app, then serve it
-with uvicorn on 127.0.0.1:$PORT, the options `python -m uvicorn` was given before.
+with uvicorn on 127.0.0.1:$PORT.
 
 A configuration the relay refuses (no `RELAY_UPSTREAM_URL`, invalid settings, an upstream table or price override
 that cannot be used) ends the process before it listens: exit status 2 and one line on stderr, no traceback, so the
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 HOST = "127.0.0.1"  # the adapter forwards over loopback; nothing else may reach the server
-KEEP_ALIVE_S = 60  # as run.sh passed to uvicorn before: idle connections from the adapter stay open a minute
+KEEP_ALIVE_S = 60  # idle connections from the adapter stay open a minute
 EXIT_CONFIGURATION = 2
 SEND_BUFFER_BYTES = 4 * 1024  # the kernel's, per connection (8 KiB once doubled)
 WRITE_BUFFER_BYTES = 4 * 1024  # the event loop's, per connection: writing pauses above it, resumes below a quarter

@@ -1,6 +1,7 @@
-"""Termination reasons: exactly one per stream (DESIGN §2, the table), and the two tables that go with them:
-which reason an exception ends a request with (`reason_for`), and which HTTP status a request that ends before
-its first byte answers with (`HTTP_STATUS`)."""
+"""Termination reasons: exactly one per stream, so that every request's record, log line and metric says how it
+ended in one word, and the tables that go with them: what each reason means (`MEANINGS`), which reason an exception
+ends a request with (`reason_for`), and which HTTP status a request that ends before its first byte answers with
+(`HTTP_STATUS`, `ERROR_CODE_STATUS`). The errors reference (docs/reference/errors.md) is generated from them."""
 
 from __future__ import annotations
 
@@ -20,9 +21,7 @@ class TerminationReason(StrEnum):
     DEADLINE = "deadline"
     INCOMPLETE = "incomplete"
     BUDGET_EXCEEDED = "budget_exceeded"
-    LOST = "lost"  # written by the reconciler: the relay stopped without finalizing (killed, out of memory)
-    # The stream ended itself before its lease could expire unrenewed (DynamoDB unreachable for most of a lease, or
-    # the process paused past it): past the lease a reconciler may settle the request under a running stream.
+    LOST = "lost"
     LEDGER_UNAVAILABLE = "ledger_unavailable"
 
     @property
@@ -30,6 +29,31 @@ class TerminationReason(StrEnum):
         """Failures end a stream with a terminal error object instead of a normal end."""
         return self in _FAILURES
 
+
+MEANINGS = {
+    TerminationReason.STOP: "The model finished its answer (the upstream's `finish_reason` `stop`, or one the relay "
+    "does not know: the model did finish).",
+    TerminationReason.LENGTH: "The model reached `max_tokens` (`finish_reason` `length`).",
+    TerminationReason.CONTENT_FILTER: "The provider's content filter stopped the answer, or the relay's compliance "
+    "gate ended it with a terminal error: `content_filtered` (a block), or `guardrail_unavailable` (the guardrail "
+    "failed, closed).",
+    TerminationReason.TOOL_CALLS: "The model called tools (`finish_reason` `tool_calls`, or `function_call`).",
+    TerminationReason.CLIENT_CANCELLED: "The client disconnected or called the cancel endpoint.",
+    TerminationReason.UPSTREAM_ERROR: "The upstream failed: an error status after admission, a reset, a malformed "
+    'event, an `{"error"}` event, or a `finish_reason` that reports a failure (`error`, `abort`).',
+    TerminationReason.UPSTREAM_TIMEOUT: "No upstream bytes for `RELAY_UPSTREAM_IDLE_TIMEOUT_S`, or no first token "
+    "within `RELAY_UPSTREAM_FIRST_TOKEN_TIMEOUT_S`.",
+    TerminationReason.DEADLINE: "The function's remaining time ran short: the stream ended `RELAY_DEADLINE_MARGIN_S` "
+    "before the deadline, so its terminal event and usage record still get out.",
+    TerminationReason.INCOMPLETE: "The upstream closed the stream without a `finish_reason`.",
+    TerminationReason.BUDGET_EXCEEDED: "The key's budget could not cover the next reserved increment: the stream "
+    "ended at the tokens it had reserved.",
+    TerminationReason.LOST: "Written by the reconciler, never by a stream: the relay stopped without finalizing "
+    "(killed, out of memory), and the usage is the last checkpoint's estimate.",
+    TerminationReason.LEDGER_UNAVAILABLE: "The stream's lease could not be renewed (DynamoDB unreachable for most of "
+    "`RELAY_LEASE_S`, or the process paused past it): the stream ended itself before the lease could expire, since "
+    "past it a reconciler may settle the request under a stream that still runs.",
+}
 
 _FAILURES = frozenset(
     {
@@ -96,4 +120,10 @@ HTTP_STATUS = {
 ERROR_CODE_STATUS = {
     "content_filtered": 400,
     "guardrail_unavailable": 503,
+}
+ERROR_CODE_MEANINGS = {
+    "content_filtered": "The compliance gate blocked the answer: the sanitizer in `block` mode found a value of a "
+    "blocked entity type (the message names the type), or the Bedrock guardrail intervened.",
+    "guardrail_unavailable": "The Bedrock guardrail failed or timed out, and `RELAY_GUARDRAIL_ON_ERROR` is "
+    "`fail_closed`.",
 }

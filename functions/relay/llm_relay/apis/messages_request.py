@@ -47,7 +47,8 @@ def to_chat_payload(payload: dict[str, Any], *, max_tokens_cap: int | None = Non
     chat: dict[str, Any] = {}
     if "model" in payload:
         chat["model"] = payload["model"]
-    chat["max_tokens"] = _max_tokens(payload.get("max_tokens"), max_tokens_cap)
+    # As `max_completion_tokens`: OpenAI's reasoning models refuse `max_tokens`, and every other kind takes either.
+    chat["max_completion_tokens"] = _max_tokens(payload.get("max_tokens"), max_tokens_cap)
     chat["messages"] = [*_system(payload.get("system")), *_conversation(payload.get("messages"))]
     _sampling(payload, chat)
     _tools(payload, chat)

@@ -159,6 +159,11 @@ def _add_item(messages: list[dict[str, Any]], item: Any, param: str) -> None:
             messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
     elif kind == "function_call_output":
         messages.append(_function_output(item, param))
+    elif kind == "reasoning":
+        # A response's output sent back as input (`input += response.output`, the SDK's tool loop) holds the model's
+        # reasoning items: dropped, as Anthropic's thinking blocks are. Nothing stores them here (`store: false`), and a
+        # chat upstream takes no reasoning back.
+        return
     else:
         raise InvalidRequest(
             f"Input items of type {kind!r} cannot be sent through this relay: it takes messages, 'function_call' "

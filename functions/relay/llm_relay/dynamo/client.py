@@ -34,9 +34,9 @@ _ANSWERS = frozenset({CONDITION_FAILED, TRANSACTION_CANCELLED})
 _SERVER_FAILURES = frozenset({"InternalServerError", "ServiceUnavailable", "InternalFailure"})
 
 # botocore retries throttling and transient errors itself (standard mode); the timeouts bound each attempt. Sized
-# for the ledger's bounds (DESIGN §4): DynamoDB answers single-digit milliseconds, so 1 s per attempt and two
-# attempts (~2 s plus one jittered backoff) bound a key lookup or a cancel poll; admission and finalization add
-# their own overall limits (RELAY_ADMISSION_TIMEOUT_S, RELAY_FINALIZE_TIMEOUT_S) on top.
+# for the ledger's bounds (docs/design.md, "The ledger loses nothing"): DynamoDB answers single-digit milliseconds,
+# so 1 s per attempt and two attempts (~2 s plus one jittered backoff) bound a key lookup or a cancel poll;
+# admission and finalization add their own overall limits (RELAY_ADMISSION_TIMEOUT_S, RELAY_FINALIZE_TIMEOUT_S) on top.
 CONNECT_TIMEOUT_S = 0.5
 READ_TIMEOUT_S = 1.0
 _CONFIG = Config(

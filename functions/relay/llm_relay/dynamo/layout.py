@@ -274,7 +274,6 @@ def usage_item(record: UsageRecord, retention_days: int) -> dict[str, Any]:
         "cached_tokens": record.cached_tokens,
         "usage_source": record.usage_source,
         "mode": record.mode,
-        "api": record.api,
         "expires_at": int(record.started_epoch) + retention_days * SECONDS_PER_DAY,
     }
     optional = {
@@ -288,6 +287,7 @@ def usage_item(record: UsageRecord, retention_days: int) -> dict[str, Any]:
         "policy_version": record.policy_version,
         "redactions": dict(record.redactions) or None,
         "prompt_redactions": dict(record.prompt_redactions) or None,
+        "api": None if record.api == "chat" else record.api,  # absent: a chat completion (as every record of 0.2 is)
     }
     item.update({name: value for name, value in optional.items() if value is not None})
     item.update(attribution_attributes(record.attribution))  # `user`, `tags` (a map), each only when present

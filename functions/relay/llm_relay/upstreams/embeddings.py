@@ -289,6 +289,7 @@ async def post_embeddings(
     a cancel included; the caller bounds the whole call (its deadline) with its own cancel scope."""
     progress = progress if progress is not None else Progress()
     opened = await exchange.open(prepared, _WholeBody(), "", progress)
+    progress.answered = True  # the provider bills an answer it started, read to its end or not
     try:
         return await _read_whole(opened.response, idle_timeout_s, max_bytes)
     except UpstreamError as failure:

@@ -57,6 +57,7 @@ class Progress:
     failures: dict[str, int] = field(default_factory=dict)  # failed attempts by class ("5xx", "connect")
     upstream: str = ""  # the upstream tried last
     maybe_billed: int = 0  # failed attempts that may have reached a model (408, 504, no answer after sending)
+    answered: bool = False  # a whole answer's 2xx arrived (embeddings): the provider billed it, whatever follows
 
     @property
     def retries(self) -> int:

@@ -39,6 +39,20 @@ _DELTAS = {
 _INCOMPLETE = {"max_output_tokens": "length", "content_filter": "content_filter"}
 
 
+def _sendable(items: list[Any]) -> list[Any]:
+    """Input items as the provider can take them with nothing stored: the relay's own item ids (what the client was
+    given) name nothing there, and reasoning items without them cannot be resolved: both are left out. A call's
+    `call_id` is kept: it pairs the call with its output."""
+    sendable = []
+    for item in items:
+        if isinstance(item, dict):
+            if item.get("type") == "reasoning":
+                continue
+            item = {key: value for key, value in item.items() if key != "id"}
+        sendable.append(item)
+    return sendable
+
+
 class OpenAIResponsesDialect:
     """An OpenAI Responses endpoint (`{base}/responses`), streamed, storing nothing at the provider."""
 
@@ -55,6 +69,8 @@ class OpenAIResponsesDialect:
         headers = await http_headers(self._key, request_id, "text/event-stream")
         payload = {**body, "model": model, "stream": True, "store": False}
         payload.pop("metadata", None)
+        if isinstance(payload.get("input"), list):
+            payload["input"] = _sendable(payload["input"])
         return UpstreamRequest(self._url, headers, json.dumps(payload, separators=(",", ":")).encode())
 
     def decoder(self, model: str, created: int) -> ResponsesEventDecoder:

@@ -15,7 +15,7 @@ in the pydantic/httpx2 fork as #974 and #1075), applied here to httpcore 1.0:
 - a connection handed to a request that was cancelled before it could use it (never connected, held by nobody)
   is closed: httpcore kept it forever, a slot of `max_connections` lost (encode/httpcore#1093);
 - each queued request gets an idle connection no other request holds yet, else a new connection, else (pool
-  full) an idle connection to another origin is closed to make room; otherwise it stays queued, as before.
+  full) an idle connection to another origin is closed to make room; otherwise it stays queued, as in httpcore's pass.
 
 Only HTTP/1.1 (the relay never asks for HTTP/2: a connection serves one request at a time), and only on the
 httpcore 1.0 it was written against: anything else keeps its own pool. Everything else, connecting, TLS, proxies,

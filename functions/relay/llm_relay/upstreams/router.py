@@ -74,6 +74,7 @@ class Upstreams:
         build = dialect_factory or (lambda spec: dialect_for(spec, default_key))
         self._dialects: dict[str, Dialect] = {}
         self._native_dialects: dict[str, Dialect] = {}  # the Responses API of `openai` upstreams, built when used
+        self._no_responses: set[str] = set()  # `openai` upstreams found without one (404/405): translated for
         for spec in table.specs:
             try:
                 dialect = build(spec)
@@ -101,7 +102,7 @@ class Upstreams:
     ) -> tuple[Dialect, dict[str, Any]]:
         """The dialect and the body for one route: the Responses request as it is for an `openai` upstream, else
         the chat request."""
-        if native is not None and route.spec.kind == "openai":
+        if native is not None and route.spec.kind == "openai" and route.name not in self._no_responses:
             return self._responses_dialect(route.spec), native
         return self._dialects[route.name], body
 
@@ -130,7 +131,7 @@ class Upstreams:
                 continue
             progress.upstream = route.name
             try:
-                opened = await self.exchange.open(prepared, dialect, model, progress)
+                opened = await self._open_on(plan, route, prepared, dialect, model)
             except UpstreamError as failure:
                 failure.upstream = route.name
                 if not failure.fallback_ok:
@@ -144,6 +145,22 @@ class Upstreams:
             return opened
         assert last is not None  # the first route is always tried
         raise last
+
+    async def _open_on(
+        self, plan: Plan, route: Route, prepared: UpstreamRequest, dialect: Dialect, model: str
+    ) -> OpenedStream:
+        """One route's open. An `openai` upstream that has no Responses API (vLLM, LiteLLM, Ollama's `/v1` answer
+        404 or 405 at `/responses`) is sent the translated chat request at once, and from then on."""
+        try:
+            return await self.exchange.open(prepared, dialect, model, plan.progress)
+        except UpstreamError as failure:
+            if dialect is self._dialects[route.name] or failure.upstream_status not in (404, 405):
+                raise
+        logger.info("upstream %s has no Responses API: Responses requests are translated for it", route.name)
+        self._no_responses.add(route.name)
+        chat = self._dialects[route.name]
+        translated = await chat.request(plan.body, route.model, plan.request_id)
+        return await self.exchange.open(translated, chat, model, plan.progress)
 
     async def _fallback_request(
         self, plan: Plan, route: Route, dialect: Dialect, body: dict[str, Any]
