@@ -13,8 +13,9 @@ the last system or developer message of `input` that is (the relay refuses unkno
 so a test drives the mock through it this way): `tokens`, `text`, `chunk_chars`, `chunk_delay_ms`, `ttft_ms`,
 `finish_reason`, `drop_after`, `stall_after`, `malformed_after`, `error_after` (an `error` event, then the body
 ends), `no_finish` (the body ends without a terminal event), `status`/`retry_after`, `fail_first`/`id`,
-`headers_delay_ms`, `tool_args`. The prompt is counted as the chat routes count it: a token per four characters of
-the instructions and input text, directives excluded, at least one.
+`headers_delay_ms`, `tool_args`, `resend_every` (every Nth text delta sent twice, with its sequence number). The
+prompt is counted as the chat routes count it: a token per four characters of the instructions and input text,
+directives excluded, at least one.
 """
 
 from __future__ import annotations
@@ -290,7 +291,10 @@ class _ResponsesStream:
             if i == opts.get("error_after"):
                 await write(self.events.error())
                 return False
-            await write(self.events.token(piece))
+            data = self.events.token(piece)
+            await write(data)
+            if (resend := int(opts.get("resend_every") or 0)) and (i + 1) % resend == 0:
+                await write(data)  # a provider resending an event: the same sequence number again
             self.record.chunks_sent += 1
         return True
 

@@ -17,7 +17,8 @@ Faults: `status` (answer that HTTP status), `fail_first` (the first N attempts w
 `headers_delay_ms` (hold the response headers back that long),
 `error_after` (send an `{"error": …}` event after N chunks). `finish_reason` is Ollama's `done_reason`, and
 `no_finish` leaves out Ollama's `done` line and the NDJSON summary line. `tool_args` (openai kind only): a tool
-call after the text, its arguments streamed like `text`, ending `tool_calls`.
+call after the text, its arguments streamed like `text`, ending `tool_calls`. `resend_every` (openai kind): the
+text's events numbered with SSE `id:` lines, every Nth sent twice (a provider resending an event).
 The answer is the mock's WORDS unless `text` gives it: that text, streamed a word (with the space before it) per
 chunk, or `chunk_chars` characters per chunk (then `tokens` is ignored).
 
@@ -301,7 +302,13 @@ class _MockStream:
             if i == opts.get("error_after"):
                 await write(shape.error())
                 break
-            await write(shape.token(pieces[i]))
+            data = shape.token(pieces[i])
+            resend = int(opts.get("resend_every") or 0) if isinstance(shape, SSEShape) else 0
+            if resend:  # numbered SSE events, every `resend_every`-th sent twice (a provider resending it)
+                data = f"id: {i}\n".encode() + data
+            await write(data)
+            if resend and (i + 1) % resend == 0:
+                await write(data)
             self.record.chunks_sent += 1
         tool_args = opts.get("tool_args")
         if isinstance(tool_args, str) and isinstance(shape, SSEShape):  # a tool call after the text (openai kind)

@@ -109,7 +109,7 @@ def test_nothing_of_the_artifact_is_compiled_when_it_starts(
 
 # What start-up must not import: modules only other paths need (the CLI, the price generator, secrets when none is
 # configured, the kinds of upstream the default table does not use, the compliance gate's recognizers and guardrail
-# while it is off) and FastAPI's pydantic v1 check (a response
+# while it is off, jsonschema until a request carries a schema) and FastAPI's pydantic v1 check (a response
 # model built from a route's return type imports `pydantic.v1`: ~20 ms of a cold start at full core).
 NOT_AT_START = (
     "pydantic.v1",
@@ -127,6 +127,8 @@ NOT_AT_START = (
     "regex",
     "phonenumbers",
     "stdnum",
+    "llm_relay.validation.schema",
+    "jsonschema",
 )
 
 

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from .errors import InvalidRequest, ModelNotAllowed
+from .validation import check_response_format
 
 # Service tiers billed at most at the standard rates the relay prices with (`flex` is cheaper: a budget is never
 # overspent by it); `priority` and `scale` cost more or are billed apart.
@@ -124,6 +125,7 @@ def validate_chat_request(
         )
     if allowed_models is not None and request.model not in allowed_models:
         raise ModelNotAllowed(f"The model '{request.model}' is not allowed on this relay.", param="model")
+    check_response_format((request.model_extra or {}).get("response_format"))  # a schema no answer can be checked by
     return request
 
 

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from .outcome import StreamOutcome
 from .termination import TerminationReason
+from .validation import INVALID_OUTPUT
 
 
 def dumps(obj: Any) -> str:
@@ -76,6 +77,7 @@ def summary_body(request_id: str, model: str, outcome: StreamOutcome, *, sanitiz
         "duration_ms": _ms(outcome.duration_s),
         "chunks": outcome.chunks,
         **({"redactions": dict(outcome.redactions), "holdback_chars": outcome.holdback_chars} if sanitized else {}),
+        **({"validation": outcome.validation.as_json()} if outcome.validation is not None else {}),
     }
 
 
@@ -84,7 +86,9 @@ def error_body(request_id: str, outcome: StreamOutcome) -> dict[str, Any]:
     message = outcome.error or f"The stream ended without a finish_reason ({outcome.reason.value})."
     error_type = "upstream_error"
     extra: dict[str, Any] = {}
-    if outcome.error_code is not None:  # the compliance gate: the entity types (never the values)
+    if outcome.validation is not None:  # the answer's check; `invalid_output` is the upstream's answer refused
+        extra["validation"] = outcome.validation.as_json()
+    if outcome.error_code is not None and outcome.error_code != INVALID_OUTPUT:  # the compliance gate: entity types
         error_type = "invalid_request_error" if outcome.error_code == "content_filtered" else "server_error"
         extra["entity_types"] = list(outcome.blocked)
     elif outcome.reason is TerminationReason.CLIENT_CANCELLED:

@@ -40,6 +40,7 @@ BUDGET_EXTENSIONS = "BudgetExtensions"
 RECONCILED_LOST = "RequestsReconciledLost"
 REDACTIONS = "Redactions"
 GUARDRAIL = "GuardrailInterventions"
+OUTPUT_VALIDATION = "OutputValidation"
 
 # Dimension names.
 REASON = "reason"
@@ -82,7 +83,8 @@ DIMENSIONS = {
     LIMIT: "The limit that refused the request: `rpm`, `tpm`, `max_concurrent`, `daily_budget_usd` or "
     "`monthly_budget_usd`.",
     POLICY: "What admission did without DynamoDB: `fail_closed` (503) or `fail_open` (admitted).",
-    RESULT: "A budget extension's result: `granted`, `refused` or `store_error`.",
+    RESULT: "A budget extension's result (`BudgetExtensions`: `granted`, `refused` or `store_error`), or an answer's "
+    "validation (`OutputValidation`: `valid` or `invalid`).",
     ENTITY: "The entity type the compliance gate caught (`EMAIL`, `CREDIT_CARD`, ...): a fixed, built-in set.",
     SIDE: "Where the gate caught it: `prompt` or `output`.",
     ACTION: "The guardrail's outcome: `ANONYMIZED`, `BLOCKED` or `unavailable`.",
@@ -165,6 +167,13 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         ((ACTION, SERVICE),),
         "Bedrock guardrail outcomes other than none: `ANONYMIZED`, `BLOCKED`, `unavailable`.",
     ),
+    MetricSpec(
+        OUTPUT_VALIDATION,
+        _COUNT,
+        ((RESULT, SERVICE),),
+        "Answers the relay validated (a structured output asked for, or tool calls made), by result: `valid` or "
+        "`invalid` (whatever `RELAY_VALIDATE` then did with it).",
+    ),
 )
 SPECS = {spec.name: spec for spec in CATALOGUE}
 
@@ -245,6 +254,8 @@ class MetricsEmitter:
         self.redactions(outcome.redactions, "output")
         if outcome.guardrail_action not in (None, "NONE"):
             self.emit({GUARDRAIL: 1}, {ACTION: str(outcome.guardrail_action)})
+        if outcome.validation is not None:
+            self.emit({OUTPUT_VALIDATION: 1}, {RESULT: "valid" if outcome.validation.valid else "invalid"})
 
     def redactions(self, counts: Mapping[str, int], side: str) -> None:
         """The compliance gate's catches: entity types are a fixed, built-in set (a low-cardinality dimension)."""

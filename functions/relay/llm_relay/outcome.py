@@ -15,6 +15,7 @@ from .metering import StreamMeter, Usage
 from .pricing import Pricer
 from .sanitize.policy import OFF, Policy
 from .termination import TerminationReason
+from .validation import Verdict
 
 if TYPE_CHECKING:
     from .budgets import Reservation
@@ -87,6 +88,8 @@ class StreamOutcome:
     error_code: str | None = None  # the terminal error's own code, where it is not the reason's (`content_filtered`)
     holdback_chars: int = 0  # the most characters the sanitizer held back at once
     blocked: tuple[str, ...] = ()  # the types that made the compliance gate end the stream (never values)
+    validation: Verdict | None = None  # the assembled answer's check (None: nothing was asked to be checked)
+    repeated_events: int = 0  # upstream events dropped as resent (a repeated SSE id or sequence number)
 
     @property
     def is_error(self) -> bool:
@@ -111,6 +114,8 @@ def outcome_of(
     guardrail_action: str | None = None,
     holdback_chars: int = 0,
     blocked: tuple[str, ...] = (),
+    validation: Verdict | None = None,
+    repeated_events: int = 0,
 ) -> StreamOutcome:
     """The outcome of a request, whatever ended it: a stream (its meter), or an upstream that never answered
     2xx (`answered` False, an empty meter). Its cost is the price of `billed_as` (the model of the route that
@@ -138,6 +143,8 @@ def outcome_of(
         error_code=ending.code,
         holdback_chars=holdback_chars,
         blocked=blocked,
+        validation=validation,
+        repeated_events=repeated_events,
     )
 
 

@@ -61,6 +61,7 @@ from .stream import RelayStream
 from .termination import TerminationReason, reason_for
 from .upstreams.http import OpenedStream, Progress
 from .upstreams.router import Plan, Upstreams
+from .validation import expectation_of
 
 if TYPE_CHECKING:
     from .sanitize.gate import OutputGate
@@ -319,7 +320,9 @@ class Pipeline:
         """Where the request goes (the upstream table), its first request built: refusals here cost nothing."""
         assert self.upstreams is not None
         gated = ctx.policy.on or self.guardrail is not None  # the gate must see (and may change) every text first
-        native = None if gated else ctx.chat.native
+        # An enforced check must be free to replace the end: the provider's own terminal event would have gone out.
+        enforced = self.settings.output_validation == "enforce" and expectation_of(ctx.chat) is not None
+        native = None if gated or enforced else ctx.chat.native
         return await self.upstreams.plan(ctx.chat.upstream_body(), ctx.chat.model, ctx.request_id, native)
 
     async def admit(self, ctx: RequestContext, cancel: CancelSignal) -> RequestContext:

@@ -286,6 +286,16 @@ class Settings(BaseSettings):
         default=None, description="A local Bedrock endpoint (tests, `make dev`); unset: the region's."
     )
 
+    # The assembled answer's validation (`validation`): structured outputs and tool-call arguments.
+    output_validation: Literal["report", "enforce"] = Field(
+        default="report",
+        alias="RELAY_VALIDATE",
+        description="What the relay does with an answer that fails its validation (JSON for `response_format`, "
+        "the schema for `json_schema`, JSON object arguments for tool calls): `report` (the verdict is on the "
+        "summary, the final chunk, the record, the log line and the `OutputValidation` metric) or `enforce` (also "
+        "ends the answer with the terminal error `invalid_output`; `stream: false` gets a 502).",
+    )
+
     @field_validator(
         "guardrail_id",
         "guardrail_endpoint",

@@ -9,7 +9,7 @@ dispatched. Decoding is UTF-8 on whole lines, so a multi-byte character split ac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import SSELineTooLong
 
@@ -22,13 +22,14 @@ MAX_LINE_BYTES = 1024 * 1024
 class SSEEvent:
     data: str
     event: str = "message"
-    id: str | None = None
+    id: str | None = None  # the last event ID (SSE keeps it across events that set none)
+    id_given: bool = field(default=False, compare=False)  # whether this event set it with its own `id:` line
 
 
 class SSEParser:
     """Stateful parser: `feed(bytes) -> list[SSEEvent]`, then `flush()` at end of stream."""
 
-    __slots__ = ("_buffer", "_data", "_event", "_id", "_pending_cr", "_started", "comments")
+    __slots__ = ("_buffer", "_data", "_event", "_id", "_id_given", "_pending_cr", "_started", "comments")
 
     def __init__(self) -> None:
         self._buffer = bytearray()
@@ -36,6 +37,7 @@ class SSEParser:
         self._data: list[str] = []
         self._event = ""
         self._id: str | None = None
+        self._id_given = False
         self._started = False
         self.comments = 0
 
@@ -105,13 +107,15 @@ class SSEParser:
             self._event = value
         elif name == "id" and "\0" not in value:
             self._id = value
+            self._id_given = True
         return None
 
     def _dispatch(self) -> SSEEvent | None:
+        given, self._id_given = self._id_given, False
         if not self._data:
             self._event = ""
             return None
-        event = SSEEvent(data="\n".join(self._data), event=self._event or "message", id=self._id)
+        event = SSEEvent(data="\n".join(self._data), event=self._event or "message", id=self._id, id_given=given)
         self._data.clear()
         self._event = ""
         return event

@@ -32,6 +32,7 @@ from .settings import Settings
 from .termination import ERROR_CODE_STATUS, HTTP_STATUS, TerminationReason, reason_from_finish
 from .upstreams.base import Decoded, Ended, Failed
 from .upstreams.http import OpenedStream
+from .validation import INVALID_OUTPUT, answer_check
 
 if TYPE_CHECKING:
     from .leases import Lease
@@ -115,6 +116,7 @@ class RelayStream(Response):
         self._answered_whole = False  # the response was one error body (a block before the first byte)
         self._template: dict[str, Any] | None = None  # the last upstream chunk: the shape of the gate's flushes
         self._tail: list[dict[str, Any]] = []  # what the gate released at the end, before the terminal frame
+        self._check = answer_check(ctx.chat)  # None: the request asks nothing of its answer to be checked
 
     # --- ASGI ---------------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -157,7 +159,7 @@ class RelayStream(Response):
             tg.cancel_scope.cancel()
 
     async def _finish(self) -> None:
-        ending = await self._judge_tail(self._ending or Ending(TerminationReason.INCOMPLETE))
+        ending = self._enforced(await self._judge_tail(self._ending or Ending(TerminationReason.INCOMPLETE)))
         if ending.reason is TerminationReason.DEADLINE and self.ctx.deadline is not None:
             await self._finish_at_deadline(ending, self.ctx.deadline + self._settings.deadline_margin_s)
             return
@@ -259,6 +261,8 @@ class RelayStream(Response):
             guardrail_action=self._gate.guardrail_action if self._gate is not None else None,
             holdback_chars=self._gate.max_held if self._gate is not None else 0,
             blocked=block.types if self._gate is not None and (block := self._gate.block) else (),
+            validation=self._check.verdict if self._check is not None else None,
+            repeated_events=getattr(self._decoder, "repeats", 0),  # the decoders of numbered events drop resent ones
         )
 
     async def _close_body(self, outcome: StreamOutcome) -> None:
@@ -332,6 +336,7 @@ class RelayStream(Response):
             return True
         if self._gate is not None:  # after the meter: billing counts what the upstream generated
             return await self._handle_gated(self._gate, chunk)
+        await self._check_answer(chunk)
         if self._aggregator is not None:
             self._aggregator.add(chunk)
             return True
@@ -352,6 +357,7 @@ class RelayStream(Response):
 
     async def _emit(self, chunk: dict[str, Any]) -> None:
         """One sanitized chunk to the client (or into the `stream: false` answer)."""
+        await self._check_answer(chunk)
         if self._aggregator is not None:
             self._aggregator.add(chunk)
             return
@@ -381,6 +387,26 @@ class RelayStream(Response):
             self._conclude_blocked(gate, override=True)
             return self._ending or ending
         return ending
+
+    async def _check_answer(self, chunk: dict[str, Any]) -> None:
+        """The assembled answer's check: a chunk that finishes a choice is judged before it goes, and carries the
+        verdict so far (final once every choice finished)."""
+        check = self._check
+        if check is None or self._ending is not None or not check.add(chunk):
+            return
+        verdict = await check.judge()
+        if verdict is not None:
+            chunk["validation"] = verdict.as_json()
+
+    def _enforced(self, ending: Ending) -> Ending:
+        """`RELAY_VALIDATE=enforce`: an answer the upstream finished that failed its check ends with the terminal
+        error `invalid_output` instead; its reason stays the upstream's (it was generated, and is billed)."""
+        verdict = self._check.verdict if self._check is not None else None
+        if verdict is None or verdict.valid or self._settings.output_validation != "enforce":
+            return ending
+        if ending.reason not in _FINISHED or ending.code is not None:
+            return ending
+        return replace(ending, error=verdict.message, code=INVALID_OUTPUT)
 
     def _conclude_blocked(self, gate: OutputGate, *, override: bool = False) -> None:
         block = gate.block
@@ -582,7 +608,7 @@ class RelayStream(Response):
         """What the gate released at the end, then (a blocked answer) each choice's `content_filter` finish."""
         for chunk in self._tail:
             await self._emit(chunk)
-        if outcome.error_code is None or self._template is None:
+        if outcome.error_code in (None, INVALID_OUTPUT) or self._template is None:
             return
         indexes = sorted({c.get("index", 0) for c in self._template.get("choices") or () if isinstance(c, dict)}) or [0]
         for index in indexes:
@@ -608,6 +634,8 @@ class RelayStream(Response):
             completion = self._aggregator.completion(
                 ctx.request_id, ctx.chat.model, outcome.usage.as_openai(), int(ctx.started_epoch)
             )
+            if outcome.validation is not None:
+                completion["validation"] = outcome.validation.as_json()
             body = self._api.answer(completion)
         else:
             body = self._api.error(error_body(self.ctx.request_id, outcome), status)

@@ -129,6 +129,8 @@ class Telemetry:
             "cancel_source": outcome.cancel_source,
             "cancel_latency_ms": _ms(outcome.cancel_latency_s),
             "error": outcome.error,
+            "error_code": outcome.error_code,
+            "validation": None if outcome.validation is None else outcome.validation.as_json(),  # never the answer
             # The compliance gate's audit: counts by entity type, never a value.
             "redactions": dict(outcome.redactions) or None,
             "prompt_redactions": dict(ctx.prompt_redactions) or None,

@@ -116,14 +116,18 @@ HTTP_STATUS = {
 }
 
 # The terminal error's own code -> the HTTP status of a request that it ends before its first byte (a `stream: false`
-# answer, or a stream that had sent nothing yet): the compliance gate's refusals.
+# answer, or a stream that had sent nothing yet): the compliance gate's refusals, and an answer refused as invalid.
 ERROR_CODE_STATUS = {
     "content_filtered": 400,
     "guardrail_unavailable": 503,
+    "invalid_output": 502,
 }
 ERROR_CODE_MEANINGS = {
     "content_filtered": "The compliance gate blocked the answer: the sanitizer in `block` mode found a value of a "
     "blocked entity type (the message names the type), or the Bedrock guardrail intervened.",
     "guardrail_unavailable": "The Bedrock guardrail failed or timed out, and `RELAY_GUARDRAIL_ON_ERROR` is "
     "`fail_closed`.",
+    "invalid_output": "The answer failed the relay's validation (`RELAY_VALIDATE=enforce`): not the JSON its "
+    "`response_format` asked for, or a tool call's arguments not a JSON object. The termination reason stays the "
+    "upstream's (the answer was generated and is billed); a 502 when nothing had been sent.",
 }

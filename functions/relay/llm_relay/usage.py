@@ -14,6 +14,7 @@ from typing import Any
 from .attribution import NO_ATTRIBUTION, Attribution
 from .outcome import RequestContext, StreamOutcome
 from .sanitize.policy import POLICY_VERSION
+from .validation import Verdict
 
 SECONDS_PER_DAY = 86400
 
@@ -54,10 +55,12 @@ class UsageRecord:
     prompt_redactions: dict[str, int] = field(default_factory=dict)
     guardrail_action: str | None = None
     policy_version: int | None = None
+    validation: Verdict | None = None  # the assembled answer's check (None: nothing was asked to be checked)
     # Whom the spend is for beyond the key (`attribution.py`): the caller's end user and tags. Stored and read back
     # here only: never a metric dimension or a per-request log field (their cardinality is the client's to choose).
     attribution: Attribution = NO_ATTRIBUTION
     api: str = "chat"  # the API the client spoke: "chat", "responses", "messages" or "embeddings"
+    repeated_events: int = 0  # upstream events dropped as resent (`upstreams.sequence`)
 
     @property
     def timestamp(self) -> str:
@@ -83,6 +86,7 @@ class UsageRecord:
             "duration_ms": None if self.duration_ms is None else float(self.duration_ms),
             "mode": self.mode,
             "api": self.api,
+            "repeated_events": self.repeated_events,
             "cancel_source": self.cancel_source,
             "upstream": self.upstream,
             "attempts_maybe_billed": self.attempts_maybe_billed,
@@ -90,6 +94,7 @@ class UsageRecord:
             "prompt_redactions": dict(self.prompt_redactions),
             "guardrail_action": self.guardrail_action,
             "policy_version": self.policy_version,
+            "validation": None if self.validation is None else self.validation.as_json(),
             "user": self.attribution.user,
             "tags": dict(self.attribution.tags),
         }
@@ -119,8 +124,10 @@ def record_for(ctx: RequestContext, outcome: StreamOutcome) -> UsageRecord:
         prompt_redactions=dict(ctx.prompt_redactions),
         guardrail_action=outcome.guardrail_action,
         policy_version=POLICY_VERSION if ctx.policy.on else None,
+        validation=outcome.validation,
         attribution=ctx.attribution,
         api=ctx.api,
+        repeated_events=outcome.repeated_events,
     )
 
 

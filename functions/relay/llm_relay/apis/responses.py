@@ -7,6 +7,7 @@ from typing import Any
 
 from ..chat_request import ChatRequest, load_object, validate_chat_request
 from ..errors import InvalidRequest
+from ..validation import SCHEMA_PARAM
 from .responses_events import ResponsesFraming, responses_answer, responses_error
 from .responses_request import to_chat_payload
 
@@ -24,6 +25,10 @@ class ResponsesApi:
         try:
             request = validate_chat_request(chat, max_tokens_cap=max_tokens_cap, allowed_models=allowed_models)
         except InvalidRequest as exc:
+            if exc.param == SCHEMA_PARAM:  # a schema the relay cannot validate by, named as the client wrote it
+                detail = exc.message.split(": ", 1)[-1]
+                param = "text.format.schema"
+                raise InvalidRequest(f"Invalid value for '{param}': {detail}", param=param) from None
             if not (exc.param or "").startswith("messages"):
                 raise
             # The translation checked every item, so what is left is the conversation as a whole (its length):

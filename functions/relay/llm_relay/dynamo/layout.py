@@ -43,7 +43,7 @@ key's earliest lease, for a concurrency refusal's Retry-After).
     KEY#<key_id>      USAGE#<iso ms>#<request_id>  one usage record a request (UsageRecord's         retention (2)
                                                    fields; cost_usd absent when unpriced,
                                                    attempts_maybe_billed when not 0, user and
-                                                   tags when sent);
+                                                   tags when sent, validation when checked);
                                                    gsi1pk USAGE#<yyyy-mm-dd>, gsi1sk <iso ms>#<request_id>
 
 (1) RELAY_REQUEST_TTL_S after admission; one day after the start when settlement creates the item (admission
@@ -71,6 +71,7 @@ from ..attribution import from_item as attribution_from_item
 from ..keys import ISO, ApiKey, now_iso
 from ..sanitize.policy import KeyPolicy
 from ..usage import SECONDS_PER_DAY, UsageRecord, iso_ms
+from ..validation import Verdict
 
 INDEX = "gsi1"
 OPEN_INDEX = "open"  # sparse: unfinished requests by shard, lease expiry (the reconciler)
@@ -285,9 +286,11 @@ def usage_item(record: UsageRecord, retention_days: int) -> dict[str, Any]:
         "attempts_maybe_billed": record.attempts_maybe_billed or None,
         "guardrail_action": record.guardrail_action,
         "policy_version": record.policy_version,
+        "validation": None if record.validation is None else record.validation.as_json(),
         "redactions": dict(record.redactions) or None,
         "prompt_redactions": dict(record.prompt_redactions) or None,
-        "api": None if record.api == "chat" else record.api,  # absent: a chat completion (as every record of 0.2 is)
+        "api": None if record.api == "chat" else record.api,
+        "repeated_events": record.repeated_events or None,  # absent: a chat completion (as every record of 0.2 is)
     }
     item.update({name: value for name, value in optional.items() if value is not None})
     item.update(attribution_attributes(record.attribution))  # `user`, `tags` (a map), each only when present
@@ -323,6 +326,8 @@ def usage_record(item: dict[str, Any]) -> UsageRecord:
         prompt_redactions={str(k): int(v) for k, v in (item.get("prompt_redactions") or {}).items()},
         guardrail_action=item.get("guardrail_action"),
         policy_version=int(item["policy_version"]) if "policy_version" in item else None,
+        validation=Verdict.from_item(item.get("validation")),
         attribution=attribution_from_item(item),
         api=str(item.get("api", "chat")),  # records written before the other APIs were all chat completions
+        repeated_events=int(item.get("repeated_events", 0)),
     )

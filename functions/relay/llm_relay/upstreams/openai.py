@@ -11,6 +11,7 @@ from typing import Any
 
 from ..sse import SSELineTooLong, SSEParser
 from .base import END, Decoded, Failed, KeyProvider, UpstreamRequest, http_headers
+from .sequence import EventSequence
 
 MALFORMED = "Upstream sent a malformed event."
 
@@ -34,11 +35,17 @@ class OpenAIDialect:
 class OpenAIDecoder:
     """SSE events → chunks. The chunks pass on as the upstream sent them (the relay only splices its id in)."""
 
-    __slots__ = ("_done", "_parser")
+    __slots__ = ("_done", "_parser", "_sequence")
 
     def __init__(self) -> None:
         self._parser = SSEParser()
         self._done = False
+        self._sequence = EventSequence()  # events with an `id:` line: a resent one is dropped
+
+    @property
+    def repeats(self) -> int:
+        """Events dropped because the upstream sent them again (an SSE id that repeats or goes back)."""
+        return self._sequence.repeats
 
     def feed(self, raw: bytes) -> list[Decoded]:
         if self._done:
@@ -49,6 +56,8 @@ class OpenAIDecoder:
             return self._stop(Failed("Upstream sent a malformed event (line too long)."))
         out: list[Decoded] = []
         for event in events:
+            if not self._sequence.admit(event.id if event.id_given else None):
+                continue
             item = _decode(event.data)
             out.append(item)
             if not isinstance(item, dict):

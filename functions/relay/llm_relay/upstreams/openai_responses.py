@@ -23,6 +23,7 @@ from typing import Any, Final, TypeGuard
 from ..sse import SSELineTooLong, SSEParser
 from .base import END, Decoded, Failed, KeyProvider, UpstreamRequest, chunk, http_headers, usage_chunk
 from .openai import MALFORMED
+from .sequence import EventSequence
 
 __all__ = ["RAW_EVENTS", "OpenAIResponsesDialect", "ResponsesEventDecoder"]
 
@@ -81,11 +82,12 @@ class ResponsesEventDecoder:
     """SSE Responses events → chat chunks carrying them (see the module docstring). Pure and stateful: a tool
     call's chat index is its order among the function calls, found again from its item id or output index."""
 
-    __slots__ = ("_any_call", "_calls", "_created", "_done", "_model", "_parser")
+    __slots__ = ("_any_call", "_calls", "_created", "_done", "_model", "_parser", "_sequence")
 
     def __init__(self, model: str, created: int) -> None:
         self._model, self._created = model, created
         self._parser = SSEParser()
+        self._sequence = EventSequence()  # the provider's `sequence_number`s: a resent event is dropped
         self._calls: dict[Any, int] = {}  # ("id", item id) and ("at", output index) → tool-call index
         self._any_call = False
         self._done = False
@@ -111,6 +113,11 @@ class ResponsesEventDecoder:
         self._parser.flush()  # an event without its blank line is not dispatched (the SSE rules)
         return []
 
+    @property
+    def repeats(self) -> int:
+        """Events dropped because the provider sent them again (a sequence number that repeats or goes back)."""
+        return self._sequence.repeats
+
     def _decode(self, data: str) -> list[Decoded]:
         if data == "[DONE]":  # not the Responses API's, but some compatible servers send it: the body ends anyway
             return []
@@ -120,6 +127,9 @@ class ResponsesEventDecoder:
             return [Failed(MALFORMED)]
         if not isinstance(event, dict) or not isinstance(event.get("type"), str) or not _TYPE.fullmatch(event["type"]):
             return [Failed(MALFORMED)]
+        number = event.get("sequence_number")
+        if not self._sequence.admit(number if isinstance(number, int) and not isinstance(number, bool) else None):
+            return []
         kind = event["type"]
         if kind in ("response.completed", "response.incomplete"):
             return self._finish(event)
