@@ -1,8 +1,9 @@
 """`make dev`'s demo page at `/`, and CORS for local origins: dev only, mounted on the app by the dev server,
 never part of the function's artifact (whose URL allows only the origins the deployer names).
 
-The page streams through the browser client (`clients/browser/llm-relay-client.js`, served beside it), shows the
-tokens as they arrive, stops with the client's cancel (abort plus the cancel call), and shows the summary."""
+The page streams through the browser client (`clients/browser/llm-relay-client.js`, served beside it), renders the
+answer as markdown as it arrives (`clients/browser/renderer.js` with the vendored markdown-it + DOMPurify bundle),
+stops with the client's cancel (abort plus the cancel call), and shows the summary."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse
 
 PAGE = Path(__file__).with_name("demo.html")
 CLIENT = Path(__file__).resolve().parents[2] / "clients" / "browser" / "llm-relay-client.js"
+# markdown-it + DOMPurify for the page's renderer, built by clients/browser/scripts/build-vendor.mjs and committed.
+MARKDOWN_BUNDLE = Path(__file__).with_name("vendor") / "markdown.bundle.js"
 # Any page served from this machine, on any port: http(s)://localhost, 127.0.0.1 or [::1].
 LOCAL_ORIGINS = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d{1,5})?"
 REQUEST_HEADERS = ["authorization", "content-type", "x-api-key", "x-client-request-id"]
@@ -36,9 +39,17 @@ def install_demo(app: FastAPI, dev_key: str, extra_body: dict[str, Any] | None =
     async def demo_page() -> HTMLResponse:
         return HTMLResponse(page)
 
-    @app.get("/llm-relay-client.js", include_in_schema=False)
-    async def browser_client() -> FileResponse:
-        return FileResponse(CLIENT, media_type="text/javascript")
+    @app.get("/{module}.js", include_in_schema=False)
+    async def browser_client(module: str) -> FileResponse:
+        # The client package's ES modules (the client imports its parser; the decoding worker is a module too).
+        path = CLIENT.with_name(f"{module}.js")
+        if path.parent != CLIENT.parent or not path.is_file():
+            raise HTTPException(status_code=404)
+        return FileResponse(path, media_type="text/javascript")
+
+    @app.get("/vendor/markdown.bundle.js", include_in_schema=False)
+    async def markdown_bundle() -> FileResponse:
+        return FileResponse(MARKDOWN_BUNDLE, media_type="text/javascript")
 
     app.add_middleware(
         CORSMiddleware,

@@ -18,7 +18,8 @@ Faults: `status` (answer that HTTP status), `fail_first` (the first N attempts w
 `error_after` (send an `{"error": …}` event after N chunks). `finish_reason` is Ollama's `done_reason`, and
 `no_finish` leaves out Ollama's `done` line and the NDJSON summary line. `tool_args` (openai kind only): a tool
 call after the text, its arguments streamed like `text`, ending `tool_calls`. `resend_every` (openai kind): the
-text's events numbered with SSE `id:` lines, every Nth sent twice (a provider resending an event).
+text's events numbered with SSE `id:` lines, every Nth sent twice (a provider resending an event). `markdown`: a
+deterministic markdown document of about that many characters (`mock_markdown`), streamed like `text`.
 The answer is the mock's WORDS unless `text` gives it: that text, streamed a word (with the space before it) per
 chunk, or `chunk_chars` characters per chunk (then `tokens` is ignored).
 
@@ -45,6 +46,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from .mock_markdown import markdown_document
 from .mock_ndjson import OllamaShape, RelayNDJSONShape, Shape, ShapeFactory
 
 WORDS = ("The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", ".")
@@ -53,7 +55,7 @@ _WORD = re.compile(r"\s*\S+|\s+$")
 
 def answer_pieces(opts: dict[str, Any], default_tokens: int) -> list[str]:
     """The answer's chunks of text: `text` cut a word (or `chunk_chars` characters) a chunk, else `tokens` WORDS."""
-    text = opts.get("text")
+    text = markdown_document(opts["markdown"]) if isinstance(opts.get("markdown"), int) else opts.get("text")
     if not isinstance(text, str):
         return [WORDS[i % len(WORDS)] for i in range(int(opts.get("tokens", default_tokens)))]
     size = opts.get("chunk_chars")

@@ -1,5 +1,5 @@
 """The browser client (clients/browser) against `make dev`'s entry point, run by Node.js's test runner:
-streaming, cancel (abort plus the cancel call) and errors."""
+streaming (NDJSON and SSE), cancel (abort plus the cancel call) and errors."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def test_browser_client_streams_cancels_and_reports_errors() -> None:
             timeout=120,
         )
         assert run.returncode == 0, run.stdout + run.stderr
-        assert "# fail 0" in run.stdout and "# pass 6" in run.stdout
+        assert "# fail 0" in run.stdout and "# pass 7" in run.stdout
         # AND the relay ended the cancelled stream as client_cancelled, upstream closed
         request_id = next(line.split()[-1] for line in run.stdout.splitlines() if "CANCELLED req_" in line)
         dev.wait_for_output(request_id)

@@ -2,11 +2,11 @@
 by Selenium against the dev server's own entry point. Type a prompt, see tokens arrive before the stream ends,
 press Stop, and find the upstream request closed and the page showing `client_cancelled`. A screenshot taken
 mid-stream is kept in tests/artifacts/ (gitignored) for a person to look at. Plus what needs no browser: the page
-is served at `/` and CORS answers local origins only."""
+is served at `/` with its modules (the markdown bundle naming its pinned versions), and CORS answers local origins
+only."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
+from tests.integration.browser_support import chromium, element_text
 from tests.integration.devserver_support import DevServer, dev_server
 from tests.waiting import wait_until
 
@@ -21,8 +22,7 @@ if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
+VENDOR = Path(__file__).resolve().parents[2] / "clients" / "browser" / "scripts" / "vendor"
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,22 @@ def test_the_page_is_served_at_the_root_with_the_dev_key(dev: DevServer) -> None
     assert 'value="lr-demo-page-key"' in page.text and 'id="stop"' in page.text
     client = httpx.get(f"{dev.url}/llm-relay-client.js")
     assert client.status_code == 200 and "export function streamChat" in client.text
+
+
+def test_the_markdown_bundle_is_served_and_names_its_pinned_versions(dev: DevServer) -> None:
+    import json
+
+    # GIVEN the exact versions the bundle's build script installs
+    pinned = json.loads((VENDOR / "package.json").read_text(encoding="utf-8"))["dependencies"]
+    # WHEN the page's modules are fetched
+    bundle = httpx.get(f"{dev.url}/vendor/markdown.bundle.js")
+    renderer = httpx.get(f"{dev.url}/renderer.js")
+    # THEN the bundle's first line names those versions, and the renderer is served beside the client
+    assert bundle.status_code == 200 and bundle.headers["content-type"].startswith("text/javascript")
+    header = bundle.text.splitlines()[0]
+    assert f"markdown-it {pinned['markdown-it']} + dompurify {pinned['dompurify']}" in header
+    assert f"esbuild {pinned['esbuild']}" in header
+    assert renderer.status_code == 200 and "export function createRenderer" in renderer.text
 
 
 @pytest.mark.parametrize("origin", ["http://localhost:3000", "http://127.0.0.1:5173", "http://[::1]:8000"])
@@ -64,33 +80,14 @@ def test_other_origins_get_no_cors(dev: DevServer) -> None:
     assert "access-control-allow-origin" not in preflight.headers
 
 
-def _browser() -> WebDriver:
-    if BROWSER is None or DRIVER is None:
-        pytest.skip("no Chromium here: install Debian's chromium and chromium-driver (.ci/run does) to run this test")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = BROWSER
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,1100"):
-        options.add_argument(argument)
-    return webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)
-
-
 @pytest.fixture
 def browser() -> Iterator[WebDriver]:
-    driver = _browser()
-    try:
+    with chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _text(browser: WebDriver, element_id: str) -> str:
-    from selenium.webdriver.common.by import By
-
-    text: str = browser.find_element(By.ID, element_id).text
-    return text
+    return element_text(browser, element_id)
 
 
 def _mock_record(dev: DevServer, request_id: str) -> dict[str, Any]:
@@ -146,7 +143,8 @@ def test_a_finished_stream_shows_its_summary_in_chromium(dev: DevServer, browser
     assert _text(browser, "output") == "The quick brown fox jumps"
     assert _text(browser, "reason") == "stop"
     assert _text(browser, "tokens").endswith("+ 5") and _text(browser, "cost").startswith("0.0")
-    assert _text(browser, "ttft").endswith(" ms")
+    assert _text(browser, "ttft").endswith(" ms") and _text(browser, "client-ttft").endswith(" ms")
+    assert _text(browser, "tpot").endswith(" ms") and _text(browser, "redactions") == "(gate off)"
 
 
 def test_the_browser_client_shows_a_redacted_answer_in_chromium(browser: WebDriver) -> None:
@@ -170,5 +168,10 @@ def test_the_browser_client_shows_a_redacted_answer_in_chromium(browser: WebDriv
         # THEN the page shows exactly the redacted answer, and none of the values
         assert _text(browser, "output") == EXPECTED
         assert "jane.roe" not in browser.page_source and _text(browser, "reason") == "stop"
+        # AND the summary's redaction counts, beside the relay's and the client's timings
+        redactions = _text(browser, "redactions")
+        for kind in ("EMAIL 1", "PHONE_NUMBER 1", "CREDIT_CARD 1", "IP_ADDRESS 1"):
+            assert kind in redactions
+        assert _text(browser, "client-ttft").endswith(" ms") and _text(browser, "client-tpot").endswith(" ms")
         ARTIFACTS.mkdir(exist_ok=True)
         assert browser.save_screenshot(str(ARTIFACTS / "demo-page-redacted.png"))

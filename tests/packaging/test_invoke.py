@@ -79,9 +79,17 @@ def test_make_invoke_prints_only_the_response_for_every_event():
         )
         for name in event_names()
     }
-    for name, process in running.items():
-        stdout, stderr = process.communicate(timeout=300)
-        assert process.returncode == 0, stderr
+    answers = {}
+    try:
+        for name, process in running.items():
+            answers[name] = process.communicate(timeout=300)
+    finally:  # one that failed or hung leaves no process or pipe behind for the tests after it
+        for process in running.values():
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    for name, (stdout, stderr) in answers.items():
+        assert running[name].returncode == 0, stderr
         # THEN stdout is exactly one JSON object, the documented answer
         check_response(name, json.loads(stdout))
         if shutil.which("jq"):

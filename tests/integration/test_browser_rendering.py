@@ -1,0 +1,202 @@
+"""The browser client and its renderer in headless Chromium against `make dev`'s entry point, its mock upstream
+streaming a markdown document fast (a few characters a chunk, 1 ms apart).
+
+Measured in one page, one consumer after the other (browser_rendering_harness.js): the browser client + renderer.js,
+then the naive consumer (every token re-renders the whole accumulated markdown with the same markdown-it + DOMPurify
+and scrolls to the bottom, on the main thread), each at about 20,000 and 100,000 characters. The renderer runs
+first: the naive runs leave a heap of garbage whose collection would land in whatever is measured next. The naive
+consumer would need minutes for either document (its work per token grows with the answer), so it runs under a time
+cap and reports how far it got. Then what a user sees in the demo page: model output that tries to inject HTML stays
+text, and Stop, a retried 503 and a client timeout each end in their visible state."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from llm_relay_dev.mock_markdown import markdown_document
+from tests.integration.browser_support import chromium, element_text
+from tests.integration.devserver_support import DevServer, dev_server
+from tests.waiting import wait_until
+
+if TYPE_CHECKING:
+    from selenium.webdriver.remote.webdriver import WebDriver
+
+HARNESS = Path(__file__).with_name("browser_rendering_harness.js").read_text(encoding="utf-8")
+RENDERER_TESTS = Path(__file__).resolve().parents[2] / "clients" / "browser" / "renderer.test.mjs"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+# (characters, characters a chunk): 20,000 in 4-character deltas, 100,000 in 10-character ones (10,000 chunks
+# 1 ms apart, about 12 s), so the whole file stays near a minute.
+SIZES = ((20_000, 4), (100_000, 10))
+NAIVE_CAP_MS = {20_000: 6_000, 100_000: 4_000}
+FRAMES_PER_S = 50
+LONGEST_TASK_MS = 50
+COMPLETE_AFTER_LAST_BYTE_MS = 500
+
+
+def test_the_renderers_node_tests_pass() -> None:
+    """Its pure parts (grapheme hold-back, block splitting, batching on a fake clock) need no browser."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("no Node.js here: install Node.js 18+ to run the renderer's tests")
+    run = subprocess.run([node, "--test", str(RENDERER_TESTS)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+@pytest.fixture(scope="module")
+def dev() -> Iterator[DevServer]:
+    with dev_server(RELAY_DEV_KEY="lr-browser-rendering-key") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    with chromium() as driver:
+        driver.set_script_timeout(120)
+        yield driver
+
+
+def _measure(browser: WebDriver, dev: DevServer, consumer: str, chars: int, chunk_chars: int) -> dict[str, Any]:
+    mock = {"markdown": chars, "chunk_chars": chunk_chars, "chunk_delay_ms": 1, "ttft_ms": 5}
+    cap = NAIVE_CAP_MS[chars] if consumer == "naive" else 0
+    args = {"consumer": consumer, "key": dev.key, "mock": mock, "document": markdown_document(chars), "capMs": cap}
+    result: dict[str, Any] = browser.execute_async_script(HARNESS, args)
+    assert "error" not in result, result.get("error")
+    return result
+
+
+def _row(chars: int, result: dict[str, Any]) -> str:
+    done = (
+        f"capped at {NAIVE_CAP_MS[chars] / 1000:.0f} s with {result['receivedChars']:,} of {chars:,}+ characters"
+        if result["capped"]
+        else f"{result['completeAfterLastByteMs']:.0f} ms"
+    )
+    return (
+        f"| {result['consumer']} | {chars:,} | {result['fps']:.1f} | {result['longestTaskMs']:.0f} "
+        f"| {len(result['longTasks'])} | {done} |"
+    )
+
+
+def test_a_long_markdown_answer_renders_smoothly_and_completely(dev: DevServer, browser: WebDriver) -> None:
+    # GIVEN the demo page (its modules loaded) and the mock streaming markdown documents
+    browser.get(f"{dev.url}/")
+    # WHEN each consumer renders each document, the renderer first
+    results = [(chars, _measure(browser, dev, "renderer", chars, size)) for chars, size in SIZES]
+    results += [(chars, _measure(browser, dev, "naive", chars, size)) for chars, size in SIZES]
+    table = ["| consumer | characters | frames/s | longest task (ms) | long tasks | text complete after last byte |"]
+    table += ["|---|---|---|---|---|---|"] + [_row(chars, result) for chars, result in results]
+    print("\n" + "\n".join(table))
+    ARTIFACTS.mkdir(exist_ok=True)
+    figures = [
+        {k: v for k, v in r.items() if k not in ("received", "text", "html", "referenceText", "referenceHtml")}
+        for _, r in results
+    ]
+    (ARTIFACTS / "browser-rendering.json").write_text(json.dumps(figures, indent=2), encoding="utf-8")
+    # THEN the client + renderer kept the page responsive and showed the whole answer at once after its last byte
+    for chars, result in results[: len(SIZES)]:
+        assert result["termination"] == "stop" and result["received"] == markdown_document(chars)
+        assert result["longestTaskMs"] <= LONGEST_TASK_MS, (chars, result["longTasks"])
+        assert result["fps"] >= FRAMES_PER_S, (chars, result["fps"])
+        assert result["completeAfterLastByteMs"] <= COMPLETE_AFTER_LAST_BYTE_MS, (chars, result)
+        # AND its text (and HTML) is what the naive consumer shows once it rendered the whole answer
+        assert result["text"] == result["referenceText"] and result["html"] == result["referenceHtml"]
+    # AND the naive consumer, for scale, fell behind at once
+    for _, result in results[len(SIZES) :]:
+        assert result["capped"] and result["longestTaskMs"] > LONGEST_TASK_MS
+
+
+def _send(browser: WebDriver, mock: dict[str, Any], client: dict[str, Any] | None = None) -> None:
+    from selenium.webdriver.common.by import By
+
+    for element_id, value in (("extra", {"mock": mock}), ("client-options", client)):
+        if value is not None:
+            field = browser.find_element(By.ID, element_id)
+            field.clear()
+            field.send_keys(json.dumps(value))
+    browser.find_element(By.ID, "prompt").send_keys("Hi")
+    browser.find_element(By.ID, "send").click()
+
+
+def _state(browser: WebDriver) -> str:
+    from selenium.webdriver.common.by import By
+
+    return browser.find_element(By.ID, "output").get_attribute("data-state") or ""
+
+
+def test_model_output_cannot_inject_html_or_script(dev: DevServer, browser: WebDriver) -> None:
+    from selenium.webdriver.common.by import By
+
+    # GIVEN an answer whose text carries an image with an onerror handler, a script block and a javascript: link
+    text = (
+        "Look: <img src=x onerror=window.pwned=1> here.\n\n<script>window.pwned=1</script>\n\n"
+        "[click me](javascript:window.pwned=1)\n\n```html\n<img src=x onerror=window.pwned=1>\n```\n"
+    )
+    browser.get(f"{dev.url}/")
+    # WHEN the demo page streams and renders it, 3 characters a chunk
+    _send(browser, {"text": text, "chunk_chars": 3, "chunk_delay_ms": 1, "ttft_ms": 5})
+    wait_until(lambda: element_text(browser, "status") == "done", "the stream done")
+    # THEN both show as text, nothing ran, and no element came from the model's markup
+    shown = element_text(browser, "output")
+    assert "<img src=x onerror=window.pwned=1>" in shown and "<script>window.pwned=1</script>" in shown
+    assert browser.execute_script("return window.pwned === undefined")
+    output = browser.find_element(By.ID, "output")
+    assert not output.find_elements(By.CSS_SELECTOR, "img, script")
+    assert all(
+        not (a.get_attribute("href") or "").startswith("javascript:") for a in output.find_elements(By.TAG_NAME, "a")
+    )
+
+
+def test_stop_ends_in_the_stopped_state(dev: DevServer, browser: WebDriver) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{dev.url}/")
+    _send(browser, {"markdown": 20_000, "chunk_chars": 5, "chunk_delay_ms": 5, "ttft_ms": 5})
+    wait_until(lambda: "Section 1" in element_text(browser, "output"), "markdown on the page")
+    browser.find_element(By.ID, "stop").click()
+    wait_until(lambda: element_text(browser, "status") == "stopped", "the page stopped")
+    assert element_text(browser, "reason") == "client_cancelled" and _state(browser) == "stopped"
+    assert "Section 1" in element_text(browser, "output") and "Section 19" not in element_text(browser, "output")
+
+
+def test_a_503_before_the_first_byte_is_retried_by_the_client(dev: DevServer, browser: WebDriver) -> None:
+    # GIVEN an upstream that fails 3 attempts (the relay's own first try and 2 retries: the client gets a 5xx)
+    browser.get(f"{dev.url}/")
+    mock = {"fail_first": 3, "id": f"retry-{uuid.uuid4()}", "tokens": 5, "chunk_delay_ms": 1, "ttft_ms": 5}
+    # WHEN the page streams with the client's default retries (fast backoff)
+    _send(browser, mock, {"retryAttempts": 2, "retryDelay": 20})
+    # THEN the answer arrives on the client's second attempt
+    wait_until(lambda: element_text(browser, "status") == "done", "the stream done")
+    assert element_text(browser, "output") == "The quick brown fox jumps" and element_text(browser, "retries") == "1"
+
+
+def test_without_retries_the_fallback_offers_a_retry_that_succeeds(dev: DevServer, browser: WebDriver) -> None:
+    from selenium.webdriver.common.by import By
+
+    # GIVEN the same failing upstream and a client that does not retry by itself
+    browser.get(f"{dev.url}/")
+    mock = {"fail_first": 3, "id": f"retry-{uuid.uuid4()}", "tokens": 5, "chunk_delay_ms": 1, "ttft_ms": 5}
+    _send(browser, mock, {"retryAttempts": 0})
+    # THEN the page shows the fallback state with a retry button
+    wait_until(lambda: _state(browser) == "failed", "the fallback state")
+    assert element_text(browser, "status").startswith("error:")
+    # WHEN Retry is pressed, THEN the answer arrives
+    browser.find_element(By.CSS_SELECTOR, "#output .llm-relay-fallback button").click()
+    wait_until(lambda: element_text(browser, "status") == "done", "the retried stream done")
+    assert element_text(browser, "output") == "The quick brown fox jumps" and _state(browser) == "done"
+
+
+def test_a_stalled_upstream_ends_in_the_timeout_fallback(dev: DevServer, browser: WebDriver) -> None:
+    # GIVEN an upstream that stops sending after 5 tokens, and a client timeout of 1.5 s
+    browser.get(f"{dev.url}/")
+    _send(browser, {"tokens": 50, "stall_after": 5, "chunk_delay_ms": 1, "ttft_ms": 5}, {"timeout": 1500})
+    # THEN the page keeps the 5 tokens and shows the fallback state, its reason `timeout`
+    wait_until(lambda: _state(browser) == "failed", "the fallback state")
+    assert element_text(browser, "reason") == "timeout"
+    assert element_text(browser, "output").startswith("The quick brown fox jumps")
