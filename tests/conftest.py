@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,3 +113,11 @@ def make_relay(stores: Stores, upstream: Upstream, moto_endpoint: str) -> Iterat
 @pytest.fixture
 def relay(make_relay: RelayFactory) -> Relay:
     return make_relay()
+
+
+@pytest.fixture
+def closing() -> Iterator[ExitStack]:
+    """What a test opens (an SDK client and its connection pool) closed at its end, whatever the test did: a client
+    left to the garbage collector closes its sockets during a later test, which then fails on the warning."""
+    with ExitStack() as stack:
+        yield stack

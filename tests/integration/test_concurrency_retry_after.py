@@ -63,10 +63,10 @@ def test_the_openai_sdk_gets_a_slot_freed_3_s_later_within_seconds_not_a_lease_l
     answer: dict[str, Any] = {}
 
     def ask() -> None:
-        client = openai.OpenAI(base_url=f"{relay.url}/v1", api_key=plain, timeout=10)
-        completion = client.chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello"}], extra_body={"mock": SHORT}
-        )
+        with openai.OpenAI(base_url=f"{relay.url}/v1", api_key=plain, timeout=10) as client:
+            completion = client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello"}], extra_body={"mock": SHORT}
+            )
         answer.update(done_at=time.monotonic(), completion=completion)
 
     asked_at = time.monotonic()

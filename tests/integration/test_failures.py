@@ -4,6 +4,7 @@ truncation; exactly one termination reason each."""
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from typing import Any
 
 import httpx
@@ -98,10 +99,10 @@ def test_failure_after_first_byte_ends_with_terminal_error(
         assert outcome.usage.estimated
 
 
-def test_openai_sdk_raises_on_mid_stream_failure(rec_relay: Relay) -> None:
+def test_openai_sdk_raises_on_mid_stream_failure(rec_relay: Relay, closing: ExitStack) -> None:
     import openai
 
-    client = openai.OpenAI(base_url=f"{rec_relay.url}/v1", api_key=rec_relay.key, max_retries=0)
+    client = closing.enter_context(openai.OpenAI(base_url=f"{rec_relay.url}/v1", api_key=rec_relay.key, max_retries=0))
     stream = client.chat.completions.create(
         model="gpt-4o-mini",
         messages=[{"role": "user", "content": "x"}],

@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,8 +144,8 @@ def test_a_stream_is_openais_event_sequence_with_the_providers_ids(mock: Mock) -
     )
 
 
-def test_the_openai_sdk_streams_from_the_mock(mock: Mock) -> None:
-    client = openai.OpenAI(api_key="sk-mock", base_url=f"{mock.base}/v1", max_retries=0)
+def test_the_openai_sdk_streams_from_the_mock(mock: Mock, closing: ExitStack) -> None:
+    client = closing.enter_context(openai.OpenAI(api_key="sk-mock", base_url=f"{mock.base}/v1", max_retries=0))
     faults = json.dumps({"ttft_ms": 0, "chunk_delay_ms": 0, "tokens": 4, "tool_args": '{"city": "Paris"}'})
     with client.responses.stream(model="m", input=INPUT, instructions=f"mock: {faults}") as stream:
         response = stream.get_final_response()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from contextlib import ExitStack
 from typing import Any
 
 import httpx
@@ -63,10 +64,13 @@ def test_expected_text_is_the_redaction_of_the_answer() -> None:
 
 
 def test_sse_redacts_values_split_across_chunks_for_the_openai_sdk(
-    redacting: Relay, recorder: RecordingFinalizer, upstream: Upstream
+    redacting: Relay,
+    recorder: RecordingFinalizer,
+    upstream: Upstream,
+    closing: ExitStack,
 ) -> None:
     # GIVEN a relay whose deployment redacts the output, and an answer whose values arrive 3 characters a chunk
-    client = openai.OpenAI(base_url=f"{redacting.url}/v1", api_key=redacting.key, max_retries=0)
+    client = closing.enter_context(openai.OpenAI(base_url=f"{redacting.url}/v1", api_key=redacting.key, max_retries=0))
     # WHEN the openai SDK streams it
     stream = client.chat.completions.create(
         model="gpt-4o-mini",

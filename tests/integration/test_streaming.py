@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 
 import httpx
 import openai
@@ -92,8 +93,8 @@ def test_x_api_key_header_is_accepted(rec_relay: Relay) -> None:
     assert response.status_code == 200
 
 
-def test_openai_sdk_streaming_with_usage(rec_relay: Relay) -> None:
-    client = openai.OpenAI(base_url=f"{rec_relay.url}/v1", api_key=rec_relay.key, max_retries=0)
+def test_openai_sdk_streaming_with_usage(rec_relay: Relay, closing: ExitStack) -> None:
+    client = closing.enter_context(openai.OpenAI(base_url=f"{rec_relay.url}/v1", api_key=rec_relay.key, max_retries=0))
     stream = client.chat.completions.create(
         model="gpt-4o-mini",
         messages=[{"role": "user", "content": "Hi"}],
@@ -113,8 +114,8 @@ def test_openai_sdk_streaming_with_usage(rec_relay: Relay) -> None:
     assert usage is not None and usage.completion_tokens == 6
 
 
-def test_openai_sdk_non_streaming(rec_relay: Relay) -> None:
-    client = openai.OpenAI(base_url=f"{rec_relay.url}/v1", api_key=rec_relay.key, max_retries=0)
+def test_openai_sdk_non_streaming(rec_relay: Relay, closing: ExitStack) -> None:
+    client = closing.enter_context(openai.OpenAI(base_url=f"{rec_relay.url}/v1", api_key=rec_relay.key, max_retries=0))
     completion = client.chat.completions.create(
         model="gpt-4o-mini",
         messages=[{"role": "user", "content": "Hi"}],
@@ -124,8 +125,8 @@ def test_openai_sdk_non_streaming(rec_relay: Relay) -> None:
     assert completion.usage is not None and completion.usage.completion_tokens == 2
 
 
-def test_openai_sdk_sees_bad_key_as_authentication_error(rec_relay: Relay) -> None:
-    client = openai.OpenAI(base_url=f"{rec_relay.url}/v1", api_key="lr-not-a-key", max_retries=0)
+def test_openai_sdk_sees_bad_key_as_authentication_error(rec_relay: Relay, closing: ExitStack) -> None:
+    client = closing.enter_context(openai.OpenAI(base_url=f"{rec_relay.url}/v1", api_key="lr-not-a-key", max_retries=0))
     with pytest.raises(openai.AuthenticationError) as caught:
         client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}])
     assert caught.value.code == "invalid_api_key"

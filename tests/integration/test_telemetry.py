@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import httpx
@@ -174,11 +175,11 @@ def test_no_secret_in_any_output(dev: DevServer) -> None:
         assert secret not in text, f"{secret!r} leaked into the output"
 
 
-def test_openai_sdk_and_curl_work_against_make_dev(dev: DevServer) -> None:
+def test_openai_sdk_and_curl_work_against_make_dev(dev: DevServer, closing: ExitStack) -> None:
     import openai
 
     # GIVEN `make dev`'s relay and the key it printed
-    client = openai.OpenAI(base_url=f"{dev.url}/v1", api_key=dev.key, max_retries=0)
+    client = closing.enter_context(openai.OpenAI(base_url=f"{dev.url}/v1", api_key=dev.key, max_retries=0))
     # WHEN the official SDK streams, and curl asks for NDJSON
     stream = client.chat.completions.create(
         model="gpt-4o-mini",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -135,10 +136,13 @@ def record_of(relay: Relay, request_id: str, key_id: str | None = None) -> Any:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_openai_sdk_gets_the_same_text_usage_record_and_metrics_from_every_kind(
-    routed: Relay, kind: str, capsys: pytest.CaptureFixture[str]
+    routed: Relay,
+    kind: str,
+    capsys: pytest.CaptureFixture[str],
+    closing: ExitStack,
 ) -> None:
     # GIVEN the openai SDK pointed at the relay, and a model routed to this kind of upstream
-    client = openai.OpenAI(base_url=f"{routed.url}/v1", api_key=routed.key, max_retries=0)
+    client = closing.enter_context(openai.OpenAI(base_url=f"{routed.url}/v1", api_key=routed.key, max_retries=0))
     # WHEN it streams an answer with usage
     stream = client.chat.completions.with_raw_response.create(
         **body(MODELS[kind], SHORT), stream=True, stream_options={"include_usage": True}
@@ -440,7 +444,10 @@ def test_make_dev_routes_a_model_to_each_kind_of_upstream(dev: DevServer, model:
 # --- the compliance gate is upstream-blind ---------------------------------------------------------------------
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_kind_carries_a_redaction_in_both_formats(
-    make_relay: RelayFactory, upstreams: Upstreams, kind: str
+    make_relay: RelayFactory,
+    upstreams: Upstreams,
+    kind: str,
+    closing: ExitStack,
 ) -> None:
     from tests.integration.test_sanitize_relay import ANSWER, EXPECTED
 
@@ -449,7 +456,7 @@ def test_every_kind_carries_a_redaction_in_both_formats(
         upstream_url=None, upstreams=json.dumps(upstreams.table()), prices_json=PRICES, sanitize="redact"
     )
     faults = {"text": ANSWER, "chunk_chars": 3, "chunk_delay_ms": 0, "ttft_ms": 0}
-    client = openai.OpenAI(base_url=f"{relay.url}/v1", api_key=relay.key, max_retries=0)
+    client = closing.enter_context(openai.OpenAI(base_url=f"{relay.url}/v1", api_key=relay.key, max_retries=0))
     # WHEN the openai SDK streams it, and a client reads the NDJSON stream
     stream = client.chat.completions.create(stream=True, **body(MODELS[kind], faults))
     sdk_text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)

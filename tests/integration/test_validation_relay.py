@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import httpx
@@ -62,10 +63,12 @@ def enforcing(make_relay: RelayFactory, recorder: RecordingFinalizer) -> Relay:
 
 # --- report -----------------------------------------------------------------------------------------------------
 def test_a_valid_structured_answer_is_valid_on_its_finishing_chunk_for_the_openai_sdk(
-    reporting: Relay, recorder: RecordingFinalizer
+    reporting: Relay,
+    recorder: RecordingFinalizer,
+    closing: ExitStack,
 ) -> None:
     # GIVEN a request for a JSON schema's output, and an upstream whose answer matches it
-    client = openai.OpenAI(base_url=f"{reporting.url}/v1", api_key=reporting.key, max_retries=0)
+    client = closing.enter_context(openai.OpenAI(base_url=f"{reporting.url}/v1", api_key=reporting.key, max_retries=0))
     # WHEN the openai SDK streams it
     stream = client.chat.completions.create(
         model="gpt-4o-mini",
@@ -151,10 +154,12 @@ def test_an_answer_nothing_was_asked_of_carries_no_verdict(reporting: Relay, rec
 
 # --- enforce ----------------------------------------------------------------------------------------------------
 def test_enforced_an_invalid_sse_answer_ends_with_the_invalid_output_error_for_the_openai_sdk(
-    enforcing: Relay, recorder: RecordingFinalizer
+    enforcing: Relay,
+    recorder: RecordingFinalizer,
+    closing: ExitStack,
 ) -> None:
     # GIVEN an enforcing relay and an answer that breaks its schema
-    client = openai.OpenAI(base_url=f"{enforcing.url}/v1", api_key=enforcing.key, max_retries=0)
+    client = closing.enter_context(openai.OpenAI(base_url=f"{enforcing.url}/v1", api_key=enforcing.key, max_retries=0))
     stream = client.chat.completions.create(
         model="gpt-4o-mini",
         messages=[{"role": "user", "content": "Who?"}],
@@ -260,8 +265,10 @@ def _responses_body(text: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-def test_a_responses_stream_passed_through_is_validated_and_recorded(reporting: Relay, upstream: Upstream) -> None:
-    client = openai.OpenAI(base_url=f"{reporting.url}/v1", api_key=reporting.key, max_retries=0)
+def test_a_responses_stream_passed_through_is_validated_and_recorded(
+    reporting: Relay, upstream: Upstream, closing: ExitStack
+) -> None:
+    client = closing.enter_context(openai.OpenAI(base_url=f"{reporting.url}/v1", api_key=reporting.key, max_retries=0))
     with client.responses.stream(**_responses_body(VIOLATION)) as stream:
         response = stream.get_final_response()
     assert response.output_text == VIOLATION
