@@ -13,11 +13,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 HISTORY_FILES = {"CHANGELOG.md"}
-# Written so that this file does not match them itself.
+# Written so that this file does not match them itself (the outside document's name is spelled in two pieces).
+_OUTSIDE = "DE" + "SIGN"
 FORBIDDEN = {
     "a tracker issue by number": re.compile(r"\bissue [0-9]", re.IGNORECASE),
-    "a section of the outside design document": re.compile(r"\bDESIGN\s\u00a7"),
-    "the outside design document": re.compile(r"\bDESIGN\.md\b"),
+    "a section of the outside design document": re.compile(rf"\b{_OUTSIDE}\s\u00a7"),
+    "the outside design document": re.compile(rf"\b{_OUTSIDE}\.md\b"),
     "a directory outside the repository": re.compile(r"\.\./shared\b"),
 }
 
@@ -53,9 +54,10 @@ def findings(path: Path) -> list[str]:
 
 def test_the_patterns_catch_what_they_are_for() -> None:
     # (each sample is split so that this line does not match)
-    lines = ["(issue" + " 11)", "Issue" + " 3 says", "DESIGN \u00a74", "see DESIGN" + ".md", "../" + "shared/STYLE.md"]
+    lines = ["(issue" + " 11)", "Issue" + " 3 says", f"{_OUTSIDE} \u00a74", f"see {_OUTSIDE}.md"]
+    lines.append("../" + "shared/STYLE.md")
     assert [any(p.search(line) for p in FORBIDDEN.values()) for line in lines] == [True] * len(lines)
-    allowed = ["issue #1640 of a SAM repository", "tissue 3", "the design of the ledger", "docs/design.md"]
+    allowed = ["issue #" + "1640 of a SAM repository", "tis" + "sue 3", "the design of the ledger", "docs/design.md"]
     assert not any(p.search(line) for p in FORBIDDEN.values() for line in allowed)
 
 
