@@ -19,12 +19,10 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from . import client_request_id
 from .attribution import attribution_of, tags_header
 from .chat_request import ChatRequest
 from .embeddings_request import EmbeddingsRequest, estimate_input_tokens, parse_embeddings_request
 from .errors import InvalidRequest, ModelNotAllowed
-from .lambda_context import LambdaInvocation
 from .metering import StreamMeter, Usage
 from .outcome import Ending, RequestContext, StreamOutcome, outcome_of
 from .pipeline import Pipeline, as_relay_error, cancel_source, read_body
@@ -67,29 +65,16 @@ async def relay_embeddings(pipeline: Pipeline, request: Request) -> Response:
     route = pipeline.upstreams.embeddings_route(embed)  # a kind without embeddings: 400 before anything is counted
     attribution = attribution_of(embed.user, embed.metadata, tags_header(request.headers))
     chat, embed, prompt_redactions, policy = await _gated(pipeline, key.sanitize, embed)
-    invocation: LambdaInvocation = request.state.lambda_invocation
-    now, now_epoch = time.monotonic(), time.time()
-    priced = pipeline.priced(route.model)
-    ctx = RequestContext(
-        request_id=request.state.request_id,
-        key=key,
-        chat=chat,
+    ctx = pipeline.context(
+        request,
+        key,
+        chat,
         mode="json",
-        started_at=now,
-        started_epoch=now_epoch,
-        deadline=invocation.deadline(
-            now_epoch=now_epoch,
-            now_monotonic=now,
-            timeout_s=settings.function_timeout_s,
-            margin_s=settings.deadline_margin_s,
-        ),
-        lambda_request_id=invocation.request_id,
-        client_request_id=client_request_id.from_headers(request.headers),
-        billed_as=(route.model if priced else embed.model,),
+        api="embeddings",
         policy=policy,
         prompt_redactions=prompt_redactions,
-        api="embeddings",
         attribution=attribution,
+        billed_as=(route.model if pipeline.priced(route.model) else embed.model,),
     )
     return await _admitted(pipeline, ctx, embed, request)
 
@@ -105,12 +90,7 @@ async def _gated(
         raise InvalidRequest(
             "Token-id input cannot be checked by this relay's compliance gate; send the text instead.", param="input"
         )
-    found: dict[str, int] = {}
-    if policy.prompt.on:
-        chat, found = pipeline.sanitized_prompt(chat, policy)
-    if pipeline.guardrail is not None:
-        chat, findings = await pipeline.guarded_prompt(pipeline.guardrail, chat)
-        found.update(findings)
+    chat, found = await pipeline.gate_prompt(chat, policy)
     if found:
         embed = with_texts(embed, chat)
     return chat, embed, found, policy
@@ -118,13 +98,7 @@ async def _gated(
 
 async def _admitted(pipeline: Pipeline, ctx: RequestContext, embed: EmbeddingsRequest, request: Request) -> Response:
     """Admit, call the upstream (cancellable, within the deadline), finalize, answer."""
-    client = (ctx.key.key_id, ctx.client_request_id) if ctx.client_request_id else None
-    cancel = pipeline.cancels.register(ctx.request_id, client)
-    try:
-        ctx = await pipeline.admit(ctx, cancel)
-    except BaseException:
-        pipeline.cancels.unregister(ctx.request_id)
-        raise
+    ctx, cancel = await pipeline.admit_cancellable(ctx)
     pipeline.leases.track(ctx.request_id, dict, since=ctx.started_epoch)
     assert pipeline.upstreams is not None
     progress = Progress()

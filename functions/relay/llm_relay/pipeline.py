@@ -29,7 +29,7 @@ from . import client_request_id
 from .admission import Admission, Ticket
 from .apis.base import Api
 from .apis.chat import ChatApi
-from .attribution import attribution_of, tags_header
+from .attribution import Attribution, attribution_of, tags_header
 from .auth import Authenticator
 from .budget_extension import BudgetExtender, BudgetGuard
 from .cancellation import CancelRegistry, CancelSignal
@@ -116,13 +116,7 @@ class Pipeline:
         ctx = await self._parse(request, key, api)
         plan = await self._plan(ctx)
         ctx = replace(ctx, billed_as=plan.billed_as)  # what admission reserves for: every model that may answer
-        client = (key.key_id, ctx.client_request_id) if ctx.client_request_id else None
-        cancel = self.cancels.register(ctx.request_id, client)
-        try:
-            ctx = await self.admit(ctx, cancel)
-        except BaseException:
-            self.cancels.unregister(ctx.request_id)
-            raise
+        ctx, cancel = await self.admit_cancellable(ctx)
         # renewed from admission on (no progress before the stream); held at most as long as admission made it
         lease = self.leases.track(ctx.request_id, dict, since=ctx.started_epoch)
         opened = await self._open_upstream(ctx, plan, cancel, request.receive)
@@ -244,20 +238,41 @@ class Pipeline:
             raise ModelNotAllowed(f"This key may not use the model '{chat.model}'.", param="model")
         attribution = attribution_of(chat.user, chat.metadata, tags_header(request.headers))  # before any cost
         policy = self.policy_for(key.sanitize)
-        prompt_redactions: dict[str, int] = {}
-        if policy.prompt.on:
-            chat, prompt_redactions = self.sanitized_prompt(chat, policy)
-        if self.guardrail is not None:
-            chat, findings = await self.guarded_prompt(self.guardrail, chat)
-            prompt_redactions.update(findings)
+        chat, prompt_redactions = await self.gate_prompt(chat, policy)
+        return self.context(
+            request,
+            key,
+            chat,
+            mode="ndjson" if isinstance(api, ChatApi) and api.ndjson else ("sse" if chat.stream else "json"),
+            api=api.name,
+            policy=policy,
+            prompt_redactions=prompt_redactions,
+            attribution=attribution,
+        )
+
+    def context(
+        self,
+        request: Request,
+        key: ApiKey,
+        chat: ChatRequest,
+        *,
+        mode: str,
+        api: str,
+        policy: Policy,
+        prompt_redactions: dict[str, int],
+        attribution: Attribution,
+        billed_as: tuple[str, ...] = (),
+    ) -> RequestContext:
+        """The request's context, its clock started now: its deadline from the Lambda invocation it runs in."""
+        settings = self.settings
         invocation: LambdaInvocation = request.state.lambda_invocation
         now, now_epoch = time.monotonic(), time.time()
         return RequestContext(
             request_id=request.state.request_id,
             key=key,
             chat=chat,
-            mode="ndjson" if isinstance(api, ChatApi) and api.ndjson else ("sse" if chat.stream else "json"),
-            api=api.name,
+            mode=mode,
+            api=api,
             started_at=now,
             started_epoch=now_epoch,
             deadline=invocation.deadline(
@@ -268,10 +283,22 @@ class Pipeline:
             ),
             lambda_request_id=invocation.request_id,
             client_request_id=client_request_id.from_headers(request.headers),
+            billed_as=billed_as,
             policy=policy,
             prompt_redactions=prompt_redactions,
             attribution=attribution,
         )
+
+    async def gate_prompt(self, chat: ChatRequest, policy: Policy) -> tuple[ChatRequest, dict[str, int]]:
+        """The compliance gate's prompt side (the sanitizer, then the guardrail): the prompt as it may be sent, and
+        what was found in it by kind."""
+        found: dict[str, int] = {}
+        if policy.prompt.on:
+            chat, found = self.sanitized_prompt(chat, policy)
+        if self.guardrail is not None:
+            chat, findings = await self.guarded_prompt(self.guardrail, chat)
+            found.update(findings)
+        return chat, found
 
     def sanitized_prompt(self, chat: ChatRequest, policy: Policy) -> tuple[ChatRequest, dict[str, int]]:
         """The prompt side of the compliance gate, before anything is admitted or sent (a refusal costs nothing).
@@ -324,6 +351,17 @@ class Pipeline:
         enforced = self.settings.output_validation == "enforce" and expectation_of(ctx.chat) is not None
         native = None if gated or enforced else ctx.chat.native
         return await self.upstreams.plan(ctx.chat.upstream_body(), ctx.chat.model, ctx.request_id, native)
+
+    async def admit_cancellable(self, ctx: RequestContext) -> tuple[RequestContext, CancelSignal]:
+        """Admission of a request registered for cancels (by relay id, and by the client's id) from now on; a refused
+        one is unregistered."""
+        client = (ctx.key.key_id, ctx.client_request_id) if ctx.client_request_id else None
+        cancel = self.cancels.register(ctx.request_id, client)
+        try:
+            return await self.admit(ctx, cancel), cancel
+        except BaseException:
+            self.cancels.unregister(ctx.request_id)
+            raise
 
     async def admit(self, ctx: RequestContext, cancel: CancelSignal) -> RequestContext:
         """Admission, and beside it (same time, no added latency) the one read of a cancel that may have come
