@@ -26,7 +26,7 @@ dev: $(BIN)/.installed ## run the relay locally: moto DynamoDB (or RELAY_DYNAMOD
 	RELAY_DEV_LAMBDA=$(LAMBDA) $(BIN)/python -m llm_relay_dev.devserver
 
 dynamodb: $(BIN)/.installed ## the local DynamoDB of `make dev` in the foreground on 127.0.0.1:$(DYNAMODB_PORT), to share
-	$(BIN)/python -m llm_relay_dev.local_dynamodb --port $(DYNAMODB_PORT)
+	$(BIN)/python -m llm_relay_dev.local_dynamodb --port $(DYNAMODB_PORT) $(if $(THROTTLE),--throttle)
 
 prices: $(BIN)/.installed ## regenerate functions/relay/llm_relay/prices.json from the pinned genai-prices
 	$(BIN)/python -m llm_relay_dev.price_table

@@ -15,12 +15,17 @@ costs. waitress serves the same WSGI app with keep-alive connections.
 In front of moto, `request_tokens.LedgerFront` honours TransactWriteItems' `ClientRequestToken` as DynamoDB does,
 and lets tests inject "applied, then the response was lost".
 
+With `--throttle` (`make dynamodb THROTTLE=1`, `MotoServer(throttle=Throttle(...))`), `throttled_front.ThrottleFront`
+charges every request to its partitions and refuses what a hot one cannot take, as DynamoDB does (1,000 write and
+3,000 read units a second per partition key value, of the table and of each index; `throttling.py`).
+
 With requests serialized, a transaction needs no copy of the whole table (moto's own copy makes every transaction
 cost time proportional to the table: ~80 ms at 1000 items, so a long-running `make dev` would slow down): this
 module swaps in a TransactWriteItems that checks every condition first, then applies the items, restoring
 just the touched items if applying fails.
 
     python -m llm_relay_dev.local_dynamodb [-p PORT] [--table NAME]    # what `make dynamodb` runs
+        [--throttle [--write-units-per-s 1000] [--read-units-per-s 3000] [--scale 1]]
 
 On its own it serves in the foreground until SIGINT/SIGTERM, with the relay table created from template.yaml,
 so several relays (`make dev` with `RELAY_DYNAMODB_ENDPOINT`), the CLI and the benchmark can share one state.
@@ -40,14 +45,19 @@ import boto3
 
 from .request_tokens import LedgerFront
 from .table import create_table
+from .throttled_front import ThrottleFront
+from .throttling import READ_UNITS_PER_S, WRITE_UNITS_PER_S, Throttle
 
 
 class MotoServer:
-    """`with MotoServer() as endpoint:` or `start()` / `stop()`; `endpoint` is `http://127.0.0.1:<port>`."""
+    """`with MotoServer() as endpoint:` or `start()` / `stop()`; `endpoint` is `http://127.0.0.1:<port>`.
+    `throttle`: partitions throttled as DynamoDB's are; its counters (`throttle.throttled`, `consumed_write`, ...)
+    are read while the server runs."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, throttle: Throttle | None = None) -> None:
         self._host = host
         self._port = port
+        self.throttle = throttle
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self.endpoint = ""
@@ -61,7 +71,10 @@ class MotoServer:
         _install_exponent_numbers()
         _install_cached_module_list()
         _install_cached_method_names()
-        app = _serialized(LedgerFront(DomainDispatcherApplication(create_backend_app)))
+        moto: Callable[..., Iterable[bytes]] = DomainDispatcherApplication(create_backend_app)
+        if self.throttle is not None:
+            moto = ThrottleFront(moto, self.throttle)
+        app = _serialized(LedgerFront(moto))
         # Connections stay open between requests (boto3 keeps a pool of them); one request at a time runs in moto.
         # poll(), not select(): select() refuses a descriptor above 1023, and a process serving in-process (a test
         # session, `make dev`) holds both ends of every connection. An idle connection is closed after a minute
@@ -278,7 +291,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-H", "--host", default="127.0.0.1")
     parser.add_argument("-p", "--port", type=int, default=int(os.environ.get("DYNAMODB_PORT") or 8000))
     parser.add_argument("--table", default=os.environ.get("RELAY_TABLE_NAME") or "llm-relay")
+    parser.add_argument("--throttle", action="store_true", help="throttle hot partitions as DynamoDB does")
+    parser.add_argument("--write-units-per-s", type=float, default=WRITE_UNITS_PER_S, help="per partition")
+    parser.add_argument("--read-units-per-s", type=float, default=READ_UNITS_PER_S, help="per partition")
+    parser.add_argument("--scale", type=float, default=1.0, help="wall seconds a simulated second lasts")
     return parser.parse_args(argv)
+
+
+def throttle_of(args: argparse.Namespace) -> Throttle | None:
+    if not args.throttle:
+        return None
+    return Throttle(args.write_units_per_s, args.read_units_per_s, scale=args.scale)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -289,9 +312,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         os.environ.setdefault(name, value)
     stop_signals = {signal.SIGINT, signal.SIGTERM}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-    with MotoServer(args.host, args.port) as endpoint:
+    server = MotoServer(args.host, args.port, throttle=throttle_of(args))
+    with server as endpoint:
         create_table(boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1"), args.table)
         print(f"{READY}: {endpoint}  (table {args.table})", flush=True)  # noqa: T201
+        if server.throttle is not None:
+            limits = f"{args.write_units_per_s:g} write, {args.read_units_per_s:g} read units"
+            print(f"  throttled: {limits} per partition per {args.scale:g} s", flush=True)  # noqa: T201
         print(f"  RELAY_DYNAMODB_ENDPOINT={endpoint} make dev", flush=True)  # noqa: T201
         signal.sigwait(stop_signals)
 
