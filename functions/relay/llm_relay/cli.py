@@ -9,6 +9,7 @@
     llm-relay prices [MODEL]     the per-million prices the relay charges, and their source (no DynamoDB)
     llm-relay reconcile          settle requests whose relay stopped (expired leases) as `lost`
     llm-relay migrate [--dry-run]   bring a table written by relay 0.1 to this version's layout
+    llm-relay coldstarts [--since WHEN] [--log-group G]   cold starts and SnapStart restores, from CloudWatch Logs
 
 The global options default to the environment (`AWS_REGION`, `AWS_PROFILE`, `RELAY_TABLE_NAME`,
 `RELAY_DYNAMODB_ENDPOINT`), like the AWS CLI's. Input is checked before anything is written. Every failure is
@@ -30,7 +31,7 @@ from botocore.exceptions import BotoCoreError, NoRegionError, ProfileNotFound
 from pydantic import ValidationError
 
 from . import __version__
-from .commands import keys, migrate, prices, reconcile, usage
+from .commands import coldstarts, keys, migrate, prices, reconcile, usage
 from .commands.common import CliError, Register
 from .dynamo import Stores, make_client
 from .errors import StoreUnavailable
@@ -43,6 +44,7 @@ COMMANDS: tuple[Register, ...] = (
     prices.register,
     reconcile.register,
     migrate.register,
+    coldstarts.register,
 )
 
 GLOBAL_OPTIONS = {  # option: (settings field or None, environment variable, what it is)
