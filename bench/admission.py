@@ -19,16 +19,16 @@ from collections.abc import Callable
 from decimal import Decimal
 
 import httpx
-from tests.servers import serve
 
 from llm_relay.app import create_app
 from llm_relay.dynamo import Stores, make_client, request_item
 from llm_relay.dynamo.layout import serialize
 from llm_relay.keys import ApiKey, generate_key, generate_key_id, hash_key
-from llm_relay.limits import AdmissionPlan, Limits
+from llm_relay.limits.rules import AdmissionPlan, Limits
 from llm_relay.settings import Settings
 from llm_relay_dev.local_dynamodb import MotoServer
 from llm_relay_dev.mock_upstream import create_mock_app
+from llm_relay_dev.serving import serve_in_thread
 from llm_relay_dev.table import create_table
 
 ALL_LIMITS = {"rpm": 100000, "tpm": 10**9, "max_concurrent": 1000, "daily_budget_usd": 1000, "monthly_budget_usd": 1000}
@@ -94,9 +94,12 @@ def relay_ttft(endpoint: str, n: int) -> None:
         "messages": [{"role": "user", "content": "hi"}],
         "mock": {"tokens": 2, "chunk_delay_ms": 0, "ttft_ms": 0},
     }
-    with serve(create_mock_app()) as upstream_base:
+    with serve_in_thread(create_mock_app()) as upstream_base:
         settings = Settings(upstream_url=f"{upstream_base}/v1", dynamodb_endpoint=endpoint, table_name=table)
-        with serve(create_app(settings, stores=stores)) as base, httpx.Client(timeout=30) as http:
+        with (
+            serve_in_thread(create_app(settings, stores=stores), lifespan="on") as base,
+            httpx.Client(timeout=30) as http,
+        ):
             samples: dict[str, list[float]] = {label: [] for label in keys}
             for i in range(n * 2 + 10):
                 label = list(keys)[i % 2]

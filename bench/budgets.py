@@ -20,16 +20,16 @@ from collections.abc import Callable
 from decimal import Decimal
 
 import httpx
-from tests.servers import serve
 
 from llm_relay.app import create_app
-from llm_relay.budgets import BudgetPeriod
 from llm_relay.dynamo import Stores, make_client, request_item
 from llm_relay.keys import ApiKey, generate_key, generate_key_id, hash_key
-from llm_relay.limits import AdmissionPlan, Limits, day_of, month_of
+from llm_relay.limits.budgets import BudgetPeriod
+from llm_relay.limits.rules import AdmissionPlan, Limits, day_of, month_of
 from llm_relay.settings import Settings
 from llm_relay_dev.local_dynamodb import MotoServer
 from llm_relay_dev.mock_upstream import create_mock_app
+from llm_relay_dev.serving import serve_in_thread
 from llm_relay_dev.table import create_table
 
 RATES = {"rpm": 10**6, "tpm": 10**9, "max_concurrent": 10**6}
@@ -104,7 +104,7 @@ def relay_streams(endpoint: str, n: int) -> None:
         "mock": {"tokens": 1000, "chunk_delay_ms": 1, "ttft_ms": 0},
     }
     print("Streams of 1000 tokens, 1 ms apart, through one relay (sequential, after warm-up):")
-    with serve(create_mock_app()) as upstream_base:
+    with serve_in_thread(create_mock_app()) as upstream_base:
         for increment, label in ((1024, "no budget"), (1024, "budget"), (50, "budget")):
             settings = Settings(
                 upstream_url=f"{upstream_base}/v1",
@@ -112,7 +112,10 @@ def relay_streams(endpoint: str, n: int) -> None:
                 table_name=stores.table_name,
                 budget_increment_tokens=increment,
             )
-            with serve(create_app(settings, stores=stores)) as base, httpx.Client(timeout=60) as http:
+            with (
+                serve_in_thread(create_app(settings, stores=stores), lifespan="on") as base,
+                httpx.Client(timeout=60) as http,
+            ):
                 ttft, total, gaps = [], [], []
                 writes.clear()
                 for i in range(n + 3):

@@ -24,13 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from tests.integration.limits_support import context
 
+from llm_relay.chat_request import ChatRequest
 from llm_relay.dynamo import Stores, layout, make_client
 from llm_relay.keys import ApiKey, generate_key_id
-from llm_relay.limiter import Limiter
+from llm_relay.ledger import Checkpoint
+from llm_relay.limits import Limiter
 from llm_relay.metering import Usage
-from llm_relay.outcome import StreamOutcome
+from llm_relay.outcome import Prompt, RequestContext, StreamOutcome
+from llm_relay.pricing import PriceTable
+from llm_relay.reconciler import Reconciler
 from llm_relay.settings import Settings
 from llm_relay.termination import TerminationReason
 from llm_relay_dev.local_dynamodb import MotoServer
@@ -40,6 +43,16 @@ LIMITS = {"rpm": 10**6, "tpm": 10**9, "max_concurrent": 10**5, "daily_budget_usd
 INDEXES = {"gsi1": ("gsi1pk", "gsi1sk"), "open": ("open_shard", "lease_until"), "leases": ("lease_key", "lease_until")}
 KEYS_ONLY = {"open", "leases"}
 RESULTS = Path(__file__).parent / "results" / "ledger_wcu.json"
+
+
+def context(key: ApiKey, request_id: str, *, max_tokens: int | None = None) -> RequestContext:
+    """A chat request of `key`, as the pipeline would have parsed it."""
+    body: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello there"}]}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    chat = ChatRequest.model_validate(body)
+    now = time.time()
+    return RequestContext(request_id, key, chat, Prompt.of(chat), "sse", time.monotonic(), now)
 
 
 def value_size(value: Any) -> int:
@@ -140,7 +153,9 @@ def run_at(endpoint: str, streams: int) -> dict[str, Any]:
     create_table(client, table)
     stores = Stores.create(table, client)
     settings = Settings(table_name=table, upstream_url="http://unused/v1")
-    limiter = Limiter(stores, settings)
+    prices = PriceTable.load()
+    reconciler = Reconciler(stores, prices, settings.usage_retention_days)
+    limiter = Limiter(stores, settings, pricer=prices, reconciler=reconciler)
     key = ApiKey(key_id=generate_key_id(), name="bench", limits={k: Decimal(v) for k, v in LIMITS.items()})
 
     async def fill() -> None:
@@ -154,7 +169,7 @@ def run_at(endpoint: str, streams: int) -> dict[str, Any]:
     tickets: list[Any] = []
     admission = measure(recorder, lambda: tickets.append(anyio.run(limiter.admit, ctx)), partition)
     # a renewal a third of a 60 s lease later: the lease expiry (both indexes' sort key) moves
-    checkpoint = {"cp_prompt": 12, "cp_completion": 180, "cp_source": "estimated", "cp_at": Decimal("1.5")}
+    checkpoint = Checkpoint(12, 180, at_epoch=Decimal("1.5"))
     renewal = measure(
         recorder, lambda: stores.requests.renew(int(time.time()) + 80, {ctx.request_id: checkpoint}), partition
     )

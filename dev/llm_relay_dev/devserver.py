@@ -31,6 +31,8 @@ from starlette.types import ASGIApp
 from llm_relay.app import create_app
 from llm_relay.dynamo import Stores
 from llm_relay.errors import StoreUnavailable
+from llm_relay.leases import Leases
+from llm_relay.limits import Admission
 from llm_relay.outcome import RequestContext, StreamOutcome
 from llm_relay.serve import http_server, refusing_to_start
 from llm_relay.settings import Settings
@@ -161,8 +163,9 @@ def _upstream_lines(settings: Settings, how: str) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    """Wire the local DynamoDB and the upstream into settings, then serve the production app with them."""
+def main(*, limiter: Admission | None = None, leases: Leases | None = None) -> None:
+    """Wire the local DynamoDB and the upstream into settings, then serve the production app with them. `limiter` and
+    `leases` replace the app's own (a benchmark that takes the relay's DynamoDB work out)."""
     for name, value in LOCAL_AWS:
         os.environ.setdefault(name, value)
     log_mode = os.environ.get("RELAY_DEV_LOG", "human")
@@ -181,7 +184,7 @@ def main() -> None:
         demo_options = DEMO_MOCK_OPTIONS if upstream.startswith("mock") else None
 
         def relay() -> FastAPI:
-            app = create_app(settings, stores=stores, finalizers=[DevEcho()])
+            app = create_app(settings, stores=stores, limiter=limiter, leases=leases, finalizers=[DevEcho()])
             install_demo(app, plain, demo_options)
             return app
 

@@ -12,9 +12,10 @@ from llm_relay.chat_request import ChatRequest
 from llm_relay.dynamo import Stores, make_client
 from llm_relay.dynamo.layout import key_from_item
 from llm_relay.keys import ApiKey, generate_key_id
-from llm_relay.limiter import Limiter
-from llm_relay.outcome import RequestContext
+from llm_relay.limits import Limiter
+from llm_relay.outcome import Prompt, RequestContext
 from llm_relay.pricing import PriceTable
+from llm_relay.reconciler import Reconciler
 from llm_relay.settings import Settings
 
 #: The middle of a minute, so a race never straddles a window boundary.
@@ -32,7 +33,8 @@ def context(key: ApiKey, request_id: str, *, max_tokens: int | None = None) -> R
     return RequestContext(
         request_id=request_id,
         key=key,
-        chat=ChatRequest.model_validate(body),
+        chat=(chat := ChatRequest.model_validate(body)),
+        prompt=Prompt.of(chat),
         mode="sse",
         started_at=time.monotonic(),
         started_epoch=time.time(),
@@ -56,13 +58,14 @@ def limiter(
     settings = Settings(table_name=table, dynamodb_endpoint=endpoint, **{**bounds, **overrides})
     stores = Stores.create(table, client or make_client(endpoint))
     prices = PriceTable.load(settings.prices_json)
+    clock = clock or (lambda: MID_MINUTE)
     return Limiter(
         stores,
         settings,
-        clock=clock or (lambda: MID_MINUTE),
+        clock=clock,
         metrics=metrics,
-        price_of=prices.price_of,
         pricer=prices,
+        reconciler=Reconciler(stores, prices, settings.usage_retention_days, clock=clock),
         log=log,
     )
 

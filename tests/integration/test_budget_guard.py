@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from llm_relay.app import create_app
-from llm_relay.budgets import conservative_prompt_tokens
 from llm_relay.dynamo import Stores
+from llm_relay.limits.budgets import conservative_prompt_tokens
 from llm_relay.settings import Settings
 from tests.conftest import RelayFactory, Upstream
 from tests.integration.helpers import chat_body, sse_events

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from llm_relay.dynamo import Stores, release_ops
-from llm_relay.limits import day_of, month_of
+from llm_relay.limits.rules import day_of, month_of
 from llm_relay.usage import UsageRecord
 from tests.conftest import RelayFactory, Upstream
 from tests.integration.devserver_support import DevServer, dev_server

@@ -10,7 +10,7 @@ import httpx
 
 from llm_relay.dynamo import Stores
 from llm_relay.dynamo.layout import serialize
-from llm_relay.limits import Limits, cancel_allowance
+from llm_relay.limits.rules import Limits, cancel_allowance
 from tests.conftest import Relay
 from tests.integration.test_limits_relay import new_key
 

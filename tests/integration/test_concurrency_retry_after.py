@@ -16,7 +16,7 @@ import httpx
 import openai
 
 from llm_relay.dynamo import Stores
-from llm_relay.limits import LIVE_HOLDER_RETRY_MS
+from llm_relay.limits.rules import LIVE_HOLDER_RETRY_MS
 from tests.conftest import Relay, RelayFactory, Upstream
 from tests.integration.helpers import chat_body
 from tests.integration.test_limits_relay import new_key

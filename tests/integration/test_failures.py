@@ -10,6 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
+from llm_relay.limits import Ticket
+from llm_relay.limits.extend import BudgetGuard
+from llm_relay.outcome import RequestContext, StreamOutcome
 from tests.conftest import Relay, RelayFactory, Upstream
 from tests.integration.helpers import RecordingFinalizer, chat_body, ndjson_lines, sse_events
 from tests.waiting import wait_until
@@ -226,11 +229,17 @@ def test_lambda_context_header_cannot_extend_the_deadline(
 
 
 def test_unexpected_error_is_a_500_in_openai_shape_with_the_request_id(make_relay: RelayFactory) -> None:
-    class BrokenAdmission:
-        async def admit(self, ctx: object) -> dict[str, str]:
+    class BrokenLimiter:  # a bug in admission
+        async def admit(self, ctx: RequestContext) -> Ticket:
             raise RuntimeError("bug")
 
-    relay = make_relay(app_kwargs={"admission": BrokenAdmission()})
+        def budget_guard(self, ctx: RequestContext) -> BudgetGuard | None:
+            return None
+
+        async def finalize(self, ctx: RequestContext, outcome: StreamOutcome) -> None:
+            return None
+
+    relay = make_relay(app_kwargs={"limiter": BrokenLimiter()})
     response = _post(relay, chat_body())
     assert response.status_code == 500
     assert response.json() == {

@@ -21,7 +21,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from llm_relay.dynamo import Stores
-from llm_relay.limits import day_of
+from llm_relay.limits.rules import day_of
 from llm_relay.metering import Usage
 from llm_relay.outcome import StreamOutcome
 from llm_relay.pricing import PriceTable

@@ -10,6 +10,7 @@ import anyio
 
 from llm_relay.dynamo import Stores
 from llm_relay.dynamo.request_store import SETTLED, UNLEASED
+from llm_relay.ledger import Checkpoint
 from llm_relay.pricing import PriceTable
 from llm_relay.reconciler import Reconciler
 from tests.integration.limits_support import context, key_with, limiter
@@ -27,7 +28,7 @@ def test_a_renewal_renews_the_live_and_tells_settled_from_unleased(stores: Store
     # WHEN one round renews them, and a request that has no item (admitted while DynamoDB was down, failing open)
     until = int(time.time()) + 60
     refused = stores.requests.renew(
-        until, {"req_live": {"cp_completion": 3}, "req_lost": {"cp_completion": 9}, "req_open": {}}
+        until, {"req_live": Checkpoint(5, 3), "req_lost": Checkpoint(5, 9), "req_open": None}
     )
     # THEN the live one is renewed with its checkpoint, and each other says why it was not
     assert refused == {"req_lost": SETTLED, "req_open": UNLEASED}

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from llm_relay.dynamo import Stores
-from llm_relay.limits import day_of
+from llm_relay.limits.rules import day_of
 from llm_relay.metering import Usage
 from llm_relay.pricing import PriceTable
 from tests.conftest import Upstream

@@ -21,11 +21,11 @@ from aws_lambda_powertools import Logger
 from botocore.config import Config
 from botocore.exceptions import ClientError, ReadTimeoutError
 
-from llm_relay.admission import Ticket
 from llm_relay.dynamo import Stores
 from llm_relay.dynamo.layout import key_attributes
 from llm_relay.errors import RateLimited, ServiceUnavailable
-from llm_relay.limiter import METRIC_ADMISSION_ATTEMPTS, Limiter
+from llm_relay.limits import Limiter, Ticket
+from llm_relay.limits.reporting import NoMetrics
 from llm_relay.metering import StreamMeter, Usage
 from llm_relay.outcome import Ending, StreamOutcome, outcome_of
 from llm_relay.pricing import PriceTable
@@ -128,13 +128,13 @@ def test_previous_minute_learnt_from_the_refusal_then_cached(stores: Stores, mot
         == 6
     )
     # WHEN a fresh instance (nothing cached) admits half-way through minute m+1
-    attempts: list[float] = []
-    late = limiter(
-        moto_endpoint,
-        stores.table_name,
-        clock=lambda: minute_start + 90,
-        metrics=lambda name, value, dims: attempts.append(value) if name == METRIC_ADMISSION_ATTEMPTS else None,
-    )
+    attempts: list[int] = []
+
+    class Attempts(NoMetrics):
+        def admission_attempts(self, count: int) -> None:
+            attempts.append(count)
+
+    late = limiter(moto_endpoint, stores.table_name, clock=lambda: minute_start + 90, metrics=Attempts())
     outcomes = [admit_all(late, key, 1, f"late{i}")[0] for i in range(10)]
     # THEN the previous minute weighs half (3): 7 more are admitted, the rest refused
     assert outcomes == ["admitted"] * 7 + ["refused"] * 3
@@ -459,7 +459,17 @@ def test_an_extension_whose_answer_was_lost_is_settled_from_what_the_request_hol
     ctx = replace(ctx, ticket=anyio.run(limits.admit, ctx))
     assert ctx.ticket is not None and ctx.ticket.budget is not None
     lost.lose = True
-    anyio.run(limits.extend_budget, ctx, ctx.ticket.budget, 1024)
+    reservation = ctx.ticket.budget
+    guard = limits.budget_guard(ctx)
+    assert guard is not None
+
+    async def one_token_past_the_reservation() -> None:  # the stream's guard asks for an extension, and waits for it
+        async with anyio.create_task_group() as tg:
+            guard.start(tg)
+            await guard.allow(reservation.tokens + 1)
+
+    anyio.run(one_token_past_the_reservation)
+    assert reservation.uncertain  # the guard recorded that the write's outcome is unknown
     # WHEN the request is settled
     anyio.run(limits.finalize, ctx, outcome())
     # THEN nothing stays reserved: what is committed is what was spent
@@ -502,7 +512,7 @@ def test_a_reconciler_never_settles_a_request_whose_relay_renewed_its_lease_mean
 
         def get_item(self, **kwargs: Any) -> Any:
             out = self._client.get_item(**kwargs)
-            stores.requests.renew(int(later) + 600, {"req_alive": {}})
+            stores.requests.renew(int(later) + 600, {"req_alive": None})
             return out
 
     reconciler = Reconciler(

@@ -20,7 +20,7 @@ import pytest
 
 from llm_relay.dynamo import Stores
 from llm_relay.keys import ApiKey, generate_key, generate_key_id, hash_key
-from llm_relay.limits import day_of
+from llm_relay.limits.rules import day_of
 from llm_relay.usage import UsageRecord
 from tests.conftest import Relay, RelayFactory, Upstream
 from tests.integration.helpers import chat_body, ndjson_lines

@@ -13,7 +13,6 @@ import anyio
 import pytest
 from starlette.datastructures import Headers
 
-from llm_relay.admission import Ticket
 from llm_relay.attribution import (
     MAX_KEY_CHARS,
     MAX_TAGS,
@@ -30,7 +29,8 @@ from llm_relay.chat_request import validate_chat_request
 from llm_relay.commands.usage import group_by, grouped, record_cells, record_csv_cells
 from llm_relay.dynamo import layout
 from llm_relay.errors import InvalidRequest
-from llm_relay.ledger import admitted_item, lost_record
+from llm_relay.ledger import lost_record
+from llm_relay.limits import Ticket
 from llm_relay.pricing import PriceTable
 from llm_relay.upstreams.bedrock_request import converse_params
 from llm_relay.upstreams.ollama_request import ollama_body
@@ -232,11 +232,11 @@ def test_the_record_item_holds_the_attribution_and_reads_it_back() -> None:
 def test_a_request_settled_as_lost_keeps_its_attribution() -> None:
     # GIVEN the request item admission writes for an attributed request
     base = {**layout.request_item("req_1", "rk_a", "gpt-4o-mini", 3600), **as_item(TAGGED)}
-    item = admitted_item(
+    item = layout.admitted_item(
         base, lease_until=2_000_000_000, started_epoch=1.7e9, mode="sse", prompt_tokens=7, ticket=Ticket()
     )
     # WHEN a reconciler settles it from that item
-    lost = lost_record(item, PriceTable.load(None))
+    lost = lost_record(layout.unfinished_of(item), PriceTable.load(None))
     # THEN its record names the same user and tags
     assert lost.attribution == TAGGED
     assert from_item({}) is NO_ATTRIBUTION and as_item(NO_ATTRIBUTION) == {}

@@ -12,8 +12,8 @@ from typing import Any
 
 import anyio
 
-from llm_relay.budget_extension import BudgetGuard, tokens_in
-from llm_relay.budgets import OVERRUN_TOKENS, BudgetPeriod, Reservation, tokens_cost
+from llm_relay.limits.budgets import OVERRUN_TOKENS, BudgetPeriod, Reservation, tokens_cost
+from llm_relay.limits.extend import BudgetGuard, Extension, tokens_in
 from llm_relay.metering import StreamMeter
 from llm_relay.pricing import ModelPrice
 from llm_relay.termination import TerminationReason
@@ -32,15 +32,13 @@ class FakeExtender:
         self.asked: list[int] = []  # tokens reserved when each extension was asked for
         self.asked_event = anyio.Event()
 
-    async def __call__(self, reservation: Reservation, tokens: int) -> bool:
+    async def __call__(self, reservation: Reservation, tokens: int) -> Extension:
         self.asked.append(reservation.tokens)
         self.asked_event.set()
         if self.gate is not None:
             with anyio.fail_after(5):  # bounded, as the limiter bounds the write: a failing test ends, never hangs
                 await self.gate.wait()
-        if self.grant:
-            reservation.grant(tokens, reservation.cost_of(tokens))
-        return self.grant
+        return Extension(self.grant, reservation.cost_of(tokens) if self.grant else Decimal(0))
 
 
 def guard(extender: FakeExtender, tokens: int = 8, max_tokens: int | None = None) -> BudgetGuard:

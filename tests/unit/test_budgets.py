@@ -7,7 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from llm_relay.budgets import (
+from llm_relay.dynamo.budget_store import release_ops, reserve_op, settle_adds
+from llm_relay.limits.budgets import (
     OVERRUN_TOKENS,
     BudgetPeriod,
     Reservation,
@@ -16,8 +17,7 @@ from llm_relay.budgets import (
     periods_of,
     tokens_cost,
 )
-from llm_relay.dynamo.budget_store import release_ops, reserve_op, settle_adds
-from llm_relay.limits import AdmissionPlan, Limits, refusal
+from llm_relay.limits.rules import AdmissionPlan, Limits, refusal
 from llm_relay.metering import estimate_prompt_tokens
 from llm_relay.pricing import ModelPrice
 

@@ -9,7 +9,7 @@ import pytest
 from llm_relay.cancellation import CancelCalls
 from llm_relay.errors import RateLimited
 from llm_relay.keys import ApiKey
-from llm_relay.limits import CancelAllowance, Limits, cancel_allowance
+from llm_relay.limits.rules import CancelAllowance, Limits, cancel_allowance
 
 
 @pytest.mark.parametrize(

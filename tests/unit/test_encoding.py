@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from llm_relay.encoding import Framing, NDJSONFraming, SSEFraming, dumps
+from llm_relay.encoding import Framing, NDJSONFraming, SSEFraming
+from llm_relay.json_text import dumps
 
 CHUNK: dict[str, Any] = {
     "id": "req_123",

@@ -13,7 +13,8 @@ import anyio
 
 from llm_relay.dynamo.request_store import SETTLED, UNLEASED
 from llm_relay.errors import StoreUnavailable
-from llm_relay.leases import LeaseKeeper
+from llm_relay.leases import LeaseKeeper, no_checkpoint
+from llm_relay.ledger import Checkpoint
 
 
 class FakeRequests:
@@ -22,10 +23,10 @@ class FakeRequests:
         self.gone = gone or {}
         self.fail = fail
 
-    def renew(self, lease_until: int, checkpoints: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    def renew(self, lease_until: int, checkpoints: Mapping[str, Checkpoint | None]) -> dict[str, str]:
         if self.fail:
             raise StoreUnavailable("DynamoDB TransactWriteItems: ReadTimeoutError")
-        self.rounds.append((lease_until, {rid: dict(point) for rid, point in checkpoints.items()}))
+        self.rounds.append((lease_until, dict(checkpoints)))
         return {rid: why for rid, why in self.gone.items() if rid in checkpoints}
 
 
@@ -41,21 +42,21 @@ def test_one_round_renews_every_tracked_request_with_its_checkpoint() -> None:
     # GIVEN three requests tracked, one of them with progress
     store = FakeRequests()
     keeper = LeaseKeeper(store, 60, clock=lambda: 1000.2)  # type: ignore[arg-type]
-    keeper.track("req_a", dict)
-    keeper.track("req_b", lambda: {"cp_completion": 7})
-    keeper.track("req_c", dict)
+    keeper.track("req_a", no_checkpoint)
+    keeper.track("req_b", lambda: Checkpoint(5, 7))
+    keeper.track("req_c", no_checkpoint)
     keeper.untrack("req_c")
     # WHEN a round runs
     anyio.run(keeper.renew_now)
     # THEN one write covers both, extending their leases to now + 60 s, with their checkpoints
-    assert store.rounds == [(1061, {"req_a": {}, "req_b": {"cp_completion": 7}})]
+    assert store.rounds == [(1061, {"req_a": None, "req_b": Checkpoint(5, 7)})]
 
 
 def test_a_request_settled_elsewhere_is_no_longer_renewed_and_a_failed_round_keeps_the_rest() -> None:
     store = FakeRequests(gone={"req_dead": SETTLED})
     keeper = LeaseKeeper(store, 30, clock=lambda: 0.0)  # type: ignore[arg-type]
-    keeper.track("req_dead", dict)
-    keeper.track("req_live", dict)
+    keeper.track("req_dead", no_checkpoint)
+    keeper.track("req_live", no_checkpoint)
     anyio.run(keeper.renew_now)
     assert keeper.tracked == 1
     # a round DynamoDB refuses is logged, not raised; the request stays tracked for the next round
@@ -74,7 +75,7 @@ def test_only_a_confirmed_renewal_moves_the_lease_and_the_stream_must_end_before
     clock = Clock(1000.5)
     store = FakeRequests()
     keeper = LeaseKeeper(store, 6, clock=clock)  # type: ignore[arg-type]
-    lease = keeper.track("req_a", dict, since=1000.0)
+    lease = keeper.track("req_a", no_checkpoint, since=1000.0)
     assert (lease.held_until, lease.end_by) == (1006.0, 1005.0)
     # WHEN a renewal at t=1002 is confirmed: held until ceil(1002 + 6)
     clock.now = 1002.0
@@ -92,7 +93,7 @@ def test_only_a_confirmed_renewal_moves_the_lease_and_the_stream_must_end_before
     clock.now = 1007.0
     assert lease.lapsed() and not lease.settled_elsewhere
     # AND tracking it again (the stream's progress) keeps the same lease
-    assert keeper.track("req_a", lambda: {"cp_completion": 1}) is lease
+    assert keeper.track("req_a", lambda: Checkpoint(5, 1)) is lease
 
 
 def test_a_waiting_stream_wakes_at_once_when_a_renewal_finds_its_request_settled() -> None:
@@ -100,7 +101,7 @@ def test_a_waiting_stream_wakes_at_once_when_a_renewal_finds_its_request_settled
     clock = Clock(0.0)
     store = FakeRequests()
     keeper = LeaseKeeper(store, 60, clock=clock)  # type: ignore[arg-type]
-    lease = keeper.track("req_paused", dict)
+    lease = keeper.track("req_paused", no_checkpoint)
     woke: list[bool] = []
 
     async def main() -> None:
@@ -130,7 +131,7 @@ def test_a_request_admitted_without_its_item_has_no_lease_to_outlive() -> None:
     # GIVEN a request admitted while DynamoDB was down (failing open): a renewal finds no lease on it
     clock = Clock(0.0)
     keeper = LeaseKeeper(FakeRequests(gone={"req_open": UNLEASED}), 3, clock=clock)  # type: ignore[arg-type]
-    lease = keeper.track("req_open", dict)
+    lease = keeper.track("req_open", no_checkpoint)
     anyio.run(keeper.renew_now)
     # THEN its stream is never ended for a lease: nothing can settle it under the stream
     clock.now = 10_000.0

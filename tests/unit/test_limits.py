@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from llm_relay.limits import (
+from llm_relay.limits.rules import (
     CONCURRENCY,
     DAILY,
     LIVE_HOLDER_RETRY_MS,

@@ -12,8 +12,9 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from llm_relay.dynamo import LimitsStore, Settlement
-from llm_relay.limits import AdmissionPlan, Limits
+from llm_relay.dynamo import LimitsStore
+from llm_relay.ledger import Settlement
+from llm_relay.limits.rules import AdmissionPlan, Limits
 from llm_relay.usage import UsageRecord
 
 TABLE = "relay"

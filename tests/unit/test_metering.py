@@ -245,7 +245,7 @@ def test_estimated_usage_when_upstream_never_reported() -> None:
     for now in (0.2, 0.3, 0.4):
         meter.observe(chunk({"content": "tok"}), now)
     # WHEN usage is asked for
-    usage = meter.usage(MESSAGES)
+    usage = meter.usage(estimate_prompt_tokens(MESSAGES))
     # THEN it is estimated: prompt from the messages, one token per content chunk
     assert usage == Usage(prompt_tokens=13, completion_tokens=3, cached_tokens=0, estimated=True)
     assert usage.total_tokens == 16
@@ -255,7 +255,7 @@ def test_upstream_usage_wins_over_estimate() -> None:
     meter = StreamMeter(started_at=0.0)
     meter.observe(chunk({"content": "tok"}), 0.2)
     meter.observe(usage_chunk(50, 2, cached=10), 0.3)
-    assert meter.usage(MESSAGES) == Usage(50, 2, cached_tokens=10, estimated=False)
+    assert meter.usage(estimate_prompt_tokens(MESSAGES)) == Usage(50, 2, cached_tokens=10, estimated=False)
 
 
 def test_multiple_choices_in_one_chunk_each_count() -> None:
@@ -351,7 +351,7 @@ def test_without_upstream_usage_a_long_delta_is_estimated_by_its_text() -> None:
     for text in ("Hi", "x" * 40, "今天天气很好"):
         meter.observe({"choices": [{"index": 0, "delta": {"content": text}}]}, 1.0)
     # THEN the estimate counts the text (1 + 10 + 6), not the chunks (3)
-    usage = meter.usage([{"role": "user", "content": "q"}])
+    usage = meter.usage(estimate_prompt_tokens([{"role": "user", "content": "q"}]))
     assert (meter.content_chunks, usage.completion_tokens, usage.estimated) == (3, 17, True)
 
 
@@ -364,6 +364,6 @@ def test_a_usage_report_without_a_prompt_count_has_its_prompt_estimated(reported
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     # THEN the output count is the upstream's, the prompt is estimated as for any missing count, and the usage says
     # it is estimated (never a prompt billed as 0)
-    usage = meter.usage(messages)
+    usage = meter.usage(estimate_prompt_tokens(messages))
     assert (usage.prompt_tokens, usage.completion_tokens) == (estimate_prompt_tokens(messages), 4)
     assert usage.prompt_tokens > 0 and usage.source == "estimated"

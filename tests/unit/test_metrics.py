@@ -12,7 +12,7 @@ from llm_relay import metrics as m
 from llm_relay.chat_request import ChatRequest
 from llm_relay.keys import ApiKey
 from llm_relay.metering import Usage
-from llm_relay.outcome import RequestContext, StreamOutcome
+from llm_relay.outcome import Prompt, RequestContext, StreamOutcome
 from llm_relay.termination import TerminationReason
 
 
@@ -44,6 +44,7 @@ def context(model: str = "gpt-4o-mini") -> RequestContext:
         request_id="req_1",
         key=ApiKey(key_id="rk_1", name="n"),
         chat=chat,
+        prompt=Prompt.of(chat),
         mode="sse",
         started_at=0.0,
         started_epoch=0.0,

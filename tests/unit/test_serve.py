@@ -9,7 +9,6 @@ import gc
 import io
 from typing import Any
 
-import httpx
 import pytest
 import uvicorn
 from uvicorn.server import ServerState
@@ -60,12 +59,6 @@ def test_create_app_refuses_an_upstream_table_that_would_route_wrongly(
     assert message in str(refused.value)
 
 
-def test_an_injected_transport_stands_in_for_the_url(no_relay_env: None) -> None:
-    # GIVEN no URL but a transport (how tests fake the upstream) THEN the app is built
-    transport = httpx.MockTransport(lambda request: httpx.Response(500))
-    assert create_app(Settings(), upstream_transport=transport) is not None
-
-
 def test_a_configuration_error_is_never_a_client_error() -> None:
     # A start-up refusal has no HTTP status: no exception handler may turn it into an answer.
     assert not issubclass(ConfigurationError, RelayError)
@@ -107,9 +100,8 @@ def test_uvicorn_gets_the_options_run_sh_always_passed(no_relay_env: None, monke
         bound.append((host, port))
         return _FakeSocket()
 
-    monkeypatch.setattr(serve, "listening_socket", listening_socket)
     # WHEN the entry point runs
-    serve.main()
+    serve.main(listen=listening_socket)  # type: ignore[arg-type]
     # THEN uvicorn serves the app on loopback, that port, no access log, one-minute keep-alive
     ((config, sockets),) = runs
     assert config.host == "127.0.0.1" and config.port == 9123
@@ -139,15 +131,13 @@ def test_start_up_runs_without_the_garbage_collector_then_freezes_what_it_built(
         seen["collector_on_while_building"] = gc.isenabled()
         return object(), Settings(upstream_url="http://upstream.invalid/v1")
 
-    monkeypatch.setattr(serve, "build_app", build_app)
-    monkeypatch.setattr(serve, "listening_socket", lambda host, port: _FakeSocket())
     monkeypatch.setattr(
         uvicorn.Server, "run", lambda self, sockets=None: seen.update(collector_on_while_serving=gc.isenabled())
     )
     frozen_before = gc.get_freeze_count()
     try:
         # WHEN it runs
-        serve.main()
+        serve.main(build=build_app, listen=lambda host, port: _FakeSocket())  # type: ignore[arg-type,return-value]
         # THEN the app was built with the collector off, what start-up built is frozen, and it serves with it on
         assert seen == {"collector_on_while_building": False, "collector_on_while_serving": True}
         assert gc.get_freeze_count() > frozen_before

@@ -57,7 +57,7 @@ def _app(monkeypatch: pytest.MonkeyPatch, path: str | None) -> httpx.AsyncClient
         monkeypatch.setenv("AWS_LWA_SNAPSTART_AFTER_RESTORE_PATH", path)
     else:
         monkeypatch.delenv("AWS_LWA_SNAPSTART_AFTER_RESTORE_PATH", raising=False)
-    app = create_app(Settings(), upstream_transport=_mock_transport())
+    app = create_app(Settings(upstream_url="http://upstream/v1"), upstream_transport=_mock_transport())
     app.state.pipeline.upstreams = _upstream()
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://relay")
 

@@ -15,13 +15,13 @@ import httpx
 import pytest
 from starlette.types import Message
 
-from llm_relay.admission import Ticket
-from llm_relay.budget_extension import BudgetGuard
-from llm_relay.cancellation import CancelSignal
+from llm_relay.cancel_signal import CancelSignal
 from llm_relay.chat_request import ChatRequest
 from llm_relay.encoding import Framing, NDJSONFraming, SSEFraming
 from llm_relay.keys import ApiKey
-from llm_relay.outcome import RequestContext, StreamOutcome
+from llm_relay.limits import Ticket
+from llm_relay.limits.extend import BudgetGuard
+from llm_relay.outcome import Prompt, RequestContext, StreamOutcome
 from llm_relay.pricing import PriceTable
 from llm_relay.settings import Settings
 from llm_relay.stream import RelayStream
@@ -180,7 +180,8 @@ def relay(
     ctx = RequestContext(
         request_id="req_1",
         key=ApiKey(key_id="rk_1", name="t"),
-        chat=ChatRequest.model_validate(chat),
+        chat=(parsed := ChatRequest.model_validate(chat)),
+        prompt=Prompt.of(parsed),
         mode="sse",
         started_at=T0,
         started_epoch=1.7e9,

@@ -11,13 +11,13 @@ from typing import Any
 import anyio
 import httpx
 
-from llm_relay.admission import Ticket
-from llm_relay.cancellation import CancelSignal
+from llm_relay.cancel_signal import CancelSignal
 from llm_relay.chat_request import ChatRequest
 from llm_relay.encoding import Framing
 from llm_relay.keys import ApiKey
 from llm_relay.leases import Lease
-from llm_relay.outcome import RequestContext, StreamOutcome
+from llm_relay.limits import Ticket
+from llm_relay.outcome import Prompt, RequestContext, StreamOutcome
 from llm_relay.pricing import PriceTable
 from llm_relay.stream import RelayStream
 from llm_relay.termination import TerminationReason
@@ -45,7 +45,8 @@ def relay_leased(test: Callable[[Run, Lease, WallClock], Any], *, framing: Frami
     ctx = RequestContext(
         request_id="req_1",
         key=ApiKey(key_id="rk_1", name="t"),
-        chat=ChatRequest.model_validate(chat),
+        chat=(parsed := ChatRequest.model_validate(chat)),
+        prompt=Prompt.of(parsed),
         mode="sse",
         started_at=T0,
         started_epoch=1000.0,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from llm_relay.termination import TerminationReason, reason_from_finish
+from llm_relay.termination import TerminationReason, error_type_of, reason_from_finish
+from llm_relay.upstreams.ndjson import UNFINISHED
 
 
 @pytest.mark.parametrize(
@@ -87,3 +88,22 @@ def test_provider_failure_finish_reasons_are_upstream_errors(finish_reason: str)
     # THEN the stream is a failure, never a normal end (that would be a silent truncation)
     assert reason is TerminationReason.UPSTREAM_ERROR
     assert reason.is_failure
+
+
+def test_the_ndjson_decoder_reads_every_unfinished_reason_of_another_relay_as_unfinished() -> None:
+    # GIVEN this relay's own termination reasons, as another relay's NDJSON summary line carries them
+    # THEN the decoder's list is exactly the reasons that say the model did not finish: every failure, a cancel, lost
+    assert {reason.value for reason in TerminationReason if reason.is_failure} | {
+        "client_cancelled",
+        "lost",
+    } == UNFINISHED
+    assert "ledger_unavailable" in UNFINISHED and not {"stop", "length", "content_filter", "tool_calls"} & UNFINISHED
+
+
+def test_a_failed_streams_error_type_comes_from_one_table() -> None:
+    assert error_type_of(TerminationReason.BUDGET_EXCEEDED) == "rate_limit_error"
+    assert error_type_of(TerminationReason.CLIENT_CANCELLED) == "invalid_request_error"
+    assert error_type_of(TerminationReason.UPSTREAM_TIMEOUT) == "upstream_error"
+    assert error_type_of(TerminationReason.CONTENT_FILTER, "content_filtered") == "invalid_request_error"
+    assert error_type_of(TerminationReason.CONTENT_FILTER, "guardrail_unavailable") == "server_error"
+    assert error_type_of(TerminationReason.UPSTREAM_ERROR, "invalid_output") == "upstream_error"

@@ -19,7 +19,6 @@ import pytest
 from llm_relay.embeddings_request import EmbeddingsRequest, validate_embeddings_request
 from llm_relay.errors import InvalidRequest, ModelNotAllowed, UpstreamError, UpstreamTimeout
 from llm_relay.settings import Settings
-from llm_relay.upstreams import embeddings
 from llm_relay.upstreams.base import UpstreamRequest
 from llm_relay.upstreams.embeddings import (
     INLINE_READ_BYTES,
@@ -330,9 +329,8 @@ def test_a_large_answer_is_read_off_the_event_loop(
         threads.append(threading.current_thread().name)
         return read_embeddings_response(*args)
 
-    monkeypatch.setattr(embeddings, "read_embeddings_response", reading)
     # WHEN read by the async reader
-    result = anyio.run(read_embeddings_answer, "openai", body, request, "client-emb")
+    result = anyio.run(read_embeddings_answer, "openai", body, request, "client-emb", reading)
     # THEN the answer is the pure reader's, read in a worker thread only when large
     assert result == read_embeddings_response("openai", body, request, "client-emb")
     assert (threads[0] != threading.main_thread().name) is in_thread

@@ -22,7 +22,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import client_request_id, snapstart
-from .admission import Admission
 from .apis.base import Api
 from .apis.chat import ChatApi
 from .apis.messages import MessagesApi
@@ -34,12 +33,15 @@ from .errors import ConfigurationError, InvalidRequest, NotFound, RelayError
 from .finalize import Finalizers
 from .lambda_context import HEADER as LAMBDA_CONTEXT_HEADER
 from .lambda_context import LambdaInvocation
-from .limiter import Limiter, default_limits
+from .leases import LeaseKeeper, Leases
+from .limits import Admission, Limiter
+from .limits.rules import default_limits
 from .metrics import REJECTION_REASONS, MetricsEmitter
 from .model_list import model_list, model_object, usable_models
 from .outcome import Finalizer
 from .pipeline import Pipeline
-from .pricing import Pricer, PriceTable
+from .pricing import PriceTable
+from .reconciler import Reconciler
 from .settings import Settings
 from .telemetry import Telemetry
 from .upstream_key import UpstreamKeyProvider
@@ -116,11 +118,9 @@ def _known_models(settings: Settings, prices: PriceTable) -> set[str]:
     return set(settings.allowed_model_set or ()) | set(prices.models)
 
 
-def require_upstream(settings: Settings, transport: httpx.AsyncBaseTransport | None) -> UpstreamTable:
+def require_upstream(settings: Settings) -> UpstreamTable:
     """The upstream table, or `ConfigurationError`: a deployment with nowhere (or nowhere valid) to send requests
-    must fail at start-up, not answer users with anything. Tests may inject a transport instead of a URL."""
-    if transport is not None and settings.upstream_url is None and not settings.upstreams:
-        return load_table(None, "http://upstream/v1")
+    must fail at start-up, not answer users with anything."""
     stored = bool(settings.upstream_secret_arn or settings.upstream_ssm_parameter)
     return load_table(settings.upstreams, settings.upstream_url, relay_key_stored=stored)
 
@@ -138,42 +138,37 @@ def create_app(
     settings: Settings | None = None,
     *,
     stores: Stores | None = None,
-    admission: Admission | None = None,
+    limiter: Admission | None = None,
+    leases: Leases | None = None,
     finalizers: list[Finalizer] | None = None,
-    pricer: Pricer | None = None,
     upstream_transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
-    """The relay's app. No OpenAPI schema, no docs: nothing reads them, and building the schema costs start-up
-    time. Routes take the raw `Request` (the pipeline parses and validates the body itself)."""
+    """The relay's app, and the one place its parts are built and joined (the composition root): every part a test or
+    a benchmark swaps comes in here, never by patching a module. `limiter`: admission, budget extension and settlement
+    (default: the DynamoDB `Limiter`); `leases`: the lease keeper; `finalizers`: more parts run at each request's end;
+    `upstream_transport`: the HTTP transport under every upstream client (a test's fake upstream).
+
+    No OpenAPI schema, no docs: nothing reads them, and building the schema costs start-up time. Routes take the raw
+    `Request` (the pipeline parses and validates the body itself)."""
     settings = settings or Settings()
-    table = require_upstream(settings, upstream_transport)
+    table = require_upstream(settings)
     stores = stores or Stores.from_settings(settings)
     prices = load_prices(settings)
     telemetry = Telemetry(
         MetricsEmitter(settings.metrics_namespace, settings.service_name, _known_models(settings, prices)),
         Logger(service=settings.service_name, level=settings.log_level),
     )
-    limiter = Limiter(
-        stores,
-        settings,
-        metrics=telemetry.metrics.hook,
-        pricer=pricer or prices,
-        price_of=prices.price_of,
-        log=telemetry.logger,
-        telemetry=telemetry,
-    )
-    pipeline = Pipeline(
-        settings,
-        requests=stores.requests,
-        auth=Authenticator(stores.keys, settings.auth_cache_ttl_s),
-        admission=admission or limiter,
-        cancels=CancelRegistry(stores.requests, settings.cancel_poll_interval_s, CancelCalls(default_limits(settings))),
-        finalizer=Finalizers([limiter, telemetry, *(finalizers or [])]),
-        pricer=pricer or prices,
-        budgets=limiter if admission is None else None,
-        guardrail=_guardrail(settings),
-    )
-
+    if limiter is None:
+        reconciler = Reconciler(stores, prices, settings.usage_retention_days, on_lost=telemetry.settled_lost)
+        limiter = Limiter(
+            stores,
+            settings,
+            pricer=prices,
+            reconciler=reconciler,
+            metrics=telemetry.metrics,
+            witness=telemetry,
+            log=telemetry.logger,
+        )
     # Built here, not in the lifespan: a table entry that cannot be built refuses the start (ConfigurationError).
     upstreams = Upstreams(
         settings,
@@ -182,12 +177,23 @@ def create_app(
         transport=upstream_transport,
         priced=lambda model: prices.price_of(model) is not None,
     )
+    pipeline = Pipeline(
+        settings,
+        requests=stores.requests,
+        auth=Authenticator(stores.keys, settings.auth_cache_ttl_s),
+        admission=limiter,
+        cancels=CancelRegistry(stores.requests, settings.cancel_poll_interval_s, CancelCalls(default_limits(settings))),
+        finalizer=Finalizers([limiter, telemetry, *(finalizers or [])]),
+        pricer=prices,
+        upstreams=upstreams,
+        leases=leases or LeaseKeeper(stores.requests, settings.lease_s),
+        guardrail=_guardrail(settings),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             upstreams.connect()
-            pipeline.upstreams = upstreams
             stack.push_async_callback(upstreams.aclose)
             if pipeline.guardrail is not None:
                 stack.callback(pipeline.guardrail.client.close)

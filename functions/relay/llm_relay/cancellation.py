@@ -19,34 +19,17 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import anyio
 import anyio.to_thread
 
+from .cancel_signal import CancelSignal
 from .dynamo import RequestStore
 from .errors import RateLimited, StoreUnavailable
 from .keys import ApiKey
-from .limits import CancelAllowance, Limits, cancel_allowance, format_duration, retry_after_s
+from .limits.rules import CancelAllowance, Limits, cancel_allowance, format_duration, retry_after_s
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class CancelSignal:
-    """One request's explicit cancel: set once, with the (monotonic) time it was asked for."""
-
-    event: anyio.Event = field(default_factory=anyio.Event)
-    requested_at: float | None = None
-
-    def set(self, at: float) -> None:
-        if self.requested_at is None:
-            self.requested_at = at
-        self.event.set()
-
-    @property
-    def is_set(self) -> bool:
-        return self.event.is_set()
 
 
 class CancelCalls:

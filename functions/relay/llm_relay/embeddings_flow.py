@@ -23,6 +23,7 @@ from .attribution import attribution_of, tags_header
 from .chat_request import ChatRequest
 from .embeddings_request import EmbeddingsRequest, estimate_input_tokens, parse_embeddings_request
 from .errors import InvalidRequest, ModelNotAllowed
+from .leases import no_checkpoint
 from .metering import StreamMeter, Usage
 from .outcome import Ending, RequestContext, StreamOutcome, outcome_of
 from .pipeline import Pipeline, as_relay_error, cancel_source, read_body
@@ -99,7 +100,7 @@ async def _gated(
 async def _admitted(pipeline: Pipeline, ctx: RequestContext, embed: EmbeddingsRequest, request: Request) -> Response:
     """Admit, call the upstream (cancellable, within the deadline), finalize, answer."""
     ctx, cancel = await pipeline.admit_cancellable(ctx)
-    pipeline.leases.track(ctx.request_id, dict, since=ctx.started_epoch)
+    pipeline.leases.track(ctx.request_id, no_checkpoint, since=ctx.started_epoch)
     assert pipeline.upstreams is not None
     progress = Progress()
     call = functools.partial(pipeline.upstreams.embed, embed, ctx.request_id, progress)

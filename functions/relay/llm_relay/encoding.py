@@ -4,16 +4,13 @@ the bodies a stream ends with (the NDJSON summary line, the terminal error objec
 
 from __future__ import annotations
 
-import json
 from typing import Any, Protocol
 
+from .durations import millis
+from .json_text import dumps
 from .outcome import StreamOutcome
-from .termination import TerminationReason
+from .termination import TerminationReason, error_type_of
 from .validation import INVALID_OUTPUT
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
 class Framing(Protocol):
@@ -72,9 +69,9 @@ def summary_body(request_id: str, model: str, outcome: StreamOutcome, *, sanitiz
         "termination_reason": outcome.reason.value,
         "usage": {**outcome.usage.as_openai(), "estimated": outcome.usage.estimated},
         "cost_usd": None if cost is None else format(cost, "f"),
-        "ttft_ms": _ms(outcome.ttft_s),
-        "tpot_ms": _ms(outcome.tpot_s),
-        "duration_ms": _ms(outcome.duration_s),
+        "ttft_ms": millis(outcome.ttft_s),
+        "tpot_ms": millis(outcome.tpot_s),
+        "duration_ms": millis(outcome.duration_s),
         "chunks": outcome.chunks,
         **({"redactions": dict(outcome.redactions), "holdback_chars": outcome.holdback_chars} if sanitized else {}),
         **({"validation": outcome.validation.as_json()} if outcome.validation is not None else {}),
@@ -84,17 +81,14 @@ def summary_body(request_id: str, model: str, outcome: StreamOutcome, *, sanitiz
 def error_body(request_id: str, outcome: StreamOutcome) -> dict[str, Any]:
     """The terminal error object of a stream that failed (and the body of a failed `stream: false` answer)."""
     message = outcome.error or f"The stream ended without a finish_reason ({outcome.reason.value})."
-    error_type = "upstream_error"
+    error_type = error_type_of(outcome.reason, outcome.error_code)
     extra: dict[str, Any] = {}
     if outcome.validation is not None:  # the answer's check; `invalid_output` is the upstream's answer refused
         extra["validation"] = outcome.validation.as_json()
     if outcome.error_code is not None and outcome.error_code != INVALID_OUTPUT:  # the compliance gate: entity types
-        error_type = "invalid_request_error" if outcome.error_code == "content_filtered" else "server_error"
         extra["entity_types"] = list(outcome.blocked)
     elif outcome.reason is TerminationReason.CLIENT_CANCELLED:
-        error_type, message = "invalid_request_error", "The request was cancelled."
-    elif outcome.reason is TerminationReason.BUDGET_EXCEEDED:
-        error_type = "rate_limit_error"
+        message = "The request was cancelled."
     return {
         "error": {
             "message": message,
@@ -105,7 +99,3 @@ def error_body(request_id: str, outcome: StreamOutcome) -> dict[str, Any]:
             **extra,
         }
     }
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 3)

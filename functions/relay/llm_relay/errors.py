@@ -11,10 +11,10 @@ LLMRelayError
 
 RelayError
 ├── InvalidRequest          400  invalid_request_error        (bad JSON, wrong types, bad values)
+│   ├── ModelNotPriced      400  invalid_request_error / model_not_priced (budgeted key, RELAY_UNPRICED_MODELS=refuse)
 │   ├── PayloadTooLarge     413  invalid_request_error
 │   └── PromptRefused       400  invalid_request_error / pii_in_prompt | prompt_blocked (the compliance gate)
 ├── Unauthorized            401  invalid_request_error / invalid_api_key
-│   └── ModelNotPriced      400  invalid_request_error / model_not_priced (budgeted key, RELAY_UNPRICED_MODELS=refuse)
 ├── ModelNotAllowed         403  invalid_request_error / model_not_allowed
 ├── NotFound                404  invalid_request_error / not_found
 ├── RequestCancelled        409  invalid_request_error / client_cancelled (cancelled before it started)

@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 import anyio
 import anyio.to_thread
@@ -28,11 +28,18 @@ import anyio.to_thread
 from .dynamo import RequestStore
 from .dynamo.request_store import SETTLED
 from .errors import StoreUnavailable
-from .ledger import lease_until, renewal_interval, stream_end_by
+from .ledger import Checkpoint, lease_until, renewal_interval, stream_end_by
 
 logger = logging.getLogger(__name__)
 
-Progress = Callable[[], dict[str, Any]]  # the request's checkpoint (`cp_*` attributes), as of now
+Progress = Callable[[], Checkpoint | None]  # the request's checkpoint as of now (None: none yet, the lease alone)
+
+
+def no_checkpoint() -> Checkpoint | None:
+    """The progress of a request that has none to report yet (before its stream): its lease is renewed alone."""
+    return None
+
+
 Clock = Callable[[], float]  # epoch seconds: leases are compared with the reconciler's clock, not a monotonic one
 
 
@@ -71,6 +78,16 @@ class Lease:
         self.settled_elsewhere = True
         if self._changed is not None:
             self._changed.set()
+
+
+class Leases(Protocol):
+    """What the pipeline asks of the leases (`LeaseKeeper`; a benchmark may pass one that holds none)."""
+
+    def track(self, request_id: str, progress: Progress, *, since: float | None = None) -> Lease | None: ...
+
+    def untrack(self, request_id: str) -> None: ...
+
+    async def run(self) -> None: ...
 
 
 @dataclass(slots=True)

@@ -1,129 +1,122 @@
-"""The ledger's pure parts (docs/design.md, "The ledger loses nothing"): what the request item holds so that a request
-whose relay died can still be settled, and the one settlement builder finalization and the reconciler share.
+"""The ledger's pure parts (docs/design.md, "The ledger loses nothing"): what a request's progress is at a checkpoint,
+what the ledger knows of a request whose relay died, and the one settlement builder that finalization and the
+reconciler share. No I/O: the request item's attributes are declared in `dynamo/layout.py`, which turns these values
+into attributes and back.
 
-A request item carries, from admission until it is finished: its lease (`lease_until`, epoch s, renewed every
-third of `RELAY_LEASE_S` by `leases.LeaseKeeper`), the attributes of the two sparse indexes (`open_shard`,
-`lease_key`), what admission took (`slot`, `rate_minute`, `reserve`, `settle_tokens`: the `Ticket`), and the
-last checkpoint of its progress (`cp_*`). Settlement removes the index attributes, so the indexes only ever hold
-unfinished requests.
+A request item carries, from admission until it is finished: its lease (renewed every third of `RELAY_LEASE_S` by
+`leases.LeaseKeeper`), the attributes of the two sparse indexes, what admission took (the `Ticket`), and the last
+`Checkpoint` of its progress. Settlement removes the index attributes, so the indexes only ever hold unfinished
+requests.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 
-from . import dynamo
-from .admission import Ticket
-from .attribution import from_item as attribution_from_item
-from .dynamo import layout
-from .limits import Window
+from .attribution import NO_ATTRIBUTION, Attribution
+from .durations import millis_decimal
+from .limits.rules import Window
 from .metering import StreamMeter, Usage
+from .outcome import Ticket
 from .pricing import Pricer
 from .termination import TerminationReason
 from .usage import UsageRecord
 
 
-def admitted_item(
-    item: dict[str, Any],
-    *,
-    lease_until: int,
-    started_epoch: float,
-    mode: str,
-    prompt_tokens: int,
-    ticket: Ticket,
-) -> dict[str, Any]:
-    """The request item admission writes: `item` plus the lease, what admission takes, and a first checkpoint
-    (the prompt estimate, nothing generated yet)."""
-    request_id = layout.request_id_of(str(item["pk"]))
-    ledger: dict[str, Any] = {
-        "open_shard": layout.open_shard(request_id),
-        "lease_key": str(item["key_id"]),
-        "lease_until": lease_until,
-        "started_epoch": Decimal(str(round(started_epoch, 3))),
-        "mode": mode,
-        "slot": ticket.lease is not None,
-        "reserve": ticket.reserve,
-        "settle_tokens": ticket.settle_tokens,
-        "cp_prompt": prompt_tokens,
-        "cp_completion": 0,
-        "cp_source": "estimated",
-    }
-    if ticket.minute is not None:
-        ledger["rate_minute"] = ticket.minute
-    return {**item, **ledger}
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A stream's progress: tokens so far (the upstream's count if it arrived, else estimated), when, its TTFT, the
+    upstream streaming it and the model its answer is priced as (so a `lost` record names and prices it)."""
+
+    prompt_tokens: int
+    completion_tokens: int = 0
+    estimated: bool = True
+    at_epoch: Decimal | None = None
+    ttft_ms: Decimal | None = None
+    upstream: str = ""
+    billed_as: str = ""
 
 
 def checkpoint(
-    meter: StreamMeter, messages: list[dict[str, Any]], now_epoch: float, upstream: str = "", billed_as: str = ""
-) -> dict[str, Any]:
-    """A stream's progress as `cp_*` attributes: tokens so far (the upstream's count if it arrived), TTFT, and the
-    upstream streaming it and the model its answer is priced as (so a `lost` record names and prices it)."""
-    usage = meter.usage(messages)
-    point: dict[str, Any] = {
-        "cp_prompt": usage.prompt_tokens,
-        "cp_completion": usage.completion_tokens,
-        "cp_source": "estimated" if usage.estimated else "upstream",
-        "cp_at": Decimal(str(round(now_epoch, 3))),
-    }
-    if meter.ttft_s is not None:
-        point["cp_ttft_ms"] = Decimal(str(round(meter.ttft_s * 1000, 3)))
-    if upstream:
-        point["cp_upstream"] = upstream
-    if billed_as:
-        point["cp_billed_as"] = billed_as
-    return point
-
-
-def ticket_of(item: Mapping[str, Any]) -> Ticket:
-    """What admission took, as recorded on the request item."""
-    minute = item.get("rate_minute")
-    return Ticket(
-        minute=None if minute is None else int(minute),
-        reserve=int(item.get("reserve", 0)),
-        lease=layout.request_id_of(str(item["pk"])) if item.get("slot") else None,
-        settle_tokens=bool(item.get("settle_tokens", False)),
+    meter: StreamMeter, prompt_estimate: int, now_epoch: float, upstream: str = "", billed_as: str = ""
+) -> Checkpoint:
+    usage = meter.usage(prompt_estimate)
+    return Checkpoint(
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        usage.estimated,
+        Decimal(str(round(now_epoch, 3))),
+        millis_decimal(meter.ttft_s),
+        upstream,
+        billed_as,
     )
 
 
-def lost_record(item: Mapping[str, Any], pricer: Pricer) -> UsageRecord:
+@dataclass(frozen=True, slots=True)
+class Unfinished:
+    """What the ledger holds of a request that was admitted and not settled: enough to settle it as `lost`."""
+
+    request_id: str
+    key_id: str
+    model: str
+    started_epoch: float
+    mode: str
+    checkpoint: Checkpoint
+    billed_as: str = ""  # the first route's model, when it is not the client's
+    api: str = "chat"
+    attribution: Attribution = NO_ATTRIBUTION
+
+
+def lost_record(held: Unfinished, pricer: Pricer) -> UsageRecord:
     """The usage record of a request whose relay stopped without finalizing: its last checkpoint, priced,
     termination reason `lost`, usage `estimated` (at most one renewal interval of generation is missing)."""
-    started = float(item.get("started_epoch", 0))
-    usage = Usage(int(item.get("cp_prompt", 0)), int(item.get("cp_completion", 0)), estimated=True)
-    last = item.get("cp_at")
-    ttft = item.get("cp_ttft_ms")
+    point = held.checkpoint
+    usage = Usage(point.prompt_tokens, point.completion_tokens, estimated=True)
     return UsageRecord(
-        key_id=str(item["key_id"]),
-        request_id=layout.request_id_of(str(item["pk"])),
-        model=str(item.get("model", "")),
-        started_epoch=started,
+        key_id=held.key_id,
+        request_id=held.request_id,
+        model=held.model,
+        started_epoch=held.started_epoch,
         termination_reason=TerminationReason.LOST.value,
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         usage_source="estimated",
         # priced as the model that was answering (its checkpoint), else the first route's, else the client's
-        cost_usd=pricer(str(item.get("cp_billed_as") or item.get("billed_as") or item.get("model", "")), usage),
-        ttft_ms=None if ttft is None else Decimal(ttft),
-        duration_ms=None if last is None else Decimal(str(round((float(last) - started) * 1000, 3))),
-        mode=str(item.get("mode", "")),
-        upstream=item.get("cp_upstream"),
-        attribution=attribution_from_item(item),  # admission wrote the request's user and tags on the item
-        api=str(item.get("api", "chat")),
+        cost_usd=pricer(point.billed_as or held.billed_as or held.model, usage),
+        ttft_ms=point.ttft_ms,
+        duration_ms=None if point.at_epoch is None else millis_decimal(float(point.at_epoch) - held.started_epoch),
+        mode=held.mode,
+        upstream=point.upstream or None,
+        attribution=held.attribution,  # admission wrote the request's user and tags on the item
+        api=held.api,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What finalization writes: the usage record, spend, and (when admission took them) the lease release
+    and the token settlement of the reservation."""
+
+    record: UsageRecord
+    retention_days: int
+    lease: str | None = None
+    tokens_delta: int = 0
+    tokens_minute: int | None = None
+    reserved_usd: Decimal = Decimal(0)  # the budget reservation to swap for the record's cost
+    lease_expired_before: int | None = None  # the reconciler's: settle only if the lease is still expired then
 
 
 def settlement_of(
     record: UsageRecord, ticket: Ticket | None, retention_days: int, now_s: float, reserved_usd: Decimal = Decimal(0)
-) -> dynamo.Settlement:
+) -> Settlement:
     """The one settlement builder (finalization and the reconciler): the record, and what the ticket says to
     give back. The slot is released; the difference between reserved and used tokens is booked to the minute
     the request was admitted in, or (a refund is dropped then) to the current minute once that one is over; the
     budget reservation (`reserved_usd`, admission's plus every extension's) is swapped for the record's cost."""
     if ticket is None:
-        return dynamo.Settlement(record, retention_days, reserved_usd=reserved_usd)
+        return Settlement(record, retention_days, reserved_usd=reserved_usd)
     delta, minute = 0, None
     if ticket.settle_tokens and ticket.minute is not None:
         delta = record.prompt_tokens + record.completion_tokens - ticket.reserve
@@ -132,7 +125,7 @@ def settlement_of(
             delta = max(0, delta)
         else:
             minute = ticket.minute
-    return dynamo.Settlement(record, retention_days, ticket.lease, delta, minute, reserved_usd)
+    return Settlement(record, retention_days, ticket.lease, delta, minute, reserved_usd)
 
 
 def renewal_interval(lease_s: float) -> float:

@@ -152,15 +152,15 @@ class StreamMeter:
             return self.upstream_usage.completion_tokens
         return self.estimated_tokens
 
-    def usage(self, messages: list[dict[str, Any]]) -> Usage:
+    def usage(self, prompt_estimate: int) -> Usage:
         """Upstream-reported usage when it arrived, else an estimate (`delta_tokens`). A count the upstream left
         out of its usage (an NDJSON server that reports its output only) is estimated like any missing count, and
-        the usage marked estimated: never billed as 0."""
+        the usage marked estimated: never billed as 0. `prompt_estimate`: the prompt's `estimate_prompt_tokens`."""
         reported = self.upstream_usage
         if reported is None:
-            return Usage(estimate_prompt_tokens(messages), self.estimated_tokens, estimated=True)
+            return Usage(prompt_estimate, self.estimated_tokens, estimated=True)
         if not self._prompt_reported:
-            return replace(reported, prompt_tokens=estimate_prompt_tokens(messages), estimated=True)
+            return replace(reported, prompt_tokens=prompt_estimate, estimated=True)
         return reported
 
 

@@ -223,9 +223,21 @@ class MetricsEmitter:
     def rejection(self, reason: str) -> None:
         self.emit({REJECTIONS: 1}, {REASON: reason})
 
-    def hook(self, name: str, value: float, dimensions: Mapping[str, str]) -> None:
-        """The callback shape the limiter reports through."""
-        self.emit({name: value}, dict(dimensions))
+    # --- what the limits report (`limits.reporting.LimitsMetrics`) ------------------------------------------------
+    def admission_attempts(self, attempts: int) -> None:
+        self.emit({ADMISSION_ATTEMPTS: attempts})
+
+    def admission_rejected(self, limit: str) -> None:
+        self.emit({ADMISSION_REJECTED: 1}, {LIMIT: limit})
+
+    def admission_store_error(self, policy: str) -> None:
+        self.emit({ADMISSION_STORE_ERROR: 1}, {POLICY: policy})
+
+    def budget_extension(self, result: str) -> None:
+        self.emit({BUDGET_EXTENSIONS: 1}, {RESULT: result})
+
+    def usage_write_failed(self) -> None:
+        self.emit({USAGE_WRITE_FAILED: 1})
 
     def request_finished(self, ctx: RequestContext, outcome: StreamOutcome) -> None:
         cost = outcome.cost_usd

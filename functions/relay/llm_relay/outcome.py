@@ -6,24 +6,38 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol
 
 from .attribution import NO_ATTRIBUTION, Attribution
 from .chat_request import ChatRequest
 from .keys import ApiKey
-from .metering import StreamMeter, Usage
+from .limits.budgets import Reservation, conservative_prompt_tokens
+from .metering import StreamMeter, Usage, estimate_prompt_tokens
 from .pricing import Pricer
 from .sanitize.policy import OFF, Policy
 from .termination import TerminationReason
 from .validation import Verdict
 
-if TYPE_CHECKING:
-    from .budgets import Reservation
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """A request's prompt as the relay counts it, computed once when the request is parsed: its messages as dicts,
+    the meter's estimate of its tokens (what a usage without the upstream's count bills), and the upper estimate a
+    budget reserves for (`limits.budgets.conservative_prompt_tokens`)."""
+
+    messages: list[dict[str, Any]]
+    estimate: int
+    upper: int
+
+    @classmethod
+    def of(cls, chat: ChatRequest) -> Prompt:
+        messages = chat.messages_as_dicts()
+        return cls(messages, estimate_prompt_tokens(messages), conservative_prompt_tokens(messages))
 
 
 @dataclass(frozen=True, slots=True)
 class Ticket:
-    """What admission granted one request (`admission.Admission.admit`); the request carries it to finalization,
+    """What admission granted one request (`limits.Admission.admit`); the request carries it to finalization,
     which gives back or settles what it says was taken."""
 
     headers: Mapping[str, str] = field(default_factory=dict)  # x-ratelimit-* for the response
@@ -39,6 +53,7 @@ class RequestContext:
     request_id: str
     key: ApiKey
     chat: ChatRequest
+    prompt: Prompt  # the chat's prompt, counted once (`Prompt.of`)
     mode: str  # "sse", "ndjson" or "json"
     started_at: float  # monotonic
     started_epoch: float
@@ -120,7 +135,7 @@ def outcome_of(
     """The outcome of a request, whatever ended it: a stream (its meter), or an upstream that never answered
     2xx (`answered` False, an empty meter). Its cost is the price of `billed_as` (the model of the route that
     answered; the client's model when empty)."""
-    usage = meter.usage(ctx.chat.messages_as_dicts())
+    usage = meter.usage(ctx.prompt.estimate)
     priced = pricer(billed_as or ctx.chat.model, usage)
     return StreamOutcome(
         reason=ending.reason,

@@ -26,13 +26,12 @@ from starlette.responses import Response
 from starlette.types import Receive
 
 from . import client_request_id
-from .admission import Admission, Ticket
 from .apis.base import Api
 from .apis.chat import ChatApi
 from .attribution import Attribution, attribution_of, tags_header
 from .auth import Authenticator
-from .budget_extension import BudgetExtender, BudgetGuard
-from .cancellation import CancelRegistry, CancelSignal
+from .cancel_signal import CancelSignal
+from .cancellation import CancelRegistry
 from .chat_request import ChatRequest
 from .dynamo import RequestStore
 from .errors import (
@@ -50,10 +49,11 @@ from .errors import (
 )
 from .keys import ApiKey
 from .lambda_context import LambdaInvocation
-from .leases import LeaseKeeper
+from .leases import Leases, no_checkpoint
 from .ledger import checkpoint
+from .limits import Admission, Ticket
 from .metering import StreamMeter, Usage
-from .outcome import Ending, Finalizer, RequestContext, StreamOutcome, outcome_of
+from .outcome import Ending, Finalizer, Prompt, RequestContext, StreamOutcome, outcome_of
 from .pricing import Pricer
 from .sanitize.policy import KeyPolicy, Policy
 from .settings import Settings
@@ -84,26 +84,25 @@ class Pipeline:
         cancels: CancelRegistry,
         finalizer: Finalizer,
         pricer: Pricer,
-        budgets: BudgetExtender | None = None,
-        leases: LeaseKeeper | None = None,
+        upstreams: Upstreams,
+        leases: Leases,
         guardrail: Guardrail | None = None,
     ) -> None:
         self.settings = settings
-        self._budgets = budgets
         self._requests = requests
         self._auth = auth
         self._admission = admission
         self.cancels = cancels
         self._finalizer = finalizer
         self.pricer = pricer
-        self.leases = leases or LeaseKeeper(requests, settings.lease_s)
+        self.leases = leases
         self._policy = settings.sanitize_policy  # the deployment's: the floor of every key's
         self.guardrail = guardrail  # the deployment's Bedrock guardrail, on every prompt and answer (None: none)
         if self._policy.on:  # at start-up (more CPU than a request gets on Lambda), not on the first request
             from .sanitize.chunks import warm
 
             warm(self._policy.entities, settings.sanitize_phone_region)
-        self.upstreams: Upstreams | None = None  # opened by the app's lifespan
+        self.upstreams = upstreams  # connected by the app's lifespan
 
     async def chat(self, request: Request, *, ndjson: bool) -> Response:
         """A chat completion, answered as SSE, NDJSON or one JSON body."""
@@ -118,7 +117,7 @@ class Pipeline:
         ctx = replace(ctx, billed_as=plan.billed_as)  # what admission reserves for: every model that may answer
         ctx, cancel = await self.admit_cancellable(ctx)
         # renewed from admission on (no progress before the stream); held at most as long as admission made it
-        lease = self.leases.track(ctx.request_id, dict, since=ctx.started_epoch)
+        lease = self.leases.track(ctx.request_id, no_checkpoint, since=ctx.started_epoch)
         opened = await self._open_upstream(ctx, plan, cancel, request.receive)
         streamed = ctx.mode != "json"
         framing = api.framing(ctx.request_id, ctx.chat.model, int(ctx.started_epoch)) if streamed else None
@@ -132,17 +131,17 @@ class Pipeline:
                 on_end=functools.partial(self.finalize, ctx),
                 pricer=self.pricer,
                 settings=self.settings,
-                budget=self._budget_guard(ctx),
+                budget=self._admission.budget_guard(ctx),
                 gate=self._output_gate(ctx),
                 lease=lease,
             )
         except BaseException:  # the stream that would have finalized it never started: finalize it here
             await self._abandon(ctx, opened)
             raise
-        messages = ctx.chat.messages_as_dicts()
+        estimate = ctx.prompt.estimate
         self.leases.track(
             ctx.request_id,
-            lambda: checkpoint(stream.meter, messages, time.time(), opened.upstream, opened.billed_as),
+            lambda: checkpoint(stream.meter, estimate, time.time(), opened.upstream, opened.billed_as),
         )
         return stream
 
@@ -271,6 +270,7 @@ class Pipeline:
             request_id=request.state.request_id,
             key=key,
             chat=chat,
+            prompt=Prompt.of(chat),
             mode=mode,
             api=api,
             started_at=now,
@@ -345,7 +345,6 @@ class Pipeline:
 
     async def _plan(self, ctx: RequestContext) -> Plan:
         """Where the request goes (the upstream table), its first request built: refusals here cost nothing."""
-        assert self.upstreams is not None
         gated = ctx.policy.on or self.guardrail is not None  # the gate must see (and may change) every text first
         # An enforced check must be free to replace the end: the provider's own terminal event would have gone out.
         enforced = self.settings.output_validation == "enforce" and expectation_of(ctx.chat) is not None
@@ -393,7 +392,6 @@ class Pipeline:
         self, ctx: RequestContext, plan: Plan, cancel: CancelSignal, receive: Receive
     ) -> OpenedStream:
         """Open the upstream stream (with its retries, and its fallbacks)."""
-        assert self.upstreams is not None
         call = functools.partial(self.upstreams.open, plan)
         return await self.call_upstream(ctx, call, cancel, receive, plan.progress, plan.upstream)
 
@@ -473,13 +471,6 @@ class Pipeline:
         if cancel.is_set or gone.is_set():
             raise RequestCancelled("The request was cancelled before the upstream answered.")
         raise UpstreamTimeout("The relay's time limit was reached before the upstream answered.", code="deadline")
-
-    def _budget_guard(self, ctx: RequestContext) -> BudgetGuard | None:
-        """The stream's guard over the admission's budget reservation, extended through `budgets`."""
-        reservation = ctx.ticket.budget if ctx.ticket is not None else None
-        if reservation is None or self._budgets is None:
-            return None
-        return BudgetGuard(reservation, functools.partial(self._budgets.extend_budget, ctx))
 
     async def finalize(self, ctx: RequestContext, outcome: StreamOutcome) -> None:
         """The one end of every admitted request: usage and limits, telemetry; then it can no longer be

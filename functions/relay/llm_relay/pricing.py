@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .metering import Usage
 
@@ -25,8 +25,19 @@ logger = logging.getLogger(__name__)
 
 PER_TOKENS = Decimal(1_000_000)
 
-Pricer = Callable[[str, Usage], Decimal | None]
-"""The cost of a model's usage in USD; None when the model has no price."""
+
+class Pricer(Protocol):
+    """The relay's one source of prices (`PriceTable`): what a model's usage costs, and what its tokens cost."""
+
+    def __call__(self, model: str, usage: Usage) -> Decimal | None:
+        """The cost of a model's usage in USD; None when the model has no price."""
+        ...
+
+    def price_of(self, model: str) -> ModelPrice | None:
+        """The model's price per million tokens; None when it has none."""
+        ...
+
+
 _DATE_SUFFIX = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8})$")
 # A Bedrock cross-region inference profile costs what the model costs in its own region. Not `global.`: the
 # price data prices global profiles apart (they cost less).

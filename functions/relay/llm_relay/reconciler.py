@@ -6,8 +6,9 @@ item finished. The settlement is conditional on "not finished" and carries a cli
 or a reconciler and a late finalization, settle a request exactly once.
 
 Runs as `llm-relay reconcile`, on a schedule (reconcile_handler.py), and from admission for one key's expired
-leases when they are what refuses a request (limiter.py). Each of the three counts what it settled through the
-same `on_lost` (`telemetry.Telemetry.settled_lost`), so a `lost` request is counted alike whoever settled it.
+leases when they are what refuses a request (`limits.admit`, given this reconciler by the app). Each of the three
+counts what it settled through the same `on_lost` (`telemetry.Telemetry.settled_lost`), so a `lost` request is
+counted alike whoever settled it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 
 from .dynamo import Stores, layout
-from .ledger import lost_record, settlement_of, ticket_of
+from .ledger import lost_record, settlement_of
 from .pricing import Pricer
 from .usage import UsageRecord
 
@@ -98,10 +99,10 @@ class Reconciler:
         item = self._stores.requests.get(request_id)
         if item is None or "finished_at" in item or int(item.get("lease_until", now + 1)) >= now:
             return None  # settled, or renewed since the index was read (indexes are eventually consistent)
-        record = lost_record(item, self._pricer)
+        record = lost_record(layout.unfinished_of(item), self._pricer)
         reserved = Decimal(str(item.get("reserved_usd", 0)))  # the budget reservation it still holds
         settlement = replace(
-            settlement_of(record, ticket_of(item), self._retention_days, now, reserved),
+            settlement_of(record, layout.ticket_of(item), self._retention_days, now, reserved),
             lease_expired_before=math.ceil(now),  # lease_until (whole seconds) < now
         )
         # Its own token purpose, each time: two reconcilers build the same transaction for a request, and with one

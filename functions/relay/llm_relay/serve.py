@@ -27,7 +27,7 @@ from __future__ import annotations
 import gc
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
@@ -110,17 +110,29 @@ def http_protocol() -> type[asyncio.Protocol] | str:
     return type("BoundedWritesProtocol", (base,), {"connection_made": connection_made})
 
 
-def main() -> None:
-    """`python -m llm_relay.serve`: what run.sh execs."""
+def main(
+    *,
+    build: Callable[[], tuple[Any, Settings]] = build_app,
+    listen: Callable[[str, int], socket.socket] = listening_socket,
+) -> None:
+    """`python -m llm_relay.serve`: what run.sh execs. `build` and `listen` are the app's and the socket's makers (a
+    test passes its own)."""
     gc.disable()
-    app, settings = build_app()
-    server, sock = http_server(app, HOST, settings.port)
+    app, settings = build()
+    server, sock = http_server(app, HOST, settings.port, listen=listen)
     gc.freeze()
     gc.enable()
     server.run(sockets=[sock])
 
 
-def http_server(app: Any, host: str, port: int, **options: Any) -> tuple[uvicorn.Server, socket.socket]:
+def http_server(
+    app: Any,
+    host: str,
+    port: int,
+    *,
+    listen: Callable[[str, int], socket.socket] = listening_socket,
+    **options: Any,
+) -> tuple[uvicorn.Server, socket.socket]:
     """uvicorn on our own listening socket, given as the socket object: uvicorn's `fd=` would wrap it as a Unix
     socket, and the event loop sets TCP_NODELAY only on TCP connections, so every small write (a token) would wait
     for the client's delayed ACK (about 20 ms more to the first token, measured)."""
@@ -129,7 +141,7 @@ def http_server(app: Any, host: str, port: int, **options: Any) -> tuple[uvicorn
     config = uvicorn.Config(
         app, host=host, port=port, access_log=False, timeout_keep_alive=KEEP_ALIVE_S, http=http_protocol(), **options
     )
-    return uvicorn.Server(config), listening_socket(host, port)
+    return uvicorn.Server(config), listen(host, port)
 
 
 if __name__ == "__main__":

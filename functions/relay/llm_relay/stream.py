@@ -21,10 +21,11 @@ from starlette.types import Message, Receive, Scope, Send
 from .aggregate import CompletionAggregator
 from .apis.base import Api
 from .apis.chat import ChatApi
-from .budget_extension import BudgetGuard, tokens_in
-from .cancellation import CancelSignal
+from .cancel_signal import CancelSignal
 from .clock import MONOTONIC, Clock
-from .encoding import Framing, dumps, error_body, summary_body
+from .encoding import Framing, error_body, summary_body
+from .json_text import dumps
+from .limits.extend import BudgetGuard, tokens_in
 from .metering import StreamMeter
 from .outcome import Ending, RequestContext, StreamOutcome, outcome_of
 from .pricing import Pricer

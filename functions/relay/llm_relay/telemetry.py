@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from aws_lambda_powertools import Logger
 
+from .durations import millis
 from .metrics import (
     COMPLETION_TOKENS,
     COST,
@@ -49,10 +50,6 @@ class LedgerNote:
     state: Literal["pending", "refused"]
     reason: str | None = None
     record: UsageRecord | None = None
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 2)
 
 
 def _policy_text(ctx: RequestContext) -> str:
@@ -120,14 +117,14 @@ class Telemetry:
             "completion_tokens": outcome.usage.completion_tokens,
             "usage_source": outcome.usage.source,
             "cost_usd": None if outcome.cost_usd is None else format(outcome.cost_usd, "f"),
-            "ttft_ms": _ms(outcome.ttft_s),
-            "tpot_ms": _ms(outcome.tpot_s),
-            "duration_ms": _ms(outcome.duration_s),
+            "ttft_ms": millis(outcome.ttft_s),
+            "tpot_ms": millis(outcome.tpot_s),
+            "duration_ms": millis(outcome.duration_s),
             "chunks": outcome.chunks,
             "retries": outcome.retries,
             "upstream_errors": outcome.upstream_errors or None,
             "cancel_source": outcome.cancel_source,
-            "cancel_latency_ms": _ms(outcome.cancel_latency_s),
+            "cancel_latency_ms": millis(outcome.cancel_latency_s),
             "error": outcome.error,
             "error_code": outcome.error_code,
             "validation": None if outcome.validation is None else outcome.validation.as_json(),  # never the answer

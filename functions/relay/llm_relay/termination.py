@@ -1,6 +1,7 @@
 """Termination reasons: exactly one per stream, so that every request's record, log line and metric says how it
 ended in one word, and the tables that go with them: what each reason means (`MEANINGS`), which reason an exception
-ends a request with (`reason_for`), and which HTTP status a request that ends before its first byte answers with
+ends a request with (`reason_for`), which error type a failed stream's terminal error carries (`error_type_of`), and
+which HTTP status a request that ends before its first byte answers with
 (`HTTP_STATUS`, `ERROR_CODE_STATUS`). The errors reference (docs/reference/errors.md) is generated from them."""
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from .errors import RelayError, RequestCancelled, UpstreamTimeout
 
 
 class TerminationReason(StrEnum):
+    """How a stream ended. `is_failure`: it ends with a terminal error object; `is_unfinished`: the model did not
+    finish its answer (a failure, a cancel, or a request the reconciler settled as `lost`)."""
+
     STOP = "stop"
     LENGTH = "length"
     CONTENT_FILTER = "content_filter"
@@ -28,6 +32,10 @@ class TerminationReason(StrEnum):
     def is_failure(self) -> bool:
         """Failures end a stream with a terminal error object instead of a normal end."""
         return self in _FAILURES
+
+    @property
+    def is_unfinished(self) -> bool:
+        return self in _FAILURES or self in (TerminationReason.CLIENT_CANCELLED, TerminationReason.LOST)
 
 
 MEANINGS = {
@@ -102,6 +110,27 @@ def reason_for(exc: RelayError) -> TerminationReason:
         if isinstance(exc, cls) and (code is None or exc.code == code):
             return reason
     return TerminationReason.UPSTREAM_ERROR
+
+
+# Termination reason -> the OpenAI error `type` of the terminal error object that ends a failed stream (and the body of
+# a failed `stream: false` answer); any other failure is the upstream's.
+ERROR_TYPE = {
+    TerminationReason.CLIENT_CANCELLED: "invalid_request_error",
+    TerminationReason.BUDGET_EXCEEDED: "rate_limit_error",
+}
+DEFAULT_ERROR_TYPE = "upstream_error"
+# The terminal error's own code -> its error `type`, where the code is not the reason's (the compliance gate's).
+ERROR_CODE_TYPE = {
+    "content_filtered": "invalid_request_error",
+    "guardrail_unavailable": "server_error",
+}
+
+
+def error_type_of(reason: TerminationReason, code: str | None = None) -> str:
+    """The error `type` of a failed stream's terminal error: its own code's, else its reason's."""
+    if code is not None and code in ERROR_CODE_TYPE:
+        return ERROR_CODE_TYPE[code]
+    return ERROR_TYPE.get(reason, DEFAULT_ERROR_TYPE)
 
 
 # Termination reason -> HTTP status of a `stream: false` answer that did not complete.

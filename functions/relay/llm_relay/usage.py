@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from .attribution import NO_ATTRIBUTION, Attribution
+from .durations import millis_decimal
 from .outcome import RequestContext, StreamOutcome
 from .sanitize.policy import POLICY_VERSION
 from .validation import Verdict
@@ -23,10 +24,6 @@ def iso_ms(epoch_s: float) -> str:
     """UTC timestamp with milliseconds, sortable as text: `2025-01-02T03:04:05.123Z`."""
     whole, ms = divmod(round(epoch_s * 1000), 1000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{ms:03d}Z"
-
-
-def _ms(seconds: float | None) -> Decimal | None:
-    return None if seconds is None else Decimal(str(round(seconds * 1000, 3)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +111,8 @@ def record_for(ctx: RequestContext, outcome: StreamOutcome) -> UsageRecord:
         cached_tokens=usage.cached_tokens,
         usage_source=usage.source,
         cost_usd=outcome.cost_usd,
-        ttft_ms=_ms(outcome.ttft_s),
-        duration_ms=_ms(outcome.duration_s),
+        ttft_ms=millis_decimal(outcome.ttft_s),
+        duration_ms=millis_decimal(outcome.duration_s),
         mode=ctx.mode,
         cancel_source=outcome.cancel_source,
         upstream=outcome.upstream or None,
@@ -141,7 +138,7 @@ def refused_record(ctx: RequestContext, reason: str, duration_s: float) -> Usage
         termination_reason=reason,
         usage_source="none",
         cost_usd=Decimal(0),
-        duration_ms=_ms(duration_s),
+        duration_ms=millis_decimal(duration_s),
         mode=ctx.mode,
         attribution=ctx.attribution,
         api=ctx.api,

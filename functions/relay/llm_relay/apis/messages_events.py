@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..encoding import dumps
+from ..json_text import dumps
 
 __all__ = ["MessagesFraming", "message_id", "messages_answer", "messages_error", "stop_reason", "usage"]
 

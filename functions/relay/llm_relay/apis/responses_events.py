@@ -33,7 +33,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..encoding import dumps
+from ..json_text import dumps
 from ..upstreams.openai_responses import RAW_EVENTS
 from .responses_passthrough import PassThrough
 

@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from ..keys import ISO, ApiKey, generate_key, generate_key_id, hash_key, now_iso
-from ..limits import LIMIT_NAMES, Limits
+from ..limits.rules import LIMIT_NAMES, Limits
 from ..sanitize.policy import KeyPolicy, Policy
 from . import options, sanitize_view
 from .common import CliError
@@ -288,7 +288,7 @@ def effective_policy(key: ApiKey, settings: Settings) -> Policy:
 
 
 def _effective(key: ApiKey, settings: Settings) -> dict[str, Any]:
-    from ..limiter import default_limits
+    from ..limits.rules import default_limits
 
     limits = Limits.resolve(key.limits, default_limits(settings))
     return {name: "unlimited" if getattr(limits, name) is None else getattr(limits, name) for name in LIMIT_NAMES}

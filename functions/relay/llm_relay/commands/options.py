@@ -11,7 +11,7 @@ from collections.abc import Callable
 from decimal import Decimal
 
 from ..keys import ISO
-from ..limits import LIMIT_NAMES, parse_limit
+from ..limits.rules import LIMIT_NAMES, parse_limit
 from ..sanitize.policy import ENTITY_TYPES, MODES, Mode, parse_entities
 
 MAX_LIMIT = Decimal(10) ** 15  # far above any real limit, far inside what DynamoDB stores exactly

@@ -17,7 +17,7 @@ from .budget_store import BudgetStore, release_ops
 from .client import make_client
 from .key_store import KeyStore
 from .layout import request_item
-from .limits_store import AdmitResult, LimitsStore, Settlement
+from .limits_store import AdmitResult, LimitsStore
 from .request_store import RequestStore
 from .stores import Stores
 from .usage_store import UsageStore
@@ -28,7 +28,6 @@ __all__ = [
     "KeyStore",
     "LimitsStore",
     "RequestStore",
-    "Settlement",
     "StoreUnavailable",
     "Stores",
     "UsageStore",

@@ -10,27 +10,23 @@ relay's finalization, or the ledger's reconciler) knows what to release.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import random
 import time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import ClientError
-
-from ..budgets import BudgetPeriod, room
-from ..limits import day_of, month_of
+from ..limits.budgets import BudgetPeriod, room
+from ..limits.rules import SpendPeriods
 from . import layout
-from .client import TRANSACTION_CANCELLED, error_code, make_client, store_call, unavailable
+from .client import unavailable
 from .layout import serialize
+from .store_base import Cancelled, TableStore, backoff
 
 if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
+    pass
 
 logger = logging.getLogger(__name__)
 
-_CONTENTION = frozenset({"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"})
 EXTEND_ATTEMPTS = 4
 
 
@@ -72,7 +68,7 @@ def release_ops(
     `settle_adds` in its own spend updates.)"""
     adds, values = settle_adds(cost_usd, reserved_usd)
     ops = []
-    for period in (f"D#{day_of(started_epoch)}", f"M#{month_of(started_epoch)}"):
+    for period in SpendPeriods.at(started_epoch).both():
         ops.append(
             {
                 "Update": {
@@ -86,12 +82,8 @@ def release_ops(
     return ops
 
 
-class BudgetStore:
+class BudgetStore(TableStore):
     """The one write a stream makes to extend its reservation."""
-
-    def __init__(self, table_name: str, client: DynamoDBClient | None = None) -> None:
-        self.table_name = table_name
-        self.client = client or make_client()
 
     def extend(
         self, key_id: str, request_id: str, periods: tuple[BudgetPeriod, ...], amount: Decimal, sequence: int
@@ -100,21 +92,17 @@ class BudgetStore:
         True if it fit, False if a budget refused. Retried on contention; raises StoreUnavailable otherwise."""
         items = [reserve_op(self.table_name, key_id, period, amount) for period in periods]
         items.append(self._note_on_request(request_id, amount))
-        token = hashlib.sha256(f"{request_id}:extend{sequence}".encode()).hexdigest()[:36]
+        token = self.token(request_id, f"extend{sequence}")
         for attempt in range(EXTEND_ATTEMPTS):
             try:
-                with store_call("TransactWriteItems"):
-                    self.client.transact_write_items(TransactItems=items, ClientRequestToken=token)  # type: ignore[arg-type]
+                self.transact(items, token)
                 return True
-            except ClientError as exc:
-                if error_code(exc) != TRANSACTION_CANCELLED:
-                    raise unavailable("TransactWriteItems", error_code(exc)) from exc
-                codes = [str(r.get("Code", "None")) for r in exc.response.get("CancellationReasons", [])]
-            if "ConditionalCheckFailed" in codes:
-                return False
-            if not any(code in _CONTENTION for code in codes):
-                raise unavailable("TransactWriteItems", f"budget extension cancelled: {codes}")
-            time.sleep(random.uniform(0, min(1.0, 0.02 * 2**attempt)))
+            except Cancelled as cancelled:
+                if "ConditionalCheckFailed" in cancelled.codes:
+                    return False
+                if not cancelled.contention:
+                    raise unavailable("TransactWriteItems", f"budget extension cancelled: {cancelled.codes}") from None
+            time.sleep(backoff(attempt))
         raise unavailable("TransactWriteItems", "budget extension kept conflicting with other writes")
 
     def _note_on_request(self, request_id: str, amount: Decimal) -> dict[str, Any]:

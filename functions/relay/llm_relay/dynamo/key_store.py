@@ -6,17 +6,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..keys import ApiKey, now_iso
 from . import layout
-from .client import make_client, store_call
+from .client import store_call
+from .store_base import TableStore
 
 if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
+    pass
 
 
-class KeyStore:
-    def __init__(self, table_name: str, client: DynamoDBClient | None = None) -> None:
-        self.table_name = table_name
-        self.client = client or make_client()
-
+class KeyStore(TableStore):
     def get_by_hash(self, key_hash: str) -> ApiKey | None:
         """The authentication read: eventually consistent (a revocation already waits for the auth cache)."""
         item = self._get(layout.key_by_hash(key_hash), consistent=False)

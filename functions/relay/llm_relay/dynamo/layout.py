@@ -69,6 +69,8 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from ..attribution import as_item as attribution_attributes
 from ..attribution import from_item as attribution_from_item
 from ..keys import ISO, ApiKey, now_iso
+from ..ledger import Checkpoint, Unfinished
+from ..outcome import Ticket
 from ..sanitize.policy import KeyPolicy
 from ..usage import SECONDS_PER_DAY, UsageRecord, iso_ms
 from ..validation import Verdict
@@ -188,7 +190,7 @@ def request_item(
     request_id: str, key_id: str, model: str, ttl_s: int, client_request_id: str | None = None
 ) -> dict[str, Any]:
     """The in-flight request item, written by admission (alone, or inside the limits transaction). The ledger
-    adds its lease and what admission took (`ledger.admitted_item`)."""
+    adds its lease and what admission took (`admitted_item`)."""
     item: dict[str, Any] = {
         **request_key(request_id),
         "key_id": key_id,
@@ -199,6 +201,89 @@ def request_item(
     if client_request_id is not None:
         item["client_request_id"] = client_request_id
     return item
+
+
+# --- the ledger's attributes on a request item (ledger.py holds the values, this their names) --------------------
+def admitted_item(
+    item: dict[str, Any],
+    *,
+    lease_until: int,
+    started_epoch: float,
+    mode: str,
+    prompt_tokens: int,
+    ticket: Ticket,
+) -> dict[str, Any]:
+    """The request item admission writes: `item` plus the lease, the sparse indexes' keys, what admission takes
+    (the ticket) and a first checkpoint (the prompt estimate, nothing generated yet)."""
+    request_id = request_id_of(str(item["pk"]))
+    ledger: dict[str, Any] = {
+        "open_shard": open_shard(request_id),
+        "lease_key": str(item["key_id"]),
+        "lease_until": lease_until,
+        "started_epoch": Decimal(str(round(started_epoch, 3))),
+        "mode": mode,
+        "slot": ticket.lease is not None,
+        "reserve": ticket.reserve,
+        "settle_tokens": ticket.settle_tokens,
+        **checkpoint_attributes(Checkpoint(prompt_tokens)),
+    }
+    if ticket.minute is not None:
+        ledger["rate_minute"] = ticket.minute
+    return {**item, **ledger}
+
+
+def checkpoint_attributes(point: Checkpoint) -> dict[str, Any]:
+    """A checkpoint as the request item's `cp_*` attributes (what a renewal writes)."""
+    attributes: dict[str, Any] = {
+        "cp_prompt": point.prompt_tokens,
+        "cp_completion": point.completion_tokens,
+        "cp_source": "estimated" if point.estimated else "upstream",
+    }
+    if point.at_epoch is not None:
+        attributes["cp_at"] = point.at_epoch
+    if point.ttft_ms is not None:
+        attributes["cp_ttft_ms"] = point.ttft_ms
+    if point.upstream:
+        attributes["cp_upstream"] = point.upstream
+    if point.billed_as:
+        attributes["cp_billed_as"] = point.billed_as
+    return attributes
+
+
+def ticket_of(item: dict[str, Any]) -> Ticket:
+    """What admission took, as recorded on the request item."""
+    minute = item.get("rate_minute")
+    return Ticket(
+        minute=None if minute is None else int(minute),
+        reserve=int(item.get("reserve", 0)),
+        lease=request_id_of(str(item["pk"])) if item.get("slot") else None,
+        settle_tokens=bool(item.get("settle_tokens", False)),
+    )
+
+
+def unfinished_of(item: dict[str, Any]) -> Unfinished:
+    """What an unfinished request item holds: the request, and its last checkpoint."""
+    at, ttft = item.get("cp_at"), item.get("cp_ttft_ms")
+    point = Checkpoint(
+        int(item.get("cp_prompt", 0)),
+        int(item.get("cp_completion", 0)),
+        item.get("cp_source", "estimated") != "upstream",
+        None if at is None else Decimal(at),
+        None if ttft is None else Decimal(ttft),
+        str(item.get("cp_upstream") or ""),
+        str(item.get("cp_billed_as") or ""),
+    )
+    return Unfinished(
+        request_id=request_id_of(str(item["pk"])),
+        key_id=str(item["key_id"]),
+        model=str(item.get("model", "")),
+        started_epoch=float(item.get("started_epoch", 0)),
+        mode=str(item.get("mode", "")),
+        checkpoint=point,
+        billed_as=str(item.get("billed_as") or ""),
+        api=str(item.get("api", "chat")),
+        attribution=attribution_from_item(item),
+    )
 
 
 def client_cancel_key(key_id: str, client_request_id: str) -> dict[str, str]:

@@ -10,27 +10,26 @@ failure is `StoreUnavailable` (client.py).
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import random
 import time
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from ..budgets import periods_of
 from ..errors import StoreUnavailable
-from ..limits import CONCURRENCY, DAILY, MONTHLY, PREV, RATE, AdmissionPlan, Window
+from ..ledger import Settlement
+from ..limits.budgets import periods_of
+from ..limits.rules import CONCURRENCY, DAILY, MONTHLY, PREV, RATE, AdmissionPlan, SpendPeriods, Window
 from ..usage import UsageRecord, iso_ms
 from . import layout
 from .budget_store import release_ops, reserve_op, settle_adds
-from .client import CONDITION_FAILED, TRANSACTION_CANCELLED, error_code, make_client, store_call, unavailable
+from .client import CONDITION_FAILED, error_code, store_call, unavailable
 from .layout import deserialize, serialize
+from .store_base import Cancelled, TableStore, backoff
 
 if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +37,6 @@ REQUEST = "request"
 USAGE, SPEND_DAY, SPEND_MONTH, RELEASE, SETTLE_TOKENS = "usage", "spend_day", "spend_month", "release", "settle"
 FINISH = "finish"
 RELEASED = "released"  # the termination reason of a request item whose admission was given back
-_CONTENTION = frozenset({"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"})
 V01_LEASE_PREFIX = "l_"  # 0.1 kept each stream's lease on the key's count item: `l_<request id>` = its expiry
 _DROP_BATCH = 100  # 0.1 lease attributes removed per UpdateItem (an update expression holds at most 4 KB)
 
@@ -50,33 +48,15 @@ class AdmitResult:
     contention: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Settlement:
-    """What finalization writes: the usage record, spend, and (when admission took them) the lease release
-    and the token settlement of the reservation."""
-
-    record: UsageRecord
-    retention_days: int
-    lease: str | None = None
-    tokens_delta: int = 0
-    tokens_minute: int | None = None
-    reserved_usd: Decimal = Decimal(0)  # the budget reservation to swap for the record's cost
-    lease_expired_before: int | None = None  # the reconciler's: settle only if the lease is still expired then
-
-
-class LimitsStore:
-    def __init__(self, table_name: str, client: DynamoDBClient | None = None) -> None:
-        self.table_name = table_name
-        self.client = client or make_client()
-
+class LimitsStore(TableStore):
     # --- admission -----------------------------------------------------------------------------------------
     def admit(self, plan: AdmissionPlan, request_item: dict[str, Any], attempt: int = 0) -> AdmitResult:
         """One TransactWriteItems: the limit parts that apply, and the Put of the in-flight request item."""
         parts = self.admission_parts(plan, request_item)
         names = [name for name, _ in parts]
         try:
-            self._transact([op for _, op in parts], self._token(plan.request_id, f"admit{attempt}"))
-        except _Cancelled as cancelled:
+            self.transact([op for _, op in parts], self.token(plan.request_id, f"admit{attempt}"))
+        except Cancelled as cancelled:
             return AdmitResult(False, cancelled.failures(names), cancelled.contention)
         return AdmitResult(True)
 
@@ -156,8 +136,8 @@ class LimitsStore:
                 raise
         parts = self._release_parts(plan)
         try:
-            self._transact([op for _, op in parts], self._token(rid, "release"))
-        except _Cancelled as cancelled:
+            self.transact([op for _, op in parts], self.token(rid, "release"))
+        except Cancelled as cancelled:
             if FINISH in cancelled.failures([name for name, _ in parts]):
                 return "none"
             raise unavailable("TransactWriteItems", f"release cancelled: {cancelled.codes}") from cancelled
@@ -193,19 +173,19 @@ class LimitsStore:
         store errors until `attempts` or the monotonic `deadline`; then raises StoreUnavailable."""
         parts = self.settlement_parts(settlement, settlement.lease)
         names = [name for name, _ in parts]
-        token = self._token(settlement.record.request_id, purpose)
+        token = self.token(settlement.record.request_id, purpose)
         for attempt in range(attempts):
             try:
-                self._transact([op for _, op in parts], token)
+                self.transact([op for _, op in parts], token)
                 return True
-            except _Cancelled as cancelled:
+            except Cancelled as cancelled:
                 failed = cancelled.failures(names)
                 if FINISH in failed or USAGE in failed:
                     return False  # finished by an earlier attempt, the finalization, or another reconciler
                 error: Exception = unavailable("TransactWriteItems", f"settlement cancelled: {cancelled.codes}")
             except StoreUnavailable as exc:
                 error = exc
-            pause = _backoff(attempt)
+            pause = backoff(attempt)
             if attempt + 1 == attempts or (deadline is not None and time.monotonic() + pause >= deadline):
                 raise error
             time.sleep(pause)
@@ -259,7 +239,8 @@ class LimitsStore:
 
     def _spend_update(self, settlement: Settlement, key: str, *, daily: bool) -> dict[str, Any]:
         record, retention_days = settlement.record, settlement.retention_days
-        period = f"D#{record.day}" if daily else f"M#{record.day[:7]}"
+        periods = SpendPeriods.at(record.started_epoch)
+        period = periods.day if daily else periods.month
         adds = ["requests :one", "prompt_tokens :prompt", "completion_tokens :completion"]
         values: dict[str, Any] = {
             ":one": 1,
@@ -288,7 +269,9 @@ class LimitsStore:
         )
 
     def read_counters(self, key_id: str, epoch_s: float) -> dict[str, Any]:
-        """The key's current counters (consistent reads), for tests and the CLI: rate windows, leases."""
+        """The key's counter items as of `epoch_s` (consistent reads): `rate` (this minute's requests and tokens),
+        `prev` (the minute before) and `concurrency` (the slots in use); {} for an item that does not exist. For
+        tests and the benchmarks."""
         minute = Window.at(epoch_s).minute
         out: dict[str, Any] = {}
         parts = (
@@ -376,20 +359,6 @@ class LimitsStore:
             op["ExpressionAttributeNames"] = names
         return {kind: op}
 
-    def _token(self, request_id: str, purpose: str) -> str:
-        """A client request token (at most 36 characters) naming one write of one request in this table: a
-        retry is applied once; another write, or the same request id in another table, never collides."""
-        return hashlib.sha256(f"{self.table_name}:{request_id}:{purpose}".encode()).hexdigest()[:36]
-
-    def _transact(self, items: list[dict[str, Any]], token: str) -> None:
-        try:
-            with store_call("TransactWriteItems"):
-                self.client.transact_write_items(TransactItems=items, ClientRequestToken=token)  # type: ignore[arg-type]
-        except ClientError as exc:
-            if error_code(exc) != TRANSACTION_CANCELLED:
-                raise
-            raise _Cancelled(exc.response.get("CancellationReasons", [])) from exc  # type: ignore[arg-type]
-
     def _get(self, key_id: str, sk: str) -> dict[str, Any] | None:
         with store_call("GetItem"):
             out = self.client.get_item(
@@ -399,29 +368,6 @@ class LimitsStore:
             )
         raw = out.get("Item")
         return deserialize(raw) if raw else None
-
-
-class _Cancelled(Exception):
-    """A cancelled transaction: its reasons, one per item in order."""
-
-    def __init__(self, reasons: list[dict[str, Any]]) -> None:
-        super().__init__("transaction cancelled")
-        self.reasons = reasons
-        self.codes = [str(reason.get("Code", "None")) for reason in reasons]
-        self.contention = any(code in _CONTENTION for code in self.codes)
-
-    def failures(self, names: list[str]) -> dict[str, dict[str, Any] | None]:
-        """The parts whose condition failed, with their items as they were (None: the item did not exist).
-        Any other cancellation reason (validation, ...) is a store error, not a refusal."""
-        failed: dict[str, dict[str, Any] | None] = {}
-        for name, reason in zip(names, self.reasons, strict=False):
-            code = reason.get("Code", "None")
-            if code == "ConditionalCheckFailed":
-                item = reason.get("Item")
-                failed[name] = deserialize(item) if item else None
-            elif code not in ("None", *_CONTENTION):
-                raise unavailable("TransactWriteItems", f"transaction cancelled: {code} on {name}")
-        return failed
 
 
 def _counter_conditions(requests: int | None, tokens: int | None) -> tuple[list[str], dict[str, Any]]:
@@ -434,8 +380,3 @@ def _counter_conditions(requests: int | None, tokens: int | None) -> tuple[list[
         conditions.append("attribute_not_exists(tokens) OR tokens <= :tmax")
         values[":tmax"] = tokens
     return conditions, values
-
-
-def _backoff(attempt: int) -> float:
-    """Full-jitter exponential backoff: up to 20 ms, 40 ms, 80 ms, ... capped at 1 s."""
-    return random.uniform(0, min(1.0, 0.02 * 2**attempt))

@@ -14,10 +14,11 @@ from botocore.exceptions import ClientError
 
 from ..keys import now_iso
 from . import layout
-from .client import CONDITION_FAILED, TRANSACTION_CANCELLED, error_code, make_client, store_call, unavailable
+from .client import CONDITION_FAILED, TRANSACTION_CANCELLED, error_code, store_call, unavailable
+from .store_base import TableStore
 
 if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
+    from ..ledger import Checkpoint
 
 _BATCH = 100  # BatchGetItem's and TransactWriteItems' limit
 SETTLED = "settled"  # a renewal refused: another party (a reconciler) settled the request
@@ -25,11 +26,7 @@ UNLEASED = "unleased"  # a renewal refused: the request has no lease (admitted w
 _UNFINISHED = "attribute_exists(lease_until) AND attribute_not_exists(finished_at)"
 
 
-class RequestStore:
-    def __init__(self, table_name: str, client: DynamoDBClient | None = None) -> None:
-        self.table_name = table_name
-        self.client = client or make_client()
-
+class RequestStore(TableStore):
     def put(self, request_item: dict[str, Any]) -> None:
         """The in-flight request item alone: the admission of a key without limits. Conditional, so a late copy
         cannot overwrite the finished item a release left (limits_store.release_unknown)."""
@@ -138,13 +135,13 @@ class RequestStore:
         raw = out.get("Item")
         return layout.deserialize(raw) if raw else None
 
-    def renew(self, lease_until: int, checkpoints: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    def renew(self, lease_until: int, checkpoints: Mapping[str, Checkpoint | None]) -> dict[str, str]:
         """Extend the leases of these unfinished requests to `lease_until` and store each one's checkpoint
-        (`cp_*` attributes): one TransactWriteItems per 100 requests, however many streams the process runs
-        (BatchWriteItem cannot update, and a Put would drop a cancel mark). Each update is conditional on the
-        request being unfinished; the requests that are not are returned, each with why (`SETTLED`: another party,
-        a reconciler, settled it; `UNLEASED`: it has no lease to renew, admitted without its item), and the rest
-        renewed without them."""
+        (`layout.checkpoint_attributes`; None: the lease alone): one TransactWriteItems per 100 requests, however
+        many streams the process runs (BatchWriteItem cannot update, and a Put would drop a cancel mark). Each update
+        is conditional on the request being unfinished; the requests that are not are returned, each with why
+        (`SETTLED`: another party, a reconciler, settled it; `UNLEASED`: it has no lease to renew, admitted without
+        its item), and the rest renewed without them."""
         gone: dict[str, str] = {}
         ids = list(checkpoints)
         for start in range(0, len(ids), _BATCH):
@@ -156,12 +153,14 @@ class RequestStore:
         return gone
 
     def _renew_batch(
-        self, lease_until: int, ids: list[str], checkpoints: Mapping[str, Mapping[str, Any]]
+        self, lease_until: int, ids: list[str], checkpoints: Mapping[str, Checkpoint | None]
     ) -> dict[str, str]:
         items: list[dict[str, Any]] = []
         for rid in ids:
-            values = {":lease": lease_until, **{f":{name}": value for name, value in checkpoints[rid].items()}}
-            sets = ["lease_until = :lease", *(f"{name} = :{name}" for name in checkpoints[rid])]
+            point = checkpoints[rid]
+            attributes = {} if point is None else layout.checkpoint_attributes(point)
+            values = {":lease": lease_until, **{f":{name}": value for name, value in attributes.items()}}
+            sets = ["lease_until = :lease", *(f"{name} = :{name}" for name in attributes)]
             update = {
                 "TableName": self.table_name,
                 "Key": layout.serialize(layout.request_key(rid)),

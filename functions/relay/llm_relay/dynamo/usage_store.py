@@ -9,20 +9,17 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from ..limits import day_of
+from ..limits.rules import day_of
 from ..usage import SECONDS_PER_DAY, UsageRecord, iso_ms
 from . import layout
-from .client import CONDITION_FAILED, error_code, make_client, store_call
+from .client import CONDITION_FAILED, error_code, store_call
+from .store_base import TableStore
 
 if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
+    pass
 
 
-class UsageStore:
-    def __init__(self, table_name: str, client: DynamoDBClient | None = None) -> None:
-        self.table_name = table_name
-        self.client = client or make_client()
-
+class UsageStore(TableStore):
     def put_refused(self, record: UsageRecord, retention_days: int) -> None:
         """The record of a request refused by a limit (nothing to settle). Written once: a retry that finds it
         already there is done."""

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from .limits import Limits, day_of, month_of
-from .pricing import PER_TOKENS, ModelPrice
+from ..pricing import PER_TOKENS, ModelPrice
+from .rules import Limits, SpendPeriods
 
 DEFAULT_INCREMENT_TOKENS = 1024
 PROMPT_BYTES_PER_TOKEN = 3  # conservative: English runs ~4 characters a token, CJK about 1 (3 UTF-8 bytes)
@@ -49,9 +49,10 @@ def periods_of(limits: Limits, now_s: float) -> tuple[BudgetPeriod, ...]:
     """The day and month of a request admitted at `now_s`, if the key has a budget at all (else none)."""
     if limits.daily_budget_usd is None and limits.monthly_budget_usd is None:
         return ()
+    periods = SpendPeriods.at(now_s)
     return (
-        BudgetPeriod("daily_budget_usd", f"D#{day_of(now_s)}", limits.daily_budget_usd),
-        BudgetPeriod("monthly_budget_usd", f"M#{month_of(now_s)}", limits.monthly_budget_usd),
+        BudgetPeriod("daily_budget_usd", periods.day, limits.daily_budget_usd),
+        BudgetPeriod("monthly_budget_usd", periods.month, limits.monthly_budget_usd),
     )
 
 

@@ -1,5 +1,5 @@
-"""The stream's side of a budget reservation: let a completion token through only if it was reserved, and reserve
-the next increment ahead of need, off the token path.
+"""A running stream's budget (docs/design.md, "Budgets are reservations"): the guard on the token path, and the
+extension write it asks for. The guard is the one writer of the request's `Reservation` once it is admitted.
 
 The pump asks `allow(n)` before it passes on the n-th completion token (one content chunk ≈ one token, as the
 meter counts them). At `Reservation.extend_at` the guard starts the extension write in the response's task group
@@ -10,33 +10,77 @@ up: `allow` answers False, and that token never reaches the client (the record c
 A write still pending when the stream ends does not hold the terminal frame back: the guard runs in the
 response's task group, which outlives the pump, and finalization waits for the write (`settled`) before it swaps
 the reservation for the cost.
+
+The write (`Extender`): one conditional update of the key's day and month spend items, bounded by
+`RELAY_ADMISSION_TIMEOUT_S`. DynamoDB unreachable: refused (fail closed) or, with `RELAY_ADMISSION_FAIL_OPEN`, granted
+unreserved; either way marked uncertain, since the write may have been applied with its answer lost: settlement then
+reads what the request item holds.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
 
+from ..dynamo import Stores
+from ..errors import StoreUnavailable
+from ..metering import delta_tokens
+from ..outcome import RequestContext
+from ..settings import Settings
 from .budgets import Reservation
-from .metering import delta_tokens
-
-if TYPE_CHECKING:
-    from .outcome import RequestContext
+from .reporting import LimitsMetrics, bounded
 
 logger = logging.getLogger(__name__)
 
-Extend = Callable[[Reservation, int], Awaitable[bool]]
-"""Reserve so many more completion tokens (granting them on the reservation); False when refused."""
+
+@dataclass(frozen=True, slots=True)
+class Extension:
+    """The answer to one extension write: whether the tokens may run, the USD now reserved for them (0 when granted
+    unreserved, failing open), and whether the write's outcome is unknown."""
+
+    granted: bool
+    usd: Decimal = Decimal(0)
+    uncertain: bool = False
 
 
-class BudgetExtender(Protocol):
-    """What grants extensions (the limiter): one conditional write per call."""
+Extend = Callable[[Reservation, int], Awaitable[Extension]]
+"""Reserve so many more completion tokens for the reservation's request (one write); the guard records the answer."""
 
-    async def extend_budget(self, ctx: RequestContext, reservation: Reservation, tokens: int) -> bool: ...
+
+class Extender:
+    def __init__(self, stores: Stores, settings: Settings, metrics: LimitsMetrics) -> None:
+        self._stores = stores
+        self._settings = settings
+        self._metrics = metrics
+
+    async def extend(self, ctx: RequestContext, reservation: Reservation, tokens: int) -> Extension:
+        """Reserve `tokens` more completion tokens for a running stream: one conditional write."""
+        usd = reservation.cost_of(tokens)
+        try:
+            extend = functools.partial(
+                self._stores.budgets.extend,
+                ctx.key.key_id,
+                ctx.request_id,
+                reservation.periods,
+                usd,
+                reservation.extensions + 1,
+            )
+            granted = await bounded(extend, until=time.monotonic() + self._settings.admission_timeout_s)
+        except StoreUnavailable as exc:
+            granted = self._settings.admission_fail_open
+            logger.error("budget extension of %s: store unavailable (%s); granted=%s", ctx.request_id, exc, granted)
+            self._metrics.budget_extension("store_error")
+            return Extension(granted, Decimal(0), uncertain=True)  # fail open: run unreserved, as admission did
+        self._metrics.budget_extension("granted" if granted else "refused")
+        return Extension(granted, usd if granted else Decimal(0))
 
 
 def tokens_in(chunk: dict[str, Any]) -> int:
@@ -98,13 +142,18 @@ class BudgetGuard:
         """One extension, shielded: once the write is sent its answer must be recorded on the reservation, or
         settlement would release less than was reserved."""
         with anyio.CancelScope(shield=True):
+            reservation = self.reservation
+            tokens = reservation.next_tokens()
             try:
-                granted = await self._extend(self.reservation, self.reservation.next_tokens())
+                answer = await self._extend(reservation, tokens)
             except Exception:
                 logger.exception("budget extension failed")
-                self.reservation.uncertain = True  # it may have been applied: settlement reads what is held
-                granted = False
-            if not granted:
+                answer = Extension(False, uncertain=True)
+            if answer.uncertain:
+                reservation.uncertain = True  # it may have been applied: settlement reads what is held
+            if answer.granted:
+                reservation.grant(tokens, answer.usd)
+            else:
                 self.refused = True
             self._pending = None
             done.set()

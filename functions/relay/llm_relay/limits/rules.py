@@ -23,7 +23,10 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 WINDOW_MS = 60_000
 
@@ -84,6 +87,17 @@ class Limits:
     def describe(self) -> dict[str, str]:
         """Human/JSON view: every limit, `unlimited` where there is none."""
         return {name: "unlimited" if getattr(self, name) is None else str(getattr(self, name)) for name in LIMIT_NAMES}
+
+
+def default_limits(settings: Settings) -> Limits:
+    """The limits of a key that sets none of its own: the deployment's `RELAY_DEFAULT_*`."""
+    return Limits(
+        rpm=settings.default_rpm,
+        tpm=settings.default_tpm,
+        max_concurrent=settings.default_max_concurrent,
+        daily_budget_usd=settings.default_daily_budget_usd,
+        monthly_budget_usd=settings.default_monthly_budget_usd,
+    )
 
 
 def parse_limit(name: str, text: str) -> Decimal | None:
@@ -218,6 +232,22 @@ def day_of(epoch_s: float) -> str:
 
 def month_of(epoch_s: float) -> str:
     return time.strftime("%Y-%m", time.gmtime(epoch_s))
+
+
+@dataclass(frozen=True, slots=True)
+class SpendPeriods:
+    """The day and the month a request's spend is booked to (`D#<yyyy-mm-dd>`, `M#<yyyy-mm>`): the one builder of
+    both, for the reservation, its release, the settlement and the usage record alike."""
+
+    day: str
+    month: str
+
+    @classmethod
+    def at(cls, epoch_s: float) -> SpendPeriods:
+        return cls(f"D#{day_of(epoch_s)}", f"M#{month_of(epoch_s)}")
+
+    def both(self) -> tuple[str, str]:
+        return self.day, self.month
 
 
 def next_day_epoch(epoch_s: float) -> int:
@@ -356,7 +386,7 @@ def judge(plan: AdmissionPlan, failures: Mapping[str, Mapping[str, Any] | None])
             refused.append("rpm")
         if fixed.tokens_threshold is not None and cur_t > fixed.tokens_threshold:
             refused.append("tpm")
-    if CONCURRENCY in failures:  # expired leases are the reconciler's (limiter.py), never taken over here
+    if CONCURRENCY in failures:  # expired leases are the reconciler's (admit.py), never taken over here
         refused.append("max_concurrent")
     refused += [
         name for part, name in ((DAILY, "daily_budget_usd"), (MONTHLY, "monthly_budget_usd")) if part in failures

@@ -27,6 +27,7 @@ import functools
 import json
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
@@ -35,8 +36,8 @@ import anyio.to_thread
 import httpx
 
 from ..embeddings_request import EmbeddingsRequest, estimate_input_tokens
-from ..encoding import dumps
 from ..errors import InvalidRequest, UpstreamError, UpstreamTimeout
+from ..json_text import dumps
 from .base import Decoded, UpstreamRequest
 from .http import HttpExchange, Progress
 
@@ -136,11 +137,15 @@ def read_embeddings_response(kind: str, body: bytes, request: EmbeddingsRequest,
 
 
 async def read_embeddings_answer(
-    kind: str, body: bytes, request: EmbeddingsRequest, client_model: str
+    kind: str,
+    body: bytes,
+    request: EmbeddingsRequest,
+    client_model: str,
+    reader: Callable[[str, bytes, EmbeddingsRequest, str], EmbeddingsResult] = read_embeddings_response,
 ) -> EmbeddingsResult:
-    """`read_embeddings_response`, in a worker thread for a body past `INLINE_READ_BYTES`: parsing and checking
-    megabytes of floats in the event loop would hold back every stream it relays meanwhile."""
-    read = functools.partial(read_embeddings_response, kind, body, request, client_model)
+    """`read_embeddings_response` (or `reader`), in a worker thread for a body past `INLINE_READ_BYTES`: parsing and
+    checking megabytes of floats in the event loop would hold back every stream it relays meanwhile."""
+    read = functools.partial(reader, kind, body, request, client_model)
     return read() if len(body) <= INLINE_READ_BYTES else await anyio.to_thread.run_sync(read)
 
 

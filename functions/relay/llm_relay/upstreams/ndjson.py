@@ -18,8 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ..encoding import dumps
 from ..errors import InvalidRequest
+from ..json_text import dumps
+from ..termination import TerminationReason
 from .base import END, Decoded, Failed, KeyProvider, UpstreamRequest, chunk, http_headers, usage_chunk
 from .ndjson_lines import MAX_LINE_BYTES, LineSplitter
 from .ollama_request import ollama_body
@@ -41,9 +42,8 @@ _ERROR_CHARS = 1000  # an upstream's error message reaches the client: bounded
 _OLLAMA_FINISH = {"stop": "stop", "length": "length"}
 # A final line's `done` value that says the stream did not finish: this relay's own termination reasons of that
 # kind, as another relay's summary line carries them (its upstream failed, it was cancelled, it ran out of time).
-UNFINISHED: Final = frozenset(
-    {"client_cancelled", "upstream_error", "upstream_timeout", "deadline", "incomplete", "budget_exceeded", "lost"}
-)  # "load" and anything new: the model did stop
+UNFINISHED: Final = frozenset(reason.value for reason in TerminationReason if reason.is_unfinished)
+# "load" and anything else: the model did stop
 
 DEFAULT_FIELDS: Final[Mapping[str, str]] = {
     "content": "choices.0.delta.content",

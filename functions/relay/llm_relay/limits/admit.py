@@ -1,0 +1,347 @@
+"""Admission (docs/design.md, "Admission in one DynamoDB transaction"): one DynamoDB TransactWriteItems before the
+upstream call, which also registers the in-flight request (so the explicit cancel can find it). See rules.py for
+the algorithm and dynamo/limits_store.py for the writes.
+
+A refusal answers 429 with `Retry-After` and the `x-ratelimit-*` headers, and is recorded as a usage record. A
+refused write is retried only when its ALL_OLD items show it could succeed (a stale cached previous minute; expired
+leases, once the reconciler settled them) or on contention. If DynamoDB is unreachable or keeps throttling: 503
+(fail closed) unless `RELAY_ADMISSION_FAIL_OPEN`.
+
+Every DynamoDB wait is bounded (docs/design.md, "The ledger loses nothing"): admission gives up after
+`RELAY_ADMISSION_TIMEOUT_S`, gives back what the admission may have taken (idempotent, by request id; in the background
+if DynamoDB still does not answer) and answers 503. A concurrency refusal reads the key's earliest lease (one small
+Query on the sparse `leases` index): expired leases are settled as `lost` on the spot (by the injected reconciler)
+and the admission retried; otherwise Retry-After is 2 s while a holder renews its lease (a live stream may end at any
+moment), and the earliest expiry once none does.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
+from decimal import Decimal
+from typing import Any, NoReturn, Protocol
+
+import anyio
+from aws_lambda_powertools import Logger
+
+from .. import attribution
+from ..dynamo import Stores, layout, request_item
+from ..dynamo.limits_store import REQUEST
+from ..errors import ModelNotPriced, RateLimited, ServiceUnavailable, StoreUnavailable
+from ..outcome import RequestContext, Ticket
+from ..pricing import Pricer, highest
+from ..settings import Settings
+from ..usage import UsageRecord, refused_record
+from .budgets import Reservation, periods_of
+from .reporting import LimitsMetrics, bounded, record_not_written
+from .rules import (
+    CONCURRENCY,
+    RATE,
+    AdmissionPlan,
+    Limits,
+    Refusal,
+    Window,
+    concurrency_wait_ms,
+    default_limits,
+    judge,
+    lease_attr,
+    rate_headers,
+    refusal,
+    refusal_message,
+    reserve_tokens,
+    retry_after_s,
+)
+from .seen import SeenCounters
+
+logger = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 6
+RELEASE_BUDGET_S = 0.5  # of the admission timeout, kept for giving back what a timed-out admission took
+RELEASE_LATER_S = 600.0  # a release DynamoDB would not take in time is retried in the background this long
+
+
+class SettlesExpired(Protocol):
+    """What settles requests whose lease expired as `lost` (`reconciler.Reconciler`)."""
+
+    def settle(self, request_ids: Iterable[str], now: float | None = None) -> list[UsageRecord | None]: ...
+
+
+class Admitter:
+    def __init__(
+        self,
+        stores: Stores,
+        settings: Settings,
+        *,
+        seen: SeenCounters,
+        pricer: Pricer,
+        reconciler: SettlesExpired,
+        metrics: LimitsMetrics,
+        log: Logger,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._stores = stores
+        self._settings = settings
+        self._defaults = default_limits(settings)
+        self._seen = seen
+        self._pricer = pricer
+        self._reconciler = reconciler
+        self._metrics = metrics
+        self._log = log
+        self._clock = clock
+
+    def limits_for(self, overrides: Mapping[str, Any]) -> Limits:
+        return Limits.resolve(overrides, self._defaults)
+
+    async def admit(self, ctx: RequestContext) -> Ticket:
+        limits = self.limits_for(ctx.key.limits)
+        reservation = self._reservation(ctx, limits)
+        plan = self._plan(ctx, limits, reservation)
+        deadline = time.monotonic() + self._settings.admission_timeout_s
+        if limits.unlimited:
+            item = self._item(ctx, plan, Ticket(), None)
+            try:
+                await bounded(self._stores.requests.put, item, until=deadline - RELEASE_BUDGET_S)
+            except StoreUnavailable as exc:
+                given_back = not exc.outcome_unknown or await self._release(plan, item, deadline)
+                return self._store_down(ctx, exc, nothing_held=given_back)
+            return Ticket()
+        blocked = plan.blocked()
+        if blocked:
+            seen = self._seen.at(ctx.key.key_id, plan.window.minute)
+            await self._refuse(ctx, plan, refusal(plan, blocked, seen.low_requests, seen.low_tokens))
+        reclaimed = False
+        for attempt in range(MAX_ATTEMPTS):
+            item = self._item(ctx, plan, _grant(plan), reservation)
+            try:
+                admit = functools.partial(self._stores.limits.admit, plan, item, attempt)
+                result = await bounded(admit, until=deadline - RELEASE_BUDGET_S)
+            except StoreUnavailable as exc:
+                given_back = not exc.outcome_unknown or await self._release(plan, item, deadline)
+                return self._store_down(ctx, exc, nothing_held=given_back)
+            if result.admitted:
+                self._metrics.admission_attempts(attempt + 1)
+                return self._admitted(plan, reservation)
+            if REQUEST in result.failures:  # released meanwhile (an earlier attempt's outcome was unknown)
+                return self._store_down(ctx, StoreUnavailable("the request was released during its admission"))
+            if result.failures:
+                self._learn(plan, result.failures)
+                verdict = judge(plan, result.failures)
+                if isinstance(verdict, Refusal) and CONCURRENCY in result.failures and not reclaimed:
+                    reclaimed = True
+                    waited = await self._expired_or_wait(plan, verdict, deadline)
+                    if waited is None:
+                        continue  # expired leases were settled: their slots are free again
+                    verdict = waited
+                if isinstance(verdict, Refusal):
+                    await self._refuse(ctx, plan, verdict)
+                plan = verdict
+            else:
+                await anyio.sleep(random.uniform(0, min(1.0, 0.02 * 2**attempt)))
+        return self._store_down(ctx, StoreUnavailable("admission kept conflicting with other writes"))
+
+    def _item(
+        self, ctx: RequestContext, plan: AdmissionPlan, ticket: Ticket, reservation: Reservation | None
+    ) -> dict[str, Any]:
+        settings = self._settings
+        base = request_item(
+            ctx.request_id, ctx.key.key_id, ctx.chat.model, settings.request_ttl_s, ctx.client_request_id
+        )
+        if reservation is not None:
+            base["reserved_usd"] = reservation.usd  # what a reconciler releases if this request never finalizes
+        if ctx.billed_as and ctx.billed_as[0] != ctx.chat.model:
+            base["billed_as"] = ctx.billed_as[0]  # the first route's model: what a lost request is priced as
+        base.update(attribution.as_item(ctx.attribution))  # so a request settled as `lost` keeps its user and tags
+        if ctx.api != "chat":
+            base["api"] = ctx.api  # ... and the API it was asked in
+        return layout.admitted_item(
+            base,
+            lease_until=plan.lease_expiry,
+            started_epoch=ctx.started_epoch,
+            mode=ctx.mode,
+            prompt_tokens=ctx.prompt.estimate,
+            ticket=ticket,
+        )
+
+    async def _release(self, plan: AdmissionPlan, item: dict[str, Any], deadline: float) -> bool:
+        """Give back what an admission of unknown outcome may have taken, before the 503 if DynamoDB answers in
+        time, else from a background thread (idempotent either way). True when it is given back now."""
+        expires = int(item["expires_at"])
+        try:
+            outcome = await bounded(self._stores.limits.release_unknown, plan, expires, until=deadline)
+        except StoreUnavailable:
+            threading.Thread(target=self._release_later, args=(plan, expires), daemon=True).start()
+            return False
+        logger.info("admission of %s of unknown outcome released: %s", plan.request_id, outcome)
+        return True
+
+    def _release_later(self, plan: AdmissionPlan, expires_at: int) -> None:
+        give_up = time.monotonic() + RELEASE_LATER_S
+        for attempt in range(1000):
+            try:
+                outcome = self._stores.limits.release_unknown(plan, expires_at)
+                logger.info("admission of %s of unknown outcome released later: %s", plan.request_id, outcome)
+                return
+            except StoreUnavailable as exc:
+                if time.monotonic() > give_up:
+                    logger.error("could not release %s (%s); the reconciler settles it", plan.request_id, exc)
+                    return
+                time.sleep(min(5.0, 0.2 * 2**attempt))
+
+    async def _expired_or_wait(self, plan: AdmissionPlan, refused: Refusal, deadline: float) -> Refusal | None:
+        """A concurrency refusal: the key's earliest leases (one small Query). Expired ones are settled as `lost`
+        (their relay stopped) and None returned, to try again; else the refusal, with Retry-After short while a
+        holder renews its lease, and the earliest expiry once none does (`rules.concurrency_wait_ms`)."""
+        try:
+            leases = await bounded(self._stores.requests.earliest_leases, plan.key_id, until=deadline)
+            now = self._clock()
+            expired = [rid for rid, until in leases if until < now]
+            if expired and any(await bounded(self._reconciler.settle, expired, until=deadline)):
+                return None
+        except StoreUnavailable as exc:
+            logger.warning("earliest lease of key %s unknown: %s", plan.key_id, exc)
+            return refused
+        if refused.retry_after_ms is None:
+            return refused
+        wait = concurrency_wait_ms([until for _, until in leases], now, self._settings.lease_s)
+        return replace(refused, retry_after_ms=max(refused.retry_after_ms, wait))
+
+    def _reservation(self, ctx: RequestContext, limits: Limits) -> Reservation | None:
+        """The request's first budget reservation (None: the key has no budget). A budgeted key asking for a
+        model without a price is refused (400), or with RELAY_UNPRICED_MODELS=allow admitted unbudgeted."""
+        periods = periods_of(limits, ctx.started_epoch)  # the usage record's day and month, as settlement's
+        if not periods:
+            return None
+        chat = ctx.chat
+        names = list(dict.fromkeys(ctx.billed_as or (chat.model,)))  # the models that may answer (a route, fallbacks)
+        prices = [self._pricer.price_of(name) for name in names]
+        unpriced = next((name for name, price in zip(names, prices, strict=True) if price is None), None)
+        if unpriced is not None:
+            if self._settings.unpriced_models == "refuse":
+                raise ModelNotPriced(
+                    f"The model '{unpriced}' has no price, so this key's budget cannot be enforced on it. "
+                    "An operator can add its price (USD per million tokens) with RELAY_PRICES_JSON, e.g. "
+                    f'{{"{unpriced}": {{"input": "0.50", "output": "1.50"}}}}; '
+                    "`llm-relay prices` lists the known ones.",
+                    param="model",
+                )
+            logger.warning(
+                "request %s of key %s: model %r has no price; admitted WITHOUT budget (RELAY_UNPRICED_MODELS=allow)",
+                ctx.request_id,
+                ctx.key.key_id,
+                unpriced,
+            )
+            return None
+        return Reservation.open(
+            highest([price for price in prices if price is not None]),
+            periods,
+            prompt_tokens=ctx.prompt.upper,
+            max_tokens=chat.max_completion_tokens or chat.max_tokens,
+            increment=self._settings.budget_increment_tokens,
+            choices=chat.n,
+        )
+
+    def _plan(self, ctx: RequestContext, limits: Limits, reservation: Reservation | None = None) -> AdmissionPlan:
+        now = self._clock()
+        prev = self._seen.at(ctx.key.key_id, Window.at(now).minute - 1)
+        chat = ctx.chat
+        reserve = reserve_tokens(ctx.prompt.estimate, chat.max_completion_tokens or chat.max_tokens, chat.n)
+        return AdmissionPlan(
+            ctx.request_id,
+            ctx.key.key_id,
+            limits,
+            now,
+            reserve,
+            self._settings.lease_s,
+            prev.low_requests,
+            prev.low_tokens,
+            reserve_usd=reservation.usd if reservation is not None else Decimal(0),
+            spend_epoch=ctx.started_epoch,
+        )
+
+    def _admitted(self, plan: AdmissionPlan, reservation: Reservation | None) -> Ticket:
+        seen = self._seen.admitted(plan.key_id, plan.window.minute, plan.reserve)
+        headers = _headers(plan, seen.low_requests, seen.low_tokens)
+        return replace(_grant(plan), headers=headers, budget=reservation)
+
+    async def _refuse(self, ctx: RequestContext, plan: AdmissionPlan, refused: Refusal) -> NoReturn:
+        """Answer 429 (after recording the refused request); never returns."""
+        seen = self._seen.at(plan.key_id, plan.window.minute)
+        cur_r = refused.cur_requests if refused.cur_requests is not None else seen.low_requests
+        cur_t = refused.cur_tokens if refused.cur_tokens is not None else seen.low_tokens
+        fixed = replace(plan, prev_requests=refused.prev_requests, prev_tokens=refused.prev_tokens)
+        error = RateLimited(refusal_message(refused, plan.limits, plan.reserve, plan.reserve_usd), code=refused.code)
+        error.rejection = "budget_exceeded" if refused.code == "budget_exceeded" else "rate_limited"
+        error.headers.update(_headers(fixed, max(cur_r, seen.low_requests), max(cur_t, seen.low_tokens)))
+        if refused.retry_after_ms is not None:
+            error.headers["retry-after"] = str(retry_after_s(refused.retry_after_ms))
+            error.headers["retry-after-ms"] = str(refused.retry_after_ms)
+        for name in refused.limits:
+            self._metrics.admission_rejected(name)
+        logger.info("request %s of key %s refused by %s", ctx.request_id, ctx.key.key_id, ",".join(refused.limits))
+        record = refused_record(ctx, refused.code, time.monotonic() - ctx.started_at)
+        try:
+            put = functools.partial(self._stores.usage.put_refused, record, self._settings.usage_retention_days)
+            await bounded(put, until=time.monotonic() + self._settings.admission_timeout_s)
+        except StoreUnavailable as exc:
+            record_not_written(self._log, self._metrics, record.as_json(), exc)
+        raise error
+
+    def _store_down(self, ctx: RequestContext, exc: StoreUnavailable, *, nothing_held: bool = True) -> Ticket:
+        """DynamoDB did not decide: 503, or with RELAY_ADMISSION_FAIL_OPEN the request admitted without limits,
+        but only once nothing is held for it (an admission of unknown outcome was given back): what a pending
+        release and the request's own settlement would both touch could otherwise leak or go unrecorded."""
+        if self._settings.admission_fail_open and not nothing_held:
+            logger.error("admission of %s: outcome unknown and not yet given back; not failing open", ctx.request_id)
+        if self._settings.admission_fail_open and nothing_held:
+            logger.error(
+                "ADMISSION FAIL-OPEN: limits store unavailable (%s); request %s of key %s admitted WITHOUT limits",
+                exc,
+                ctx.request_id,
+                ctx.key.key_id,
+            )
+            self._metrics.admission_store_error("fail_open")
+            return Ticket()
+        logger.error(
+            "admission refused (fail closed): limits store unavailable (%s); request %s of key %s",
+            exc,
+            ctx.request_id,
+            ctx.key.key_id,
+        )
+        self._metrics.admission_store_error("fail_closed")
+        error = ServiceUnavailable(
+            "Rate limiting is temporarily unavailable (state store unreachable); try again shortly."
+        )
+        error.headers["retry-after"] = "1"
+        raise error from exc
+
+    def _learn(self, plan: AdmissionPlan, failures: Mapping[str, Mapping[str, Any] | None]) -> None:
+        minute = plan.window.minute
+        self._seen.learn(plan.key_id, minute, failures.get(RATE))
+        self._seen.learn(plan.key_id, minute - 1, failures.get("prev"))
+
+
+def _grant(plan: AdmissionPlan) -> Ticket:
+    """What admitting `plan` takes (recorded on the request item, so the reconciler can give it back)."""
+    limits = plan.limits
+    return Ticket(
+        minute=plan.window.minute,
+        reserve=plan.reserve,
+        lease=lease_attr(plan.request_id) if limits.max_concurrent is not None else None,
+        settle_tokens=limits.tpm is not None,
+    )
+
+
+def _headers(plan: AdmissionPlan, cur_requests: int, cur_tokens: int) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    e = plan.window.elapsed_ms
+    if plan.limits.rpm is not None:
+        headers.update(rate_headers("requests", plan.limits.rpm, cur_requests, plan.prev_requests, e))
+    if plan.limits.tpm is not None:
+        headers.update(rate_headers("tokens", plan.limits.tpm, cur_tokens, plan.prev_tokens, e))
+    return headers
