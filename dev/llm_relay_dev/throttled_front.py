@@ -38,6 +38,7 @@ from .throttling import (
     item_size,
     partition_of,
     read_charge,
+    sort_of,
     write_charges,
 )
 from .throttling import Index as IndexSchema
@@ -154,7 +155,8 @@ class ThrottleFront:
         schema = _schema(backend, request["TableName"])
         key = request["Key"]
         size = item_size(_stored(backend, schema.table, key))
-        charge = read_charge(schema.table, partition_of(key[schema.hash_key]), size, consistent=_consistent(request))
+        part = partition_of(key[schema.hash_key])
+        charge = read_charge(schema.table, part, size, consistent=_consistent(request), item=sort_of(schema, key))
         refused = self.throttle.admit([[charge]])
         return _throttled(backend, schema, refused[0]) if refused[0] else self._run(environ)
 
@@ -166,7 +168,8 @@ class ThrottleFront:
             for key in spec.get("Keys", []):
                 size = item_size(_stored(backend, schema.table, key))
                 part = partition_of(key[schema.hash_key])
-                wanted.append((table, key, read_charge(schema.table, part, size, consistent=_consistent(spec))))
+                charge = read_charge(schema.table, part, size, consistent=_consistent(spec), item=sort_of(schema, key))
+                wanted.append((table, key, charge))
         refused = self.throttle.admit([[charge] for _, _, charge in wanted], all_or_nothing=False)
         if wanted and all(refused):
             return _throttled(backend, _schema(backend, wanted[0][0]), refused[0])
@@ -197,7 +200,8 @@ class ThrottleFront:
             return answer
         size = sum(_read_size(backend, schema, index, item) for item in json.loads(answer[2]).get("Items", []))
         resource = index_resource(schema.table, index.name) if index else schema.table
-        charge = read_charge(resource, partition_of(value), size, consistent=_consistent(request))
+        item = None if index else "*"  # a Query reads a range of the partition's items: counted as the partition's
+        charge = read_charge(resource, partition_of(value), size, consistent=_consistent(request), item=item)
         refused = self.throttle.admit([[charge]])
         return _throttled(backend, schema, refused[0]) if refused[0] else answer
 

@@ -129,18 +129,27 @@ class Schema:
 
 @dataclass(frozen=True)
 class Charge:
-    """Units one request takes from one partition: `resource` is the table's name or `<table>/index/<name>`."""
+    """Units one request takes from one partition: `resource` is the table's name or `<table>/index/<name>`.
+    `item`: on the table, the sort key value of the item charged (its partition key is `partition`; "" for a table
+    without a sort key, "*" for a Query's read of the partition), so the units an item takes can be told apart
+    from its partition's; None on an index."""
 
     kind: Kind
     resource: str
     partition: str
     units: float
+    item: str | None = None
 
 
 def partition_of(value: dict[str, Any]) -> str:
     """A partition key value as one string (the value itself, whatever its type)."""
     (raw,) = value.values()
     return raw if isinstance(raw, str) else base64.b64encode(raw).decode()
+
+
+def sort_of(schema: Schema, key: Item) -> str:
+    """A table item's sort key value as one string ("" for a table without a sort key)."""
+    return partition_of(key[schema.range_key]) if schema.range_key is not None else ""
 
 
 def index_resource(table: str, index: str) -> str:
@@ -153,7 +162,7 @@ def write_charges(
     """The units one write of the item at `key` takes: from the table's partition (1 at least, a delete of nothing
     included), and from each index partition it updates."""
     units = write_units(max(item_size(before), item_size(after)), transactional=transactional)
-    table = Charge("write", schema.table, partition_of(key[schema.hash_key]), units)
+    table = Charge("write", schema.table, partition_of(key[schema.hash_key]), units, sort_of(schema, key))
     return [table, *(c for index in schema.indexes for c in _index_charges(schema, index, before, after))]
 
 
@@ -180,15 +189,19 @@ def _entry(schema: Schema, index: Index, item: Item | None, names: list[str]) ->
     return schema.projected(index, item)
 
 
-def read_charge(resource: str, partition: str, size: int, *, consistent: bool, transactional: bool = False) -> Charge:
+def read_charge(
+    resource: str, partition: str, size: int, *, consistent: bool, transactional: bool = False, item: str | None = None
+) -> Charge:
     units = read_units(size, consistent=consistent, transactional=transactional)
-    return Charge("read", resource, partition, units)
+    return Charge("read", resource, partition, units, item)
 
 
 @dataclass
 class Throttle:
     """Per-partition windows and what they let through. `consumed` (units) and `throttled` (requests refused) are
-    counted by (resource, partition) for whoever reads them: tests, the simulation benchmark."""
+    counted by (resource, partition) for whoever reads them: tests, the simulation benchmark; the table's units
+    also by item (resource, partition, sort key) in `consumed_*_items`, the unit DynamoDB never splits
+    (`bench/ledger_wcu.py`)."""
 
     write_units_per_s: float = WRITE_UNITS_PER_S
     read_units_per_s: float = READ_UNITS_PER_S
@@ -197,6 +210,8 @@ class Throttle:
     consumed_write: dict[tuple[str, str], float] = field(default_factory=dict)
     consumed_read: dict[tuple[str, str], float] = field(default_factory=dict)
     throttled: Counter[tuple[str, str]] = field(default_factory=Counter)
+    consumed_write_items: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    consumed_read_items: dict[tuple[str, str, str], float] = field(default_factory=dict)
     _window: int = field(default=-1, repr=False)
     _used: dict[tuple[Kind, str, str], float] = field(default_factory=dict, repr=False)
 
@@ -248,6 +263,10 @@ class Throttle:
             consumed = self.consumed_write if charge.kind == "write" else self.consumed_read
             at = (charge.resource, charge.partition)
             consumed[at] = consumed.get(at, 0.0) + charge.units
+            if charge.item is not None:
+                items = self.consumed_write_items if charge.kind == "write" else self.consumed_read_items
+                item = (charge.resource, charge.partition, charge.item)
+                items[item] = items.get(item, 0.0) + charge.units
 
     def _roll(self) -> None:
         window = math.floor(self.clock() / self.scale)
@@ -261,13 +280,19 @@ class Throttle:
         return (math.floor(now) + 1 - now) * self.scale
 
     def stats(self) -> dict[str, Any]:
-        """The counters as JSON: `{"throttled": [{"resource", "partition", "count"}], "consumed_write": [...], ...}`."""
+        """The counters as JSON: `{"throttled": [{"resource", "partition", "count"}], "consumed_write": [...], ...,
+        "consumed_write_items": [{"resource", "partition", "item", "units"}], ...}`."""
 
         def rows(counter: dict[tuple[str, str], float] | Counter[tuple[str, str]], name: str) -> list[dict[str, Any]]:
             return [{"resource": r, "partition": p, name: v} for (r, p), v in sorted(counter.items())]
+
+        def item_rows(counter: dict[tuple[str, str, str], float]) -> list[dict[str, Any]]:
+            return [{"resource": r, "partition": p, "item": i, "units": v} for (r, p, i), v in sorted(counter.items())]
 
         return {
             "throttled": rows(self.throttled, "count"),
             "consumed_write": rows(self.consumed_write, "units"),
             "consumed_read": rows(self.consumed_read, "units"),
+            "consumed_write_items": item_rows(self.consumed_write_items),
+            "consumed_read_items": item_rows(self.consumed_read_items),
         }

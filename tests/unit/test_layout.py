@@ -73,7 +73,7 @@ def test_item_is_queryable_by_key_and_time_and_by_day() -> None:
     item = usage_item(record(), 30)
     assert item["pk"] == "KEY#rk_1"
     assert item["sk"] == "USAGE#2025-03-04T05:06:07.089Z#req_a"
-    assert (item["gsi1pk"], item["gsi1sk"]) == ("USAGE#2025-03-04", "2025-03-04T05:06:07.089Z#req_a")
+    assert (item["gsi1pk"], item["gsi1sk"]) == ("USAGE#2025-03-04#5", "2025-03-04T05:06:07.089Z#req_a")
     assert item["expires_at"] == int(T) + 30 * 86400
     assert item["cost_usd"] == Decimal("0.0000198") and item["usage_source"] == "upstream"
 

@@ -135,7 +135,7 @@ def test_admission_is_one_transaction_of_every_limit_part(stubbed: Any) -> None:
 USAGE_ITEM = {
     "pk": s("KEY#rk_a"),
     "sk": s("USAGE#2023-11-14T22:13:50.250Z#req_1"),
-    "gsi1pk": s("USAGE#2023-11-14"),
+    "gsi1pk": s("USAGE#2023-11-14#12"),  # the request's shard of the day's gsi1 partitions
     "gsi1sk": s("2023-11-14T22:13:50.250Z#req_1"),
     "key_id": s("rk_a"),
     "request_id": s("req_1"),
@@ -171,13 +171,12 @@ SETTLEMENT = [
         "Update": {
             **key("KEY#rk_a", "SPEND#D#2023-11-14"),
             "UpdateExpression": SPEND_ADD
-            + " SET key_id = :kid, period = :period, expires_at = :ttl, gsi1pk = :gpk, gsi1sk = :kid",
+            + " SET key_id = :kid, period = :period, expires_at = :ttl REMOVE gsi1pk, gsi1sk",
             "ExpressionAttributeValues": {
                 **SPEND_VALUES,
                 ":period": s("2023-11-14"),
                 ":ttl": n(1702678430),
                 ":cost": n("0.0012"),
-                ":gpk": s("SPEND#D#2023-11-14"),
             },
         }
     },

@@ -37,22 +37,32 @@ key's earliest lease, for a concurrency refusal's Retry-After).
                                                    reserved_usd (running requests' reservations),
                                                    committed_usd (cost + reserved: what budgets
                                                    check), completion_tokens, unpriced_requests,
-                                                   estimated_requests, key_id, period;
-                                                   gsi1pk SPEND#D#<day>, gsi1sk <key_id>
-    KEY#<key_id>      SPEND#M#<yyyy-mm>            the same per month (not indexed)                  retention + 32 days
+                                                   estimated_requests, key_id, period (not
+                                                   indexed: settlement removes the gsi1 keys an
+                                                   item of 0.3 or before still has (4))
+    KEY#<key_id>      SPEND#M#<yyyy-mm>            the same per month                                retention + 32 days
     KEY#<key_id>      USAGE#<iso ms>#<request_id>  one usage record a request (UsageRecord's         retention (2)
                                                    fields; cost_usd absent when unpriced,
                                                    attempts_maybe_billed when not 0, user and
                                                    tags when sent, validation when checked);
-                                                   gsi1pk USAGE#<yyyy-mm-dd>, gsi1sk <iso ms>#<request_id>
+                                                   gsi1pk USAGE#<yyyy-mm-dd>#<n> (n: one of
+                                                   USAGE_SHARDS, from the request id (4)),
+                                                   gsi1sk <iso ms>#<request_id>
 
 (1) RELAY_REQUEST_TTL_S after admission; one day after the start when settlement creates the item (admission
 failed open and wrote none). (2) RELAY_USAGE_RETENTION_DAYS after the request started; the spend items count
 from the same start. (3) PENDING_CANCEL_TTL_S: a cancel sent before the request reached the relay waits that long.
+(4) No index partition is shared by every request: a partition takes 1,000 write units a second, so one written by
+every request would cap the whole deployment there. A day's usage records are spread over `USAGE_SHARDS` gsi1
+partitions (0.03 write units a request on each), the `open` index over `OPEN_SHARDS` (its entry is written at
+admission, moved at each renewal and deleted at settlement: about 4 units a request, 0.06 on each shard), and the
+spend items are not indexed at all (nothing read that index; it took 2 units a request on one partition). A table
+written before keeps working: its records of a day are under `USAGE#<day>` (read beside the shards), its requests'
+`open_shard` values are among today's shards, and a spend item's old index keys are removed by its next settlement.
 
 So a key is found by its hash in one GetItem; a key's limit state, spend and usage share its partition
 (admission and settlement are one transaction each over it); a key's usage comes back in time order from one
-Query, and every key's usage of a day from one Query on `gsi1`.
+Query, and every key's usage of a day from one Query per gsi1 shard.
 """
 
 from __future__ import annotations
@@ -78,7 +88,8 @@ from ..validation import Verdict
 INDEX = "gsi1"
 OPEN_INDEX = "open"  # sparse: unfinished requests by shard, lease expiry (the reconciler)
 LEASE_INDEX = "leases"  # sparse: unfinished requests by key, lease expiry (earliest lease of a key)
-OPEN_SHARDS = 4  # the open index's partitions: the reconciler queries each; a partition takes 1,000 WCU/s
+OPEN_SHARDS = 64  # the open index's partitions: the reconciler queries each; a partition takes 1,000 WCU/s (4)
+USAGE_SHARDS = 32  # gsi1 partitions of a day's usage records: `llm-relay usage` across keys queries each (4)
 LEDGER_ATTRS = ("open_shard", "lease_key", "lease_until")  # removed at settlement: the item leaves both indexes
 RATE_TTL_S = 300  # a minute's counters outlive it by 5 minutes: the next window still reads them
 CONC_SK = "CONC"
@@ -300,9 +311,15 @@ def marked_item_key(pk: str) -> dict[str, str]:
     return {"pk": pk, "sk": "CANCEL" if is_client_cancel(pk) else "REQ"}
 
 
+def shard_of(request_id: str, shards: int) -> int:
+    """A request's shard among `shards`: spread evenly, the same in every process."""
+    return int(hashlib.sha256(request_id.encode()).hexdigest()[:8], 16) % shards
+
+
 def open_shard(request_id: str) -> str:
-    """The open index partition of a request: spread over `OPEN_SHARDS` so no one index partition is hot."""
-    return f"OPEN#{int(hashlib.sha256(request_id.encode()).hexdigest()[:8], 16) % OPEN_SHARDS}"
+    """The open index partition of a request: spread over `OPEN_SHARDS` so no one index partition is hot. (A table
+    written with fewer shards holds values among these: the same hash, a smaller modulus that divides this one.)"""
+    return f"OPEN#{shard_of(request_id, OPEN_SHARDS)}"
 
 
 def open_shards() -> list[str]:
@@ -339,16 +356,22 @@ def usage_sk(epoch_s: float, request_id: str = "") -> str:
     return f"USAGE#{iso_ms(epoch_s)}" + (f"#{request_id}" if request_id else "")
 
 
-def usage_day(day: str) -> str:
-    """The `gsi1pk` of every key's usage records of one UTC day."""
-    return f"USAGE#{day}"
+def usage_day(day: str, request_id: str) -> str:
+    """The `gsi1pk` of a usage record: its UTC day, and its shard among `USAGE_SHARDS`."""
+    return f"USAGE#{day}#{shard_of(request_id, USAGE_SHARDS)}"
+
+
+def usage_day_partitions(day: str) -> list[str]:
+    """Every `gsi1pk` holding usage records of one UTC day: the shards, and the one partition of a table written
+    before the records were sharded."""
+    return [f"USAGE#{day}", *(f"USAGE#{day}#{n}" for n in range(USAGE_SHARDS))]
 
 
 def usage_item(record: UsageRecord, retention_days: int) -> dict[str, Any]:
     item: dict[str, Any] = {
         "pk": partition(record.key_id),
         "sk": usage_sk(record.started_epoch, record.request_id),
-        "gsi1pk": usage_day(record.day),
+        "gsi1pk": usage_day(record.day, record.request_id),
         "gsi1sk": f"{record.timestamp}#{record.request_id}",
         "key_id": record.key_id,
         "request_id": record.request_id,

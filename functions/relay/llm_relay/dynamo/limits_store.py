@@ -261,12 +261,10 @@ class LimitsStore(TableStore):
         adds += budget_adds
         values.update(budget_values)
         sets = ["key_id = :kid", "period = :period", "expires_at = :ttl"]
-        if daily:
-            sets += ["gsi1pk = :gpk", "gsi1sk = :kid"]
-            values[":gpk"] = layout.spend_sk(period)
-        return self._op(
-            "Update", key, layout.spend_sk(period), "ADD " + ", ".join(adds) + " SET " + ", ".join(sets), [], values
-        )
+        # A spend item is not indexed: the gsi1 keys an item written before still carries are removed here, so its
+        # later writes no longer touch the one index partition every key's spend shared (layout.py, note 4).
+        update = "ADD " + ", ".join(adds) + " SET " + ", ".join(sets) + (" REMOVE gsi1pk, gsi1sk" if daily else "")
+        return self._op("Update", key, layout.spend_sk(period), update, [], values)
 
     def read_counters(self, key_id: str, epoch_s: float) -> dict[str, Any]:
         """The key's counter items as of `epoch_s` (consistent reads): `rate` (this minute's requests and tokens),

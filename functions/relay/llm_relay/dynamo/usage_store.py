@@ -5,6 +5,7 @@ by the settlement transaction (limits_store.py), with the spend it adds. Items: 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
@@ -17,6 +18,9 @@ from .store_base import TableStore
 
 if TYPE_CHECKING:
     pass
+
+
+READ_THREADS = 8  # the gsi1 partitions of a report read at once (a client is thread-safe)
 
 
 class UsageStore(TableStore):
@@ -46,18 +50,27 @@ class UsageStore(TableStore):
         )
 
     def for_all(self, since_s: float, until_s: float) -> list[UsageRecord]:
-        """Every key's records in the range, oldest first: one GSI Query (paginated) per UTC day."""
-        records: list[UsageRecord] = []
+        """Every key's records in the range, oldest first: one GSI Query (paginated) per partition of each UTC day
+        (its shards, and the one partition of a table written before them), `READ_THREADS` at a time."""
+        partitions: list[str] = []
         day_start = since_s - since_s % SECONDS_PER_DAY
         while day_start < until_s:
-            bounds = {":day": layout.usage_day(day_of(day_start)), ":lo": iso_ms(since_s), ":hi": iso_ms(until_s)}
-            records += self._query(
-                IndexName=layout.INDEX,
-                KeyConditionExpression="gsi1pk = :day AND gsi1sk BETWEEN :lo AND :hi",
-                ExpressionAttributeValues=layout.serialize(bounds),
-            )
+            partitions += layout.usage_day_partitions(day_of(day_start))
             day_start += SECONDS_PER_DAY
-        return records
+
+        def day_partition(gsi1pk: str) -> list[UsageRecord]:
+            bounds = {":day": gsi1pk, ":lo": iso_ms(since_s), ":hi": iso_ms(until_s)}
+            return list(
+                self._query(
+                    IndexName=layout.INDEX,
+                    KeyConditionExpression="gsi1pk = :day AND gsi1sk BETWEEN :lo AND :hi",
+                    ExpressionAttributeValues=layout.serialize(bounds),
+                )
+            )
+
+        with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+            parts = list(pool.map(day_partition, partitions))
+        return sorted((record for part in parts for record in part), key=lambda r: (r.timestamp, r.request_id))
 
     def spend(self, key_id: str, period: str) -> dict[str, Any]:
         """A spend aggregate: `period` is `D#<yyyy-mm-dd>` or `M#<yyyy-mm>`; {} when nothing was spent."""
