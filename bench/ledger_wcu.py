@@ -63,10 +63,14 @@ class Scale:
     key_requests: int  # requests of one key
     shared_requests: int  # requests spread over `shared_keys` keys
     shared_keys: int
+    shards: int = 1  # the keys' `shards`: 1, a key as created; more, the layout a hot key uses
 
 
 FULL = Scale(200, 200, 50)
 CHECK = Scale(20, 20, 5)
+SHARDS = 8  # what docs/limits.md recommends for a key past the single-item ceiling
+FULL_SHARDED = Scale(200, 200, 50, SHARDS)
+CHECK_SHARDED = Scale(40, 20, 5, SHARDS)
 
 
 def key_id(n: int) -> str:
@@ -77,11 +81,11 @@ def request_id(run: str, n: int) -> str:
     return "req_" + hashlib.sha256(f"units-{run}-{n}".encode()).hexdigest()[:24]
 
 
-def context(key: ApiKey, rid: str) -> RequestContext:
-    """A chat request of `key`, as the pipeline would have parsed it."""
+def context(key: ApiKey, rid: str, at: float) -> RequestContext:
+    """A chat request of `key` started at `at`, as the pipeline would have parsed it."""
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 200}
     chat = ChatRequest.model_validate(body)
-    return RequestContext(rid, key, chat, Prompt.of(chat), "sse", time.monotonic(), time.time())
+    return RequestContext(rid, key, chat, Prompt.of(chat), "sse", time.monotonic(), at)
 
 
 class Operations:
@@ -94,41 +98,68 @@ class Operations:
         self.names.add(str(model.name))
 
 
-def lives(endpoint: str, throttle: Throttle, name: str, requests: int, keys: int) -> Run:
-    """`requests` requests over `keys` keys, each admitted, renewed once and settled; what they consumed."""
-    table = f"units-{name}-{uuid.uuid4().hex[:8]}"
-    client = make_client(endpoint, "us-east-1")
-    create_table(client, table)
-    stores = Stores.create(table, client)
-    operations = Operations()
-    client.meta.events.register("before-call.dynamodb", operations)
+@dataclass(frozen=True)
+class Relay:
+    """The limits of a relay on one table, with the clock held at `at`."""
+
+    stores: Stores
+    limiter: Limiter
+    at: float
+
+
+def relay(client: Any, table: str) -> Relay:
     settings = Settings(table_name=table, upstream_url="http://unused/v1")
+    stores = Stores.create(table, client)
     prices = PriceTable.load()
     reconciler = Reconciler(stores, prices, settings.usage_retention_days)
     quiet = Logger(service="bench", level="ERROR")
-    limiter = Limiter(stores, settings, pricer=prices, reconciler=reconciler, log=quiet)
-    limits = {k: Decimal(v) for k, v in LIMITS.items()}
-    api_keys = [ApiKey(key_id=key_id(n), name="bench", limits=limits) for n in range(keys)]
-    contexts = [context(api_keys[n % keys], request_id(name, n)) for n in range(requests)]
+    at = time.time()  # every request starts, and the limiter's clock stands, at one instant: one busy second's
+    limiter = Limiter(stores, settings, pricer=prices, reconciler=reconciler, log=quiet, clock=lambda: at)
+    return Relay(stores, limiter, at)
+
+
+def live(relay: Relay, contexts: list[RequestContext]) -> None:
+    """Admit every request, renew every lease once (one call, as a relay process renews its streams), settle each."""
 
     async def admit_all() -> list[RequestContext]:
-        return [replace(ctx, ticket=await limiter.admit(ctx)) for ctx in contexts]
+        return [replace(ctx, ticket=await relay.limiter.admit(ctx)) for ctx in contexts]
 
     admitted = anyio.run(admit_all)
     # a renewal a third of a 60 s lease later: the lease expiry (both sparse indexes' sort key) moves
     checkpoint = Checkpoint(12, 180, at_epoch=Decimal("1.5"))
-    stores.requests.renew(int(time.time()) + 80, {ctx.request_id: checkpoint for ctx in admitted})
+    relay.stores.requests.renew(int(relay.at) + 80, {ctx.request_id: checkpoint for ctx in admitted})
     outcome = StreamOutcome(TerminationReason.STOP, Usage(12, 180), 0.2, 0.02, 4.0, 180, cost_usd=Decimal("0.0001"))
 
     async def finalize_all() -> None:
         for ctx in admitted:
-            await limiter.finalize(ctx, outcome)
+            await relay.limiter.finalize(ctx, outcome)
 
     anyio.run(finalize_all)
+
+
+def lives(endpoint: str, throttle: Throttle, name: str, requests: int, keys: int, shards: int = 1) -> Run:
+    """`requests` requests over `keys` keys, each admitted, renewed once and settled; what they consumed. Each key
+    has had one request before (not counted), as a key in use has: its day's spend and its minute's rate items
+    exist, and a write to them is a change, not a creation."""
+    table = f"units-{name}-{uuid.uuid4().hex[:8]}"
+    client = make_client(endpoint, "us-east-1")
+    create_table(client, table)
+    operations = Operations()
+    client.meta.events.register("before-call.dynamodb", operations)
+    bench = relay(client, table)
+    limits = {k: Decimal(v) for k, v in {**LIMITS, "shards": shards}.items()}
+    api_keys = [ApiKey(key_id=key_id(n), name="bench", limits=limits) for n in range(keys)]
+    live(bench, [context(key, request_id(f"{name}-warm", n), bench.at) for n, key in enumerate(api_keys)])
+    before = consumed(throttle, table)
+    contexts = [context(api_keys[n % keys], request_id(name, n), bench.at) for n in range(requests)]
+    live(bench, contexts)
     uncharged = operations.names - CHARGED
     if uncharged:
         raise RuntimeError(f"DynamoDB operations the local server does not charge: {sorted(uncharged)}")
-    return Run([ctx.request_id for ctx in contexts], [k.key_id for k in api_keys], consumed(throttle, table))
+    after = consumed(throttle, table)
+    counted = {spot: got - before.get(spot, Units()) for spot, got in after.items()}
+    ids = [ctx.request_id for ctx in contexts]
+    return Run(ids, [k.key_id for k in api_keys], bench.at, {s: u for s, u in counted.items() if u.write or u.read})
 
 
 def consumed(throttle: Throttle, table: str) -> dict[Spot, Units]:
@@ -157,8 +188,8 @@ def consumed(throttle: Throttle, table: str) -> dict[Spot, Units]:
 def report(endpoint: str, throttle: Throttle, scale: Scale) -> dict[str, Any]:
     """Both runs at `scale`: the rows (a request's and its key's spots from the one-key run, the shared spots from
     the many-key run), the table's partitions whole, the indexes written, and the two ceilings."""
-    one_key = lives(endpoint, throttle, "key", scale.key_requests, 1)
-    many_keys = lives(endpoint, throttle, "shared", scale.shared_requests, scale.shared_keys)
+    one_key = lives(endpoint, throttle, "key", scale.key_requests, 1, scale.shards)
+    many_keys = lives(endpoint, throttle, "shared", scale.shared_requests, scale.shared_keys, scale.shards)
     found = [r for r in units.rows(one_key) if r.cls != "shared"]
     found += [r for r in units.rows(many_keys) if r.cls == "shared"]
     hot_key, hot_shared = units.hottest(found, "key"), units.hottest(found, "shared")
@@ -167,6 +198,7 @@ def report(endpoint: str, throttle: Throttle, scale: Scale) -> dict[str, Any]:
         "runs": {
             "key": {"requests": scale.key_requests, "keys": 1},
             "shared": {"requests": scale.shared_requests, "keys": scale.shared_keys},
+            "shards": scale.shards,
         },
         "rows": [row.as_json() for row in found],
         "partitions": [row.as_json() for row in units.partitions(one_key) if row.cls == "key"],
@@ -185,12 +217,13 @@ def measure(scales: dict[str, Scale]) -> dict[str, Any]:
 
 def lines(found: dict[str, Any]) -> list[str]:
     """The full run as text: every row, the key's table partitions whole, then the two ceilings."""
-    rows = [units.Row(**row) for row in found["rows"]]
-    whole = [units.Row(**row) for row in found["partitions"]]
+    rows = units.collapse(units.Row(**row) for row in found["rows"])
+    whole = units.collapse(units.Row(**row) for row in found["partitions"])
     runs = found["runs"]
     out = [
         f"units per request: {runs['key']['requests']} requests of one key (request, key), "
-        f"{runs['shared']['requests']} over {runs['shared']['keys']} keys (shared); every limit set",
+        f"{runs['shared']['requests']} over {runs['shared']['keys']} keys (shared); every limit set, "
+        f"shards {runs.get('shards', 1)}",
         *units.table(rows),
         "",
         "the key's table partitions whole (before DynamoDB splits one for heat; not used for the ceilings):",
@@ -209,10 +242,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
-    found = measure({"full": FULL, "check": CHECK})
+    found = measure({"full": FULL, "check": CHECK, "full_sharded": FULL_SHARDED, "check_sharded": CHECK_SHARDED})
     if not args.no_save:
         RESULTS.write_text(json.dumps(found, indent=2) + "\n")
-    print(json.dumps(found, indent=2) if args.json else "\n".join(lines(found["full"])))
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return
+    # a key as created, then the layout a hot key uses: the last two lines are the ceilings of that one
+    print("\n".join([*lines(found["full"]), "", *lines(found["full_sharded"])]))
 
 
 if __name__ == "__main__":

@@ -8,26 +8,34 @@ The rules:
   `sk` "*"), on a global secondary index a partition key value. Each takes at most 1,000 write and 3,000 read
   units a second (an item never splits; an index partition splits by its sort key only as far as its items
   allow, so a partition key value is counted whole);
-- a spot's class, from its partition key (`pk`, or the index key): `request` if it names one of the run's
-  requests, `key` if it names one of its keys, `shared` otherwise (one for the whole table: a day's usage, the
-  `open` index's shards);
-- spots that differ only by the run's ids or by a time window (an epoch minute, a day, a month, a timestamp) are
-  one row: successive windows of one counter are one spot over time, and every request (or key) has the same
-  spots. A shard suffix is not a time window: each shard stays a row of its own;
+- a spot's class, from its name (`pk` and `sk` of a table item, the key of an index partition): `request` if it
+  names one of the run's requests (its own item; a usage record, written once by its request), `key` if it names
+  one of its keys, `shared` otherwise (one for the whole table: a day's usage, the `open` index's shards);
+- a run's requests all happen at one instant (the limiter's clock and the requests' start held still), as the
+  requests of one busy second do: a windowed item (a minute's rate counter, a day's spend) is the current
+  window's, or the previous one's (`<minute-1>`), never two windows' added up;
+- spots that differ only by the run's ids are one row (every request, or key, has the same spots), named by their
+  pattern (`<request>`, `<key>`, `<minute>`, `<day>`, `<month>`, `<time>`); a shard suffix stays in the name, each
+  shard a row of its own;
 - a row's units per request are its units divided by the run's requests: a spot one request in four touches (a
   shard of four) comes out at a quarter of a request's writes, without knowing the layout;
 - the ceilings: per key, 1,000 over the most write units a request puts on one `key` spot (3,000 over the most
-  read units, if lower); table-wide the same over `shared` spots.
+  read units, if lower); table-wide the same over `shared` spots; the shards of one spot rated together, at
+  `SPREAD` times their mean (`rated`).
 """
 
 from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+#: How much busier than its mean the busiest of a family of shards is rated: at a ceiling's rate each shard sees a
+#: hundred requests a second or more, and a hash spreads them within a few tens of percent of the mean.
+SPREAD = 1.5
 WRITE_UNITS_PER_S = 1000
 READ_UNITS_PER_S = 3000
 TABLE = "table"
@@ -35,12 +43,8 @@ TABLE = "table"
 Class = Literal["request", "key", "shared"]
 CLASSES: tuple[Class, ...] = ("request", "key", "shared")
 
-_WINDOWS = (
-    (re.compile(r"\d{4}-\d{2}-\d{2}T[0-9:.]+Z?"), "<time>"),
-    (re.compile(r"\d{4}-\d{2}-\d{2}"), "<day>"),
-    (re.compile(r"\d{4}-\d{2}"), "<month>"),
-    (re.compile(r"\d{6,}"), "<n>"),  # an epoch second or minute; a shard number is shorter
-)
+_ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T[0-9:.]+Z?")
+_SHARD = re.compile(r"#\d{1,5}(?=#|$| )")
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,9 @@ class Units:
 
     def __add__(self, other: Units) -> Units:
         return Units(self.write + other.write, self.read + other.read)
+
+    def __sub__(self, other: Units) -> Units:
+        return Units(self.write - other.write, self.read - other.read)
 
 
 @dataclass(frozen=True)
@@ -83,13 +90,24 @@ class Run:
 
     requests: list[str]
     keys: list[str]
+    at: float  # the instant every request of the run happened (epoch seconds)
     consumed: Mapping[Spot, Units]
 
 
 class Naming:
+    """A spot's class and its name as a pattern, from the run's ids and instant."""
+
     def __init__(self, run: Run) -> None:
         self._requests = _alternation(run.requests)
         self._keys = _alternation(run.keys)
+        minute, day = int(run.at // 60), time.gmtime(run.at)
+        self._windows = [
+            (_ISO_TIME, "<time>"),
+            (re.compile(time.strftime("%Y-%m-%d", day)), "<day>"),
+            (re.compile(time.strftime("%Y-%m", day)), "<month>"),
+            (re.compile(rf"(?<!\d){minute}(?!\d)"), "<minute>"),
+            (re.compile(rf"(?<!\d){minute - 1}(?!\d)"), "<minute-1>"),
+        ]
 
     def cls(self, partition: str) -> Class:
         if self._requests.search(partition):
@@ -98,7 +116,7 @@ class Naming:
 
     def pattern(self, text: str) -> str:
         text = self._keys.sub("<key>", self._requests.sub("<request>", text))
-        for window, name in _WINDOWS:
+        for window, name in self._windows:
             text = window.sub(name, text)
         return text
 
@@ -114,7 +132,9 @@ def rows(run: Run) -> list[Row]:
     grouped: dict[tuple[str, Class, str], tuple[int, Units]] = {}
     for spot, units in run.consumed.items():
         name = spot.partition if spot.item is None else f"{spot.partition} | {spot.item}"
-        at = (spot.resource, naming.cls(spot.partition), naming.pattern(name))
+        # an item named by a request (its own item, or a usage record under the key's partition) is written by that
+        # request alone: per request, never shared with others (the whole partition is `partitions`)
+        at = (spot.resource, naming.cls(name), naming.pattern(name))
         count, total = grouped.get(at, (0, Units()))
         grouped[at] = (count + 1, total + units)
     n = len(run.requests)
@@ -130,13 +150,38 @@ def partitions(run: Run) -> list[Row]:
         if spot.resource == TABLE:
             at = Spot(TABLE, spot.partition)
             whole[at] = whole.get(at, Units()) + units
-    return rows(Run(run.requests, run.keys, whole))
+    return rows(Run(run.requests, run.keys, run.at, whole))
 
 
 def hottest(found: Iterable[Row], cls: Class) -> Row | None:
-    """The row of `cls` that allows the fewest requests a second."""
-    of_class = [row for row in found if row.cls == cls and (row.wcu or row.rcu)]
+    """The spot of `cls` that allows the fewest requests a second, a family of shards rated as one (`rated`)."""
+    of_class = [row for row in rated(found) if row.cls == cls and (row.wcu or row.rcu)]
     return min(of_class, key=_rate, default=None)
+
+
+def rated(found: Iterable[Row]) -> list[Row]:
+    """The spots as the ceilings see them: a spot alone as it is; the shards of one spot (names that differ only by a
+    `#<number>` suffix, the unsuffixed one included) as one row, at `SPREAD` times their mean. Requests reach the
+    shards by a hash of their ids, so at the rates a ceiling is about (hundreds a second on each shard) the busiest
+    shard stays near the mean; a sample of a few hundred requests leaves some shards with several times their share,
+    and rating by its busiest shard would measure the sample, not the layout."""
+    groups: dict[tuple[str, Class, str], list[Row]] = {}
+    for row in found:
+        groups.setdefault((row.resource, row.cls, _SHARD.sub("", row.pattern)), []).append(row)
+    out = []
+    for (resource, cls, name), members in groups.items():
+        if len(members) == 1:
+            out.extend(members)
+            continue
+        # the family's size from the highest shard number seen (shards are numbered from 0; the unsuffixed spot is
+        # shard 0): a small sample reaches only some of many shards, and its mean over those would overstate them
+        numbers = [int(m.group()[1:]) for row in members for m in _SHARD.finditer(row.pattern)]
+        size = max(len(members), max(numbers, default=0) + 1)
+        wcu = SPREAD * sum(row.wcu for row in members) / size
+        rcu = SPREAD * sum(row.rcu for row in members) / size
+        spots = sum(row.spots for row in members)
+        out.append(Row(resource, cls, f"{name}#<shard>  ({SPREAD:g} x the mean of {size})", spots, wcu, rcu))
+    return out
 
 
 def ceiling(row: Row | None) -> int | None:
@@ -150,13 +195,29 @@ def _rate(row: Row) -> float:
     return min(writes, reads)
 
 
+def collapse(found: Iterable[Row]) -> list[Row]:
+    """For reading: the shards of one spot (names that differ only by a `#<number>` suffix) as one row, the busiest
+    shard's units, named `<shard>` with the busiest one's name beside it."""
+    groups: dict[tuple[str, Class, str], list[Row]] = {}
+    for row in found:
+        groups.setdefault((row.resource, row.cls, _SHARD.sub("#<shard>", row.pattern)), []).append(row)
+    out = []
+    for (resource, cls, name), members in groups.items():
+        if len(members) == 1:
+            out.extend(members)
+            continue
+        busiest = min(members, key=_rate)
+        spots = sum(row.spots for row in members)
+        pattern = f"{name}  (busiest of {len(members)}: {busiest.pattern})"
+        out.append(Row(resource, cls, pattern, spots, busiest.wcu, busiest.rcu))
+    return out
+
+
 def table(found: Iterable[Row]) -> list[str]:
     """Rows as aligned text lines: class, resource, spot, WCU and RCU per request."""
     lines = [f"{'class':<8} {'resource':<8} {'spots':>5} {'WCU/req':>8} {'RCU/req':>8}  partition | item"]
     for row in found:
-        lines.append(
-            f"{row.cls:<8} {row.resource:<8} {row.spots:>5} {row.wcu:>8.3f} {row.rcu:>8.3f}  {row.pattern}"
-        )
+        lines.append(f"{row.cls:<8} {row.resource:<8} {row.spots:>5} {row.wcu:>8.3f} {row.rcu:>8.3f}  {row.pattern}")
     return lines
 
 

@@ -22,7 +22,7 @@ def escape(text: str) -> str:
 
 
 class HumanFormatter(logging.Formatter):
-    """`[warning] llm_relay.limiter: message (ValueError: detail)` on one line (`[relay]` starts only the lines
+    """`[warning] llm_relay.limits.admit: message (ValueError: detail)` on one line (`[relay]` starts only the lines
     of finished requests)."""
 
     def format(self, record: logging.LogRecord) -> str:

@@ -132,13 +132,13 @@ class Charge:
     """Units one request takes from one partition: `resource` is the table's name or `<table>/index/<name>`.
     `item`: on the table, the sort key value of the item charged (its partition key is `partition`; "" for a table
     without a sort key, "*" for a Query's read of the partition), so the units an item takes can be told apart
-    from its partition's; None on an index."""
+    from its partition's; None on an index. Not compared: it changes nothing a charge takes from its partition."""
 
     kind: Kind
     resource: str
     partition: str
     units: float
-    item: str | None = None
+    item: str | None = field(default=None, compare=False)
 
 
 def partition_of(value: dict[str, Any]) -> str:
@@ -212,8 +212,12 @@ class Throttle:
     throttled: Counter[tuple[str, str]] = field(default_factory=Counter)
     consumed_write_items: dict[tuple[str, str, str], float] = field(default_factory=dict)
     consumed_read_items: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    # The most write units one resource (the table, an index) took in one window over all its partitions: what a
+    # layout that put them on one partition would have asked of it.
+    peak_write: dict[str, float] = field(default_factory=dict)
     _window: int = field(default=-1, repr=False)
     _used: dict[tuple[Kind, str, str], float] = field(default_factory=dict, repr=False)
+    _resource_window: dict[str, float] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.scale <= 0 or self.write_units_per_s <= 0 or self.read_units_per_s <= 0:
@@ -258,6 +262,10 @@ class Throttle:
 
     def _consume(self, group: Sequence[Charge]) -> None:
         for charge in group:
+            if charge.kind == "write":
+                in_window = self._resource_window.get(charge.resource, 0.0) + charge.units
+                self._resource_window[charge.resource] = in_window
+                self.peak_write[charge.resource] = max(self.peak_write.get(charge.resource, 0.0), in_window)
             slot = (charge.kind, charge.resource, charge.partition)
             self._used[slot] = self._used.get(slot, 0.0) + charge.units
             consumed = self.consumed_write if charge.kind == "write" else self.consumed_read
@@ -273,6 +281,7 @@ class Throttle:
         if window != self._window:
             self._window = window
             self._used.clear()
+            self._resource_window.clear()
 
     def seconds_left(self) -> float:
         """Wall seconds until the next window (a simulated second) begins."""

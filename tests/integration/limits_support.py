@@ -13,6 +13,7 @@ from llm_relay.dynamo import Stores, make_client
 from llm_relay.dynamo.layout import key_from_item
 from llm_relay.keys import ApiKey, generate_key_id
 from llm_relay.limits import Limiter
+from llm_relay.limits.reporting import LimitsMetrics
 from llm_relay.outcome import Prompt, RequestContext
 from llm_relay.pricing import PriceTable
 from llm_relay.reconciler import Reconciler
@@ -46,7 +47,7 @@ def limiter(
     table: str,
     *,
     clock: Any = None,
-    metrics: Any = None,
+    metrics: LimitsMetrics | None = None,
     client: Any = None,
     log: Any = None,
     **overrides: Any,

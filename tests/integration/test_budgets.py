@@ -108,13 +108,18 @@ def assert_budget_held(responses: list[httpx.Response], stores: Stores, key_id: 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("processes", [1, 2], ids=["one relay process", "two relay processes"])
+@pytest.mark.parametrize(
+    ("processes", "shards"),
+    [(1, 1), (2, 1), (2, 4)],
+    ids=["one relay process", "two relay processes", "two relay processes, a key of four shards"],
+)
 def test_forty_parallel_requests_never_spend_past_the_budget(
-    stores: Stores, upstream: Upstream, moto_endpoint: str, processes: int
+    stores: Stores, upstream: Upstream, moto_endpoint: str, processes: int, shards: int
 ) -> None:
-    # GIVEN a key with a $0.0001 daily budget and no concurrency limit, served by one or two relay processes
+    # GIVEN a key with a $0.0001 daily budget and no concurrency limit, served by one or two relay processes; its spend
+    # on one item, or over four (each shard taking blocks of the budget from the key's own item as it needs them)
     budget = Decimal("0.0001")
-    plain, key = new_key(stores, daily_budget_usd=str(budget))
+    plain, key = new_key(stores, daily_budget_usd=str(budget), shards=str(shards))
     with relay_processes(processes, stores, upstream, moto_endpoint) as relays:
         # WHEN 40 streamed requests with max_tokens 20 arrive at once, spread over the processes
         responses = fire([r.url for r in relays], plain, chat_body(stream=True, max_tokens=20, mock=FAST), PARALLEL)

@@ -243,9 +243,12 @@ def test_store_down_fails_closed_by_default_and_open_when_configured(
 ) -> None:
     key = key_with(**limits)
     metrics: list[tuple[str, dict[str, str]]] = []
-    closed = limiter(
-        moto_endpoint, stores.table_name, client=client(), metrics=lambda n, v, d: metrics.append((n, dict(d)))
-    )
+
+    class Recorded(NoMetrics):
+        def admission_store_error(self, policy: str) -> None:
+            metrics.append(("AdmissionStoreError", {"policy": policy}))
+
+    closed = limiter(moto_endpoint, stores.table_name, client=client(), metrics=Recorded())
     # WHEN DynamoDB cannot be reached at admission: 503, with a metric
     with pytest.raises(ServiceUnavailable) as refused:
         anyio.run(closed.admit, context(key, "req_x"))
@@ -253,7 +256,7 @@ def test_store_down_fails_closed_by_default_and_open_when_configured(
     assert metrics == [("AdmissionStoreError", {"policy": "fail_closed"})]
     # AND with RELAY_ADMISSION_FAIL_OPEN the request is admitted, loudly
     opened = limiter(moto_endpoint, stores.table_name, client=client(), admission_fail_open=True)
-    with caplog.at_level(logging.ERROR, logger="llm_relay.limiter"):
+    with caplog.at_level(logging.ERROR, logger="llm_relay.limits.admit"):
         assert anyio.run(opened.admit, context(key, "req_y")) == Ticket()
     assert any("FAIL-OPEN" in r.getMessage() for r in caplog.records)
 

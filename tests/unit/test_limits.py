@@ -33,6 +33,8 @@ from llm_relay.limits.rules import (
     remaining,
     reserve_tokens,
     retry_after_s,
+    scaled_headers,
+    split,
     threshold,
     wait_ms,
     weighted,
@@ -264,3 +266,33 @@ def test_refusal_messages() -> None:
     too_big = refusal(plan(limits, reserve=500), ("tpm",), 0, 0)
     assert too_big.retry_after_ms is None
     assert "larger than the limit" in refusal_message(too_big, limits, 500)
+
+
+# --- shards -------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("total", "shards"), [(40, 4), (7, 3), (3, 8), (1000, 64), (0, 2)])
+def test_the_shares_of_a_limit_add_up_to_it_exactly(total: int, shards: int) -> None:
+    shares = [split(total, shards, shard) for shard in range(shards)]
+    assert sum(shares) == total and max(shares) - min(shares) <= 1
+
+
+def test_a_shard_enforces_its_share_of_rates_and_concurrency_and_the_whole_budget() -> None:
+    limits = Limits(rpm=10, tpm=1000, max_concurrent=5, daily_budget_usd=Decimal(3), shards=4)
+    shares = [limits.for_shard(s) for s in range(4)]
+    assert [s.rpm for s in shares] == [3, 3, 2, 2] and sum(s.tpm or 0 for s in shares) == 1000
+    assert sum(s.max_concurrent or 0 for s in shares) == 5
+    assert {s.daily_budget_usd for s in shares} == {Decimal(3)}  # budgets are not split
+    assert Limits(rpm=10).for_shard(0) == Limits(rpm=10)  # one shard: the key's own limits
+
+
+@pytest.mark.parametrize("text", ["0", "65", "2.5", "unlimited", "-1", "many"])
+def test_shards_are_a_whole_number_from_1_to_64(text: str) -> None:
+    with pytest.raises(ValueError, match="shards must be a whole number from 1 to 64"):
+        parse_limit("shards", text)
+    assert parse_limit("shards", "8") == Decimal(8) and parse_limit("shards", "default") is None
+
+
+def test_a_shards_headers_speak_for_the_key() -> None:
+    shard = rate_headers("requests", 25, 5, 0, 30_000)  # a shard of 4 with 25 of the key's 100: 20 left
+    headers = scaled_headers(shard, Limits(rpm=100, shards=4))
+    assert headers["x-ratelimit-limit-requests"] == "100" and headers["x-ratelimit-remaining-requests"] == "80"
+    assert scaled_headers(shard, Limits(rpm=25)) == shard

@@ -106,6 +106,7 @@ class Settlement:
     tokens_minute: int | None = None
     reserved_usd: Decimal = Decimal(0)  # the budget reservation to swap for the record's cost
     lease_expired_before: int | None = None  # the reconciler's: settle only if the lease is still expired then
+    shard: int = 0  # the key's shard whose slot and token counters admission took from
 
 
 def settlement_of(
@@ -125,7 +126,7 @@ def settlement_of(
             delta = max(0, delta)
         else:
             minute = ticket.minute
-    return Settlement(record, retention_days, ticket.lease, delta, minute, reserved_usd)
+    return Settlement(record, retention_days, ticket.lease, delta, minute, reserved_usd, shard=ticket.shard)
 
 
 def renewal_interval(lease_s: float) -> float:

@@ -46,6 +46,7 @@ class Ticket:
     lease: str | None = None  # the concurrency lease to release (None: no concurrency limit)
     settle_tokens: bool = False  # whether the token reservation is settled against actual usage
     budget: Reservation | None = None  # the budget reservation (None: no budget, or an unpriced model allowed)
+    shard: int = 0  # the key's shard the rate and concurrency parts were taken from (0: the key's own items)
 
 
 @dataclass(frozen=True, slots=True)

@@ -291,7 +291,9 @@ def _effective(key: ApiKey, settings: Settings) -> dict[str, Any]:
     from ..limits.rules import default_limits
 
     limits = Limits.resolve(key.limits, default_limits(settings))
-    return {name: "unlimited" if getattr(limits, name) is None else getattr(limits, name) for name in LIMIT_NAMES}
+    effective = {name: "unlimited" if getattr(limits, name) is None else getattr(limits, name) for name in LIMIT_NAMES}
+    effective["shards"] = limits.shard_count
+    return effective
 
 
 def limits_text(key: ApiKey, settings: Settings) -> str:
@@ -299,7 +301,7 @@ def limits_text(key: ApiKey, settings: Settings) -> str:
     parts = [
         f"{name}={value if isinstance(value, str | int) else plain(value)}{'' if name in key.limits else '*'}"
         for name, value in _effective(key, settings).items()
-        if value != "unlimited" or name in key.limits
+        if (value != "unlimited" and (name != "shards" or value != 1)) or name in key.limits
     ]
     return " ".join(parts) if parts else "unlimited"
 

@@ -26,6 +26,12 @@ _FORMATS = ("%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%MZ", "%Y-%m
 _KEY_ID = re.compile(r"^rk_[0-9A-Za-z_-]{1,64}$")
 
 
+SHARDS_HELP = (
+    "split the key's rate and concurrency limits over N items (1 to 64; 'default': 1), for a key that takes more "
+    "than about 50 new requests a second; see docs/limits.md, 'Shards'"
+)
+
+
 def limit_options(parser: argparse.ArgumentParser) -> None:
     for name in LIMIT_NAMES:
         parser.add_argument(
@@ -34,7 +40,9 @@ def limit_options(parser: argparse.ArgumentParser) -> None:
             metavar="N" if LIMIT_NAMES[name] else "USD",
             type=limit(name),
             default=argparse.SUPPRESS,
-            help=f"{name}: a number, 'unlimited', or 'default' (use the configured default)",
+            help=SHARDS_HELP
+            if name == "shards"
+            else f"{name}: a number, 'unlimited', or 'default' (use the configured default)",
         )
 
 

@@ -15,7 +15,7 @@ import time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from ..limits.budgets import BudgetPeriod, room
+from ..limits.budgets import BudgetPeriod, room, shard_period
 from ..limits.rules import SpendPeriods
 from . import layout
 from .client import unavailable
@@ -32,14 +32,19 @@ EXTEND_ATTEMPTS = 4
 
 def reserve_op(table: str, key_id: str, period: BudgetPeriod, amount: Decimal) -> dict[str, Any]:
     """Reserve `amount` on one spend item, if it fits the period's budget (unconditionally where there is none):
-    the admission part, and each extension's."""
+    the admission part, and each extension's. On a shard's item, if its headroom covers it (`refill_ops` otherwise)."""
     update: dict[str, Any] = {
         "TableName": table,
-        "Key": serialize({"pk": layout.partition(key_id), "sk": layout.spend_sk(period.period)}),
+        "Key": serialize({"pk": layout.partition(key_id), "sk": layout.spend_sk(period.item)}),
         "UpdateExpression": "ADD committed_usd :amount, reserved_usd :amount",
     }
     values: dict[str, Any] = {":amount": amount}
-    if period.budget is not None:
+    if period.budget is not None and period.shard:
+        update["UpdateExpression"] += ", headroom_usd :minus"
+        update["ConditionExpression"] = "headroom_usd >= :amount"
+        update["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+        values[":minus"] = -amount
+    elif period.budget is not None:
         update["ConditionExpression"] = "attribute_not_exists(committed_usd) OR committed_usd <= :room"
         update["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
         values[":room"] = room(period.budget, amount)
@@ -47,28 +52,57 @@ def reserve_op(table: str, key_id: str, period: BudgetPeriod, amount: Decimal) -
     return {"Update": update}
 
 
-def settle_adds(cost_usd: Decimal | None, reserved_usd: Decimal) -> tuple[list[str], dict[str, Any]]:
+def refill_ops(table: str, key_id: str, period: BudgetPeriod, block: Decimal) -> list[dict[str, Any]]:
+    """A shard takes `block` from the bank (the key's own spend item of the period), if the bank's budget has room
+    for it: the bank commits it as granted, the shard's headroom grows by it. One transaction."""
+    assert period.budget is not None and period.shard
+    bank = {
+        "TableName": table,
+        "Key": serialize({"pk": layout.partition(key_id), "sk": layout.spend_sk(period.period)}),
+        "UpdateExpression": "ADD committed_usd :block, granted_usd :block",
+        "ConditionExpression": "attribute_not_exists(committed_usd) OR committed_usd <= :room",
+        "ExpressionAttributeValues": serialize({":block": block, ":room": room(period.budget, block)}),
+    }
+    shard = {
+        "TableName": table,
+        "Key": serialize({"pk": layout.partition(key_id), "sk": layout.spend_sk(period.item)}),
+        "UpdateExpression": "ADD headroom_usd :block",
+        "ExpressionAttributeValues": serialize({":block": block}),
+    }
+    return [{"Update": bank}, {"Update": shard}]
+
+
+def settle_adds(cost_usd: Decimal | None, reserved_usd: Decimal, shard: int = 0) -> tuple[list[str], dict[str, Any]]:
     """The ADD clauses that swap a reservation for the actual cost on a spend item (part of settlement's spend
-    update): committed moves by cost - reserved, the reservation goes. Unknown cost (unpriced, admitted under
-    `allow`) commits nothing; such a request reserved nothing."""
+    update): committed moves by cost - reserved, the reservation goes, and on a shard's item its headroom takes back
+    what was reserved and not spent. Unknown cost (unpriced, admitted under `allow`) commits nothing; such a request
+    reserved nothing."""
     cost = cost_usd if cost_usd is not None else Decimal(0)
     adds, values = ["committed_usd :committed"], {":committed": cost - reserved_usd}
     if reserved_usd:
         adds.append("reserved_usd :unreserve")
         values[":unreserve"] = -reserved_usd
+    if shard:
+        adds.append("headroom_usd :headroom")
+        values[":headroom"] = reserved_usd - cost
     return adds, values
 
 
 def release_ops(
-    table: str, key_id: str, started_epoch: float, reserved_usd: Decimal, cost_usd: Decimal = Decimal(0)
+    table: str,
+    key_id: str,
+    started_epoch: float,
+    reserved_usd: Decimal,
+    cost_usd: Decimal = Decimal(0),
+    shard: int = 0,
 ) -> list[dict[str, Any]]:
     """The updates of a request's day's and month's spend items that release its reservation and commit
     `cost_usd` instead: for the release of an admission whose outcome was unknown (`LimitsStore.release_unknown`,
     cost 0), inside that transaction. (Settlement, the reconciler's included, swaps the reservation through
     `settle_adds` in its own spend updates.)"""
-    adds, values = settle_adds(cost_usd, reserved_usd)
+    adds, values = settle_adds(cost_usd, reserved_usd, shard)
     ops = []
-    for period in SpendPeriods.at(started_epoch).both():
+    for period in (shard_period(period, shard) for period in SpendPeriods.at(started_epoch).both()):
         ops.append(
             {
                 "Update": {
@@ -89,21 +123,50 @@ class BudgetStore(TableStore):
         self, key_id: str, request_id: str, periods: tuple[BudgetPeriod, ...], amount: Decimal, sequence: int
     ) -> bool:
         """Reserve `amount` more against every budget and note it on the request item, in one transaction:
-        True if it fit, False if a budget refused. Retried on contention; raises StoreUnavailable otherwise."""
+        True if it fit, False if a budget refused (on a shard, once the bank also refused it a block). Retried on
+        contention; raises StoreUnavailable otherwise."""
         items = [reserve_op(self.table_name, key_id, period, amount) for period in periods]
         items.append(self._note_on_request(request_id, amount))
-        token = self.token(request_id, f"extend{sequence}")
+        names = [period.item for period in periods] + ["request"]
+        refilled = False
         for attempt in range(EXTEND_ATTEMPTS):
-            try:
-                self.transact(items, token)
+            try:  # a new token after a refill: the same items, but a second try of a refused transaction
+                self.transact(items, self.token(request_id, f"extend{sequence}" + ("r" if refilled else "")))
                 return True
             except Cancelled as cancelled:
-                if "ConditionalCheckFailed" in cancelled.codes:
-                    return False
+                failed = cancelled.failures(names)
+                if failed:
+                    short = [period for period in periods if period.item in failed and period.shard]
+                    if refilled or not short or len(short) < len(failed):
+                        return False
+                    refilled = True
+                    if not all(self.refill(key_id, request_id, period, amount) for period in short):
+                        return False
+                    continue
                 if not cancelled.contention:
                     raise unavailable("TransactWriteItems", f"budget extension cancelled: {cancelled.codes}") from None
             time.sleep(backoff(attempt))
         raise unavailable("TransactWriteItems", "budget extension kept conflicting with other writes")
+
+    def refill(self, key_id: str, request_id: str, period: BudgetPeriod, amount: Decimal) -> bool:
+        """Give a shard's spend item a block from the bank, so that it can cover `amount`: True when given (a block,
+        or just `amount` when the bank has room for that but not for a whole block), False when the bank's budget
+        has no room for `amount`. Applied once per call (its own client request token)."""
+        for block in dict.fromkeys((period.block(amount), amount)):
+            token = self.token(request_id, f"refill{period.item}:{block}")
+            for attempt in range(EXTEND_ATTEMPTS):
+                try:
+                    self.transact(refill_ops(self.table_name, key_id, period, block), token)
+                    return True
+                except Cancelled as cancelled:
+                    if "ConditionalCheckFailed" in cancelled.codes:
+                        break  # no room for this block: a smaller one, or refused
+                    if not cancelled.contention:
+                        raise unavailable("TransactWriteItems", f"budget refill cancelled: {cancelled.codes}") from None
+                time.sleep(backoff(attempt))
+            else:
+                raise unavailable("TransactWriteItems", "budget refill kept conflicting with other writes")
+        return False
 
     def _note_on_request(self, request_id: str, amount: Decimal) -> dict[str, Any]:
         return {

@@ -31,8 +31,10 @@ key's earliest lease, for a concurrency refusal's Retry-After).
                                                    request may not exist yet): key_id,
                                                    client_request_id, cancel_requested_at
     KEY#<key_id>      RATE#<epoch minute>          requests, tokens (sliding-window counters)        minute end + 5 min
+    KEY#<key_id>      RATE#<epoch minute>#<shard>  the same, of one shard of a key with `shards` (5)  minute end + 5 min
     KEY#<key_id>      CONC                         active (a bare count: the leases live on the      none
                                                    request items, so its size never grows)
+    KEY#<key_id>      CONC#<shard>                 the same, of one shard (5)                        none
     KEY#<key_id>      SPEND#D#<yyyy-mm-dd>         cost_usd, requests, prompt_tokens,                retention + 1 day
                                                    reserved_usd (running requests' reservations),
                                                    committed_usd (cost + reserved: what budgets
@@ -55,10 +57,14 @@ from the same start. (3) PENDING_CANCEL_TTL_S: a cancel sent before the request 
 (4) No index partition is shared by every request: a partition takes 1,000 write units a second, so one written by
 every request would cap the whole deployment there. A day's usage records are spread over `USAGE_SHARDS` gsi1
 partitions (0.03 write units a request on each), the `open` index over `OPEN_SHARDS` (its entry is written at
-admission, moved at each renewal and deleted at settlement: about 4 units a request, 0.06 on each shard), and the
+admission, moved at each renewal and deleted at settlement: about 4 units a request, 0.03 on each shard), and the
 spend items are not indexed at all (nothing read that index; it took 2 units a request on one partition). A table
 written before keeps working: its records of a day are under `USAGE#<day>` (read beside the shards), its requests'
 `open_shard` values are among today's shards, and a spend item's old index keys are removed by its next settlement.
+
+(5) A key with `shards` N > 1 splits its rate and concurrency limits into N shares; a request takes from the shard
+its id hashes to (shard 0's items are the key's own, as without shards), and its item records the shard (`shard`;
+its `lease_key` is `<key_id>#<shard>`), so settlement and the reconciler give back to that shard.
 
 So a key is found by its hash in one GetItem; a key's limit state, spend and usage share its partition
 (admission and settlement are one transaction each over it); a key's usage comes back in time order from one
@@ -88,7 +94,7 @@ from ..validation import Verdict
 INDEX = "gsi1"
 OPEN_INDEX = "open"  # sparse: unfinished requests by shard, lease expiry (the reconciler)
 LEASE_INDEX = "leases"  # sparse: unfinished requests by key, lease expiry (earliest lease of a key)
-OPEN_SHARDS = 64  # the open index's partitions: the reconciler queries each; a partition takes 1,000 WCU/s (4)
+OPEN_SHARDS = 128  # the open index's partitions: the reconciler queries each; a partition takes 1,000 WCU/s (4)
 USAGE_SHARDS = 32  # gsi1 partitions of a day's usage records: `llm-relay usage` across keys queries each (4)
 LEDGER_ATTRS = ("open_shard", "lease_key", "lease_until")  # removed at settlement: the item leaves both indexes
 RATE_TTL_S = 300  # a minute's counters outlive it by 5 minutes: the next window still reads them
@@ -229,7 +235,7 @@ def admitted_item(
     request_id = request_id_of(str(item["pk"]))
     ledger: dict[str, Any] = {
         "open_shard": open_shard(request_id),
-        "lease_key": str(item["key_id"]),
+        "lease_key": lease_key(str(item["key_id"]), ticket.shard),
         "lease_until": lease_until,
         "started_epoch": Decimal(str(round(started_epoch, 3))),
         "mode": mode,
@@ -240,6 +246,8 @@ def admitted_item(
     }
     if ticket.minute is not None:
         ledger["rate_minute"] = ticket.minute
+    if ticket.shard:
+        ledger["shard"] = ticket.shard  # the key's shard admission took from (absent: the key's own items)
     return {**item, **ledger}
 
 
@@ -269,6 +277,7 @@ def ticket_of(item: dict[str, Any]) -> Ticket:
         reserve=int(item.get("reserve", 0)),
         lease=request_id_of(str(item["pk"])) if item.get("slot") else None,
         settle_tokens=bool(item.get("settle_tokens", False)),
+        shard=int(item.get("shard", 0)),
     )
 
 
@@ -332,8 +341,19 @@ def finished_request_ttl(record: UsageRecord) -> int:
 
 
 # --- limit state -----------------------------------------------------------------------------------------------
-def rate_sk(minute: int) -> str:
-    return f"RATE#{minute}"
+def rate_sk(minute: int, shard: int = 0) -> str:
+    """A minute's rate counters of the key, or of one of its shards (`RATE#<minute>#<shard>`)."""
+    return f"RATE#{minute}" if shard == 0 else f"RATE#{minute}#{shard}"
+
+
+def conc_sk(shard: int = 0) -> str:
+    """The concurrency count of the key, or of one of its shards (`CONC#<shard>`)."""
+    return CONC_SK if shard == 0 else f"{CONC_SK}#{shard}"
+
+
+def lease_key(key_id: str, shard: int = 0) -> str:
+    """The `leases` index partition of the key's (or one shard's) unfinished requests."""
+    return key_id if shard == 0 else f"{key_id}#{shard}"
 
 
 def rate_ttl(minute: int) -> int:

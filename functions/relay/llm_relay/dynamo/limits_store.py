@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 
 from ..errors import StoreUnavailable
 from ..ledger import Settlement
-from ..limits.budgets import periods_of
+from ..limits.budgets import periods_of, shard_period
 from ..limits.rules import CONCURRENCY, DAILY, MONTHLY, PREV, RATE, AdmissionPlan, SpendPeriods, Window
 from ..usage import UsageRecord, iso_ms
 from . import layout
@@ -46,6 +46,7 @@ class AdmitResult:
     admitted: bool
     failures: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     contention: bool = False
+    throttled: bool = False  # a partition refused it for throughput: it takes writes again within a second
 
 
 class LimitsStore(TableStore):
@@ -55,9 +56,10 @@ class LimitsStore(TableStore):
         parts = self.admission_parts(plan, request_item)
         names = [name for name, _ in parts]
         try:
-            self.transact([op for _, op in parts], self.token(plan.request_id, f"admit{attempt}"))
+            purpose = f"admit{attempt}" if plan.shard == 0 else f"admit{attempt}s{plan.shard}"  # one token per content
+            self.transact([op for _, op in parts], self.token(plan.request_id, purpose))
         except Cancelled as cancelled:
-            return AdmitResult(False, cancelled.failures(names), cancelled.contention)
+            return AdmitResult(False, cancelled.failures(names), cancelled.contention, cancelled.throttled)
         return AdmitResult(True)
 
     def admission_parts(self, plan: AdmissionPlan, request_item: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -77,7 +79,7 @@ class LimitsStore(TableStore):
             parts.append((PREV, self._prev_check(plan, key)))
         if limits.max_concurrent is not None:
             parts.append((CONCURRENCY, self._lease_update(plan, key)))
-        for period in periods_of(limits, plan.spend_at):
+        for period in periods_of(limits, plan.spend_at, plan.shard):
             part = DAILY if period.limit == "daily_budget_usd" else MONTHLY
             parts.append((part, reserve_op(self.table_name, plan.key_id, period, plan.reserve_usd)))
         return parts
@@ -89,7 +91,7 @@ class LimitsStore(TableStore):
         return self._op(
             "Update",
             key,
-            layout.rate_sk(window.minute),
+            layout.rate_sk(window.minute, plan.shard),
             "ADD requests :one, tokens :reserve SET expires_at = :ttl",
             conditions,
             values,
@@ -100,7 +102,8 @@ class LimitsStore(TableStore):
         conditions, values = _counter_conditions(
             None if limits.rpm is None else plan.prev_requests, None if limits.tpm is None else plan.prev_tokens
         )
-        return self._op("ConditionCheck", key, layout.rate_sk(plan.window.minute - 1), None, conditions, values)
+        previous = layout.rate_sk(plan.window.minute - 1, plan.shard)
+        return self._op("ConditionCheck", key, previous, None, conditions, values)
 
     def _lease_update(self, plan: AdmissionPlan, key: str) -> dict[str, Any]:
         """Take one slot of the key's bare count. The lease itself lives on the request item (ledger.py), so this
@@ -108,7 +111,12 @@ class LimitsStore(TableStore):
         Expired leases are given back by reconciling their requests, never by rewriting this count."""
         values: dict[str, Any] = {":one": 1, ":max": plan.limits.max_concurrent or 0}
         return self._op(
-            "Update", key, layout.CONC_SK, "ADD active :one", ["attribute_not_exists(active) OR active < :max"], values
+            "Update",
+            key,
+            layout.conc_sk(plan.shard),
+            "ADD active :one",
+            ["attribute_not_exists(active) OR active < :max"],
+            values,
         )
 
     def release_unknown(self, plan: AdmissionPlan, expires_at: int) -> str:
@@ -151,13 +159,15 @@ class LimitsStore(TableStore):
         parts = [(FINISH, self._op("Update", request["pk"], request["sk"], finish, unfinished, values))]
         key = layout.partition(plan.key_id)
         if plan.limits.max_concurrent is not None:
-            parts.append((RELEASE, self._op("Update", key, layout.CONC_SK, "ADD active :minus", [], {":minus": -1})))
+            release = self._op("Update", key, layout.conc_sk(plan.shard), "ADD active :minus", [], {":minus": -1})
+            parts.append((RELEASE, release))
         if plan.limits.rated:
             undo = {":minus": -1, ":unreserve": -plan.reserve}
             update = "ADD requests :minus, tokens :unreserve"
-            parts.append((SETTLE_TOKENS, self._op("Update", key, layout.rate_sk(plan.window.minute), update, [], undo)))
+            rate = layout.rate_sk(plan.window.minute, plan.shard)
+            parts.append((SETTLE_TOKENS, self._op("Update", key, rate, update, [], undo)))
         if plan.reserve_usd:
-            releases = release_ops(self.table_name, plan.key_id, plan.spend_at, plan.reserve_usd)
+            releases = release_ops(self.table_name, plan.key_id, plan.spend_at, plan.reserve_usd, shard=plan.shard)
             parts += [(name, op) for name, op in zip((SPEND_DAY, SPEND_MONTH), releases, strict=True)]
         return parts
 
@@ -206,12 +216,14 @@ class LimitsStore(TableStore):
             (FINISH, self._finish_update(record, settlement.lease_expired_before)),
         ]
         if lease is not None:  # the FINISH condition makes this happen once per request: no condition of its own
-            parts.append((RELEASE, self._op("Update", key, layout.CONC_SK, "ADD active :minus", [], {":minus": -1})))
+            release = self._op("Update", key, layout.conc_sk(settlement.shard), "ADD active :minus", [], {":minus": -1})
+            parts.append((RELEASE, release))
         if settlement.tokens_delta and settlement.tokens_minute is not None:
             minute = settlement.tokens_minute
             settle = "ADD tokens :delta SET expires_at = if_not_exists(expires_at, :ttl)"
             values = {":delta": settlement.tokens_delta, ":ttl": layout.rate_ttl(minute)}
-            parts.append((SETTLE_TOKENS, self._op("Update", key, layout.rate_sk(minute), settle, [], values)))
+            rate = layout.rate_sk(minute, settlement.shard)
+            parts.append((SETTLE_TOKENS, self._op("Update", key, rate, settle, [], values)))
         return parts
 
     def _finish_update(self, record: UsageRecord, lease_expired_before: int | None = None) -> dict[str, Any]:
@@ -240,7 +252,8 @@ class LimitsStore(TableStore):
     def _spend_update(self, settlement: Settlement, key: str, *, daily: bool) -> dict[str, Any]:
         record, retention_days = settlement.record, settlement.retention_days
         periods = SpendPeriods.at(record.started_epoch)
-        period = periods.day if daily else periods.month
+        period = periods.day if daily else periods.month  # its shard's item: `item` below
+        item = shard_period(period, settlement.shard)
         adds = ["requests :one", "prompt_tokens :prompt", "completion_tokens :completion"]
         values: dict[str, Any] = {
             ":one": 1,
@@ -257,25 +270,25 @@ class LimitsStore(TableStore):
             values[":cost"] = record.cost_usd
         if record.usage_source == "estimated":
             adds.append("estimated_requests :one")
-        budget_adds, budget_values = settle_adds(record.cost_usd, settlement.reserved_usd)
+        budget_adds, budget_values = settle_adds(record.cost_usd, settlement.reserved_usd, settlement.shard)
         adds += budget_adds
         values.update(budget_values)
         sets = ["key_id = :kid", "period = :period", "expires_at = :ttl"]
         # A spend item is not indexed: the gsi1 keys an item written before still carries are removed here, so its
         # later writes no longer touch the one index partition every key's spend shared (layout.py, note 4).
         update = "ADD " + ", ".join(adds) + " SET " + ", ".join(sets) + (" REMOVE gsi1pk, gsi1sk" if daily else "")
-        return self._op("Update", key, layout.spend_sk(period), update, [], values)
+        return self._op("Update", key, layout.spend_sk(item), update, [], values)
 
-    def read_counters(self, key_id: str, epoch_s: float) -> dict[str, Any]:
-        """The key's counter items as of `epoch_s` (consistent reads): `rate` (this minute's requests and tokens),
-        `prev` (the minute before) and `concurrency` (the slots in use); {} for an item that does not exist. For
-        tests and the benchmarks."""
+    def read_counters(self, key_id: str, epoch_s: float, shard: int = 0) -> dict[str, Any]:
+        """The key's (or one shard's) counter items as of `epoch_s` (consistent reads): `rate` (this minute's requests
+        and tokens), `prev` (the minute before) and `concurrency` (the slots in use); {} for an item that does not
+        exist. For tests and the benchmarks."""
         minute = Window.at(epoch_s).minute
         out: dict[str, Any] = {}
         parts = (
-            ("rate", layout.rate_sk(minute)),
-            ("prev", layout.rate_sk(minute - 1)),
-            ("concurrency", layout.CONC_SK),
+            ("rate", layout.rate_sk(minute, shard)),
+            ("prev", layout.rate_sk(minute - 1, shard)),
+            ("concurrency", layout.conc_sk(shard)),
         )
         for name, sk in parts:
             out[name] = self._get(key_id, sk) or {}

@@ -17,8 +17,9 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 #: Cancellation reasons that say "try again" rather than "no": another transaction held an item, or its partition
-#: was throttled.
-CONTENTION = frozenset({"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"})
+#: was throttled (`THROTTLED`: it takes writes again in its next second, not after a few milliseconds).
+THROTTLED = frozenset({"ThrottlingError", "ProvisionedThroughputExceeded"})
+CONTENTION = frozenset({"TransactionConflict", *THROTTLED})
 
 
 class TableStore:
@@ -50,6 +51,7 @@ class Cancelled(Exception):
         self.reasons = reasons
         self.codes = [str(reason.get("Code", "None")) for reason in reasons]
         self.contention = any(code in CONTENTION for code in self.codes)
+        self.throttled = any(code in THROTTLED for code in self.codes)
 
     def failures(self, names: list[str]) -> dict[str, dict[str, Any] | None]:
         """The parts whose condition failed, with their items as they were (None: the item did not exist).
@@ -68,3 +70,9 @@ class Cancelled(Exception):
 def backoff(attempt: int) -> float:
     """Full-jitter exponential backoff: up to 20 ms, 40 ms, 80 ms, ... capped at 1 s."""
     return random.uniform(0, min(1.0, 0.02 * 2**attempt))
+
+
+def throttled_backoff(attempt: int) -> float:
+    """The pause after a throttled attempt: DynamoDB counts a partition's capacity per second, so a retry within the
+    same second meets the same refusal; from 100 ms, doubling, with jitter, capped at 1 s."""
+    return random.uniform(0.5, 1.0) * min(1.0, 0.1 * 2.0**attempt)

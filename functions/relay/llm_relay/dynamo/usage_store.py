@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
@@ -73,15 +74,28 @@ class UsageStore(TableStore):
         return sorted((record for part in parts for record in part), key=lambda r: (r.timestamp, r.request_id))
 
     def spend(self, key_id: str, period: str) -> dict[str, Any]:
-        """A spend aggregate: `period` is `D#<yyyy-mm-dd>` or `M#<yyyy-mm>`; {} when nothing was spent."""
-        with store_call("GetItem"):
-            out = self.client.get_item(
+        """A spend aggregate: `period` is `D#<yyyy-mm-dd>` or `M#<yyyy-mm>`; {} when nothing was spent. A key with
+        shards has an item per shard: one Query reads them all and their counts are added up; `committed_usd` is
+        then what the requests hold (the blocks the key's own item handed to its shards are not counted twice)."""
+        bounds = {":pk": layout.partition(key_id), ":sk": layout.spend_sk(period)}
+        with store_call("Query"):
+            out = self.client.query(
                 TableName=self.table_name,
+                KeyConditionExpression="pk = :pk AND begins_with(sk, :sk)",
+                ExpressionAttributeValues=layout.serialize(bounds),
                 ConsistentRead=True,
-                Key=layout.serialize({"pk": layout.partition(key_id), "sk": layout.spend_sk(period)}),
             )
-        raw = out.get("Item")
-        return layout.deserialize(raw) if raw else {}
+        items = [layout.deserialize(raw) for raw in out.get("Items", [])]
+        if len(items) <= 1:
+            return items[0] if items else {}
+        total: dict[str, Any] = {**items[0]}
+        for item in items[1:]:
+            for name, value in item.items():
+                if isinstance(value, Decimal) and name not in ("expires_at",):
+                    total[name] = total.get(name, Decimal(0)) + value
+        total["committed_usd"] = total.get("committed_usd", Decimal(0)) - total.pop("granted_usd", Decimal(0))
+        total.pop("headroom_usd", None)
+        return total
 
     def _query(self, **kwargs: Any) -> Iterator[UsageRecord]:
         kwargs["TableName"] = self.table_name

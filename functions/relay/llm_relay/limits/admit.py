@@ -18,8 +18,8 @@ moment), and the earliest expiry once none does.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -33,6 +33,7 @@ from aws_lambda_powertools import Logger
 from .. import attribution
 from ..dynamo import Stores, layout, request_item
 from ..dynamo.limits_store import REQUEST
+from ..dynamo.store_base import backoff, throttled_backoff
 from ..errors import ModelNotPriced, RateLimited, ServiceUnavailable, StoreUnavailable
 from ..outcome import RequestContext, Ticket
 from ..pricing import Pricer, highest
@@ -42,12 +43,15 @@ from .budgets import Reservation, periods_of
 from .reporting import LimitsMetrics, bounded, record_not_written
 from .rules import (
     CONCURRENCY,
+    DAILY,
+    MONTHLY,
     RATE,
     AdmissionPlan,
     Limits,
     Refusal,
     Window,
     concurrency_wait_ms,
+    counter_id,
     default_limits,
     judge,
     lease_attr,
@@ -56,6 +60,7 @@ from .rules import (
     refusal_message,
     reserve_tokens,
     retry_after_s,
+    scaled_headers,
 )
 from .seen import SeenCounters
 
@@ -111,12 +116,29 @@ class Admitter:
                 given_back = not exc.outcome_unknown or await self._release(plan, item, deadline)
                 return self._store_down(ctx, exc, nothing_held=given_back)
             return Ticket()
+        refused: tuple[AdmissionPlan, Refusal] | None = None
+        for shard in _shards_to_try(ctx.request_id, limits):
+            if shard != plan.shard:
+                plan = self._plan(ctx, limits, reservation, shard)
+            outcome = await self._admit_on(ctx, plan, reservation, deadline)
+            if isinstance(outcome, Ticket):
+                return outcome
+            refused = (plan, outcome)
+        assert refused is not None
+        await self._refuse(ctx, *refused)
+
+    async def _admit_on(
+        self, ctx: RequestContext, plan: AdmissionPlan, reservation: Reservation | None, deadline: float
+    ) -> Ticket | Refusal:
+        """Admission on the plan's shard: the ticket, or the refusal (nothing taken)."""
         blocked = plan.blocked()
         if blocked:
-            seen = self._seen.at(ctx.key.key_id, plan.window.minute)
-            await self._refuse(ctx, plan, refusal(plan, blocked, seen.low_requests, seen.low_tokens))
-        reclaimed = False
-        for attempt in range(MAX_ATTEMPTS):
+            seen = self._seen.at(plan.counter_id, plan.window.minute)
+            return refusal(plan, blocked, seen.low_requests, seen.low_tokens)
+        reclaimed = refilled = throttled = False
+        for attempt in itertools.count():
+            if attempt >= MAX_ATTEMPTS and not throttled:
+                break
             item = self._item(ctx, plan, _grant(plan), reservation)
             try:
                 admit = functools.partial(self._stores.limits.admit, plan, item, attempt)
@@ -126,9 +148,13 @@ class Admitter:
                 return self._store_down(ctx, exc, nothing_held=given_back)
             if result.admitted:
                 self._metrics.admission_attempts(attempt + 1)
-                return self._admitted(plan, reservation)
+                return self._admitted(plan, reservation, self.limits_for(ctx.key.limits))
             if REQUEST in result.failures:  # released meanwhile (an earlier attempt's outcome was unknown)
                 return self._store_down(ctx, StoreUnavailable("the request was released during its admission"))
+            if result.failures and plan.shard and not refilled and set(result.failures) <= {DAILY, MONTHLY}:
+                refilled = True  # a shard's headroom could not cover the reservation: a block from the bank, once
+                if await self._refill(plan, result.failures, deadline):
+                    continue
             if result.failures:
                 self._learn(plan, result.failures)
                 verdict = judge(plan, result.failures)
@@ -139,10 +165,17 @@ class Admitter:
                         continue  # expired leases were settled: their slots are free again
                     verdict = waited
                 if isinstance(verdict, Refusal):
-                    await self._refuse(ctx, plan, verdict)
+                    return verdict
                 plan = verdict
+                throttled = False
             else:
-                await anyio.sleep(random.uniform(0, min(1.0, 0.02 * 2**attempt)))
+                # A throttled partition takes writes again in its next second: retried until the admission's time is
+                # up, not given up after a few conflicts' worth of milliseconds.
+                throttled = result.throttled
+                pause = throttled_backoff(attempt) if throttled else backoff(attempt)
+                if throttled and time.monotonic() + pause >= deadline - RELEASE_BUDGET_S:
+                    return self._store_down(ctx, StoreUnavailable("DynamoDB kept throttling the key's items"))
+                await anyio.sleep(pause)
         return self._store_down(ctx, StoreUnavailable("admission kept conflicting with other writes"))
 
     def _item(
@@ -167,6 +200,24 @@ class Admitter:
             prompt_tokens=ctx.prompt.estimate,
             ticket=ticket,
         )
+
+    async def _refill(self, plan: AdmissionPlan, failed: Mapping[str, Any], deadline: float) -> bool:
+        """Blocks from the bank for the shard's spend items whose headroom refused the reservation: True when every
+        one was given (the admission is tried again), False when a budget has no room left (a refusal)."""
+        for period in periods_of(plan.limits, plan.spend_at, plan.shard):
+            part = DAILY if period.limit == "daily_budget_usd" else MONTHLY
+            if part not in failed or period.budget is None:
+                continue
+            refill = functools.partial(
+                self._stores.budgets.refill, plan.key_id, plan.request_id, period, plan.reserve_usd
+            )
+            try:
+                if not await bounded(refill, until=deadline - RELEASE_BUDGET_S):
+                    return False
+            except StoreUnavailable as exc:  # a refused admission, not a store outage: the reservation was not made
+                logger.warning("budget refill for %s failed: %s", plan.request_id, exc)
+                return False
+        return True
 
     async def _release(self, plan: AdmissionPlan, item: dict[str, Any], deadline: float) -> bool:
         """Give back what an admission of unknown outcome may have taken, before the 503 if DynamoDB answers in
@@ -198,7 +249,8 @@ class Admitter:
         (their relay stopped) and None returned, to try again; else the refusal, with Retry-After short while a
         holder renews its lease, and the earliest expiry once none does (`rules.concurrency_wait_ms`)."""
         try:
-            leases = await bounded(self._stores.requests.earliest_leases, plan.key_id, until=deadline)
+            holders = layout.lease_key(plan.key_id, plan.shard)  # the shard's own slots refused it
+            leases = await bounded(self._stores.requests.earliest_leases, holders, until=deadline)
             now = self._clock()
             expired = [rid for rid, until in leases if until < now]
             if expired and any(await bounded(self._reconciler.settle, expired, until=deadline)):
@@ -246,15 +298,20 @@ class Admitter:
             choices=chat.n,
         )
 
-    def _plan(self, ctx: RequestContext, limits: Limits, reservation: Reservation | None = None) -> AdmissionPlan:
+    def _plan(
+        self, ctx: RequestContext, limits: Limits, reservation: Reservation | None = None, shard: int | None = None
+    ) -> AdmissionPlan:
+        """The admission of `ctx` on one of the key's shards (default: the one its id hashes to), with that shard's
+        share of the rate and concurrency limits."""
         now = self._clock()
-        prev = self._seen.at(ctx.key.key_id, Window.at(now).minute - 1)
+        shard = _shards_to_try(ctx.request_id, limits)[0] if shard is None else shard
+        prev = self._seen.at(counter_id(ctx.key.key_id, shard), Window.at(now).minute - 1)
         chat = ctx.chat
         reserve = reserve_tokens(ctx.prompt.estimate, chat.max_completion_tokens or chat.max_tokens, chat.n)
         return AdmissionPlan(
             ctx.request_id,
             ctx.key.key_id,
-            limits,
+            limits.for_shard(shard),
             now,
             reserve,
             self._settings.lease_s,
@@ -262,22 +319,26 @@ class Admitter:
             prev.low_tokens,
             reserve_usd=reservation.usd if reservation is not None else Decimal(0),
             spend_epoch=ctx.started_epoch,
+            shard=shard,
         )
 
-    def _admitted(self, plan: AdmissionPlan, reservation: Reservation | None) -> Ticket:
-        seen = self._seen.admitted(plan.key_id, plan.window.minute, plan.reserve)
-        headers = _headers(plan, seen.low_requests, seen.low_tokens)
+    def _admitted(self, plan: AdmissionPlan, reservation: Reservation | None, limits: Limits) -> Ticket:
+        if reservation is not None:  # held on the spend items of the shard that admitted it: extended there
+            reservation.periods = periods_of(limits, plan.spend_at, plan.shard)
+        seen = self._seen.admitted(plan.counter_id, plan.window.minute, plan.reserve)
+        headers = scaled_headers(_headers(plan, seen.low_requests, seen.low_tokens), limits)
         return replace(_grant(plan), headers=headers, budget=reservation)
 
     async def _refuse(self, ctx: RequestContext, plan: AdmissionPlan, refused: Refusal) -> NoReturn:
         """Answer 429 (after recording the refused request); never returns."""
-        seen = self._seen.at(plan.key_id, plan.window.minute)
+        seen = self._seen.at(plan.counter_id, plan.window.minute)
         cur_r = refused.cur_requests if refused.cur_requests is not None else seen.low_requests
         cur_t = refused.cur_tokens if refused.cur_tokens is not None else seen.low_tokens
         fixed = replace(plan, prev_requests=refused.prev_requests, prev_tokens=refused.prev_tokens)
         error = RateLimited(refusal_message(refused, plan.limits, plan.reserve, plan.reserve_usd), code=refused.code)
         error.rejection = "budget_exceeded" if refused.code == "budget_exceeded" else "rate_limited"
-        error.headers.update(_headers(fixed, max(cur_r, seen.low_requests), max(cur_t, seen.low_tokens)))
+        headers = _headers(fixed, max(cur_r, seen.low_requests), max(cur_t, seen.low_tokens))
+        error.headers.update(scaled_headers(headers, self.limits_for(ctx.key.limits)))
         if refused.retry_after_ms is not None:
             error.headers["retry-after"] = str(retry_after_s(refused.retry_after_ms))
             error.headers["retry-after-ms"] = str(refused.retry_after_ms)
@@ -288,9 +349,30 @@ class Admitter:
         try:
             put = functools.partial(self._stores.usage.put_refused, record, self._settings.usage_retention_days)
             await bounded(put, until=time.monotonic() + self._settings.admission_timeout_s)
-        except StoreUnavailable as exc:
+        except StoreUnavailable as exc:  # logged whole now, written after the answer (as a settlement would be)
             record_not_written(self._log, self._metrics, record.as_json(), exc)
+            threading.Thread(target=self._put_refused_later, args=(record,), daemon=True).start()
         raise error
+
+    def _put_refused_later(self, record: UsageRecord) -> None:
+        """The record of a refused request DynamoDB did not take in time (a throttled partition, an outage), written
+        from a thread after the answer until it is (a retry that finds it there is done: written once)."""
+        give_up = time.monotonic() + RELEASE_LATER_S
+        for attempt in range(1000):
+            try:
+                self._stores.usage.put_refused(record, self._settings.usage_retention_days)
+                logger.info("record of refused request %s written late", record.request_id)
+                return
+            except StoreUnavailable as exc:
+                if time.monotonic() > give_up:
+                    logger.error(
+                        "record of refused request %s not written (%s); it is in the log", record.request_id, exc
+                    )
+                    return
+                time.sleep(min(5.0, 0.2 * 2**attempt))
+            except Exception:  # a thread's failure must not go unseen
+                logger.exception("writing the record of refused request %s failed", record.request_id)
+                return
 
     def _store_down(self, ctx: RequestContext, exc: StoreUnavailable, *, nothing_held: bool = True) -> Ticket:
         """DynamoDB did not decide: 503, or with RELAY_ADMISSION_FAIL_OPEN the request admitted without limits,
@@ -322,8 +404,8 @@ class Admitter:
 
     def _learn(self, plan: AdmissionPlan, failures: Mapping[str, Mapping[str, Any] | None]) -> None:
         minute = plan.window.minute
-        self._seen.learn(plan.key_id, minute, failures.get(RATE))
-        self._seen.learn(plan.key_id, minute - 1, failures.get("prev"))
+        self._seen.learn(plan.counter_id, minute, failures.get(RATE))
+        self._seen.learn(plan.counter_id, minute - 1, failures.get("prev"))
 
 
 def _grant(plan: AdmissionPlan) -> Ticket:
@@ -334,7 +416,19 @@ def _grant(plan: AdmissionPlan) -> Ticket:
         reserve=plan.reserve,
         lease=lease_attr(plan.request_id) if limits.max_concurrent is not None else None,
         settle_tokens=limits.tpm is not None,
+        shard=plan.shard,
     )
+
+
+def _shards_to_try(request_id: str, limits: Limits) -> list[int]:
+    """The key's shards a request may take from, in order: the one its id hashes to (the same in every process, so
+    requests spread evenly), then the next, since a shard's share can be used up while another's is not. One shard
+    for a key without shards."""
+    count = limits.shard_count
+    if count == 1:
+        return [0]
+    first = layout.shard_of(request_id, count)
+    return [first, (first + 1) % count]
 
 
 def _headers(plan: AdmissionPlan, cur_requests: int, cur_tokens: int) -> dict[str, str]:

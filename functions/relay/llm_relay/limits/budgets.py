@@ -12,6 +12,13 @@ actual cost.
 
 DynamoDB conditions cannot add, so "committed + amount <= budget" is written `committed <= budget - amount`
 (`room`). No I/O, no clocks: the caller passes the day and month in.
+
+A key with `shards` spreads its spend over that many items per period, so that no one item takes every request's
+writes. The key's own item (shard 0) is the bank: its budget condition is as above, and `committed_usd` there also
+counts the blocks it handed to the other shards (`granted_usd`). Each other shard item reserves against its own
+`headroom_usd` (condition `headroom_usd >= amount`) and, when that cannot cover a reservation, takes a block from the
+bank in one transaction (the bank's condition: the block fits its budget). The shards together never commit more
+than the budget; what a shard was given and did not use stays unused until the period ends (at most a block each).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ PROMPT_BYTES_PER_TOKEN = 3  # conservative: English runs ~4 characters a token, 
 # reply (5; OpenAI's priming is 3). "hi" is then 11, what Llama 3 bills for it (OpenAI bills 8).
 PROMPT_TOKENS_PER_MESSAGE = 5
 PROMPT_TOKENS_PER_REQUEST = 5
+BLOCKS_PER_SHARD = 4  # a shard of a budgeted key takes a quarter of its even share of the budget at a time
 OVERRUN_TOKENS = 64  # past the request's cap, at need only: a step that a tokenizer's rounding rarely needs twice
 
 
@@ -43,16 +51,35 @@ class BudgetPeriod:
     limit: str  # "daily_budget_usd" or "monthly_budget_usd"
     period: str
     budget: Decimal | None
+    shard: int = 0  # the key's shard whose spend item holds the reservation (0: the key's own item, the bank)
+    shards: int = 1
+
+    @property
+    def item(self) -> str:
+        """The spend item's period: the key's own (`D#<day>`), or one shard's (`D#<day>#<shard>`)."""
+        return shard_period(self.period, self.shard)
+
+    def block(self, amount: Decimal) -> Decimal:
+        """What a shard takes from the bank when its headroom cannot cover `amount`: a share of the budget small
+        enough that the shards' unused headroom stays a small part of it, never less than `amount`."""
+        if self.budget is None:
+            return amount
+        return max(amount, self.budget / (self.shards * BLOCKS_PER_SHARD))
 
 
-def periods_of(limits: Limits, now_s: float) -> tuple[BudgetPeriod, ...]:
-    """The day and month of a request admitted at `now_s`, if the key has a budget at all (else none)."""
+def shard_period(period: str, shard: int) -> str:
+    return period if shard == 0 else f"{period}#{shard}"
+
+
+def periods_of(limits: Limits, now_s: float, shard: int = 0) -> tuple[BudgetPeriod, ...]:
+    """The day and month of a request admitted at `now_s`, on the key's `shard`, if the key has a budget at all (else
+    none)."""
     if limits.daily_budget_usd is None and limits.monthly_budget_usd is None:
         return ()
-    periods = SpendPeriods.at(now_s)
+    periods, count = SpendPeriods.at(now_s), limits.shard_count
     return (
-        BudgetPeriod("daily_budget_usd", periods.day, limits.daily_budget_usd),
-        BudgetPeriod("monthly_budget_usd", periods.month, limits.monthly_budget_usd),
+        BudgetPeriod("daily_budget_usd", periods.day, limits.daily_budget_usd, shard, count),
+        BudgetPeriod("monthly_budget_usd", periods.month, limits.monthly_budget_usd, shard, count),
     )
 
 

@@ -37,7 +37,9 @@ LIMIT_NAMES: dict[str, bool] = {
     "max_concurrent": True,
     "daily_budget_usd": False,
     "monthly_budget_usd": False,
+    "shards": True,
 }
+MAX_SHARDS = 64  # a key's rate and concurrency items split this many ways at most
 
 #: Stored in a key record to override a configured default with "no limit".
 UNLIMITED = Decimal(-1)
@@ -54,6 +56,25 @@ class Limits:
     max_concurrent: int | None = None
     daily_budget_usd: Decimal | None = None
     monthly_budget_usd: Decimal | None = None
+    shards: int | None = None  # the rate and concurrency items split this many ways (None: one, exact as one)
+
+    @property
+    def shard_count(self) -> int:
+        return max(1, min(MAX_SHARDS, self.shards or 1))
+
+    def for_shard(self, shard: int) -> Limits:
+        """The limits one shard enforces: the key's rate and concurrency limits split between its shards (`split`),
+        so that the shards together never admit more than the key's limits; budgets are not split (their items are
+        not sharded)."""
+        count = self.shard_count
+        if count == 1:
+            return self
+        return replace(
+            self,
+            rpm=None if self.rpm is None else split(self.rpm, count, shard),
+            tpm=None if self.tpm is None else split(self.tpm, count, shard),
+            max_concurrent=None if self.max_concurrent is None else split(self.max_concurrent, count, shard),
+        )
 
     @property
     def rated(self) -> bool:
@@ -85,8 +106,16 @@ class Limits:
         return cls(**values)
 
     def describe(self) -> dict[str, str]:
-        """Human/JSON view: every limit, `unlimited` where there is none."""
-        return {name: "unlimited" if getattr(self, name) is None else str(getattr(self, name)) for name in LIMIT_NAMES}
+        """Human/JSON view: every limit, `unlimited` where there is none (and the shard count)."""
+        view = {name: "unlimited" if getattr(self, name) is None else str(getattr(self, name)) for name in LIMIT_NAMES}
+        view["shards"] = str(self.shard_count)
+        return view
+
+
+def split(total: int, shards: int, shard: int) -> int:
+    """Shard `shard`'s part of `total`: the parts of all `shards` add up to `total` exactly (the first `total % shards`
+    take one more)."""
+    return total // shards + (1 if shard < total % shards else 0)
 
 
 def default_limits(settings: Settings) -> Limits:
@@ -107,6 +136,8 @@ def parse_limit(name: str, text: str) -> Decimal | None:
     if name not in LIMIT_NAMES:
         raise ValueError(f"unknown limit '{name}'")
     word = text.strip().lower()
+    if name == "shards":
+        return None if word == "default" else _shards(text)
     if word in ("unlimited", "none"):
         return UNLIMITED
     if word == "default":
@@ -313,6 +344,12 @@ class AdmissionPlan:
     prev_tokens: int = 0
     reserve_usd: Decimal = Decimal(0)  # the budget reservation: the request's worst case before its next extension
     spend_epoch: float | None = None  # when the request started: the day and month its spend belongs to
+    shard: int = 0  # which of the key's shards the rate and concurrency parts take from (`limits` is its share)
+
+    @property
+    def counter_id(self) -> str:
+        """The name of the counters this plan takes from: the key, or one of its shards."""
+        return counter_id(self.key_id, self.shard)
 
     @property
     def spend_at(self) -> float:
@@ -367,6 +404,26 @@ class Refusal:
     @property
     def code(self) -> str:
         return "budget_exceeded" if BUDGET_LIMITS.intersection(self.limits) else "rate_limit_exceeded"
+
+
+def counter_id(key_id: str, shard: int) -> str:
+    """The key's counters, or one shard's (`<key_id>#<shard>`; shard 0 is the key's own, as without shards)."""
+    return key_id if shard == 0 else f"{key_id}#{shard}"
+
+
+def scaled_headers(headers: dict[str, str], limits: Limits) -> dict[str, str]:
+    """A shard's `x-ratelimit-*` headers as the key's: the key's limits, and the shard's remaining times the shard
+    count (an estimate: the shards fill evenly, since requests are spread over them by their ids)."""
+    count = limits.shard_count
+    if count == 1:
+        return headers
+    out = dict(headers)
+    for kind, total in (("requests", limits.rpm), ("tokens", limits.tpm)):
+        if total is None or f"x-ratelimit-limit-{kind}" not in out:
+            continue
+        out[f"x-ratelimit-limit-{kind}"] = str(total)
+        out[f"x-ratelimit-remaining-{kind}"] = str(min(total, int(out[f"x-ratelimit-remaining-{kind}"]) * count))
+    return out
 
 
 def judge(plan: AdmissionPlan, failures: Mapping[str, Mapping[str, Any] | None]) -> AdmissionPlan | Refusal:
@@ -454,3 +511,10 @@ def _over_budget(budget: Decimal | None, reserve_usd: Decimal) -> bool:
 def _int(item: Mapping[str, Any], name: str) -> int:
     value = item.get(name)
     return int(value) if value is not None else 0
+
+
+def _shards(text: str) -> Decimal:
+    word = text.strip()
+    if not word.isdigit() or not 1 <= int(word) <= MAX_SHARDS:
+        raise ValueError(f"shards must be a whole number from 1 to {MAX_SHARDS}, or 'default', not '{text}'")
+    return Decimal(int(word))

@@ -32,6 +32,7 @@ from ..telemetry import LedgerNote
 from ..termination import TerminationReason
 from ..usage import UsageRecord, record_for
 from .reporting import LimitsMetrics, bounded, record_not_written
+from .rules import counter_id
 from .seen import SeenCounters
 
 logger = logging.getLogger(__name__)
@@ -94,7 +95,8 @@ class Settler:
             self._note(ctx.request_id, held)
             return
         if settlement.tokens_minute is not None and settlement.tokens_delta:
-            self._seen.settled(ctx.key.key_id, settlement.tokens_minute, settlement.tokens_delta)
+            counters = counter_id(ctx.key.key_id, settlement.shard)
+            self._seen.settled(counters, settlement.tokens_minute, settlement.tokens_delta)
 
     def _settle_later(self, ctx: RequestContext, outcome: StreamOutcome, settlement: Settlement) -> None:
         """The settlement DynamoDB did not take in time, retried from a thread after the response (on Lambda, in
