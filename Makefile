@@ -13,7 +13,7 @@ SAM := SAM_CLI_TELEMETRY=0 $(SAM_VENV)/bin/sam
 EVENT ?= events/chat-streamed.json
 INVOKE_DEV_KEY ?= lr-dev-local-key
 
-.PHONY: dev dynamodb test lint typecheck unit bench clean sam build invoke prices bench-lambda bench-kinds docs docs-build docs-reference
+.PHONY: dev dynamodb test lint typecheck unit bench clean sam build invoke prices bench-lambda bench-kinds bench-scale docs docs-build docs-reference
 
 # constraints.txt pins every package (`pip freeze` of a working .venv), so CI installs what was tested.
 $(BIN)/.installed: pyproject.toml constraints.txt
@@ -64,6 +64,9 @@ bench: $(BIN)/.installed ## relay vs direct, 1 and 50 concurrent streams (not pa
 
 bench-kinds: $(BIN)/.installed ## what each kind of upstream (openai, ollama, ndjson, bedrock) costs the relay (not part of `make test`)
 	$(BIN)/python -m bench.kinds
+
+bench-scale: $(BIN)/.installed ## the limits at 1,000 requests/s for one key and 10,000 in all, on a local DynamoDB that throttles as DynamoDB does (time scaled; not part of `make test`)
+	$(BIN)/python -m bench.scale
 
 bench-lambda: $(BIN)/.installed sam ## sam build, then the artifact at 256/512/1024/1769 MB CPU shares (root: cgroup quota; not part of `make test`); figures in bench/results/runs/ (git-ignored)
 	$(SAM) build --build-dir .aws-sam/bench-lambda --cache-dir .aws-sam/bench-lambda-cache

@@ -144,7 +144,7 @@ def rows(run: Run) -> list[Row]:
 
 def partitions(run: Run) -> list[Row]:
     """The table's partitions whole (every item of a `pk` together): what a partition takes before DynamoDB splits
-    it for heat. Shown beside the items, not used for the ceilings."""
+    it for heat. Shown beside the items, and rated for the ceiling before such a split."""
     whole: dict[Spot, Units] = {}
     for spot, units in run.consumed.items():
         if spot.resource == TABLE:

@@ -74,21 +74,25 @@ def content_chunks(chunks: list[dict[str, Any]]) -> int:
     return sum(1 for chunk in chunks if chunk["choices"] and chunk["choices"][0]["delta"].get("content"))
 
 
-def ledger(stores: Stores, key_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def ledger(stores: Stores, key_id: str, shards: int = 1) -> tuple[dict[str, Any], dict[str, Any]]:
     now = time.time()
-    return stores.usage.spend(key_id, "D#" + day_of(now)), stores.usage.spend(key_id, "M#" + month_of(now))
+    return stores.usage.spend(key_id, "D#" + day_of(now), shards), stores.usage.spend(
+        key_id, "M#" + month_of(now), shards
+    )
 
 
-def assert_settled(stores: Stores, key_id: str, records: list[UsageRecord]) -> Decimal:
+def assert_settled(stores: Stores, key_id: str, records: list[UsageRecord], shards: int = 1) -> Decimal:
     """No reservation is left on the key's day and month: committed == spent == the sum of its records' costs."""
     total = sum((r.cost_usd or Decimal(0) for r in records), Decimal(0))
-    for spend in ledger(stores, key_id):
+    for spend in ledger(stores, key_id, shards):
         assert spend.get("reserved_usd", 0) == 0
         assert spend.get("committed_usd", 0) == spend.get("cost_usd", 0) == total
     return total
 
 
-def assert_budget_held(responses: list[httpx.Response], stores: Stores, key_id: str, budget: Decimal) -> None:
+def assert_budget_held(
+    responses: list[httpx.Response], stores: Stores, key_id: str, budget: Decimal, shards: int = 1
+) -> None:
     ok = [r for r in responses if r.status_code == 200]
     refused = [r for r in responses if r.status_code != 200]
     # THEN some were admitted, and every other one got 429 budget_exceeded with a Retry-After to the next day
@@ -100,10 +104,10 @@ def assert_budget_held(responses: list[httpx.Response], stores: Stores, key_id: 
     for response in ok:
         assert sse_events(response.text)[-1] == "[DONE]"
     # AND the recorded spend stays within the budget (+5% allowed for prompt-estimate error; it is conservative)
-    records = records_of(stores, key_id, len(responses))
+    records = records_of(stores, key_id, len(responses), shards=shards)
     spent = [r for r in records if r.termination_reason == "stop"]
     assert len(spent) == len(ok)
-    total = assert_settled(stores, key_id, records)
+    total = assert_settled(stores, key_id, records, shards)
     assert 0 < total <= budget * Decimal("1.05")
 
 
@@ -124,7 +128,7 @@ def test_forty_parallel_requests_never_spend_past_the_budget(
         # WHEN 40 streamed requests with max_tokens 20 arrive at once, spread over the processes
         responses = fire([r.url for r in relays], plain, chat_body(stream=True, max_tokens=20, mock=FAST), PARALLEL)
     # THEN the budget holds (across both processes, with two)
-    assert_budget_held(responses, stores, key.key_id, budget)
+    assert_budget_held(responses, stores, key.key_id, budget, shards)
 
 
 def beyond_reservation(record: UsageRecord, reserved: int) -> Decimal:

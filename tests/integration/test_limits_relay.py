@@ -55,13 +55,15 @@ def in_one_minute_window(burst: Callable[[], T], attempts: int = 3) -> T:
     raise AssertionError(f"{attempts} runs each straddled a minute boundary")
 
 
-def records_of(stores: Stores, key_id: str, count: int, timeout: float = PATIENCE_S) -> list[UsageRecord]:
+def records_of(
+    stores: Stores, key_id: str, count: int, timeout: float = PATIENCE_S, shards: int = 1
+) -> list[UsageRecord]:
     """The key's usage records, once there are `count` of them (finalization of a dropped stream is async);
     what there is after `timeout` otherwise."""
     usage = stores.usage
     deadline = time.monotonic() + timeout
     while True:
-        records = usage.for_key(key_id, 0, time.time() + 60)
+        records = usage.for_key(key_id, 0, time.time() + 60, shards)
         if len(records) >= count or time.monotonic() > deadline:
             return records
         time.sleep(0.05)

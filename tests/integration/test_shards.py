@@ -8,8 +8,10 @@ import contextlib
 import time
 from collections import Counter
 from dataclasses import replace
+from decimal import Decimal
 
 import anyio
+import pytest
 
 from llm_relay.dynamo import Stores, layout
 from llm_relay.errors import RateLimited
@@ -114,3 +116,89 @@ def test_a_key_with_one_shard_keeps_its_items_as_they_were(stores: Stores, moto_
     assert counters["rate"]["sk"] == layout.rate_sk(int(MID_MINUTE // 60)) and counters["concurrency"]["sk"] == "CONC"
     item = stores.requests.get("req_single") or {}
     assert ticket.shard == 0 and "shard" not in item and item["lease_key"] == key.key_id
+
+
+def _id_on(shard: int, shards: int, prefix: str) -> str:
+    """A request id that hashes to `shard` of `shards`."""
+    return next(rid for n in range(10_000) if layout.shard_of(rid := f"{prefix}_{n}", shards) == shard)
+
+
+def test_a_request_on_a_shard_takes_a_block_for_its_admission_and_another_for_its_extension(
+    stores: Stores, moto_endpoint: str
+) -> None:
+    # GIVEN a key of 2 shards with a small daily budget, and a request on shard 1 (whose item has no headroom yet)
+    key = key_with(daily_budget_usd="0.008", shards=2)
+    limits = limiter(moto_endpoint, stores.table_name, clock=time.time)
+    ctx = context(key, _id_on(1, 2, "blocks"))
+    ctx = replace(ctx, ticket=anyio.run(limits.admit, ctx))
+    assert ctx.ticket is not None and ctx.ticket.shard == 1 and ctx.ticket.budget is not None
+    reservation = ctx.ticket.budget
+    guard = limits.budget_guard(ctx)
+    assert guard is not None
+
+    async def past_the_reservation() -> bool:
+        async with anyio.create_task_group() as tg:
+            guard.start(tg)
+            allowed = await guard.allow(reservation.tokens + 1)
+        return allowed
+
+    # WHEN its stream runs past what admission reserved, twice over
+    assert anyio.run(past_the_reservation)
+    assert anyio.run(past_the_reservation)
+    # THEN each extension was granted from a block of its own (a second block is a new transfer, not a replay)
+    assert reservation.extensions == 2 and not guard.refused
+    bank = stores.limits._get(key.key_id, "SPEND#D#" + time.strftime("%Y-%m-%d", time.gmtime()))
+    assert bank is not None and Decimal(bank["granted_usd"]) >= reservation.usd
+
+
+def test_a_shards_spend_before_a_budget_counts_once_a_budget_is_set(stores: Stores, moto_endpoint: str) -> None:
+    # GIVEN a key of 2 shards with a daily budget only, whose shard 1 settled 10 requests (no monthly budget yet)
+    key = key_with(daily_budget_usd="10", shards=2)
+    limits = limiter(moto_endpoint, stores.table_name, clock=time.time)
+    for n in range(10):
+        ctx = context(key, _id_on(1, 2, f"before{n}"))
+        anyio.run(limits.finalize, replace(ctx, ticket=anyio.run(limits.admit, ctx)), outcome(usage=Usage(5, 2000)))
+    month = "M#" + time.strftime("%Y-%m", time.gmtime())
+    spent = Decimal(stores.usage.spend(key.key_id, month, 2)["cost_usd"])
+    # WHEN a monthly budget of twice that is set, and requests keep coming on shard 1
+    budgeted = key_with(daily_budget_usd="10", monthly_budget_usd=str(spent * 2), shards=2)
+    budgeted = replace(budgeted, key_id=key.key_id)
+    admitted = 0
+    for n in range(40):
+        ctx = context(budgeted, _id_on(1, 2, f"after{n}"))
+        try:
+            ticket = anyio.run(limits.admit, ctx)
+        except RateLimited:
+            continue
+        admitted += 1
+        anyio.run(limits.finalize, replace(ctx, ticket=ticket), outcome(usage=Usage(5, 2000)))
+    # THEN the month's spend, what came before the budget included, never passes it
+    total = Decimal(stores.usage.spend(key.key_id, month, 2)["cost_usd"])
+    assert 0 < admitted < 40 and total <= spent * 2, (admitted, total, spent)
+
+
+def test_a_stale_previous_minute_on_a_shard_without_headroom_is_not_a_budget_refusal(
+    stores: Stores, moto_endpoint: str
+) -> None:
+    # GIVEN a key of 3 shards with an RPM and a budget, whose shard 1 counted requests in the previous minute that
+    # this process has not seen, and whose shard 1 has no headroom yet today
+    key = key_with(rpm=3000, daily_budget_usd="10", shards=3)
+    earlier = limiter(moto_endpoint, stores.table_name, clock=lambda: MID_MINUTE - 60)
+    for n in range(5):
+        anyio.run(earlier.admit, context(key, _id_on(1, 3, f"prev{n}")))
+    fresh = limiter(moto_endpoint, stores.table_name)  # nothing cached: its previous minute reads 0
+    # WHEN a request lands on shard 1: its write fails twice over (the previous minute, the headroom)
+    ticket = anyio.run(fresh.admit, context(key, _id_on(1, 3, "now")))
+    # THEN it is admitted: the minute corrected, a block taken from the bank
+    assert ticket.shard == 1
+
+
+def test_a_shard_count_above_a_keys_limits_is_cut_to_them(stores: Stores, moto_endpoint: str) -> None:
+    # GIVEN a key of 3 concurrent streams that asks for 8 shards: shares of 0 would refuse for ever
+    key = key_with(max_concurrent=3, shards=8)
+    limits = limiter(moto_endpoint, stores.table_name)
+    # THEN 3 streams run at once, and the fourth is refused with a wait, not "never"
+    assert admit_all(limits, key, 12, "cut").count("admitted") == 3
+    with pytest.raises(RateLimited) as refused:
+        anyio.run(limits.admit, context(key, "cut_more"))
+    assert "retry-after" in refused.value.headers

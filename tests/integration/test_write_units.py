@@ -63,12 +63,14 @@ def test_the_ceilings_follow_the_busiest_spots(measured: dict[str, Any]) -> None
 
 
 def test_the_layout_a_hot_key_uses_meets_both_targets() -> None:
-    # GIVEN a key with every limit set over 8 shards, and many such keys
+    # GIVEN a key with every limit set over 48 shards, and many such keys
     found: dict[str, Any] = ledger_wcu.measure({"sharded": ledger_wcu.CHECK_SHARDED})["sharded"]
     rows = [units.Row(**row) for row in found["rows"]]
     hot_key, hot_shared = units.hottest(rows, "key"), units.hottest(rows, "shared")
     assert hot_key is not None and hot_shared is not None
     # THEN no item of the key takes more than one write unit a request: over 1,000 new requests a second for one key
     assert hot_key.wcu <= 1.0 and found["per_key_ceiling"] >= 1000, hot_key
+    # AND no partition of the key either, before DynamoDB splits any for heat
+    assert found["per_key_ceiling_unsplit"] >= 1000, found["partitions"]
     # AND no partition every key shares takes more than 0.1 write unit a request: over 10,000 requests a second in all
     assert hot_shared.wcu <= 0.1 and found["table_wide_ceiling"] >= 10_000, hot_shared

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..attribution import MAX_KEY_CHARS
+from ..limits.rules import MAX_SHARDS
 from ..usage import UsageRecord, UsageTotals, iso_ms
 from . import options
 from .common import CliError
@@ -56,7 +57,11 @@ def _usage(args: argparse.Namespace, settings: Settings, stores: Stores) -> int:
     if since >= until:
         raise CliError("--since must be before --until")
     fmt = "json" if args.json else (args.format or "table")
-    records = stores.usage.for_key(args.key_id, since, until) if args.key_id else stores.usage.for_all(since, until)
+    records = (
+        stores.usage.for_key(args.key_id, since, until, MAX_SHARDS)  # every partition a key may have used
+        if args.key_id
+        else stores.usage.for_all(since, until)
+    )
     if fmt == "json":
         print_json(_as_json(args, records, since, until))
     elif fmt == "csv":

@@ -10,8 +10,10 @@ relay's finalization, or the ledger's reconciler) knows what to release.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
+import uuid
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +22,7 @@ from ..limits.rules import SpendPeriods
 from . import layout
 from .client import unavailable
 from .layout import serialize
-from .store_base import Cancelled, TableStore, backoff
+from .store_base import Cancelled, TableStore, backoff, throttled_backoff
 
 if TYPE_CHECKING:
     pass
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 EXTEND_ATTEMPTS = 4
+THROTTLED_ATTEMPTS = 8  # a throttled partition takes writes again in its next second: about 4 s of tries in all
 
 
 def reserve_op(table: str, key_id: str, period: BudgetPeriod, amount: Decimal) -> dict[str, Any]:
@@ -35,15 +38,16 @@ def reserve_op(table: str, key_id: str, period: BudgetPeriod, amount: Decimal) -
     the admission part, and each extension's. On a shard's item, if its headroom covers it (`refill_ops` otherwise)."""
     update: dict[str, Any] = {
         "TableName": table,
-        "Key": serialize({"pk": layout.partition(key_id), "sk": layout.spend_sk(period.item)}),
+        "Key": serialize({"pk": layout.partition(key_id, period.shard), "sk": layout.spend_sk(period.item)}),
         "UpdateExpression": "ADD committed_usd :amount, reserved_usd :amount",
     }
     values: dict[str, Any] = {":amount": amount}
-    if period.budget is not None and period.shard:
+    if period.shard:  # headroom + committed = what the bank granted the shard, with a budget or without
         update["UpdateExpression"] += ", headroom_usd :minus"
-        update["ConditionExpression"] = "headroom_usd >= :amount"
-        update["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
         values[":minus"] = -amount
+        if period.budget is not None:
+            update["ConditionExpression"] = "headroom_usd >= :amount"
+            update["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
     elif period.budget is not None:
         update["ConditionExpression"] = "attribute_not_exists(committed_usd) OR committed_usd <= :room"
         update["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
@@ -65,7 +69,7 @@ def refill_ops(table: str, key_id: str, period: BudgetPeriod, block: Decimal) ->
     }
     shard = {
         "TableName": table,
-        "Key": serialize({"pk": layout.partition(key_id), "sk": layout.spend_sk(period.item)}),
+        "Key": serialize({"pk": layout.partition(key_id, period.shard), "sk": layout.spend_sk(period.item)}),
         "UpdateExpression": "ADD headroom_usd :block",
         "ExpressionAttributeValues": serialize({":block": block}),
     }
@@ -107,7 +111,7 @@ def release_ops(
             {
                 "Update": {
                     "TableName": table,
-                    "Key": serialize({"pk": layout.partition(key_id), "sk": layout.spend_sk(period)}),
+                    "Key": serialize({"pk": layout.partition(key_id, shard), "sk": layout.spend_sk(period)}),
                     "UpdateExpression": "ADD " + ", ".join(adds),
                     "ExpressionAttributeValues": serialize(values),
                 }
@@ -140,21 +144,29 @@ class BudgetStore(TableStore):
                     if refilled or not short or len(short) < len(failed):
                         return False
                     refilled = True
-                    if not all(self.refill(key_id, request_id, period, amount) for period in short):
-                        return False
+                    for period in short:
+                        headroom = Decimal(str((failed[period.item] or {}).get("headroom_usd", 0)))
+                        if not self.refill(key_id, request_id, period, amount, headroom):
+                            return False
                     continue
                 if not cancelled.contention:
                     raise unavailable("TransactWriteItems", f"budget extension cancelled: {cancelled.codes}") from None
             time.sleep(backoff(attempt))
         raise unavailable("TransactWriteItems", "budget extension kept conflicting with other writes")
 
-    def refill(self, key_id: str, request_id: str, period: BudgetPeriod, amount: Decimal) -> bool:
-        """Give a shard's spend item a block from the bank, so that it can cover `amount`: True when given (a block,
-        or just `amount` when the bank has room for that but not for a whole block), False when the bank's budget
-        has no room for `amount`. Applied once per call (its own client request token)."""
-        for block in dict.fromkeys((period.block(amount), amount)):
-            token = self.token(request_id, f"refill{period.item}:{block}")
-            for attempt in range(EXTEND_ATTEMPTS):
+    def refill(
+        self, key_id: str, request_id: str, period: BudgetPeriod, amount: Decimal, headroom: Decimal = Decimal(0)
+    ) -> bool:
+        """Give a shard's spend item a block from the bank, so that its `headroom` (as it was when it refused) can
+        cover `amount`: True when given (a block, or just what is needed when the bank has room for that but not for
+        a whole block), False when the bank's budget has no room for what is needed. A headroom below 0 (spent while
+        the period had no budget) is made good first, so the bank counts it. Each call applies once: its own client
+        request token, kept for its retries of an answer lost."""
+        needed = amount - min(headroom, Decimal(0))
+        call = uuid.uuid4().hex
+        for block in dict.fromkeys((max(period.block(amount), needed), needed)):
+            token = self.token(request_id, f"refill{period.item}:{call}:{block}")
+            for attempt in itertools.count():
                 try:
                     self.transact(refill_ops(self.table_name, key_id, period, block), token)
                     return True
@@ -163,9 +175,11 @@ class BudgetStore(TableStore):
                         break  # no room for this block: a smaller one, or refused
                     if not cancelled.contention:
                         raise unavailable("TransactWriteItems", f"budget refill cancelled: {cancelled.codes}") from None
-                time.sleep(backoff(attempt))
-            else:
-                raise unavailable("TransactWriteItems", "budget refill kept conflicting with other writes")
+                    if attempt + 1 >= EXTEND_ATTEMPTS and not cancelled.throttled:
+                        raise unavailable("TransactWriteItems", "budget refill kept conflicting") from None
+                    if attempt + 1 >= THROTTLED_ATTEMPTS:
+                        raise unavailable("TransactWriteItems", "the bank's partition kept throttling") from None
+                    time.sleep(throttled_backoff(attempt) if cancelled.throttled else backoff(attempt))
         return False
 
     def _note_on_request(self, request_id: str, amount: Decimal) -> dict[str, Any]:

@@ -62,9 +62,11 @@ spend items are not indexed at all (nothing read that index; it took 2 units a r
 written before keeps working: its records of a day are under `USAGE#<day>` (read beside the shards), its requests'
 `open_shard` values are among today's shards, and a spend item's old index keys are removed by its next settlement.
 
-(5) A key with `shards` N > 1 splits its rate and concurrency limits into N shares; a request takes from the shard
-its id hashes to (shard 0's items are the key's own, as without shards), and its item records the shard (`shard`;
-its `lease_key` is `<key_id>#<shard>`), so settlement and the reconciler give back to that shard.
+(5) A key with `shards` N > 1 splits its rate and concurrency limits into N shares and its spend over N items per
+period; shard n's items (its rate, count and spend items, and the usage records of the requests it admitted) live in
+the partition `KEY#<key_id>#<n>` (shard 0's are the key's own, as without shards), so that no partition takes more
+than its share of the key's writes. A request takes from the shard its id hashes to, and its item records the shard
+(`shard`; its `lease_key` is `<key_id>#<shard>`), so settlement and the reconciler give back to that shard.
 
 So a key is found by its hash in one GetItem; a key's limit state, spend and usage share its partition
 (admission and settlement are one transaction each over it); a key's usage comes back in time order from one
@@ -127,9 +129,16 @@ def key_by_id(key_id: str) -> dict[str, str]:
     return {"pk": f"KEYID#{key_id}", "sk": META_SK}
 
 
-def partition(key_id: str) -> str:
-    """The partition of everything one key owns: its record by id, limit state, spend and usage."""
-    return f"KEY#{key_id}"
+def partition(key_id: str, shard: int = 0) -> str:
+    """The partition of everything one key owns: its limit state, spend and usage; for a key with `shards`, the
+    partition of one shard's (`KEY#<key_id>#<shard>`; shard 0's are the key's own), so that no partition takes more
+    than its share of the key's writes."""
+    return f"KEY#{key_id}" if shard == 0 else f"KEY#{key_id}#{shard}"
+
+
+def partitions(key_id: str, shards: int) -> list[str]:
+    """The partitions of a key's first `shards` shards (what a report reads: `MAX_SHARDS` finds every one)."""
+    return [partition(key_id, shard) for shard in range(max(1, shards))]
 
 
 def key_items(
@@ -387,9 +396,10 @@ def usage_day_partitions(day: str) -> list[str]:
     return [f"USAGE#{day}", *(f"USAGE#{day}#{n}" for n in range(USAGE_SHARDS))]
 
 
-def usage_item(record: UsageRecord, retention_days: int) -> dict[str, Any]:
+def usage_item(record: UsageRecord, retention_days: int, shard: int = 0) -> dict[str, Any]:
+    """A usage record's item, in the partition of the key's shard that admitted the request."""
     item: dict[str, Any] = {
-        "pk": partition(record.key_id),
+        "pk": partition(record.key_id, shard),
         "sk": usage_sk(record.started_epoch, record.request_id),
         "gsi1pk": usage_day(record.day, record.request_id),
         "gsi1sk": f"{record.timestamp}#{record.request_id}",

@@ -72,7 +72,7 @@ class LimitsStore(TableStore):
             "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
         }
         parts: list[tuple[str, dict[str, Any]]] = [(REQUEST, {"Put": request})]
-        key = layout.partition(plan.key_id)
+        key = layout.partition(plan.key_id, plan.shard)
         limits = plan.limits
         if limits.rated:
             parts.append((RATE, self._rate_update(plan, key)))
@@ -157,7 +157,7 @@ class LimitsStore(TableStore):
         values = {":now": iso_ms(plan.now_s), ":reason": RELEASED}  # deterministic: a retry is the same request
         unfinished = ["attribute_not_exists(finished_at)"]
         parts = [(FINISH, self._op("Update", request["pk"], request["sk"], finish, unfinished, values))]
-        key = layout.partition(plan.key_id)
+        key = layout.partition(plan.key_id, plan.shard)
         if plan.limits.max_concurrent is not None:
             release = self._op("Update", key, layout.conc_sk(plan.shard), "ADD active :minus", [], {":minus": -1})
             parts.append((RELEASE, release))
@@ -203,10 +203,10 @@ class LimitsStore(TableStore):
 
     def settlement_parts(self, settlement: Settlement, lease: str | None) -> list[tuple[str, dict[str, Any]]]:
         record = settlement.record
-        key = layout.partition(record.key_id)
+        key = layout.partition(record.key_id, settlement.shard)
         usage = {
             "TableName": self.table_name,
-            "Item": serialize(layout.usage_item(record, settlement.retention_days)),
+            "Item": serialize(layout.usage_item(record, settlement.retention_days, settlement.shard)),
             "ConditionExpression": "attribute_not_exists(pk)",
         }
         parts: list[tuple[str, dict[str, Any]]] = [
@@ -291,7 +291,7 @@ class LimitsStore(TableStore):
             ("concurrency", layout.conc_sk(shard)),
         )
         for name, sk in parts:
-            out[name] = self._get(key_id, sk) or {}
+            out[name] = self._get(key_id, sk, shard) or {}
         return out
 
     # --- migration of a 0.1 table (`llm-relay migrate`) -----------------------------------------------------
@@ -370,12 +370,12 @@ class LimitsStore(TableStore):
             op["ExpressionAttributeNames"] = names
         return {kind: op}
 
-    def _get(self, key_id: str, sk: str) -> dict[str, Any] | None:
+    def _get(self, key_id: str, sk: str, shard: int = 0) -> dict[str, Any] | None:
         with store_call("GetItem"):
             out = self.client.get_item(
                 TableName=self.table_name,
                 ConsistentRead=True,
-                Key=serialize({"pk": layout.partition(key_id), "sk": sk}),
+                Key=serialize({"pk": layout.partition(key_id, shard), "sk": sk}),
             )
         raw = out.get("Item")
         return deserialize(raw) if raw else None

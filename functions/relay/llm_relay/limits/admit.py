@@ -135,9 +135,10 @@ class Admitter:
         if blocked:
             seen = self._seen.at(plan.counter_id, plan.window.minute)
             return refusal(plan, blocked, seen.low_requests, seen.low_tokens)
-        reclaimed = refilled = throttled = False
+        reclaimed = refilled = False
+        conflicts = 0  # attempts that met anything but a throttled partition: at most MAX_ATTEMPTS
         for attempt in itertools.count():
-            if attempt >= MAX_ATTEMPTS and not throttled:
+            if conflicts >= MAX_ATTEMPTS:
                 break
             item = self._item(ctx, plan, _grant(plan), reservation)
             try:
@@ -151,14 +152,30 @@ class Admitter:
                 return self._admitted(plan, reservation, self.limits_for(ctx.key.limits))
             if REQUEST in result.failures:  # released meanwhile (an earlier attempt's outcome was unknown)
                 return self._store_down(ctx, StoreUnavailable("the request was released during its admission"))
-            if result.failures and plan.shard and not refilled and set(result.failures) <= {DAILY, MONTHLY}:
-                refilled = True  # a shard's headroom could not cover the reservation: a block from the bank, once
-                if await self._refill(plan, result.failures, deadline):
+            conflicts += 1
+            failures = result.failures
+            short = {part: failures[part] for part in (DAILY, MONTHLY) if part in failures} if plan.shard else {}
+            if short and not refilled:
+                # a shard's headroom could not cover the reservation: judged on the other parts first (a stale
+                # previous minute, a rate or slot refusal are not the budget's), then a block from the bank, once
+                failures = {part: old for part, old in failures.items() if part not in short}
+                if failures:
+                    self._learn(plan, failures)
+                    verdict = judge(plan, failures)
+                    if isinstance(verdict, Refusal):
+                        return verdict
+                    plan = verdict
+                refilled = True
+                given = await self._refill(ctx, plan, short, deadline)
+                if isinstance(given, Ticket):
+                    return given  # DynamoDB did not answer and the deployment fails open
+                if given:
                     continue
-            if result.failures:
-                self._learn(plan, result.failures)
-                verdict = judge(plan, result.failures)
-                if isinstance(verdict, Refusal) and CONCURRENCY in result.failures and not reclaimed:
+                failures = short  # the bank has no room: the budget refuses
+            if failures:
+                self._learn(plan, failures)
+                verdict = judge(plan, failures)
+                if isinstance(verdict, Refusal) and CONCURRENCY in failures and not reclaimed:
                     reclaimed = True
                     waited = await self._expired_or_wait(plan, verdict, deadline)
                     if waited is None:
@@ -167,13 +184,13 @@ class Admitter:
                 if isinstance(verdict, Refusal):
                     return verdict
                 plan = verdict
-                throttled = False
             else:
                 # A throttled partition takes writes again in its next second: retried until the admission's time is
                 # up, not given up after a few conflicts' worth of milliseconds.
-                throttled = result.throttled
-                pause = throttled_backoff(attempt) if throttled else backoff(attempt)
-                if throttled and time.monotonic() + pause >= deadline - RELEASE_BUDGET_S:
+                if result.throttled:
+                    conflicts -= 1
+                pause = throttled_backoff(attempt) if result.throttled else backoff(attempt)
+                if result.throttled and time.monotonic() + pause >= deadline - RELEASE_BUDGET_S:
                     return self._store_down(ctx, StoreUnavailable("DynamoDB kept throttling the key's items"))
                 await anyio.sleep(pause)
         return self._store_down(ctx, StoreUnavailable("admission kept conflicting with other writes"))
@@ -201,22 +218,27 @@ class Admitter:
             ticket=ticket,
         )
 
-    async def _refill(self, plan: AdmissionPlan, failed: Mapping[str, Any], deadline: float) -> bool:
-        """Blocks from the bank for the shard's spend items whose headroom refused the reservation: True when every
-        one was given (the admission is tried again), False when a budget has no room left (a refusal)."""
+    async def _refill(
+        self, ctx: RequestContext, plan: AdmissionPlan, failed: Mapping[str, Any], deadline: float
+    ) -> bool | Ticket:
+        """Blocks from the bank for the shard's spend items whose headroom refused the reservation (each as it was,
+        from the refused write): True when every one was given (the admission is tried again), False when a budget
+        has no room left (a refusal). DynamoDB not answering is a 503 (or, failing open, the request admitted without
+        limits: its `Ticket`), as for the admission itself; a block given all the same only leaves the shard headroom
+        for later."""
         for period in periods_of(plan.limits, plan.spend_at, plan.shard):
             part = DAILY if period.limit == "daily_budget_usd" else MONTHLY
             if part not in failed or period.budget is None:
                 continue
+            headroom = Decimal(str((failed[part] or {}).get("headroom_usd", 0)))
             refill = functools.partial(
-                self._stores.budgets.refill, plan.key_id, plan.request_id, period, plan.reserve_usd
+                self._stores.budgets.refill, plan.key_id, plan.request_id, period, plan.reserve_usd, headroom
             )
             try:
                 if not await bounded(refill, until=deadline - RELEASE_BUDGET_S):
                     return False
-            except StoreUnavailable as exc:  # a refused admission, not a store outage: the reservation was not made
-                logger.warning("budget refill for %s failed: %s", plan.request_id, exc)
-                return False
+            except StoreUnavailable as exc:
+                return self._store_down(ctx, exc)  # nothing of this request is held yet
         return True
 
     async def _release(self, plan: AdmissionPlan, item: dict[str, Any], deadline: float) -> bool:
@@ -347,20 +369,21 @@ class Admitter:
         logger.info("request %s of key %s refused by %s", ctx.request_id, ctx.key.key_id, ",".join(refused.limits))
         record = refused_record(ctx, refused.code, time.monotonic() - ctx.started_at)
         try:
-            put = functools.partial(self._stores.usage.put_refused, record, self._settings.usage_retention_days)
+            retention = self._settings.usage_retention_days
+            put = functools.partial(self._stores.usage.put_refused, record, retention, plan.shard)
             await bounded(put, until=time.monotonic() + self._settings.admission_timeout_s)
         except StoreUnavailable as exc:  # logged whole now, written after the answer (as a settlement would be)
             record_not_written(self._log, self._metrics, record.as_json(), exc)
-            threading.Thread(target=self._put_refused_later, args=(record,), daemon=True).start()
+            threading.Thread(target=self._put_refused_later, args=(record, plan.shard), daemon=True).start()
         raise error
 
-    def _put_refused_later(self, record: UsageRecord) -> None:
+    def _put_refused_later(self, record: UsageRecord, shard: int) -> None:
         """The record of a refused request DynamoDB did not take in time (a throttled partition, an outage), written
         from a thread after the answer until it is (a retry that finds it there is done: written once)."""
         give_up = time.monotonic() + RELEASE_LATER_S
         for attempt in range(1000):
             try:
-                self._stores.usage.put_refused(record, self._settings.usage_retention_days)
+                self._stores.usage.put_refused(record, self._settings.usage_retention_days, shard)
                 logger.info("record of refused request %s written late", record.request_id)
                 return
             except StoreUnavailable as exc:

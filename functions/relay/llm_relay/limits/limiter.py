@@ -17,7 +17,7 @@ from ..settings import Settings
 from .admit import Admitter, SettlesExpired
 from .budgets import Reservation
 from .extend import BudgetGuard, Extender, Extension
-from .reporting import LimitsMetrics, NoMetrics
+from .reporting import Guarded, LimitsMetrics, NoMetrics
 from .rules import Limits
 from .seen import SeenCounters
 from .settle import LedgerWitness, Settler
@@ -54,7 +54,7 @@ class Limiter:
         log: Logger | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        metrics = metrics or NoMetrics()
+        metrics = Guarded(metrics or NoMetrics())
         log = log or Logger(service=settings.service_name, level=settings.log_level)
         seen = SeenCounters()
         self._admitter = Admitter(

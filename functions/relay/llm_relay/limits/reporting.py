@@ -4,6 +4,7 @@ record DynamoDB would not take."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
@@ -15,6 +16,7 @@ from aws_lambda_powertools import Logger
 from ..errors import StoreUnavailable
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 class LimitsMetrics(Protocol):
@@ -51,6 +53,35 @@ class NoMetrics:
 
     def usage_write_failed(self) -> None:
         return None
+
+
+class Guarded:
+    """Another `LimitsMetrics`, whose failures are logged, never raised: a metric must not fail a request whose
+    admission or settlement DynamoDB took."""
+
+    def __init__(self, inner: LimitsMetrics) -> None:
+        self._inner = inner
+
+    def _call(self, name: str, *args: Any) -> None:
+        try:
+            getattr(self._inner, name)(*args)
+        except Exception:
+            logger.exception("limits metric %s failed", name)
+
+    def admission_attempts(self, attempts: int) -> None:
+        self._call("admission_attempts", attempts)
+
+    def admission_rejected(self, limit: str) -> None:
+        self._call("admission_rejected", limit)
+
+    def admission_store_error(self, policy: str) -> None:
+        self._call("admission_store_error", policy)
+
+    def budget_extension(self, result: str) -> None:
+        self._call("budget_extension", result)
+
+    def usage_write_failed(self) -> None:
+        self._call("usage_write_failed")
 
 
 async def bounded(call: Callable[..., T], *args: Any, until: float) -> T:

@@ -60,7 +60,13 @@ class Limits:
 
     @property
     def shard_count(self) -> int:
-        return max(1, min(MAX_SHARDS, self.shards or 1))
+        """The shards in force: the key's `shards`, but never more than its requests per minute or concurrent streams
+        (a shard with a share of 0 would refuse every request that reached it)."""
+        count = max(1, min(MAX_SHARDS, self.shards or 1))
+        for whole in (self.rpm, self.max_concurrent):
+            if whole is not None:
+                count = min(count, max(1, whole))
+        return count
 
     def for_shard(self, shard: int) -> Limits:
         """The limits one shard enforces: the key's rate and concurrency limits split between its shards (`split`),
@@ -492,6 +498,8 @@ def refusal_message(refused: Refusal, limits: Limits, reserve: int, reserve_usd:
     }
     kind = "Budget exhausted" if refused.code == "budget_exceeded" else "Rate limit reached"
     text = f"{kind} for this key on " + "; ".join(parts[name] for name in refused.limits) + "."
+    if (limits.shards or 1) > 1 and refused.code != "budget_exceeded":
+        text += f" (The key's limits are split over its {limits.shards} shards; this is one shard's share.)"
     if refused.code == "budget_exceeded" and reserve_usd:
         text += f" This request reserves ${reserve_usd:.8f} (its prompt and the completion tokens it may use)."
     if refused.retry_after_ms is not None:
