@@ -165,11 +165,8 @@ def rated(found: Iterable[Row]) -> list[Row]:
     shards by a hash of their ids, so at the rates a ceiling is about (hundreds a second on each shard) the busiest
     shard stays near the mean; a sample of a few hundred requests leaves some shards with several times their share,
     and rating by its busiest shard would measure the sample, not the layout."""
-    groups: dict[tuple[str, Class, str], list[Row]] = {}
-    for row in found:
-        groups.setdefault((row.resource, row.cls, _SHARD.sub("", row.pattern)), []).append(row)
     out = []
-    for (resource, cls, name), members in groups.items():
+    for (resource, cls, name), members in _families(found, "").items():
         if len(members) == 1:
             out.extend(members)
             continue
@@ -182,6 +179,14 @@ def rated(found: Iterable[Row]) -> list[Row]:
         spots = sum(row.spots for row in members)
         out.append(Row(resource, cls, f"{name}#<shard>  ({SPREAD:g} x the mean of {size})", spots, wcu, rcu))
     return out
+
+
+def _families(found: Iterable[Row], shard: str) -> dict[tuple[str, Class, str], list[Row]]:
+    """Rows grouped by spot with their shard suffix (`#<number>`) replaced by `shard`: a spot's shards together."""
+    groups: dict[tuple[str, Class, str], list[Row]] = {}
+    for row in found:
+        groups.setdefault((row.resource, row.cls, _SHARD.sub(shard, row.pattern)), []).append(row)
+    return groups
 
 
 def ceiling(row: Row | None) -> int | None:
@@ -198,11 +203,8 @@ def _rate(row: Row) -> float:
 def collapse(found: Iterable[Row]) -> list[Row]:
     """For reading: the shards of one spot (names that differ only by a `#<number>` suffix) as one row, the busiest
     shard's units, named `<shard>` with the busiest one's name beside it."""
-    groups: dict[tuple[str, Class, str], list[Row]] = {}
-    for row in found:
-        groups.setdefault((row.resource, row.cls, _SHARD.sub("#<shard>", row.pattern)), []).append(row)
     out = []
-    for (resource, cls, name), members in groups.items():
+    for (resource, cls, name), members in _families(found, "#<shard>").items():
         if len(members) == 1:
             out.extend(members)
             continue

@@ -167,3 +167,32 @@ def test_prices_shows_what_the_relay_charges_and_where_it_comes_from(stores: Sto
     assert json.loads(overridden.stdout)[0]["source"] == "RELAY_PRICES_JSON"
     # AND an unknown model says so, and how to add a price
     assert unknown.returncode == 2 and "RELAY_PRICES_JSON" in unknown.stderr
+
+
+def test_autoshard_raises_the_shards_of_a_key_whose_measured_rate_asks_for_them(
+    stores: Stores, moto_endpoint: str
+) -> None:
+    from llm_relay.dynamo import layout
+    from llm_relay.keys import ApiKey, generate_key_id, hash_key
+    from llm_relay.limits.rules import Window, shards_for
+
+    # GIVEN two rated keys: one that admitted 3,000 requests in a minute of the last five (50 a second), one 60
+    hot = ApiKey(key_id=generate_key_id(), name="hot", limits={"rpm": Decimal(10**6)})
+    calm = ApiKey(key_id=generate_key_id(), name="calm", limits={"rpm": Decimal(10**6)})
+    minute = Window.at(time.time()).minute - 2
+    for key, count in ((hot, 3000), (calm, 60)):
+        stores.keys.put(key, hash_key(f"secret-{key.key_id}"))
+        item = {"pk": layout.partition(key.key_id), "sk": layout.rate_sk(minute), "requests": count, "tokens": 0}
+        stores.client.put_item(TableName=stores.table_name, Item=layout.serialize(item))
+    # WHEN an operator asks which need shards
+    report = cli(stores, moto_endpoint, "keys", "autoshard", "--json")
+    assert report.returncode == 0, report.stderr
+    rows = {row["key_id"]: row for row in json.loads(report.stdout)}
+    # THEN the hot key's rate asks for more, the calm one's not; nothing changes until --apply
+    assert rows[hot.key_id]["peak_requests_per_s"] == 50.0 and rows[hot.key_id]["needed"] == shards_for(50) > 1
+    assert rows[calm.key_id]["needed"] == 1 and rows[calm.key_id]["action"] == "none"
+    assert "shards" not in (stores.keys.get_by_id(hot.key_id) or (hot, ""))[0].limits
+    applied = cli(stores, moto_endpoint, "keys", "autoshard", "--apply")
+    assert applied.returncode == 0 and "raised" in applied.stdout, applied.stdout + applied.stderr
+    found = stores.keys.get_by_id(hot.key_id)
+    assert found is not None and found[0].limits["shards"] == shards_for(50)

@@ -34,6 +34,7 @@ from llm_relay.limits.rules import (
     reserve_tokens,
     retry_after_s,
     scaled_headers,
+    shards_for,
     split,
     threshold,
     wait_ms,
@@ -296,3 +297,9 @@ def test_a_shards_headers_speak_for_the_key() -> None:
     headers = scaled_headers(shard, Limits(rpm=100, shards=4))
     assert headers["x-ratelimit-limit-requests"] == "100" and headers["x-ratelimit-remaining-requests"] == "80"
     assert scaled_headers(shard, Limits(rpm=25)) == shard
+
+
+@pytest.mark.parametrize(("rate", "shards"), [(0, 1), (25, 1), (26, 2), (50, 2), (1000, 40), (5000, 64)])
+def test_the_shards_a_measured_rate_needs(rate: float, shards: int) -> None:
+    # each shard's partition at half its 1,000 units a second, 20 units a request: 25 requests a second a shard
+    assert shards_for(rate) == shards

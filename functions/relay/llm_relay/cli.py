@@ -27,12 +27,11 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from botocore.exceptions import BotoCoreError, NoRegionError, ProfileNotFound
 from pydantic import ValidationError
 
 from . import __version__
 from .commands import coldstarts, keys, migrate, prices, reconcile, usage
-from .commands.common import CliError, Register
+from .commands.common import CliError, Register, aws_configuration, aws_session
 from .dynamo import Stores, make_client
 from .errors import StoreUnavailable
 from .settings import Settings
@@ -131,20 +130,9 @@ def _leaves(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
 def _connect(args: argparse.Namespace) -> tuple[Settings, Stores]:
     """Settings from the environment with the global options on top, and the stores on one client."""
     settings = _settings(args)
-    if settings.dynamodb_endpoint:  # a local DynamoDB accepts any credentials
-        for name, value in (("AWS_ACCESS_KEY_ID", "dev"), ("AWS_SECRET_ACCESS_KEY", "dev")):
-            os.environ.setdefault(name, value)
-    import boto3
-
-    try:
-        session = boto3.session.Session(profile_name=getattr(args, "profile", None))
+    session = aws_session(args, settings.dynamodb_endpoint)
+    with aws_configuration():
         client = make_client(settings.dynamodb_endpoint, settings.aws_region, session=session)
-    except ProfileNotFound as exc:
-        raise CliError(str(exc)) from None
-    except NoRegionError:
-        raise CliError("no AWS region: give --region, set AWS_REGION, or configure one for the profile") from None
-    except (BotoCoreError, ValueError) as exc:
-        raise CliError(f"cannot use this AWS configuration: {exc}") from None
     return settings, Stores.create(settings.table_name, client)
 
 

@@ -11,7 +11,6 @@ credentials or an unreachable endpoint is AWS failing (exit code 1): each one li
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import time
@@ -19,11 +18,11 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError, ProfileNotFound
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from . import options
 from .coldstart_stats import ColdStarts, Durations, Report, parse_report
-from .common import CliError
+from .common import CliError, aws_configuration, aws_session
 from .output import print_json, print_table
 
 if TYPE_CHECKING:
@@ -100,22 +99,11 @@ def _coldstarts(args: argparse.Namespace, settings: Settings) -> int:
 
 def logs_client(args: argparse.Namespace, settings: Settings) -> Any:
     """A CloudWatch Logs client in the global options' region and profile, at their endpoint when one is given."""
-    if settings.dynamodb_endpoint:  # a local endpoint (moto) accepts any credentials, as for DynamoDB
-        for name, value in (("AWS_ACCESS_KEY_ID", "dev"), ("AWS_SECRET_ACCESS_KEY", "dev")):
-            os.environ.setdefault(name, value)
-    import boto3
-
-    try:
-        session = boto3.session.Session(profile_name=getattr(args, "profile", None))
+    session = aws_session(args, settings.dynamodb_endpoint)  # a local endpoint (moto), as for DynamoDB
+    with aws_configuration():
         return session.client(
             "logs", region_name=settings.aws_region, endpoint_url=settings.dynamodb_endpoint, config=_CONFIG
         )
-    except ProfileNotFound as exc:
-        raise CliError(str(exc)) from None
-    except NoRegionError:
-        raise CliError("no AWS region: give --region, set AWS_REGION, or configure one for the profile") from None
-    except (BotoCoreError, ValueError) as exc:
-        raise CliError(f"cannot use this AWS configuration: {exc}") from None
 
 
 def read_reports(client: Any, group: str, since: float, until: float) -> Iterator[Report]:

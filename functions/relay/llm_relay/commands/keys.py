@@ -1,5 +1,5 @@
-"""`llm-relay keys create|list|show|update|revoke|rotate|set-limits`: API keys. The plain key is printed once, at
-creation or rotation; the table holds its hash. A key's own limits and sanitizer policy sit on top of the
+"""`llm-relay keys create|list|show|update|revoke|rotate|set-limits|autoshard`: API keys. The plain key is printed
+once, at creation or rotation; the table holds its hash. A key's own limits and sanitizer policy sit on top of the
 deployment's: its limits replace the configured defaults, its sanitizer policy can only be stricter."""
 
 from __future__ import annotations
@@ -58,7 +58,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     _change_options(update, sanitize=True)
     update.set_defaults(run=_update)
 
-    for command in (create, show, revoke, rotate, set_limits, update, sub.choices["list"]):
+    autoshard = sub.add_parser(
+        "autoshard",
+        help="measure each rated key's new requests a second (its last 5 minutes) and the shards that rate needs; "
+        "--apply raises `shards` where it is below",
+    )
+    autoshard.add_argument("--apply", action="store_true", help="set `shards` on the keys that need more")
+    autoshard.set_defaults(run=_autoshard)
+
+    for command in (create, show, revoke, rotate, set_limits, update, autoshard, sub.choices["list"]):
         command.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -187,6 +195,47 @@ def _rotate(args: argparse.Namespace, settings: Settings, stores: Stores) -> int
         print(f"  key      {secret}")
         print("  This is the only time the key is shown: store it now.")
         print(f"  the previous key works until {grace_end}")
+    return 0
+
+
+def _autoshard(args: argparse.Namespace, settings: Settings, stores: Stores) -> int:
+    """Each active key with a rate limit (its counters are what is measured): its busiest of the last five minutes,
+    the shards that rate needs (`shards_for`), and with --apply the key raised to them (never lowered: a lower
+    count would leave its share of the limits to shards no longer used until they drain)."""
+    from ..limits.rules import default_limits, shards_for
+
+    now = time.time()
+    rows: list[dict[str, Any]] = []
+    for key, key_hash in sorted(stores.keys.list_all(), key=lambda pair: pair[0].key_id):
+        limits = Limits.resolve(key.limits, default_limits(settings))
+        if not key.active or not limits.rated:
+            continue
+        per_minute = stores.limits.recent_requests(key.key_id, limits.shard_count, now)
+        peak = max(per_minute.values(), default=0) / 60
+        needed = shards_for(peak)
+        raised = needed > limits.shard_count
+        if raised and args.apply:
+            stores.keys.replace(replace(key, limits={**key.limits, "shards": Decimal(needed)}), key_hash)
+        rows.append(
+            {
+                "key_id": key.key_id,
+                "name": key.name,
+                "peak_requests_per_s": round(peak, 1),
+                "shards": limits.shard_count,
+                "needed": needed,
+                "action": ("raised" if args.apply else "raise") if raised else "none",
+            }
+        )
+    if args.json:
+        print_json(rows)
+        return 0
+    header = ["KEY ID", "NAME", "PEAK REQ/S (5 MIN)", "SHARDS", "NEEDED", "ACTION"]
+    print_table(
+        header,
+        [[str(r[c]) for c in ("key_id", "name", "peak_requests_per_s", "shards", "needed", "action")] for r in rows],
+    )
+    if any(r["action"] == "raise" for r in rows):
+        print(f"run again with --apply to raise them (relays apply it within {settings.auth_cache_ttl_s:g} s)")
     return 0
 
 

@@ -279,6 +279,32 @@ class LimitsStore(TableStore):
         update = "ADD " + ", ".join(adds) + " SET " + ", ".join(sets) + (" REMOVE gsi1pk, gsi1sk" if daily else "")
         return self._op("Update", key, layout.spend_sk(item), update, [], values)
 
+    def recent_requests(self, key_id: str, shards: int, epoch_s: float, minutes: int = 5) -> dict[int, int]:
+        """The requests the key admitted in each of its last `minutes` complete minutes before `epoch_s`, all its
+        first `shards` shards together, from its rate counters (they expire five minutes after their minute): one
+        Query per shard."""
+        now = Window.at(epoch_s).minute
+        counts = dict.fromkeys(range(now - minutes, now), 0)
+        for shard in range(max(1, shards)):
+            bounds = {
+                ":pk": layout.partition(key_id, shard),
+                ":lo": layout.rate_sk(now - minutes),
+                ":hi": layout.rate_sk(now - 1) + "~",  # `RATE#<minute>#<shard>` sorts before it
+            }
+            with store_call("Query"):
+                out = self.client.query(
+                    TableName=self.table_name,
+                    KeyConditionExpression="pk = :pk AND sk BETWEEN :lo AND :hi",
+                    ExpressionAttributeValues=serialize(bounds),
+                    ConsistentRead=True,
+                )
+            for raw in out.get("Items", []):
+                item = deserialize(raw)
+                minute = int(str(item["sk"]).split("#")[1])
+                if minute in counts:
+                    counts[minute] += int(item.get("requests", 0))
+        return counts
+
     def read_counters(self, key_id: str, epoch_s: float, shard: int = 0) -> dict[str, Any]:
         """The key's (or one shard's) counter items as of `epoch_s` (consistent reads): `rate` (this minute's requests
         and tokens), `prev` (the minute before) and `concurrency` (the slots in use); {} for an item that does not

@@ -118,6 +118,20 @@ class Limits:
         return view
 
 
+#: What a request with every limit set writes on its shard's partition, and the share of a partition's 1,000 write
+#: units a second `shards_for` leaves a shard at the measured rate (the rest for bursts and uneven hashing).
+UNITS_PER_REQUEST = 20
+PARTITION_UNITS_PER_S = 1000
+MEASURED_USE = 0.5
+
+
+def shards_for(requests_per_s: float) -> int:
+    """The shards a key needs at a measured rate of new requests, so that each shard's partition stays at
+    `MEASURED_USE` of its capacity: 1 up to 25 requests a second, 40 at 1,000, `MAX_SHARDS` at most."""
+    needed = requests_per_s * UNITS_PER_REQUEST / (PARTITION_UNITS_PER_S * MEASURED_USE)
+    return max(1, min(MAX_SHARDS, math.ceil(needed - 1e-9)))
+
+
 def split(total: int, shards: int, shard: int) -> int:
     """Shard `shard`'s part of `total`: the parts of all `shards` add up to `total` exactly (the first `total % shards`
     take one more)."""
