@@ -16,6 +16,8 @@ import pytest
 from botocore.config import Config
 
 from llm_relay.dynamo import Stores
+from llm_relay.limits.budgets import periods_of
+from llm_relay.limits.rules import Limits
 from llm_relay.usage import UsageRecord
 from llm_relay_dev.throttling import Throttle
 from tests.conftest import Upstream
@@ -105,22 +107,25 @@ def test_a_hot_key_is_answered_503_with_a_retry_after_that_holds(
             assert item is None or item.get("termination_reason") == "released", item
 
 
-def assert_nothing_held(stores: Stores, key_id: str, admitted: set[str]) -> None:
+def assert_nothing_held(stores: Stores, key_id: str, admitted: set[str], shards: int = 1) -> None:
     """Wait until the key has one usage record per admitted request, then: no slot taken, no budget reserved,
     no record of any other request."""
 
     def settled() -> list[UsageRecord] | None:
-        records = records_of(stores, key_id)
+        records = stores.usage.for_key(key_id, 0, time.time() + 60, shards)
         return records if len(records) >= len(admitted) else None
 
     records = wait_until(settled, f"{len(admitted)} usage records")
     assert sorted(record.request_id for record in records) == sorted(admitted)
     wait_until(
-        lambda: stores.limits.read_counters(key_id, time.time())["concurrency"].get("active") == 0,
-        "the key's concurrency count back to 0",
+        lambda: all(
+            stores.limits.read_counters(key_id, time.time(), shard)["concurrency"].get("active", 0) == 0
+            for shard in range(shards)
+        ),
+        "the key's concurrency counts back to 0",
     )
     for period in {f"D#{r.day}" for r in records} | {f"M#{r.day[:7]}" for r in records}:
-        spend = stores.usage.spend(key_id, period)
+        spend = stores.usage.spend(key_id, period, shards)
         assert Decimal(str(spend.get("reserved_usd", 0))) == 0, (period, spend)
         assert spend["requests"] == len([r for r in records if period[2:] in r.day])
 
@@ -225,3 +230,29 @@ def test_many_keys_at_once_do_not_meet_on_one_index_partition(upstream: Upstream
         assert len(gsi1) > 1 and all(part.count("#") == 2 for part in gsi1), gsi1
         for index in ("gsi1", "open", "leases"):
             assert dynamo.throttled_on(f"index:{index}") == {}, index
+
+
+def test_the_same_burst_on_a_key_of_48_shards_is_admitted_whole(upstream: Upstream) -> None:
+    # GIVEN the hot key's DynamoDB, and a key with the same limits over 48 shards, in use: each shard has served a
+    # request today (its day's and month's spend items exist, each with its first block of the budget)
+    throttle = Throttle(HOT_KEY_WCU)
+    # roomy bounds, as in the many-keys test: the local DynamoDB serves one request at a time, and on a loaded machine
+    # 30 admissions queue past the production bound, throttled or not
+    roomy = {"admission_timeout_s": 15.0, "finalize_timeout_s": 15.0}
+    with throttled_dynamodb(throttle) as dynamo, relay_on(dynamo, upstream.url, **roomy) as url:
+        plain, key = new_key(dynamo.stores, **EVERY_LIMIT, shards=48)
+        throttle.write_units_per_s = 1e9  # the warm-up is not what is measured
+        now = time.time()
+        limits = Limits.resolve(key.limits, Limits())
+        for shard in range(1, 48):
+            for period in periods_of(limits, now, shard):
+                assert dynamo.stores.budgets.refill(key.key_id, "req_warm", period, Decimal("0.01"))
+        throttle.write_units_per_s = HOT_KEY_WCU
+        wait_until(lambda: throttle.seconds_left() > 0.8, "a window just begun")
+        # WHEN the burst that throttled the key of one shard arrives
+        answers = burst(url, [plain] * HOT_BURST)
+        # THEN every request is admitted: its writes spread over the key's 48 partitions
+        assert Counter(answer.status for answer in answers) == {200: HOT_BURST}, [a.body for a in answers]
+        # AND no partition of the key took more than its second's units: none was throttled past a retry
+        assert sum(dynamo.throttled_on(dynamo.table).values()) <= HOT_BURST, dynamo.throttled_on(dynamo.table)
+        assert_nothing_held(dynamo.stores, key.key_id, {request_id(answer) for answer in answers}, shards=48)
