@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
@@ -40,7 +39,7 @@ from ..pricing import Pricer, highest
 from ..settings import Settings
 from ..usage import UsageRecord, refused_record
 from .budgets import Reservation, periods_of
-from .reporting import LimitsMetrics, bounded, record_not_written
+from .reporting import LimitsMetrics, bounded, record_not_written, write_later
 from .rules import (
     CONCURRENCY,
     DAILY,
@@ -68,7 +67,6 @@ logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 6
 RELEASE_BUDGET_S = 0.5  # of the admission timeout, kept for giving back what a timed-out admission took
-RELEASE_LATER_S = 600.0  # a release DynamoDB would not take in time is retried in the background this long
 
 
 class SettlesExpired(Protocol):
@@ -248,23 +246,15 @@ class Admitter:
         try:
             outcome = await bounded(self._stores.limits.release_unknown, plan, expires, until=deadline)
         except StoreUnavailable:
-            threading.Thread(target=self._release_later, args=(plan, expires), daemon=True).start()
+            write_later(
+                f"release the admission of {plan.request_id}",
+                functools.partial(self._stores.limits.release_unknown, plan, expires),
+                lambda outcome: logger.info("admission of %s released later: %s", plan.request_id, outcome),
+                "the reconciler settles it",
+            )
             return False
         logger.info("admission of %s of unknown outcome released: %s", plan.request_id, outcome)
         return True
-
-    def _release_later(self, plan: AdmissionPlan, expires_at: int) -> None:
-        give_up = time.monotonic() + RELEASE_LATER_S
-        for attempt in range(1000):
-            try:
-                outcome = self._stores.limits.release_unknown(plan, expires_at)
-                logger.info("admission of %s of unknown outcome released later: %s", plan.request_id, outcome)
-                return
-            except StoreUnavailable as exc:
-                if time.monotonic() > give_up:
-                    logger.error("could not release %s (%s); the reconciler settles it", plan.request_id, exc)
-                    return
-                time.sleep(min(5.0, 0.2 * 2**attempt))
 
     async def _expired_or_wait(self, plan: AdmissionPlan, refused: Refusal, deadline: float) -> Refusal | None:
         """A concurrency refusal: the key's earliest leases (one small Query). Expired ones are settled as `lost`
@@ -374,28 +364,13 @@ class Admitter:
             await bounded(put, until=time.monotonic() + self._settings.admission_timeout_s)
         except StoreUnavailable as exc:  # logged whole now, written after the answer (as a settlement would be)
             record_not_written(self._log, self._metrics, record.as_json(), exc)
-            threading.Thread(target=self._put_refused_later, args=(record, plan.shard), daemon=True).start()
+            write_later(  # written once: a retry that finds it there is done
+                f"write the record of refused request {record.request_id}",
+                put,
+                lambda _: logger.info("record of refused request %s written late", record.request_id),
+                "it is in the log",
+            )
         raise error
-
-    def _put_refused_later(self, record: UsageRecord, shard: int) -> None:
-        """The record of a refused request DynamoDB did not take in time (a throttled partition, an outage), written
-        from a thread after the answer until it is (a retry that finds it there is done: written once)."""
-        give_up = time.monotonic() + RELEASE_LATER_S
-        for attempt in range(1000):
-            try:
-                self._stores.usage.put_refused(record, self._settings.usage_retention_days, shard)
-                logger.info("record of refused request %s written late", record.request_id)
-                return
-            except StoreUnavailable as exc:
-                if time.monotonic() > give_up:
-                    logger.error(
-                        "record of refused request %s not written (%s); it is in the log", record.request_id, exc
-                    )
-                    return
-                time.sleep(min(5.0, 0.2 * 2**attempt))
-            except Exception:  # a thread's failure must not go unseen
-                logger.exception("writing the record of refused request %s failed", record.request_id)
-                return
 
     def _store_down(self, ctx: RequestContext, exc: StoreUnavailable, *, nothing_held: bool = True) -> Ticket:
         """DynamoDB did not decide: 503, or with RELAY_ADMISSION_FAIL_OPEN the request admitted without limits,

@@ -4,7 +4,9 @@ record DynamoDB would not take."""
 
 from __future__ import annotations
 
+import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
@@ -90,6 +92,35 @@ async def bounded(call: Callable[..., T], *args: Any, until: float) -> T:
     with anyio.move_on_after(max(0.0, until - time.monotonic())):
         return await anyio.to_thread.run_sync(call, *args, abandon_on_cancel=True)
     raise StoreUnavailable("DynamoDB did not answer in time", outcome_unknown=True)
+
+
+LATER_S = 600.0  # a write DynamoDB did not take in time is retried after the answer this long
+
+
+def write_later(what: str, write: Callable[[], T], done: Callable[[T], None], fallback: str) -> None:
+    """A write DynamoDB did not take in time, retried from a thread after the answer (on Lambda, in this environment's
+    next invocations) until it is taken, then `done` with its answer: `StoreUnavailable` again in 200 ms, doubling up
+    to 5 s, for `LATER_S`. Given up, or failing otherwise, it is logged (`what` could not be done; `fallback` says
+    what happens instead): a thread's failure must not go unseen."""
+
+    def run() -> None:
+        give_up = time.monotonic() + LATER_S
+        for attempt in itertools.count():
+            try:
+                answer = write()
+            except StoreUnavailable as exc:
+                if time.monotonic() > give_up:
+                    logger.error("could not %s (%s); %s", what, exc, fallback)
+                    return
+                time.sleep(min(5.0, 0.2 * 2**attempt))
+                continue
+            except Exception:
+                logger.exception("could not %s; %s", what, fallback)
+                return
+            done(answer)
+            return
+
+    threading.Thread(target=run, daemon=True).start()
 
 
 def record_not_written(log: Logger, metrics: LimitsMetrics, record: dict[str, Any], exc: Exception) -> None:

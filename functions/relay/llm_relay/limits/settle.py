@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -31,13 +30,11 @@ from ..settings import Settings
 from ..telemetry import LedgerNote
 from ..termination import TerminationReason
 from ..usage import UsageRecord, record_for
-from .reporting import LimitsMetrics, bounded, record_not_written
+from .reporting import LimitsMetrics, bounded, record_not_written, write_later
 from .rules import counter_id
 from .seen import SeenCounters
 
 logger = logging.getLogger(__name__)
-
-SETTLE_LATER_S = 600.0  # a settlement DynamoDB would not take in time is retried in the background this long
 
 
 class LedgerWitness(Protocol):
@@ -86,8 +83,7 @@ class Settler:
             record_not_written(self._log, self._metrics, record.as_json(), exc)
             self._note(ctx.request_id, LedgerNote("pending"))
             if settlement is not None:
-                later = (ctx, outcome, settlement)
-                threading.Thread(target=self._settle_later, args=later, daemon=True).start()
+                self._settle_later(ctx, outcome, settlement)
             return
         if not settled:
             held = await self._ledger_holds(ctx.request_id, until)
@@ -103,25 +99,15 @@ class Settler:
         this environment's next invocations) with the same client request token, so an attempt that was applied
         unseen is answered as applied, not booked twice. Refused: another party settled the request first."""
         rid = settlement.record.request_id
-        give_up = time.monotonic() + SETTLE_LATER_S
-        for attempt in range(1000):
-            try:
-                settled = self._stores.limits.settle(settlement, attempts=1)
-            except StoreUnavailable as exc:
-                if time.monotonic() > give_up:
-                    logger.error("could not settle %s (%s); the reconciler settles it as lost", rid, exc)
-                    return
-                time.sleep(min(5.0, 0.2 * 2**attempt))
-                continue
-            except Exception:  # a thread's failure must not go unseen, nor end it as an unhandled exception
-                logger.exception("settling %s later failed; the reconciler settles it as lost", rid)
-                return
-            if settled:
-                if self._witness is not None:
-                    self._witness.counted_late(ctx, outcome, settlement.record)
-            else:
+
+        def done(settled: bool) -> None:
+            if not settled:
                 self._refused_late(settlement.record, self._ledger_holds_now(rid))
-            return
+            elif self._witness is not None:
+                self._witness.counted_late(ctx, outcome, settlement.record)
+
+        settle = functools.partial(self._stores.limits.settle, settlement, attempts=1)
+        write_later(f"settle {rid}", settle, done, "the reconciler settles it as lost")
 
     async def _ledger_holds(self, request_id: str, until: float) -> LedgerNote:
         """What the ledger holds for a request whose settlement it refused (one consistent read)."""
