@@ -104,7 +104,8 @@ class Admitter:
     async def admit(self, ctx: RequestContext) -> Ticket:
         limits = self.limits_for(ctx.key.limits)
         reservation = self._reservation(ctx, limits)
-        plan = self._plan(ctx, limits, reservation)
+        shards = _shards_to_try(ctx.request_id, limits)
+        plan = self._plan(ctx, limits, reservation, shards[0])
         deadline = time.monotonic() + self._settings.admission_timeout_s
         if limits.unlimited:
             item = self._item(ctx, plan, Ticket(), None)
@@ -115,20 +116,25 @@ class Admitter:
                 return self._store_down(ctx, exc, nothing_held=given_back)
             return Ticket()
         refused: tuple[AdmissionPlan, Refusal] | None = None
-        for shard in _shards_to_try(ctx.request_id, limits):
+        for shard in shards:
             if shard != plan.shard:
                 plan = self._plan(ctx, limits, reservation, shard)
-            outcome = await self._admit_on(ctx, plan, reservation, deadline)
+            outcome = await self._admit_on(ctx, plan, reservation, deadline, limits)
             if isinstance(outcome, Ticket):
                 return outcome
             refused = (plan, outcome)
         assert refused is not None
-        await self._refuse(ctx, *refused)
+        await self._refuse(ctx, *refused, limits)
 
     async def _admit_on(
-        self, ctx: RequestContext, plan: AdmissionPlan, reservation: Reservation | None, deadline: float
+        self,
+        ctx: RequestContext,
+        plan: AdmissionPlan,
+        reservation: Reservation | None,
+        deadline: float,
+        limits: Limits,
     ) -> Ticket | Refusal:
-        """Admission on the plan's shard: the ticket, or the refusal (nothing taken)."""
+        """Admission on the plan's shard (`limits`: the key's, whole): the ticket, or the refusal (nothing taken)."""
         blocked = plan.blocked()
         if blocked:
             seen = self._seen.at(plan.counter_id, plan.window.minute)
@@ -147,7 +153,7 @@ class Admitter:
                 return self._store_down(ctx, exc, nothing_held=given_back)
             if result.admitted:
                 self._metrics.admission_attempts(attempt + 1)
-                return self._admitted(plan, reservation, self.limits_for(ctx.key.limits))
+                return self._admitted(plan, reservation, limits)
             if REQUEST in result.failures:  # released meanwhile (an earlier attempt's outcome was unknown)
                 return self._store_down(ctx, StoreUnavailable("the request was released during its admission"))
             conflicts += 1
@@ -310,13 +316,10 @@ class Admitter:
             choices=chat.n,
         )
 
-    def _plan(
-        self, ctx: RequestContext, limits: Limits, reservation: Reservation | None = None, shard: int | None = None
-    ) -> AdmissionPlan:
-        """The admission of `ctx` on one of the key's shards (default: the one its id hashes to), with that shard's
-        share of the rate and concurrency limits."""
+    def _plan(self, ctx: RequestContext, limits: Limits, reservation: Reservation | None, shard: int) -> AdmissionPlan:
+        """The admission of `ctx` on one of the key's shards, with that shard's share of the rate and concurrency
+        limits."""
         now = self._clock()
-        shard = _shards_to_try(ctx.request_id, limits)[0] if shard is None else shard
         prev = self._seen.at(counter_id(ctx.key.key_id, shard), Window.at(now).minute - 1)
         chat = ctx.chat
         reserve = reserve_tokens(ctx.prompt.estimate, chat.max_completion_tokens or chat.max_tokens, chat.n)
@@ -341,7 +344,7 @@ class Admitter:
         headers = scaled_headers(_headers(plan, seen.low_requests, seen.low_tokens), limits)
         return replace(_grant(plan), headers=headers, budget=reservation)
 
-    async def _refuse(self, ctx: RequestContext, plan: AdmissionPlan, refused: Refusal) -> NoReturn:
+    async def _refuse(self, ctx: RequestContext, plan: AdmissionPlan, refused: Refusal, limits: Limits) -> NoReturn:
         """Answer 429 (after recording the refused request); never returns."""
         seen = self._seen.at(plan.counter_id, plan.window.minute)
         cur_r = refused.cur_requests if refused.cur_requests is not None else seen.low_requests
@@ -350,7 +353,7 @@ class Admitter:
         error = RateLimited(refusal_message(refused, plan.limits, plan.reserve, plan.reserve_usd), code=refused.code)
         error.rejection = "budget_exceeded" if refused.code == "budget_exceeded" else "rate_limited"
         headers = _headers(fixed, max(cur_r, seen.low_requests), max(cur_t, seen.low_tokens))
-        error.headers.update(scaled_headers(headers, self.limits_for(ctx.key.limits)))
+        error.headers.update(scaled_headers(headers, limits))
         if refused.retry_after_ms is not None:
             error.headers["retry-after"] = str(retry_after_s(refused.retry_after_ms))
             error.headers["retry-after-ms"] = str(refused.retry_after_ms)
