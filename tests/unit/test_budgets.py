@@ -163,3 +163,14 @@ def test_settlement_swaps_the_reservation_for_the_cost_and_release_does_the_same
     ops = release_ops("t", "rk_a", NOW, Decimal("0.00003"))
     assert [op["Update"]["Key"]["sk"]["S"] for op in ops] == ["SPEND#D#2023-11-14", "SPEND#M#2023-11"]
     assert ops[0]["Update"]["ExpressionAttributeValues"][":unreserve"] == {"N": "-0.00003"}
+
+
+def test_a_shards_budget_periods_count_the_keys_shards_not_its_shares() -> None:
+    # GIVEN a key of 8 shards whose rpm leaves each shard a share of 5 (a share's own count would cut it to 5)
+    key = Limits(rpm=40, daily_budget_usd=Decimal(32), shards=8)
+    share = key.for_shard(3)
+    assert share.rpm == 5 and share.shard_count == 5
+    # THEN the periods admission holds on shard 3 are those of 8 shards: blocks of the budget / (8 * 4)
+    day, _ = periods_of(share, NOW, 3, key.shard_count)
+    assert (day.shard, day.shards, day.item) == (3, 8, day.period + "#3")
+    assert day.block(Decimal("0.01")) == Decimal(1)

@@ -79,7 +79,7 @@ class LimitsStore(TableStore):
             parts.append((PREV, self._prev_check(plan, key)))
         if limits.max_concurrent is not None:
             parts.append((CONCURRENCY, self._lease_update(plan, key)))
-        for period in periods_of(limits, plan.spend_at, plan.shard):
+        for period in periods_of(limits, plan.spend_at, plan.shard, plan.shards):
             part = DAILY if period.limit == "daily_budget_usd" else MONTHLY
             parts.append((part, reserve_op(self.table_name, plan.key_id, period, plan.reserve_usd)))
         return parts

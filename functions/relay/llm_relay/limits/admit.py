@@ -230,7 +230,7 @@ class Admitter:
         has no room left (a refusal). DynamoDB not answering is a 503 (or, failing open, the request admitted without
         limits: its `Ticket`), as for the admission itself; a block given all the same only leaves the shard headroom
         for later."""
-        for period in periods_of(plan.limits, plan.spend_at, plan.shard):
+        for period in periods_of(plan.limits, plan.spend_at, plan.shard, plan.shards):
             part = DAILY if period.limit == "daily_budget_usd" else MONTHLY
             if part not in failed or period.budget is None:
                 continue
@@ -335,6 +335,7 @@ class Admitter:
             reserve_usd=reservation.usd if reservation is not None else Decimal(0),
             spend_epoch=ctx.started_epoch,
             shard=shard,
+            shards=limits.shard_count,
         )
 
     def _admitted(self, plan: AdmissionPlan, reservation: Reservation | None, limits: Limits) -> Ticket:

@@ -71,12 +71,12 @@ def shard_period(period: str, shard: int) -> str:
     return period if shard == 0 else f"{period}#{shard}"
 
 
-def periods_of(limits: Limits, now_s: float, shard: int = 0) -> tuple[BudgetPeriod, ...]:
-    """The day and month of a request admitted at `now_s`, on the key's `shard`, if the key has a budget at all (else
-    none)."""
+def periods_of(limits: Limits, now_s: float, shard: int = 0, shards: int | None = None) -> tuple[BudgetPeriod, ...]:
+    """The day and month of a request admitted at `now_s`, on the key's `shard` of `shards` (default: the limits' own
+    count; a shard's share of the limits passes the key's), if the key has a budget at all (else none)."""
     if limits.daily_budget_usd is None and limits.monthly_budget_usd is None:
         return ()
-    periods, count = SpendPeriods.at(now_s), limits.shard_count
+    periods, count = SpendPeriods.at(now_s), limits.shard_count if shards is None else shards
     return (
         BudgetPeriod("daily_budget_usd", periods.day, limits.daily_budget_usd, shard, count),
         BudgetPeriod("monthly_budget_usd", periods.month, limits.monthly_budget_usd, shard, count),

@@ -365,6 +365,7 @@ class AdmissionPlan:
     reserve_usd: Decimal = Decimal(0)  # the budget reservation: the request's worst case before its next extension
     spend_epoch: float | None = None  # when the request started: the day and month its spend belongs to
     shard: int = 0  # which of the key's shards the rate and concurrency parts take from (`limits` is its share)
+    shards: int = 1  # how many the key has in force (its share's own count is not the key's)
 
     @property
     def counter_id(self) -> str:
