@@ -13,7 +13,7 @@ SAM := SAM_CLI_TELEMETRY=0 $(SAM_VENV)/bin/sam
 EVENT ?= events/chat-streamed.json
 INVOKE_DEV_KEY ?= lr-dev-local-key
 
-.PHONY: dev dynamodb test lint typecheck unit bench clean sam build invoke prices bench-lambda bench-kinds bench-scale docs docs-build docs-reference
+.PHONY: dev dynamodb test lint typecheck unit bench clean sam build invoke prices bench-lambda bench-kinds bench-scale bench-browser docs docs-build docs-reference
 
 # constraints.txt pins every package (`pip freeze` of a working .venv), so CI installs what was tested.
 $(BIN)/.installed: pyproject.toml constraints.txt
@@ -56,8 +56,10 @@ docs-build: $(BIN)/.installed ## check the generated pages, then build the site 
 unit: $(BIN)/.installed
 	$(BIN)/pytest tests/unit -q
 
+# The tests spread over one process per core (at most 4), a file's tests together (tests/conftest.py): most of them
+# wait on servers and subprocesses, so two processes on two cores take about 60 % of the time one does.
 test: lint typecheck docs-build sam ## lint, types, the documentation site, then every test (tests/packaging runs sam validate --lint and sam build)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --numprocesses auto --maxprocesses 4 --dist loadgroup
 
 bench: $(BIN)/.installed ## relay vs direct, 1 and 50 concurrent streams (not part of `make test`)
 	$(BIN)/python -m bench.run
@@ -67,6 +69,9 @@ bench-kinds: $(BIN)/.installed ## what each kind of upstream (openai, ollama, nd
 
 bench-scale: $(BIN)/.installed ## the limits at 1,000 requests/s for one key and 10,000 in all, on a local DynamoDB that throttles as DynamoDB does (time scaled; not part of `make test`)
 	$(BIN)/python -m bench.scale
+
+bench-browser: $(BIN)/.installed ## a long streamed markdown answer in headless Chromium: frames/s and long tasks, client + renderer against a naive consumer (not part of `make test`)
+	$(BIN)/python -m bench.browser_rendering
 
 bench-lambda: $(BIN)/.installed sam ## sam build, then the artifact at 256/512/1024/1769 MB CPU shares (root: cgroup quota; not part of `make test`); figures in bench/results/runs/ (git-ignored)
 	$(SAM) build --build-dir .aws-sam/bench-lambda --cache-dir .aws-sam/bench-lambda-cache

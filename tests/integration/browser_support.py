@@ -1,39 +1,28 @@
-"""Headless Chromium for the browser tests: Debian's `chromium` and `chromium-driver` driven by Selenium; a test
-that asks for one skips, saying what to install, where they are missing."""
+"""Headless Chromium for the browser tests (llm_relay_dev.browser); a test that asks for one skips, saying what to
+install, where Chromium or its driver is missing."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import pytest
 
+from llm_relay_dev import browser
+
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
-
-BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
 
 
 @contextmanager
 def chromium() -> Iterator[WebDriver]:
     """A headless Chromium, quit on exit; skips the test where Chromium or its driver is missing."""
-    if BROWSER is None or DRIVER is None:
-        pytest.skip("no Chromium here: install Debian's chromium and chromium-driver (.ci/run does) to run this test")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = BROWSER
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,1100"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)
     try:
-        yield driver
-    finally:
-        driver.quit()
+        with browser.chromium() as driver:
+            yield driver
+    except browser.BrowserMissing as missing:
+        pytest.skip(str(missing))
 
 
 def element_text(browser: WebDriver, element_id: str) -> str:

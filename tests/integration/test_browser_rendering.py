@@ -1,13 +1,11 @@
 """The browser client and its renderer in headless Chromium against `make dev`'s entry point, its mock upstream
-streaming a markdown document fast (a few characters a chunk, 1 ms apart).
-
-Measured in one page, one consumer after the other (browser_rendering_harness.js): the browser client + renderer.js,
-then the naive consumer (every token re-renders the whole accumulated markdown with the same markdown-it + DOMPurify
-and scrolls to the bottom, on the main thread), each at about 20,000 and 100,000 characters. The renderer runs
-first: the naive runs leave a heap of garbage whose collection would land in whatever is measured next. The naive
-consumer would need minutes for either document (its work per token grows with the answer), so it runs under a time
-cap and reports how far it got. Then what a user sees in the demo page: model output that tries to inject HTML stays
-text, and Stop, a retried 503 and a client timeout each end in their visible state."""
+streaming a 20,000-character markdown document fast (4 characters a chunk, 1 ms apart), through the page script
+of llm_relay_dev.browser: the whole answer shows, as the same markdown-it + DOMPurify render it in one piece, and
+the work stays linear in the answer (at most one render a frame; a render is given the open block, never the whole
+answer). What that work costs in frames and long tasks is timing, which a loaded machine would fail by luck:
+`make bench-browser` measures it, against a naive consumer (bench/browser_rendering.py). Then what a user sees in
+the demo page: model output that tries to inject HTML stays text, and Stop, a retried 503 and a client timeout each
+end in their visible state."""
 
 from __future__ import annotations
 
@@ -21,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from llm_relay_dev.browser import stream_markdown
 from llm_relay_dev.mock_markdown import markdown_document
 from tests.integration.browser_support import chromium, element_text
 from tests.integration.devserver_support import DevServer, dev_server
@@ -29,16 +28,11 @@ from tests.waiting import wait_until
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
 
-HARNESS = Path(__file__).with_name("browser_rendering_harness.js").read_text(encoding="utf-8")
 RENDERER_TESTS = Path(__file__).resolve().parents[2] / "clients" / "browser" / "renderer.test.mjs"
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-# (characters, characters a chunk): 20,000 in 4-character deltas, 100,000 in 10-character ones (10,000 chunks
-# 1 ms apart, about 12 s), so the whole file stays near a minute.
-SIZES = ((20_000, 4), (100_000, 10))
-NAIVE_CAP_MS = {20_000: 6_000, 100_000: 4_000}
-FRAMES_PER_S = 50
-LONGEST_TASK_MS = 50
-COMPLETE_AFTER_LAST_BYTE_MS = 500
+CHARS = 20_000
+# The longest source one render may be given: the document's blocks (a table, a code fence) are 400 to 600
+# characters; a consumer that renders the whole answer gives it the whole 20,000.
+LONGEST_RENDER = 2_000
 
 
 def test_the_renderers_node_tests_pass() -> None:
@@ -63,53 +57,20 @@ def browser() -> Iterator[WebDriver]:
         yield driver
 
 
-def _measure(browser: WebDriver, dev: DevServer, consumer: str, chars: int, chunk_chars: int) -> dict[str, Any]:
-    mock = {"markdown": chars, "chunk_chars": chunk_chars, "chunk_delay_ms": 1, "ttft_ms": 5}
-    cap = NAIVE_CAP_MS[chars] if consumer == "naive" else 0
-    args = {"consumer": consumer, "key": dev.key, "mock": mock, "document": markdown_document(chars), "capMs": cap}
-    result: dict[str, Any] = browser.execute_async_script(HARNESS, args)
-    assert "error" not in result, result.get("error")
-    return result
-
-
-def _row(chars: int, result: dict[str, Any]) -> str:
-    done = (
-        f"capped at {NAIVE_CAP_MS[chars] / 1000:.0f} s with {result['receivedChars']:,} of {chars:,}+ characters"
-        if result["capped"]
-        else f"{result['completeAfterLastByteMs']:.0f} ms"
-    )
-    return (
-        f"| {result['consumer']} | {chars:,} | {result['fps']:.1f} | {result['longestTaskMs']:.0f} "
-        f"| {len(result['longTasks'])} | {done} |"
-    )
-
-
-def test_a_long_markdown_answer_renders_smoothly_and_completely(dev: DevServer, browser: WebDriver) -> None:
-    # GIVEN the demo page (its modules loaded) and the mock streaming markdown documents
+def test_a_long_markdown_answer_renders_completely_with_linear_work(dev: DevServer, browser: WebDriver) -> None:
+    # GIVEN the demo page (its modules loaded) and the mock streaming a markdown document in 5,000 chunks
     browser.get(f"{dev.url}/")
-    # WHEN each consumer renders each document, the renderer first
-    results = [(chars, _measure(browser, dev, "renderer", chars, size)) for chars, size in SIZES]
-    results += [(chars, _measure(browser, dev, "naive", chars, size)) for chars, size in SIZES]
-    table = ["| consumer | characters | frames/s | longest task (ms) | long tasks | text complete after last byte |"]
-    table += ["|---|---|---|---|---|---|"] + [_row(chars, result) for chars, result in results]
-    print("\n" + "\n".join(table))
-    ARTIFACTS.mkdir(exist_ok=True)
-    figures = [
-        {k: v for k, v in r.items() if k not in ("received", "text", "html", "referenceText", "referenceHtml")}
-        for _, r in results
-    ]
-    (ARTIFACTS / "browser-rendering.json").write_text(json.dumps(figures, indent=2), encoding="utf-8")
-    # THEN the client + renderer kept the page responsive and showed the whole answer at once after its last byte
-    for chars, result in results[: len(SIZES)]:
-        assert result["termination"] == "stop" and result["received"] == markdown_document(chars)
-        assert result["longestTaskMs"] <= LONGEST_TASK_MS, (chars, result["longTasks"])
-        assert result["fps"] >= FRAMES_PER_S, (chars, result["fps"])
-        assert result["completeAfterLastByteMs"] <= COMPLETE_AFTER_LAST_BYTE_MS, (chars, result)
-        # AND its text (and HTML) is what the naive consumer shows once it rendered the whole answer
-        assert result["text"] == result["referenceText"] and result["html"] == result["referenceHtml"]
-    # AND the naive consumer, for scale, fell behind at once
-    for _, result in results[len(SIZES) :]:
-        assert result["capped"] and result["longestTaskMs"] > LONGEST_TASK_MS
+    document = markdown_document(CHARS)
+    mock = {"markdown": CHARS, "chunk_chars": 4, "chunk_delay_ms": 1, "ttft_ms": 5}
+    # WHEN the browser client + renderer show it as it arrives
+    result = stream_markdown(browser, dev.key, "renderer", document, mock)
+    # THEN the whole answer arrived and shows as the whole document rendered in one piece
+    assert result["termination"] == "stop" and result["received"] == document
+    assert result["text"] == result["referenceText"] and result["html"] == result["referenceHtml"]
+    # AND it rendered at most once a frame (or once per 50 pieces buffered between frames), plus the final render
+    assert result["shows"] <= result["framesWhileStreaming"] + result["pushes"] // 50 + 2, result
+    # AND no render was given more than an open block: the work per frame does not grow with the answer
+    assert result["longestRender"] <= LONGEST_RENDER, result
 
 
 def _send(browser: WebDriver, mock: dict[str, Any], client: dict[str, Any] | None = None) -> None:

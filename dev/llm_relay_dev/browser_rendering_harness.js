@@ -1,11 +1,14 @@
-// Run in the demo page by tests/integration/test_browser_rendering.py (Selenium's execute_async_script): stream
-// the mock's markdown document through one consumer and measure the main thread while it arrives.
+// Run in the demo page by llm_relay_dev.browser.stream_markdown (Selenium's execute_async_script), for
+// tests/integration/test_browser_rendering.py and bench/browser_rendering.py: stream the mock's markdown document
+// through one consumer and measure the main thread while it arrives.
 //   consumer "renderer": the browser client (defaults: decoding worker, 16 ms delivery batches) + renderer.js
 //   consumer "naive":    every token re-renders the whole accumulated markdown (the same markdown-it + DOMPurify)
 //                        and scrolls to the bottom, on the main thread (client with chunkThrottle 0, no worker)
 // Long tasks come from a PerformanceObserver ("longtask"), frames from counting requestAnimationFrame callbacks
 // between the first and the last token. The last byte is the stream's Resource Timing responseEnd (stamped by the
 // network stack, so a busy main thread does not delay it); the text is complete when the last render is done.
+// And the work, which a loaded machine changes only by having fewer frames: how often the consumer rendered
+// (renderer.js: `onRender`), how many markdown-it renders that took and the longest source one of them was given.
 const [args, report] = [arguments[0], arguments[arguments.length - 1]];
 
 (async () => {
@@ -54,12 +57,25 @@ const [args, report] = [arguments[0], arguments[arguments.length - 1]];
   let received = "";
   let view = null;
   let naiveSource = "";
+  const work = { shows: 0, pushes: 0, renders: 0, renderedChars: 0, longestRender: 0 };
+  const counted = {
+    render: (source) => {
+      work.renders += 1;
+      work.renderedChars += source.length;
+      work.longestRender = Math.max(work.longestRender, source.length);
+      return markdown.render(source);
+    },
+    sanitize: markdown.sanitize,
+  };
   const naive = (text) => {
     naiveSource += text;
-    box.innerHTML = markdown.sanitize(markdown.render(naiveSource));
+    work.shows += 1;
+    box.innerHTML = counted.sanitize(counted.render(naiveSource));
     box.scrollTop = box.scrollHeight;
   };
-  if (args.consumer === "renderer") view = createRenderer(box, { markdown });
+  if (args.consumer === "renderer") {
+    view = createRenderer(box, { markdown: counted, onRender: () => { work.shows += 1; } });
+  }
 
   const clientOptions = args.consumer === "renderer" ? {} : { chunkThrottle: 0, worker: false };
   const relay = createRelayClient({ ...clientOptions, baseUrl: location.origin, apiKey: args.key });
@@ -76,6 +92,7 @@ const [args, report] = [arguments[0], arguments[arguments.length - 1]];
         return;
       }
       received += text;
+      work.pushes += 1;
       if (view) view.push(text);
       else naive(text);
     },
@@ -102,6 +119,8 @@ const [args, report] = [arguments[0], arguments[arguments.length - 1]];
     receivedChars: received.length,
     received,
     fps,
+    framesWhileStreaming: during.length,
+    ...work,
     longestTaskMs: windowed.reduce((m, e) => Math.max(m, e.duration), 0),
     longTasks: windowed.map((e) => ({ at: Math.round(e.startTime - firstToken), ms: e.duration })),
     streamingMs: lastToken - firstToken,
