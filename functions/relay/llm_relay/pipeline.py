@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import math
+import operator
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -33,6 +34,7 @@ from .auth import Authenticator
 from .cancel_signal import CancelSignal
 from .cancellation import CancelRegistry
 from .chat_request import ChatRequest
+from .durations import server_timing
 from .dynamo import RequestStore
 from .errors import (
     InvalidRequest,
@@ -69,6 +71,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+# What a streamed response's Server-Timing header times, in order: the key's authentication; reading, validating
+# and gating the body and routing it; admission (limits, budgets, the ledger's record); the upstream's answer to
+# the request (its headers, retries and fallbacks included).
+PHASES = ("auth", "parse", "admit", "upstream")
 
 
 class Pipeline:
@@ -111,14 +117,20 @@ class Pipeline:
     async def relay(self, request: Request, api: Api) -> Response:
         """A request in one of the APIs the relay speaks (`apis`), relayed as a chat completion and answered in the
         API's own shape: its stream of events, or one JSON body."""
+        marks = [time.monotonic()]  # the end of each phase before the first byte, for Server-Timing
         key = await self._auth.authenticate(request.headers)
+        marks.append(time.monotonic())
         ctx = await self._parse(request, key, api)
         plan = await self._plan(ctx)
         ctx = replace(ctx, billed_as=plan.billed_as)  # what admission reserves for: every model that may answer
+        marks.append(time.monotonic())
         ctx, cancel = await self.admit_cancellable(ctx)
+        marks.append(time.monotonic())
         # renewed from admission on (no progress before the stream); held at most as long as admission made it
         lease = self.leases.track(ctx.request_id, no_checkpoint, since=ctx.started_epoch)
         opened = await self._open_upstream(ctx, plan, cancel, request.receive)
+        marks.append(time.monotonic())
+        timing = server_timing(zip(PHASES, map(operator.sub, marks[1:], marks), strict=True))
         streamed = ctx.mode != "json"
         framing = api.framing(ctx.request_id, ctx.chat.model, int(ctx.started_epoch)) if streamed else None
         try:
@@ -134,6 +146,7 @@ class Pipeline:
                 budget=self._admission.budget_guard(ctx),
                 gate=self._output_gate(ctx),
                 lease=lease,
+                timing=timing,
             )
         except BaseException:  # the stream that would have finalized it never started: finalize it here
             await self._abandon(ctx, opened)

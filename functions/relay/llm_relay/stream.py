@@ -82,8 +82,10 @@ class RelayStream(Response):
         budget: BudgetGuard | None = None,
         gate: OutputGate | None = None,
         lease: Lease | None = None,
+        timing: str = "",
     ) -> None:
         super().__init__()
+        self._timing = timing  # the Server-Timing header (durations.server_timing), "" for none
         self._lease = lease  # None: no lease to stay within (a test's stream)
         self.ctx = ctx
         self._opened = opened
@@ -551,6 +553,8 @@ class RelayStream(Response):
     async def _start(self, status: int, media_type: str, extra: dict[str, str] | None = None) -> None:
         self._started = True
         headers = {**(self.ctx.ticket.headers if self.ctx.ticket else {}), **(extra or {}), "content-type": media_type}
+        if self._timing:
+            headers["server-timing"] = self._timing
         if self._framing is not None:
             headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
         await self._raw_send(
