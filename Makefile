@@ -73,7 +73,7 @@ bench-scale: $(BIN)/.installed ## the limits at 1,000 requests/s for one key and
 bench-browser: $(BIN)/.installed ## a long streamed markdown answer in headless Chromium: frames/s and long tasks, client + renderer against a naive consumer (not part of `make test`)
 	$(BIN)/python -m bench.browser_rendering
 
-bench-lambda: $(BIN)/.installed sam ## sam build, then the artifact at 256/512/1024/1769 MB CPU shares (root: cgroup quota; not part of `make test`); figures in bench/results/runs/ (git-ignored)
+bench-lambda: $(BIN)/.installed sam ## sam build, then the artifact beside the required stack alone, with no quota and at 256/512/1024/1769 MB CPU shares, and the cost table (root: cgroup quota; not part of `make test`); figures in bench/results/runs/ (git-ignored)
 	$(SAM) build --build-dir .aws-sam/bench-lambda --cache-dir .aws-sam/bench-lambda-cache
 	$(BIN)/python -m bench.lambda_profile --build .aws-sam/bench-lambda
 

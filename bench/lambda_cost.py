@@ -1,5 +1,6 @@
-"""The pure half of `make bench-lambda`: CPU share of a memory size, Lambda cost, medians and the report table.
-No I/O, so it is unit-tested (tests/unit/test_bench_lambda_cost.py); bench/lambda_profile.py measures."""
+"""The pure half of `make bench-lambda`: CPU share of a memory size, Lambda cost (streams and billed init under
+two models of the init's CPU), the recommended memory size, medians and the report tables. No I/O, so it is
+unit-tested (tests/unit/test_bench_lambda_cost.py); bench/lambda_profile.py measures."""
 
 from __future__ import annotations
 
@@ -43,6 +44,13 @@ def stream_cost_usd(memory_mb: int, streams: int = 1000, seconds: float = 60.0) 
     return (gb_seconds * ARM64_USD_PER_GB_SECOND + requests).quantize(Decimal("0.0001"))
 
 
+def init_cost_usd(memory_mb: int, init_s: float, cold_starts: int = 1000) -> Decimal:
+    """What `cold_starts` inits of `init_s` each are billed (zip functions on demand: the init phase is billed as
+    duration at the function's memory size since 2025-08-01)."""
+    gb_seconds = Decimal(cold_starts) * Decimal(str(init_s)) * Decimal(memory_mb) / Decimal(1024)
+    return (gb_seconds * ARM64_USD_PER_GB_SECOND).quantize(Decimal("0.0001"))
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -59,6 +67,50 @@ class SizeResult:
     duration_ratio: float  # single stream, relay / direct, p50
     peak_rss_mb: float  # the relay process over one long stream (VmHWM)
     ready_ratio: float  # median over trials of relay / bare, each pair measured back to back
+    floor_ready_s: float  # the required stack alone (bench/floor_app.py)
+    floor_ratio: float  # median over trials of relay / floor, back to back
+    warm_ttft_ms: float  # the same request as the first one, on a warm relay under the same share
+    boosted_first_ttft_ms: float  # the first request under the share after an init with no quota (boosted model)
+
+
+@dataclass(frozen=True)
+class Unthrottled:
+    """Ready times with no CPU quota: the whole machine (2 vCPUs here), as on-demand Lambda is widely observed to
+    run the init phase whatever the memory size (the boosted init model)."""
+
+    floor_ready_s: float
+    relay_ready_s: float
+    floor_ratio: float
+
+
+# What keeps the relay invisible at a memory size, for the recommendation: the first request after a (boosted)
+# cold start within FIRST_REQUEST_MS of a warm one, and within WORST_FIRST_REQUEST_MS where init is not boosted
+# (a share so small that the first request waits for the quota's next period, 256 MB, fails it); a warm stream's
+# TTFT overhead (relay minus direct) within STREAM_TTFT_MS of the largest size's, and its duration ratio within
+# STREAM_DURATION of it; the relay's peak memory (with the adapter's stand-in) within MEMORY_HEADROOM of the size.
+FIRST_REQUEST_MS = 30.0
+WORST_FIRST_REQUEST_MS = 60.0
+STREAM_TTFT_MS = 10.0
+STREAM_DURATION = 0.02
+MEMORY_HEADROOM = 0.75
+
+
+def invisible(result: SizeResult, largest: SizeResult) -> bool:
+    """Whether a user would see nothing of the relay at this size that they would not see at the largest."""
+    return (
+        result.boosted_first_ttft_ms <= result.warm_ttft_ms + FIRST_REQUEST_MS
+        and result.first_ttft_ms <= result.warm_ttft_ms + WORST_FIRST_REQUEST_MS
+        and result.ttft_overhead_ms <= largest.ttft_overhead_ms + STREAM_TTFT_MS
+        and result.duration_ratio <= largest.duration_ratio + STREAM_DURATION
+        and result.peak_rss_mb + ADAPTER_RSS_STAND_IN_MB <= MEMORY_HEADROOM * result.memory_mb
+    )
+
+
+def recommended_memory_mb(results: list[SizeResult]) -> int:
+    """The cheapest size at which the relay is invisible (the largest measured when none is)."""
+    largest = max(results, key=lambda r: r.memory_mb)
+    fits = [r.memory_mb for r in results if invisible(r, largest)]
+    return min(fits) if fits else largest.memory_mb
 
 
 def paired_ratio(relay: list[float], bare: list[float]) -> float:
@@ -68,22 +120,49 @@ def paired_ratio(relay: list[float], bare: list[float]) -> float:
 
 
 def format_table(results: list[SizeResult]) -> str:
-    """The Markdown table docs/benchmarks.md shows."""
+    """The start-up and streaming table docs/benchmarks.md shows."""
     lines = [
-        "| memory (CPU share) | bare app ready | relay ready | ratio | first-request TTFT | 1-stream TTFT overhead "
-        f"| duration vs direct | peak RSS (+{ADAPTER_RSS_STAND_IN_MB:.0f} MB adapter stand-in) "
-        "| 1,000 one-minute streams |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| memory (CPU share) | bare app ready | floor ready | relay ready | relay / floor | first-request TTFT "
+        f"| warm TTFT | 1-stream TTFT overhead | duration vs direct | peak RSS (+{ADAPTER_RSS_STAND_IN_MB:.0f} MB "
+        "adapter stand-in) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r.memory_mb} MB ({cpu_share(r.memory_mb):.0%}) | {r.bare_ready_s:.2f} s | {r.relay_ready_s:.2f} s "
-            f"| {r.ready_ratio:.1f}x | {r.first_ttft_ms:.0f} ms | {r.ttft_overhead_ms:+.1f} ms "
-            f"| {r.duration_ratio:.3f}x | {r.peak_rss_mb:.0f} + {ADAPTER_RSS_STAND_IN_MB:.0f} = "
-            f"{r.peak_rss_mb + ADAPTER_RSS_STAND_IN_MB:.0f} MB | ${stream_cost_usd(r.memory_mb)} |"
+            f"| {r.memory_mb} MB ({cpu_share(r.memory_mb):.0%}) | {r.bare_ready_s:.2f} s | {r.floor_ready_s:.2f} s "
+            f"| {r.relay_ready_s:.2f} s | {r.floor_ratio:.2f}x | {r.first_ttft_ms:.0f} ms | {r.warm_ttft_ms:.0f} ms "
+            f"| {r.ttft_overhead_ms:+.1f} ms | {r.duration_ratio:.3f}x | {r.peak_rss_mb:.0f} + "
+            f"{ADAPTER_RSS_STAND_IN_MB:.0f} = {r.peak_rss_mb + ADAPTER_RSS_STAND_IN_MB:.0f} MB |"
+        )
+    return "\n".join(lines)
+
+
+def format_cost_table(results: list[SizeResult], unthrottled: Unthrottled) -> str:
+    """What a user pays at each size: 1,000 streams of 10 s and of 60 s (billed as long as they run, the relay's
+    measured duration ratio included), and 1,000 cold starts' billed init under the two init models."""
+    lines = [
+        "| memory | 1,000 streams of 10 s | 1,000 streams of 60 s | init, boosted (measured at full machine) "
+        "| init, not boosted (measured at the share) | 1,000 inits billed, boosted / not boosted "
+        "| first request after a cold start over warm, boosted / not boosted |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        ten = stream_cost_usd(r.memory_mb, seconds=10 * r.duration_ratio)
+        sixty = stream_cost_usd(r.memory_mb, seconds=60 * r.duration_ratio)
+        boosted = init_cost_usd(r.memory_mb, unthrottled.relay_ready_s)
+        throttled = init_cost_usd(r.memory_mb, r.relay_ready_s)
+        lines.append(
+            f"| {r.memory_mb} MB | ${ten} | ${sixty} | {unthrottled.relay_ready_s:.2f} s | {r.relay_ready_s:.2f} s "
+            f"| ${boosted} / ${throttled} | {r.boosted_first_ttft_ms - r.warm_ttft_ms:+.0f} / "
+            f"{r.first_ttft_ms - r.warm_ttft_ms:+.0f} ms |"
         )
     lines.append(
         f"\nPrice: ${ARM64_USD_PER_GB_SECOND} per GB-second + ${USD_PER_MILLION_REQUESTS} per million "
-        f"requests ({PRICE_SOURCE}, as of {PRICE_DATE})."
+        f"requests ({PRICE_SOURCE}, as of {PRICE_DATE}); init billed as duration at the memory size. Recommended "
+        f"MemorySize: {recommended_memory_mb(results)} MB: the cheapest size with the first request after a boosted "
+        f"init within {FIRST_REQUEST_MS:g} ms of a warm one (within {WORST_FIRST_REQUEST_MS:g} ms after an init not "
+        f"boosted), a warm stream's TTFT overhead within {STREAM_TTFT_MS:g} "
+        f"ms and its duration ratio within {STREAM_DURATION:g} of the largest size's, and the peak memory within "
+        f"{MEMORY_HEADROOM:.0%} of the size."
     )
     return "\n".join(lines)

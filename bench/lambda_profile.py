@@ -7,10 +7,14 @@ Lambda conditions, imitated: CPython 3.12 (the runtime) without site-packages, t
 3.12 standing in for the runtime's, and the memory size's CPU share imposed by a cgroup CPU quota (one vCPU at
 1,769 MB). Needs root for the quota; without it, says so and prints no figures.
 
-Per size, paired trials (bare app, then relay, alternating): process start to /healthz 200, and the relay's first
-request's TTFT right after its cold start; then, on a warm relay under the same quota, single streams against
+First with no quota (the whole machine: the boosted init model, on-demand Lambda's init phase with about two
+vCPUs), then per size, trials of the bare app, the floor (bench/floor_app.py: the required stack alone) and the
+relay back to back, the order rotating: process start to /healthz 200, and the relay's first request's TTFT right
+after its cold start; the same first request after an init with no quota (moved into the share once ready: the
+boosted model); then, on a warm relay under the same quota, the same request's warm TTFT, single streams against
 direct, and the peak RSS of one long stream. The mock upstream and the local DynamoDB run in their own processes
-outside the quota. Prints the table (bench/lambda_cost.py) and writes the figures to a new file under
+outside the quota. Prints the tables (bench/lambda_cost.py: start-up and streaming, then what a user pays with
+the recommended memory size) and writes the figures to a new file under
 bench/results/runs/, which git ignores, and says which: a run never shows the clone as modified. The committed
 bench/results/lambda.json is the reference docs/benchmarks.md's table was taken from; `--out bench/results/lambda.json`
 replaces it on purpose.
@@ -28,7 +32,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
@@ -52,10 +56,10 @@ def compile_312(python312: str, folder: Path) -> None:
     )
 
 
-def prepare(python312: str, work: Path) -> tuple[Path, Path]:
-    """The runtime SDK stand-in and the bare app, both compiled by 3.12 like the artifact."""
-    sdk, bare = work / "runtime-sdk", work / "bare-app"
-    for folder in (sdk, bare):
+def prepare(python312: str, work: Path) -> tuple[Path, Path, Path]:
+    """The runtime SDK stand-in, the bare app and the floor app, compiled by 3.12 like the artifact."""
+    sdk, bare, floor = work / "runtime-sdk", work / "bare-app", work / "floor-app"
+    for folder in (sdk, bare, floor):
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
     site = Path(httpx.__file__).resolve().parent.parent
@@ -63,16 +67,31 @@ def prepare(python312: str, work: Path) -> tuple[Path, Path]:
         source = site / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, sdk / name)
     shutil.copy(ROOT / "bench" / "bare_app.py", bare / "bare_app.py")
-    for folder in (sdk, bare):
+    shutil.copy(ROOT / "bench" / "floor_app.py", floor / "floor_app.py")
+    for folder in (sdk, bare, floor):
         for cache in folder.rglob("__pycache__"):
             shutil.rmtree(cache, ignore_errors=True)
         compile_312(python312, folder)
-    return sdk, bare
+    return sdk, bare, floor
+
+
+@dataclass(frozen=True)
+class Quota:
+    """A cgroup holding a memory size's CPU share: `enter` is the pre-exec hook that starts a child in it, `move`
+    puts a running process in it (an init that ran unthrottled, then requests under the share)."""
+
+    procs: Path
+
+    def enter(self) -> None:
+        self.move(os.getpid())
+
+    def move(self, pid: int) -> None:
+        self.procs.write_text(str(pid))
 
 
 @contextmanager
-def cpu_quota(memory_mb: int) -> Iterator[Callable[[], None]]:
-    """A cgroup holding the memory size's CPU share; yields the pre-exec hook that moves a child into it."""
+def cpu_quota(memory_mb: int) -> Iterator[Quota]:
+    """A cgroup holding the memory size's CPU share, removed on exit."""
     name = f"llm-relay-bench-{memory_mb}-{os.getpid()}"
     if (CGROUP_V2 / "cgroup.controllers").exists():
         group = CGROUP_V2 / name
@@ -83,14 +102,8 @@ def cpu_quota(memory_mb: int) -> Iterator[Callable[[], None]]:
         group.mkdir()
         (group / "cpu.cfs_period_us").write_text(str(lambda_cost.CFS_PERIOD_US))
         (group / "cpu.cfs_quota_us").write_text(str(lambda_cost.cfs_quota_us(memory_mb)))
-    procs = str(group / "cgroup.procs")
-
-    def enter() -> None:
-        with open(procs, "w") as handle:
-            handle.write(str(os.getpid()))
-
     try:
-        yield enter
+        yield Quota(group / "cgroup.procs")
     finally:
         group.rmdir()
 
@@ -105,14 +118,20 @@ def quota_unavailable() -> str | None:
 
 
 class Launcher:
-    """Starts the bare app or the relay from the artifact, under a quota, and times it to /healthz 200."""
+    """Starts the bare app, the floor or the relay from the artifact, under a quota, and times it to /healthz 200."""
 
-    def __init__(self, python312: str, build: Path, sdk: Path, bare: Path, base_env: dict[str, str]) -> None:
+    def __init__(
+        self, python312: str, build: Path, sdk: Path, bare: Path, floor: Path, base_env: dict[str, str]
+    ) -> None:
         layer = build / "DepsLayerX86" / "python"
         if os.uname().machine in ("aarch64", "arm64"):
             layer = build / "DepsLayerArm64" / "python"
         self.python312 = python312
-        self.paths = {"relay": [build / "RelayFunction", layer, sdk], "bare": [bare, layer]}
+        self.paths = {
+            "relay": [build / "RelayFunction", layer, sdk],
+            "bare": [bare, layer],
+            "floor": [floor, layer, sdk],
+        }
         self.base_env = base_env
 
     def start(self, which: str, enter: Callable[[], None]) -> tuple[subprocess.Popen[bytes], str, float]:
@@ -120,7 +139,7 @@ class Launcher:
         port = free_port()
         env = {**self.base_env, "PORT": str(port), "PYTHONDONTWRITEBYTECODE": "1"}
         env["PYTHONPATH"] = os.pathsep.join(map(str, self.paths[which]))
-        module = "llm_relay.serve" if which == "relay" else "bare_app"
+        module = {"relay": "llm_relay.serve", "bare": "bare_app", "floor": "floor_app"}[which]
         url = f"http://127.0.0.1:{port}"
         started = time.perf_counter()
         process = subprocess.Popen(
@@ -180,23 +199,61 @@ def peak_rss_mb(pid: int) -> float:
     raise RuntimeError("no VmHWM")
 
 
-def measure_size(launcher: Launcher, memory_mb: int, mock_url: str, trials: int) -> lambda_cost.SizeResult:
-    bare_ready, relay_ready, first_ttft = [], [], []
-    with cpu_quota(memory_mb) as enter:
-        for trial in range(trials):
-            for which in ("bare", "relay") if trial % 2 == 0 else ("relay", "bare"):
-                process, url, ready = launcher.start(which, enter)
-                try:
-                    if which == "relay":
-                        relay_ready.append(ready)
-                        first_ttft.append(stream_once(url, 20, 5)[0])
-                    else:
-                        bare_ready.append(ready)
-                finally:
-                    stop(process)
-        process, url, _ = launcher.start("relay", enter)
+APPS = ("bare", "floor", "relay")
+FIRST_REQUEST = (20, 5.0)  # the first request after a cold start, and the warm one it is compared with: 20 chunks
+
+
+def cold_starts(
+    launcher: Launcher, enter: Callable[[], None], trials: int, apps: tuple[str, ...] = APPS
+) -> dict[str, list[float]]:
+    """Per app, its ready times over `trials` back-to-back rounds (the order rotating, so none always goes first),
+    and under "first_ttft" the relay's first request's TTFT right after each of its cold starts."""
+    times: dict[str, list[float]] = {app: [] for app in apps}
+    times["first_ttft"] = []
+    for trial in range(trials):
+        order = apps[trial % len(apps) :] + apps[: trial % len(apps)]
+        for which in order:
+            process, url, ready = launcher.start(which, enter)
+            try:
+                times[which].append(ready)
+                if which == "relay":
+                    times["first_ttft"].append(stream_once(url, *FIRST_REQUEST)[0])
+            finally:
+                stop(process)
+    return times
+
+
+def measure_unthrottled(launcher: Launcher, trials: int) -> lambda_cost.Unthrottled:
+    """The floor and the relay with no quota: the boosted init model."""
+    times = cold_starts(launcher, lambda: None, trials, ("floor", "relay"))
+    med = lambda_cost.median
+    return lambda_cost.Unthrottled(
+        med(times["floor"]), med(times["relay"]), lambda_cost.paired_ratio(times["relay"], times["floor"])
+    )
+
+
+def boosted_first_requests(launcher: Launcher, quota: Quota, trials: int) -> list[float]:
+    """The relay's first request's TTFT when its init ran with no quota (the boosted model) and the request under
+    the share: the process is moved into the quota once ready, as Lambda gives the init more CPU than the size."""
+    ttfts = []
+    for _ in range(trials):
+        process, url, _ = launcher.start("relay", lambda: None)
         try:
-            stream_once(url, 20, 5)  # warm: the pools and caches a warm environment has
+            quota.move(process.pid)
+            ttfts.append(stream_once(url, *FIRST_REQUEST)[0])
+        finally:
+            stop(process)
+    return ttfts
+
+
+def measure_size(launcher: Launcher, memory_mb: int, mock_url: str, trials: int) -> lambda_cost.SizeResult:
+    with cpu_quota(memory_mb) as quota:
+        times = cold_starts(launcher, quota.enter, trials)
+        boosted = boosted_first_requests(launcher, quota, trials)
+        process, url, _ = launcher.start("relay", quota.enter)
+        try:
+            stream_once(url, *FIRST_REQUEST)  # warm: the pools and caches a warm environment has
+            warm = [stream_once(url, *FIRST_REQUEST)[0] for _ in range(trials)]
             overhead, ratios = [], []
             for _ in range(trials):
                 direct = stream_once(mock_url, 200, 5)
@@ -210,13 +267,17 @@ def measure_size(launcher: Launcher, memory_mb: int, mock_url: str, trials: int)
     med = lambda_cost.median
     return lambda_cost.SizeResult(
         memory_mb,
-        med(bare_ready),
-        med(relay_ready),
-        med(first_ttft),
+        med(times["bare"]),
+        med(times["relay"]),
+        med(times["first_ttft"]),
         med(overhead),
         med(ratios),
         rss,
-        lambda_cost.paired_ratio(relay_ready, bare_ready),
+        lambda_cost.paired_ratio(times["relay"], times["bare"]),
+        med(times["floor"]),
+        lambda_cost.paired_ratio(times["relay"], times["floor"]),
+        med(warm),
+        med(boosted),
     )
 
 
@@ -232,7 +293,7 @@ def main() -> None:
     if reason:
         print(f"bench-lambda: no figures: {reason}. Run it as root on Linux.", file=sys.stderr)
         raise SystemExit(2)
-    sdk, bare = prepare(args.python312, args.build.parent / "bench-lambda-work")
+    sdk, bare, floor = prepare(args.python312, args.build.parent / "bench-lambda-work")
     aws = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1"}
     os.environ.update(aws)
     dynamodb_port, mock_port = free_port(), free_port()
@@ -254,7 +315,9 @@ def main() -> None:
                 "RELAY_FLUSH_NUDGE": "true",
             }
         )
-        launcher = Launcher(args.python312, args.build, sdk, bare, env)
+        launcher = Launcher(args.python312, args.build, sdk, bare, floor, env)
+        unthrottled = measure_unthrottled(launcher, args.trials)
+        print(json.dumps({"unthrottled": asdict(unthrottled)}), flush=True)
         results = []
         for memory_mb in args.sizes:
             results.append(measure_size(launcher, memory_mb, mock_url, args.trials))
@@ -264,9 +327,17 @@ def main() -> None:
             helper.terminate()
             helper.wait(timeout=10)
     report = {"load_average": os.getloadavg(), "cpus": os.cpu_count(), "trials": args.trials}
+    report["unthrottled"] = asdict(unthrottled)
     report["sizes"] = [asdict(r) for r in results]
+    report["recommended_memory_mb"] = lambda_cost.recommended_memory_mb(results)
     print(f"\nload average at the end: {report['load_average']}, {args.trials} paired trials per size (medians)\n")
+    print(
+        f"no quota (the boosted init model): floor {unthrottled.floor_ready_s:.2f} s, relay "
+        f"{unthrottled.relay_ready_s:.2f} s, relay / floor {unthrottled.floor_ratio:.2f}x\n"
+    )
     print(lambda_cost.format_table(results))
+    print()
+    print(lambda_cost.format_cost_table(results, unthrottled))
     write_report(report, args.out or run_file())
 
 

@@ -8,9 +8,11 @@ import os
 import subprocess
 import sys
 
+import httpx
 import pytest
 
 from tests.servers import free_port
+from tests.waiting import wait_until
 
 NESTED = 10_000  # levels: past the JSON parser's recursion limit, within what one environment variable may hold
 UPSTREAM = "http://127.0.0.1:9/v1"  # never contacted: the start is refused before anything is
@@ -63,3 +65,27 @@ def test_a_configuration_that_cannot_be_used_is_one_line_and_exit_2(module: str,
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert done.stderr.startswith("llm-relay: refusing to start: ") and names in done.stderr, done.stderr
+
+
+def test_the_production_entry_point_starts_when_dynamodb_cannot_be_reached() -> None:
+    """Start-up touches no DynamoDB: a table that cannot be reached is each request's 503, never a relay that does
+    not start (the web adapter's readiness check would keep the function from serving anything)."""
+    port = free_port()
+    env = {name: value for name, value in os.environ.items() if not name.startswith("RELAY_")}
+    env.update({"PORT": str(port), "RELAY_DYNAMODB_ENDPOINT": "http://127.0.0.1:9", "RELAY_UPSTREAM_URL": UPSTREAM})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llm_relay.serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        wait_until(lambda: _ready(port) or process.poll() is not None, "the relay ready or ended", timeout=60)
+        assert process.poll() is None, process.communicate()[0]
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+
+
+def _ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -6,6 +6,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+# One encoder for the process: `json.dumps` with arguments builds a new encoder on every call, and this runs once
+# per relayed chunk.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
 
 def dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(obj)
