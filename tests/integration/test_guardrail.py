@@ -184,10 +184,19 @@ async def test_an_injected_client_stays_the_callers_and_a_built_one_is_renewed(b
         assert (await built.assess("The fox.", "OUTPUT")).action == "NONE"
 
 
-def test_an_unsigned_call_is_refused_and_calls_are_listed_without_text(bedrock: Local) -> None:
-    response = httpx.post(f"{bedrock.base}/guardrail/gr-x/version/1/apply", json={"source": "OUTPUT"})
-    assert response.status_code == 403
-    listed = httpx.get(f"{bedrock.base}/mock/guardrail/calls").json()
+async def test_an_unsigned_call_is_refused_and_calls_are_listed_without_text(bedrock: Local, guardrail: Any) -> None:
+    # GIVEN one signed call of this test's own (the list does not depend on what other tests called)
+    client, config = guardrail()
+    with anyio.fail_after(PATIENCE_S):
+        await client.assess("Ask Jane Doe.", "OUTPUT")
+        async with httpx.AsyncClient(base_url=bedrock.base) as http:
+            # WHEN a call comes unsigned THEN it is refused
+            response = await http.post("/guardrail/gr-x/version/1/apply", json={"source": "OUTPUT"})
+            assert response.status_code == 403
+            calls = (await http.get("/mock/guardrail/calls")).json()
+    # AND the calls are listed by what was asked and answered, never with the text
+    listed = [call for call in calls if call["guardrail"] == config.identifier]
+    assert "Jane Doe" not in str(listed)
     assert listed and set(listed[0]) == {
         "guardrail",
         "version",
