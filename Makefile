@@ -56,10 +56,11 @@ docs-build: $(BIN)/.installed ## check the generated pages, then build the site 
 unit: $(BIN)/.installed
 	$(BIN)/pytest tests/unit -q
 
-# The tests spread over one process per core (at most 4), a file's tests together (tests/conftest.py): most of them
-# wait on servers and subprocesses, so two processes on two cores take about 60 % of the time one does.
+# The tests spread over one process per core (at most 4), a file's tests in one process (its module-scoped servers
+# start once; the sam build is shared, tests/packaging/conftest.py): most of them wait on servers and subprocesses,
+# so two processes on two cores take about 60 % of the time one does.
 test: lint typecheck docs-build sam ## lint, types, the documentation site, then every test (tests/packaging runs sam validate --lint and sam build)
-	$(BIN)/pytest -q --numprocesses auto --maxprocesses 4 --dist loadgroup
+	$(BIN)/pytest -q --numprocesses auto --maxprocesses 4 --dist loadfile
 
 bench: $(BIN)/.installed ## relay vs direct, 1 and 50 concurrent streams (not part of `make test`)
 	$(BIN)/python -m bench.run

@@ -29,16 +29,6 @@ os.environ.setdefault("AWS_REGION", "us-east-1")
 os.environ.setdefault("POWERTOOLS_DEV", "false")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """`make test` spreads the tests over processes (pytest-xdist, `--dist loadgroup`): a file's tests stay
-    together, so its module-scoped servers start once, and every test of the `sam build` artifact runs where that
-    one build is."""
-    for item in items:
-        fixtures = getattr(item, "fixturenames", ())
-        group = "sam-build" if "sam_build" in fixtures else item.nodeid.split("::", 1)[0]
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """A real moto server (HTTP), shared by the session; each test gets its own table. It lets one request at a

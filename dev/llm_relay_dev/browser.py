@@ -42,12 +42,21 @@ def chromium() -> Iterator[WebDriver]:
 
 
 def stream_markdown(
-    browser: WebDriver, key: str, consumer: str, document: str, mock: dict[str, Any], cap_ms: int = 0
+    browser: WebDriver,
+    key: str,
+    consumer: str,
+    document: str,
+    mock: dict[str, Any],
+    cap_ms: int = 0,
+    client_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Stream the mock's markdown `document` (asked for with `mock`) through one consumer ("renderer": the browser
     client + renderer.js; "naive": every token re-renders the whole answer) in the demo page `browser` shows, and
-    return what the harness measured. `cap_ms` > 0 cancels the stream after that long."""
+    return what the harness measured. `cap_ms` > 0 cancels the stream after that long; `client_options` are the
+    renderer's client's (default: the client's defaults)."""
     args = {"consumer": consumer, "key": key, "mock": mock, "document": document, "capMs": cap_ms}
+    if client_options is not None:
+        args["clientOptions"] = client_options
     result: dict[str, Any] = browser.execute_async_script(RENDERING_HARNESS, args)
     if "error" in result:
         raise RuntimeError(f"the rendering harness failed: {result['error']}")

@@ -77,7 +77,8 @@ const [args, report] = [arguments[0], arguments[arguments.length - 1]];
     view = createRenderer(box, { markdown: counted, onRender: () => { work.shows += 1; } });
   }
 
-  const clientOptions = args.consumer === "renderer" ? {} : { chunkThrottle: 0, worker: false };
+  // The renderer with the client's defaults unless the caller names others (a test that hands it every token).
+  const clientOptions = args.consumer === "renderer" ? (args.clientOptions ?? {}) : { chunkThrottle: 0, worker: false };
   const relay = createRelayClient({ ...clientOptions, baseUrl: location.origin, apiKey: args.key });
   const run = relay.streamChat({
     body: { model: "gpt-4o-mini", messages: [{ role: "user", content: "a long answer" }], mock: args.mock },

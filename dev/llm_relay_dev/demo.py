@@ -23,7 +23,7 @@ MARKDOWN_BUNDLE = Path(__file__).with_name("vendor") / "markdown.bundle.js"
 # Any page served from this machine, on any port: http(s)://localhost, 127.0.0.1 or [::1].
 LOCAL_ORIGINS = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d{1,5})?"
 REQUEST_HEADERS = ["authorization", "content-type", "x-api-key", "x-client-request-id"]
-EXPOSED_HEADERS = ["x-request-id", "x-relay-cost-usd", "retry-after", "retry-after-ms"]
+EXPOSED_HEADERS = ["x-request-id", "x-relay-cost-usd", "retry-after", "retry-after-ms", "server-timing"]
 
 
 def install_demo(app: FastAPI, dev_key: str, extra_body: dict[str, Any] | None = None) -> None:

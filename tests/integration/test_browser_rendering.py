@@ -33,6 +33,7 @@ CHARS = 20_000
 # The longest source one render may be given: the document's blocks (a table, a code fence) are 400 to 600
 # characters; a consumer that renders the whole answer gives it the whole 20,000.
 LONGEST_RENDER = 2_000
+UNBATCHED = {"chunkThrottle": 0, "worker": False}
 
 
 def test_the_renderers_node_tests_pass() -> None:
@@ -62,12 +63,15 @@ def test_a_long_markdown_answer_renders_completely_with_linear_work(dev: DevServ
     browser.get(f"{dev.url}/")
     document = markdown_document(CHARS)
     mock = {"markdown": CHARS, "chunk_chars": 4, "chunk_delay_ms": 1, "ttft_ms": 5}
-    # WHEN the browser client + renderer show it as it arrives
-    result = stream_markdown(browser, dev.key, "renderer", document, mock)
+    # WHEN the browser client hands the renderer every token as it arrives (no delivery batches of its own, no
+    # worker: the renderer alone must keep its renders to one a frame)
+    result = stream_markdown(browser, dev.key, "renderer", document, mock, client_options=UNBATCHED)
     # THEN the whole answer arrived and shows as the whole document rendered in one piece
     assert result["termination"] == "stop" and result["received"] == document
     assert result["text"] == result["referenceText"] and result["html"] == result["referenceHtml"]
-    # AND it rendered at most once a frame (or once per 50 pieces buffered between frames), plus the final render
+    # AND it rendered at most once a frame (or once per 50 pieces buffered between frames), plus the final render,
+    # for thousands of tokens pushed
+    assert result["pushes"] >= CHARS // 4 // 2, result  # a token a push (the mock sends 5,000; some coalesce)
     assert result["shows"] <= result["framesWhileStreaming"] + result["pushes"] // 50 + 2, result
     # AND no render was given more than an open block: the work per frame does not grow with the answer
     assert result["longestRender"] <= LONGEST_RENDER, result

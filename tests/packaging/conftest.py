@@ -4,6 +4,7 @@ Lambda runtime provides."""
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import importlib.util
 import os
@@ -74,9 +75,30 @@ class Built:
 
 @pytest.fixture(scope="session")
 def sam_build(sam_cli: Path, tmp_path_factory: pytest.TempPathFactory) -> Built:
-    """`sam build` of template.yaml, uncached, into a directory of this session's own (other runs may be
-    building at the same time). Needs PyPI (the layer's wheels) but neither Docker nor AWS."""
-    work = tmp_path_factory.mktemp("sam")
+    """`sam build` of template.yaml, uncached, into a directory of this run's own (other runs may be building at
+    the same time), built once however many test processes ask (pytest-xdist: the first builds under a file lock,
+    the others wait for it and read the same build). Needs PyPI (the layer's wheels) but neither Docker nor AWS."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # set in every worker of one `pytest -n` run, the same in all
+    if run is None:
+        return _build(sam_cli, tmp_path_factory.mktemp("sam"))
+    work = tmp_path_factory.getbasetemp().parent / f"sam-{run}"  # the workers' base directories share a parent
+    work.mkdir(exist_ok=True)
+    with open(work / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, after the build
+        failed = work / "failed"
+        if failed.exists():
+            pytest.fail(failed.read_text())
+        if not (work / "built").exists():
+            try:
+                _build(sam_cli, work)
+            except BaseException as exc:
+                failed.write_text(str(exc))
+                raise
+            (work / "built").touch()
+    return Built(work / "build")
+
+
+def _build(sam_cli: Path, work: Path) -> Built:
     command = [
         str(sam_cli),
         "build",

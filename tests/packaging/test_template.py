@@ -233,7 +233,7 @@ def test_browsers_may_call_the_url_and_read_the_relay_headers(template):
     assert {"authorization", "content-type", "x-api-key"} <= set(cors["AllowHeaders"])
     assert set(cors["AllowMethods"]) == {"GET", "POST"}
     exposed = set(cors["ExposeHeaders"])
-    assert {"x-request-id", "retry-after"} <= exposed
+    assert {"x-request-id", "retry-after", "server-timing"} <= exposed
     assert {
         f"x-ratelimit-{what}-{kind}" for what in ("limit", "remaining", "reset") for kind in ("requests", "tokens")
     } <= exposed
