@@ -250,11 +250,19 @@ def test_the_same_burst_on_a_key_of_48_shards_is_admitted_whole(upstream: Upstre
             for period in periods_of(limits, now, shard):
                 assert dynamo.stores.budgets.refill(key.key_id, "req_warm", period, Decimal("0.01"))
         throttle.write_units_per_s = HOT_KEY_WCU
+        before = dynamo.consumed_on(dynamo.table)
         wait_until(lambda: throttle.seconds_left() > 0.8, "a window just begun")
         # WHEN the burst that throttled the key of one shard arrives
         answers = burst(url, [plain] * HOT_BURST)
-        # THEN every request is admitted: its writes spread over the key's 48 partitions
+        # THEN every request is admitted
         assert Counter(answer.status for answer in answers) == {200: HOT_BURST}, [a.body for a in answers]
-        # AND no partition of the key took more than its second's units: none was throttled past a retry
-        assert sum(dynamo.throttled_on(dynamo.table).values()) <= HOT_BURST, dynamo.throttled_on(dynamo.table)
+        # AND its writes spread over the key's partitions (30 requests over 48 shards: about 22 of them), so that at
+        # most the few partitions two or three requests shared took more than their second's units. How often those
+        # were throttled depends on how the burst's retries fell into the windows (a loaded machine spreads them),
+        # which partitions did does not
+        after = dynamo.consumed_on(dynamo.table)
+        written = {part for part, units in after.items() if units > before.get(part, 0.0)}
+        shards = {part for part in written if part.startswith(f"KEY#{key.key_id}#")}
+        assert len(shards) >= 12, sorted(written)
+        assert len(dynamo.throttled_on(dynamo.table)) <= 5, dynamo.throttled_on(dynamo.table)
         assert_nothing_held(dynamo.stores, key.key_id, {request_id(answer) for answer in answers}, shards=48)
