@@ -1,6 +1,7 @@
 """A configuration the relay cannot use ends its start with one line on stderr and exit status 2, never a traceback:
 through the production entry point (`python -m llm_relay.serve`, what run.sh execs) and through `make dev`
-(`python -m llm_relay_dev.devserver`, what the Makefile runs), each a process of its own."""
+(`python -m llm_relay_dev.devserver`, what the Makefile runs), each a process of its own. And a DynamoDB that
+cannot be reached does not keep the production entry point from starting."""
 
 from __future__ import annotations
 
@@ -8,11 +9,9 @@ import os
 import subprocess
 import sys
 
-import httpx
 import pytest
 
-from tests.servers import free_port
-from tests.waiting import wait_until
+from tests.servers import free_port, wait_healthy
 
 NESTED = 10_000  # levels: past the JSON parser's recursion limit, within what one environment variable may hold
 UPSTREAM = "http://127.0.0.1:9/v1"  # never contacted: the start is refused before anything is
@@ -41,17 +40,24 @@ CASES = {
 }
 
 
-def _start(module: str, config: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _environment(config: dict[str, str], port: int) -> dict[str, str]:
+    """The relay's environment: nothing of this process's RELAY_ settings, a DynamoDB and an upstream that are never
+    contacted, and `config` over them."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("RELAY_")}
     env.update(
         {
-            "PORT": str(free_port()),
+            "PORT": str(port),
             "RELAY_DYNAMODB_ENDPOINT": "http://127.0.0.1:9",  # never contacted either
             "RELAY_DEV_LOG": "json",
             **({} if "RELAY_UPSTREAMS" in config else {"RELAY_UPSTREAM_URL": UPSTREAM}),
             **config,
         }
     )
+    return env
+
+
+def _start(module: str, config: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    env = _environment(config, free_port())
     return subprocess.run([sys.executable, "-m", module], env=env, capture_output=True, text=True, timeout=60)
 
 
@@ -71,21 +77,10 @@ def test_the_production_entry_point_starts_when_dynamodb_cannot_be_reached() -> 
     """Start-up touches no DynamoDB: a table that cannot be reached is each request's 503, never a relay that does
     not start (the web adapter's readiness check would keep the function from serving anything)."""
     port = free_port()
-    env = {name: value for name, value in os.environ.items() if not name.startswith("RELAY_")}
-    env.update({"PORT": str(port), "RELAY_DYNAMODB_ENDPOINT": "http://127.0.0.1:9", "RELAY_UPSTREAM_URL": UPSTREAM})
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llm_relay.serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    # its output goes where pytest captures this test's, shown if it fails
+    process = subprocess.Popen([sys.executable, "-m", "llm_relay.serve"], env=_environment({}, port))
     try:
-        wait_until(lambda: _ready(port) or process.poll() is not None, "the relay ready or ended", timeout=60)
-        assert process.poll() is None, process.communicate()[0]
+        wait_healthy(f"http://127.0.0.1:{port}", alive=lambda: process.poll() is None, timeout=60)
     finally:
         process.terminate()
-        process.communicate(timeout=30)
-
-
-def _ready(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+        process.wait(timeout=30)
