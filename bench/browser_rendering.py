@@ -22,12 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from bench.run import free_port, wait_http
+from bench.run import free_port, start, wait_http
 from llm_relay_dev.browser import chromium, stream_markdown
 from llm_relay_dev.mock_markdown import markdown_document
 
@@ -68,12 +67,11 @@ def measure(url: str) -> list[dict[str, Any]]:
             for chars, chunk_chars in SIZES:
                 mock = {"markdown": chars, "chunk_chars": chunk_chars, "chunk_delay_ms": 1, "ttft_ms": 5}
                 cap = NAIVE_CAP_MS[chars] if consumer == "naive" else 0
-                result = stream_markdown(browser, KEY, consumer, markdown_document(chars), mock, cap)
+                document = markdown_document(chars)
+                result = stream_markdown(browser, KEY, consumer, document, mock, cap)
                 figures = {name: result[name] for name in FIGURES}
                 figures["chars"] = chars
-                figures["complete"] = result["received"] == markdown_document(chars) and (
-                    result["text"] == result["referenceText"]
-                )
+                figures["complete"] = result["received"] == document and result["text"] == result["referenceText"]
                 runs.append(figures)
     return runs
 
@@ -120,15 +118,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "browser_rendering.json")
     args = parser.parse_args()
     port, moto_port = free_port(), free_port()
-    env = {**os.environ, "PORT": str(port), "RELAY_MOTO_PORT": str(moto_port), "RELAY_DEV_KEY": KEY}
-    env.pop("RELAY_DYNAMODB_ENDPOINT", None)
-    relay = subprocess.Popen(
-        [sys.executable, "-m", "llm_relay_dev.devserver"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    # an empty endpoint: `make dev`'s own moto, whatever this shell's RELAY_DYNAMODB_ENDPOINT says
+    env = {"PORT": str(port), "RELAY_MOTO_PORT": str(moto_port), "RELAY_DEV_KEY": KEY, "RELAY_DYNAMODB_ENDPOINT": ""}
+    relay = start([sys.executable, "-m", "llm_relay_dev.devserver"], env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/healthz")
