@@ -1,6 +1,6 @@
 """Milliseconds, rounded one way (pure): the log line, the NDJSON summary, the usage record and the ledger's
 checkpoints all show a duration as `millis` makes it, so that they agree to the microsecond; and the
-`Server-Timing` header a response starts with, what the relay spent before the first byte."""
+`Server-Timing` header of a relayed response, how the time until the provider answered was spent."""
 
 from __future__ import annotations
 

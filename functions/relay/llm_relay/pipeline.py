@@ -71,9 +71,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-# What a streamed response's Server-Timing header times, in order: the key's authentication; reading, validating
-# and gating the body and routing it; admission (limits, budgets, the ledger's record); the upstream's answer to
-# the request (its headers, retries and fallbacks included).
+# What a relayed response's Server-Timing header times, in order, until the provider's response headers: the key's
+# authentication; reading, validating and gating the body and routing it; admission (limits, budgets, the ledger's
+# record); the upstream's answer to the request (its headers, retries and fallbacks included).
 PHASES = ("auth", "parse", "admit", "upstream")
 
 
@@ -117,7 +117,7 @@ class Pipeline:
     async def relay(self, request: Request, api: Api) -> Response:
         """A request in one of the APIs the relay speaks (`apis`), relayed as a chat completion and answered in the
         API's own shape: its stream of events, or one JSON body."""
-        marks = [time.monotonic()]  # the end of each phase before the first byte, for Server-Timing
+        marks = [time.monotonic()]  # the end of each phase until the provider answered, for Server-Timing
         key = await self._auth.authenticate(request.headers)
         marks.append(time.monotonic())
         ctx = await self._parse(request, key, api)
