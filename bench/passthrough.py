@@ -3,6 +3,10 @@ admission, no parsing, no metering, no finalization), to set the relay's CPU per
 FastAPI, uvicorn and httpx alone cost. Never a way to run the relay.
 
     PORT=8090 UPSTREAM_URL=http://127.0.0.1:8081/v1 python -m bench.passthrough
+
+With `PASSTHROUGH_HOT_PATH=relay` its httpx client gets the two changes the relay makes to httpx's own transport
+(`llm_relay.upstreams.pool`'s connection pool, `llm_relay.upstreams.body_reads`' untimed body reads): the same
+stack with the relay's fixes and none of its work, the stricter floor.
 """
 
 from __future__ import annotations
@@ -17,8 +21,14 @@ from fastapi import FastAPI, Request
 from starlette.background import BackgroundTask
 from starlette.responses import StreamingResponse
 
+from llm_relay.upstreams.body_reads import untimed_body, use_lean_reads
+from llm_relay.upstreams.pool import use_fair_pool
+
 UPSTREAM = os.environ.get("UPSTREAM_URL", "http://127.0.0.1:8081/v1")
 client = httpx.AsyncClient(base_url=UPSTREAM, timeout=60, limits=httpx.Limits(max_connections=1000))
+RELAY_HOT_PATH = os.environ.get("PASSTHROUGH_HOT_PATH") == "relay"
+if RELAY_HOT_PATH and not (use_fair_pool(client._transport) and use_lean_reads(client._transport)):
+    raise SystemExit("the relay's hot path is not for this httpx/httpcore")
 
 
 @asynccontextmanager
@@ -40,6 +50,8 @@ async def chat(request: Request) -> StreamingResponse:
     upstream = await client.send(
         client.build_request("POST", "/chat/completions", content=await request.body()), stream=True
     )
+    if RELAY_HOT_PATH:
+        untimed_body(upstream)
     return StreamingResponse(
         upstream.aiter_raw(), media_type="text/event-stream", background=BackgroundTask(upstream.aclose)
     )

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from llm_relay.metering import StreamMeter, Usage, estimate_prompt_tokens
+from llm_relay.metering import StreamMeter, Usage, delta_tokens, estimate_prompt_tokens
 
 
 def chunk(delta: dict[str, Any] | None = None, finish_reason: str | None = None, index: int = 0) -> dict[str, Any]:
@@ -367,3 +367,16 @@ def test_a_usage_report_without_a_prompt_count_has_its_prompt_estimated(reported
     usage = meter.usage(estimate_prompt_tokens(messages))
     assert (usage.prompt_tokens, usage.completion_tokens) == (estimate_prompt_tokens(messages), 4)
     assert usage.prompt_tokens > 0 and usage.source == "estimated"
+
+
+@pytest.mark.parametrize("text", ["", "a", "abcd", "hello world, ", "Héllo wörld", "日本語", "🚀 go", " " * 9])
+def test_a_text_only_delta_counts_as_any_delta_with_that_text(text: str) -> None:
+    # GIVEN a delta of text alone (with and without its role), counted on the short path, and the same text in
+    # deltas that take the general one (an unknown field, a tool call with no text)
+    plain: list[dict[str, Any]] = [{"content": text}, {"role": "assistant", "content": text}]
+    general: list[dict[str, Any]] = [{"content": text, "x": 1}, {"content": text, "tool_calls": []}]
+    # WHEN each is counted
+    counts = {delta_tokens(delta) for delta in plain + general}
+    # THEN all agree: no text is no token, else a token per four ASCII characters and one per other character
+    ascii_chars = sum(c.isascii() for c in text)
+    assert counts == {max(1, ascii_chars // 4 + len(text) - ascii_chars) if text else 0}

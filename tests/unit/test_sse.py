@@ -177,6 +177,40 @@ def test_random_splits_give_identical_events(eol: str) -> None:
         assert (events, comments) == (EXPECTED, EXPECTED_COMMENTS), f"trial {trial}, cuts {sorted(cuts)}"
 
 
+@ENDINGS
+def test_one_event_or_one_line_per_read_gives_identical_events(eol: str) -> None:
+    # GIVEN the stream cut after every blank line (a provider's usual write: one whole event per read, which
+    # the parser takes on a short path when it is a lone `data:` event) and, separately, after every line
+    data = _stream(eol)
+    end = eol.encode()
+    events_alone = [piece + end + end for piece in data.split(end + end) if piece]
+    lines_alone = [piece + end for piece in data.split(end)][:-1]
+    assert b"".join(events_alone) == data and b"".join(lines_alone) == data
+    for pieces in (events_alone, lines_alone):
+        # WHEN it is fed in those reads
+        events, comments = _parse(pieces)
+        # THEN the result is the same as in one read: a named event's type, an id, a pending data line
+        # or a comment before a whole event in the next read all count
+        assert (events, comments) == (EXPECTED, EXPECTED_COMMENTS)
+
+
+def test_a_whole_data_event_after_a_field_of_its_own_keeps_that_field() -> None:
+    # GIVEN reads where an event's type, its id, or a first data line arrive before a read holding a whole
+    # `data:` event
+    cases = [
+        ([b"event: delta\n", b"data: x\n\n"], [SSEEvent("x", event="delta")]),
+        ([b"id: 9\n", b"data: x\n\n", b"data: y\n\n"], [SSEEvent("x", id="9"), SSEEvent("y", id="9")]),
+        ([b"data: a\n", b"data: x\n\n"], [SSEEvent("a\nx")]),
+        ([b"data: a\r", b"\ndata: x\n\n"], [SSEEvent("a\nx")]),
+        ([b"\xef\xbb\xbfdata: x\n\n", b"data: \xff\n\n"], [SSEEvent("x"), SSEEvent("\ufffd")]),
+    ]
+    for pieces, expected in cases:
+        # WHEN they are fed
+        events, _ = _parse(pieces)
+        # THEN the event carries what came before it, as if all were one read
+        assert events == expected == _parse([b"".join(pieces)])[0], pieces
+
+
 # --- line endings --------------------------------------------------------------------------------------
 
 

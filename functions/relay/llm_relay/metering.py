@@ -51,6 +51,7 @@ def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
 
 _TOKEN_FIELDS = ("content", "tool_calls", "refusal", "function_call", "reasoning_content")
 CHARS_PER_TOKEN = 4
+_PLAIN_DELTA = frozenset({"role", "content"})  # a delta of text alone (most of a stream's)
 
 
 def delta_tokens(delta: dict[str, Any]) -> int:
@@ -58,6 +59,10 @@ def delta_tokens(delta: dict[str, Any]) -> int:
     call, a refusal or reasoning; else a token per four ASCII characters and one per other character (CJK text
     is about a token a character), at least one. A long Bedrock delta or an Ollama tool call arriving whole
     counts as the text it carries, not as one token."""
+    content = delta.get("content")
+    if type(content) is str and _PLAIN_DELTA.issuperset(delta):  # the common delta, counted without the walk below
+        in_ascii = len(content.encode("ascii", "ignore"))
+        return max(1, in_ascii // CHARS_PER_TOKEN + len(content) - in_ascii) if content else 0
     if not any(delta.get(name) for name in _TOKEN_FIELDS):
         return 0
     ascii_chars = other = 0
@@ -100,7 +105,7 @@ class StreamMeter:
         usage = chunk.get("usage")
         if usage and self.upstream_usage is not None and not choices:
             return False
-        if choices and all(self._repeats_finish(choice) for choice in choices):
+        if choices and self._finished_choices and all(self._repeats_finish(choice) for choice in choices):
             return False
         self.chunks += 1
         if usage:

@@ -42,6 +42,16 @@ class SSEParser:
         self.comments = 0
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if (
+            chunk[-2:] == b"\n\n"
+            and chunk[:6] == b"data: "
+            and self._started
+            and not (self._buffer or self._data or self._event or self._id_given or self._pending_cr)
+            and chunk.count(b"\n") == 2
+            and b"\r" not in chunk
+        ):  # one whole `data:` event and nothing else (how LLM providers send most of a stream): the rules below
+            # come to this one event
+            return [SSEEvent(data=chunk[6:-2].decode("utf-8", errors="replace"), id=self._id)]
         events: list[SSEEvent] = []
         if not chunk:
             return events
