@@ -37,9 +37,10 @@ _SERVER_FAILURES = frozenset({"InternalServerError", "ServiceUnavailable", "Inte
 # for the ledger's bounds (docs/design.md, "The ledger loses nothing"): DynamoDB answers single-digit milliseconds,
 # so 1 s per attempt and two attempts (~2 s plus one jittered backoff) bound a key lookup or a cancel poll;
 # admission and finalization add their own overall limits (RELAY_ADMISSION_TIMEOUT_S, RELAY_FINALIZE_TIMEOUT_S) on top.
-# No client-side parameter validation: every request is built by the stores' code (tested against the local
-# DynamoDB, which validates as DynamoDB does), and DynamoDB refuses a malformed one itself; botocore's walk over
-# the request's shapes costs about a tenth of a write's client CPU, paid on every write.
+# No client-side parameter validation: every request is built by the stores' code from typed values (boto3's
+# serializer), and DynamoDB refuses a malformed one itself; botocore's walk over the request's shapes costs about a
+# tenth of a write's client CPU, paid on every write. The local DynamoDB (moto) refuses most malformed requests as
+# DynamoDB does, not all (an empty transaction, a `Limit` of 0 pass it), so a store's own tests say what it sends.
 CONNECT_TIMEOUT_S = 0.5
 READ_TIMEOUT_S = 1.0
 _CONFIG = Config(
