@@ -74,19 +74,29 @@ def content_chunks(chunks: list[dict[str, Any]]) -> int:
     return sum(1 for chunk in chunks if chunk["choices"] and chunk["choices"][0]["delta"].get("content"))
 
 
-def ledger(stores: Stores, key_id: str, shards: int = 1) -> tuple[dict[str, Any], dict[str, Any]]:
-    now = time.time()
-    return stores.usage.spend(key_id, "D#" + day_of(now), shards), stores.usage.spend(
-        key_id, "M#" + month_of(now), shards
+def ledger(
+    stores: Stores, key_id: str, shards: int = 1, at: float | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The key's day and month spend items for the periods holding `at` (epoch seconds, now by default): a request
+    is booked to the day and month it started in, so a test whose request may cross midnight passes its start."""
+    at = time.time() if at is None else at
+    return stores.usage.spend(key_id, "D#" + day_of(at), shards), stores.usage.spend(
+        key_id, "M#" + month_of(at), shards
     )
 
 
 def assert_settled(stores: Stores, key_id: str, records: list[UsageRecord], shards: int = 1) -> Decimal:
-    """No reservation is left on the key's day and month: committed == spent == the sum of its records' costs."""
+    """No reservation is left on the days and months the key's records were booked to (each the period its
+    request started in): committed == spent == the sum of the costs booked there. Returns the records' total."""
     total = sum((r.cost_usd or Decimal(0) for r in records), Decimal(0))
-    for spend in ledger(stores, key_id, shards):
-        assert spend.get("reserved_usd", 0) == 0
-        assert spend.get("committed_usd", 0) == spend.get("cost_usd", 0) == total
+    booked: dict[str, Decimal] = {}
+    for at, cost in [(r.started_epoch, r.cost_usd or Decimal(0)) for r in records] or [(time.time(), Decimal(0))]:
+        for period in ("D#" + day_of(at), "M#" + month_of(at)):
+            booked[period] = booked.get(period, Decimal(0)) + cost
+    for period, cost in booked.items():
+        spend = stores.usage.spend(key_id, period, shards)
+        assert spend.get("reserved_usd", 0) == 0, period
+        assert spend.get("committed_usd", 0) == spend.get("cost_usd", 0) == cost, period
     return total
 
 
@@ -255,7 +265,7 @@ def test_unpriced_models_allow_admits_a_budgeted_key_and_records_it(make_relay: 
     assert response.status_code == 200
     (record,) = records_of(relay.stores, key.key_id, 1)
     assert (record.cost_usd, record.completion_tokens) == (None, 20)
-    day, _ = ledger(relay.stores, key.key_id)
+    day, _ = ledger(relay.stores, key.key_id, at=record.started_epoch)
     assert day["unpriced_requests"] == 1
     assert day.get("reserved_usd", 0) == 0
 
@@ -319,15 +329,15 @@ def test_a_killed_relay_keeps_its_reservation_until_the_reconciler_releases_it(
         TableName=stores.table_name, Key={"pk": {"S": f"REQ#{request_id}"}, "sk": {"S": "REQ"}}
     )["Item"]
     reserved = Decimal(item["reserved_usd"]["N"])
-    day, month = ledger(stores, key.key_id)
+    started = calendar.timegm(time.strptime(item["started_at"]["S"][:19], "%Y-%m-%dT%H:%M:%S"))
+    day, month = ledger(stores, key.key_id, at=started)
     assert reserved > Decimal("0.00003") and day["reserved_usd"] == month["reserved_usd"] == reserved
     assert day["committed_usd"] == reserved and "cost_usd" not in day
     # WHEN a reconciler releases it, settling an estimated cost, with the ops the relay exposes
-    started = calendar.timegm(time.strptime(item["started_at"]["S"][:19], "%Y-%m-%dT%H:%M:%S"))
     cost = Decimal("0.00002")
     stores.client.transact_write_items(
         TransactItems=release_ops(stores.table_name, key.key_id, started, reserved, cost)  # type: ignore[arg-type]
     )
     # THEN nothing stays reserved and the budget counts the settled cost
-    for spend in ledger(stores, key.key_id):
+    for spend in ledger(stores, key.key_id, at=started):
         assert (spend["reserved_usd"], spend["committed_usd"]) == (0, cost)

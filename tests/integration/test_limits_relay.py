@@ -175,7 +175,7 @@ def test_budget_stops_the_key_once_spent_and_costs_agree(relay: Relay) -> None:
             "upstream",
         )
         # AND the day's spend holds it
-        spend = relay.stores.usage.spend(key.key_id, "D#" + day_of(time.time()))
+        spend = relay.stores.usage.spend(key.key_id, "D#" + day_of(record.started_epoch))  # its start's day
         assert spend["cost_usd"] == record.cost_usd
         # WHEN the next request comes: refused with budget_exceeded until the day ends
         to_midnight_before = 86400 - time.time() % 86400
