@@ -174,11 +174,12 @@ async def one_stream(client: httpx.AsyncClient, url: str, headers: dict[str, str
 
 
 def server_timing(header: str) -> dict[str, float]:
-    """The relay's `Server-Timing` header as {phase: milliseconds}; {} without one."""
+    """The relay's `Server-Timing` header as {phase: milliseconds}, in its order; {} without one (an entry without
+    a duration raises: the relay gives every phase one)."""
     phases = {}
     for entry in filter(None, (part.strip() for part in header.split(","))):
         name, _, duration = entry.partition(";dur=")
-        phases[name] = float(duration or 0)
+        phases[name] = float(duration)
     return phases
 
 
@@ -323,8 +324,7 @@ def sanitize_targets(rounds: list[dict[str, Any]], concurrency: int) -> dict[str
     ratio = statistics.median(
         r[gate]["single"]["duration_p50_ms"] / r[relay]["single"]["duration_p50_ms"] for r in rounds
     )
-    chunks = concurrency * CHUNKS
-    cpu = {name: statistics.median(r[name]["cpu_s"][name] for r in rounds) / chunks * 1e6 for name in (gate, relay)}
+    cpu = {name: cpu_per_chunk_us(rounds, name, concurrency) for name in (gate, relay)}
     return {
         "ttft_p50_over_relay_ms": round(ttft, 2),
         "duration_p50_ratio": round(ratio, 4),

@@ -8,6 +8,7 @@ from contextlib import ExitStack
 import httpx
 import openai
 import pytest
+from bench.run import server_timing
 
 from tests.conftest import Relay, RelayFactory, Upstream
 from tests.integration.helpers import RecordingFinalizer, chat_body, ndjson_lines, sse_events
@@ -152,15 +153,6 @@ def test_healthz_touches_nothing_remote(make_relay: RelayFactory) -> None:
     assert response.headers["x-request-id"].startswith("req_")
 
 
-def _phases(header: str) -> dict[str, float]:
-    """`auth;dur=0.4, parse;dur=0.1, ...` as {name: milliseconds}, in the header's order."""
-    phases = {}
-    for entry in header.split(","):
-        name, _, duration = entry.strip().partition(";dur=")
-        phases[name] = float(duration)
-    return phases
-
-
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/v1/chat/stream"])
 def test_the_response_says_where_the_time_before_its_first_byte_went(rec_relay: Relay, path: str) -> None:
     # GIVEN an upstream that holds its response headers back for 300 ms
@@ -168,7 +160,7 @@ def test_the_response_says_where_the_time_before_its_first_byte_went(rec_relay: 
     # WHEN a client streams through the relay
     with httpx.stream("POST", f"{rec_relay.url}{path}", json=body, headers=rec_relay.headers(), timeout=30) as response:
         assert response.status_code == 200
-        phases = _phases(response.headers["server-timing"])
+        phases = server_timing(response.headers["server-timing"])
     # THEN Server-Timing names the four phases in order, and the 300 ms are the upstream's, not the relay's own
     assert list(phases) == ["auth", "parse", "admit", "upstream"], phases
     assert phases["upstream"] >= 300.0 and all(ms >= 0 for ms in phases.values()), phases
